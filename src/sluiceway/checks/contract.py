@@ -1,0 +1,233 @@
+"""The data contract as SQL: cast every column, compute every failed rule per row, split.
+
+One scan writes the valid rows with their contract types; one more writes the rejected
+rows with the list of every rule they broke (rule, column, reason), their masked payload
+and their raw payload. Reasons quote the offending value only for columns that are not PII.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sluiceway.core.context import META_COLUMNS, ROW_ERRORS, ROW_FILE, ROW_NUMBER
+from sluiceway.core.spec import ColumnContract, Contract
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+
+_TYPES: dict[str, str] = {
+    "string": "VARCHAR", "integer": "BIGINT", "bigint": "BIGINT", "double": "DOUBLE", "float": "DOUBLE",
+    "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMPTZ", "timestamp_ntz": "TIMESTAMP",
+    "json": "VARCHAR",
+}
+_FORMATS: dict[str, str] = {
+    "email": r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+",
+    "ipv4": r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    "ipv6": (
+        r"(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}:){1,7}:|"
+        r"(?:[0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}:){1,5}(?::[0-9A-Fa-f]{1,4}){1,2}|"
+        r"(?:[0-9A-Fa-f]{1,4}:){1,4}(?::[0-9A-Fa-f]{1,4}){1,3}|(?:[0-9A-Fa-f]{1,4}:){1,3}(?::[0-9A-Fa-f]{1,4}){1,4}|"
+        r"(?:[0-9A-Fa-f]{1,4}:){1,2}(?::[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(?::[0-9A-Fa-f]{1,4}){1,6}|"
+        r":(?:(?::[0-9A-Fa-f]{1,4}){1,7}|:))"
+    ),
+    "iso_timestamp": r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?",
+    "iso_date": r"\d{4}-\d{2}-\d{2}",
+    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "url": r"https?://[^\s/$.?#].[^\s]*",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of one column: the SQL condition that breaks it, and the reason."""
+
+    rule: str
+    column: str
+    condition: str
+    reason: str
+    is_hard: bool = False
+
+
+@dataclass(frozen=True)
+class ContractResult:
+    """The valid and rejected tables a contract produced, and the counts."""
+
+    valid: str
+    rejected: str
+    rows_valid: int
+    rows_rejected: int
+    rows_warned: int
+    columns: list[str]
+
+
+def cast_sql(column: str, spec: ColumnContract) -> str:
+    """The SQL that casts a source column to its contract type (NULL when it cannot)."""
+    src = quote_ident(column)
+    if spec.strftime and spec.type in ("timestamp", "timestamp_ntz", "date"):
+        parsed = f"try_strptime({src}::VARCHAR, {quote_literal(spec.strftime)})"
+        return f"({parsed})::DATE" if spec.type == "date" else f"timezone('UTC', {parsed})" if spec.type == "timestamp" else parsed
+    if spec.type == "decimal":
+        return f"TRY_CAST({src} AS DECIMAL({spec.precision},{spec.scale}))"
+    if spec.type == "json":
+        return f"CASE WHEN json_valid({src}::VARCHAR) THEN {src}::VARCHAR END"
+    return f"TRY_CAST({src} AS {_TYPES[spec.type]})"
+
+
+def column_rules(column: str, spec: ColumnContract, *, present: bool, is_pii: bool) -> list[Rule]:
+    """Every rule of one column as SQL conditions, in a stable order."""
+    if not present:
+        if spec.required or not spec.nullable:
+            return [Rule("missing_column", column, "true", f"column '{column}' is missing from the source", True)]
+        return []
+    src, cast = quote_ident(column), cast_sql(column, spec)
+    shown = _value_sql(src, is_pii)
+    rules = [builder(column, spec, src, cast, shown) for builder in _RULE_BUILDERS]
+    return [r for group in rules for r in group]
+
+
+def _value_sql(src: str, is_pii: bool) -> str:
+    return "'value'" if is_pii else f"'value ''' || left({src}::VARCHAR, 60) || ''''"
+
+
+def _nullable(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
+    if spec.nullable:
+        return []
+    return [Rule("not_null", column, f"{src} IS NULL", "'is null but the contract says nullable: false'")]
+
+
+def _type(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
+    if spec.type == "string":
+        return []
+    wanted = f"a {spec.type}" + (f" in format {spec.strftime}" if spec.strftime else "")
+    reason = f"{shown} || ' is not {wanted}'"
+    return [Rule("type", column, f"{src} IS NOT NULL AND ({cast}) IS NULL", reason, True)]
+
+
+def _bounds(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
+    out = []
+    if spec.min is not None:
+        out.append(Rule("min", column, f"({cast}) < {spec.min!r}", f"{shown} || ' is below the minimum {spec.min:g}'"))
+    if spec.max is not None:
+        out.append(Rule("max", column, f"({cast}) > {spec.max!r}", f"{shown} || ' is above the maximum {spec.max:g}'"))
+    return out
+
+
+def _values(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
+    if not spec.values:
+        return []
+    listed = ", ".join(_literal(v) for v in spec.values)
+    allowed = ", ".join(str(v) for v in spec.values)[:200].replace("'", "''")
+    return [Rule("values", column, f"({cast}) NOT IN ({listed})", f"{shown} || ' is not one of: {allowed}'")]
+
+
+def _pattern(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
+    out = []
+    if spec.regex:
+        out.append(Rule("regex", column, f"NOT regexp_full_match({src}::VARCHAR, {quote_literal(spec.regex)})",
+                        f"{shown} || ' does not match the pattern'"))
+    if spec.format:
+        out.append(_format_rule(column, spec.format, src, shown))
+    return out
+
+
+def _format_rule(column: str, fmt: str, src: str, shown: str) -> Rule:
+    if fmt == "ip":
+        cond = (f"NOT (regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS['ipv4'])}) OR "
+                f"regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS['ipv6'])}))")
+    else:
+        cond = f"NOT regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS[fmt])})"
+        if fmt in ("iso_timestamp", "iso_date"):
+            target = "TIMESTAMPTZ" if fmt == "iso_timestamp" else "DATE"
+            cond = f"({cond} OR TRY_CAST({src}::VARCHAR AS {target}) IS NULL)"
+    return Rule("format", column, cond, f"{shown} || ' is not a valid {fmt}'")
+
+
+def _lengths(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
+    out = []
+    if spec.min_length is not None:
+        out.append(Rule("min_length", column, f"length({src}::VARCHAR) < {spec.min_length}",
+                        f"'is shorter than {spec.min_length} characters'"))
+    if spec.max_length is not None:
+        out.append(Rule("max_length", column, f"length({src}::VARCHAR) > {spec.max_length}",
+                        f"'is longer than {spec.max_length} characters'"))
+    return out
+
+
+_RULE_BUILDERS: list[Callable[[str, ColumnContract, str, str, str], list[Rule]]] = [
+    _nullable, _type, _bounds, _values, _pattern, _lengths,
+]
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return quote_literal(str(value))
+
+
+def _rule_struct(rule: Rule) -> str:
+    return (f"CASE WHEN coalesce({rule.condition}, false) THEN {{'rule': {quote_literal(rule.rule)}, "
+            f"'column': {quote_literal(rule.column)}, 'reason': {rule.reason}}} END")
+
+
+def apply_contract(
+    engine: DuckDBEngine,
+    table: str,
+    contract: Contract,
+    *,
+    pii: Mapping[str, str],
+    masked_payload: Callable[[list[str]], str],
+) -> ContractResult:
+    """Split `table` into valid rows (typed) and rejected rows (with every failed rule).
+
+    Args:
+        engine: the run's engine.
+        table: the source table (its columns plus __sw_file and __sw_row).
+        contract: the source's contract.
+        pii: column → masking method, to keep PII values out of reasons.
+        masked_payload: columns → SQL of a JSON payload with PII columns masked.
+
+    Returns:
+        The two new tables and their counts. The rejected table has __sw_file, __sw_row,
+        __sw_errors (list of {rule, column, reason}), payload and raw (JSON text).
+    """
+    present = [c for c, _ in engine.columns(table) if c not in META_COLUMNS]
+    rules, output = _plan(contract, present, pii)
+    hard = " OR ".join(f"coalesce({r.condition}, false)" for r in rules if r.is_hard or contract.on_violation != "warn") or "false"
+    soft = " OR ".join(f"coalesce({r.condition}, false)" for r in rules if not r.is_hard) or "false"
+    source_cols = ", ".join(quote_ident(c) for c in present)
+    valid = engine.create_table(
+        engine.new_name("valid"),
+        f"SELECT {', '.join(output)}, {ROW_FILE}, {ROW_NUMBER} FROM {quote_ident(table)} WHERE NOT ({hard})",
+        purpose="apply the contract",
+    )
+    errors = "list_filter([" + ", ".join(_rule_struct(r) for r in rules) + "], lambda e: e IS NOT NULL)" if rules else "[]"
+    raw = f"to_json(struct_pack({source_cols}))::VARCHAR" if present else "'{}'"
+    rejected = engine.create_table(
+        engine.new_name("rejected"),
+        f"SELECT {ROW_FILE}, {ROW_NUMBER}, {errors} AS {ROW_ERRORS}, {masked_payload(present)} AS payload, "
+        f"{raw} AS raw FROM {quote_ident(table)} WHERE {hard}",
+        purpose="collect contract violations",
+    )
+    warned = 0
+    if contract.on_violation == "warn" and soft != "false":
+        warned = int(engine.fetch_one(f"SELECT count(*) FROM {quote_ident(table)} WHERE ({soft}) AND NOT ({hard})")[0])
+    names = [c for c, _ in engine.columns(valid) if c not in META_COLUMNS]
+    return ContractResult(valid, rejected, engine.count(valid), engine.count(rejected), warned, names)
+
+
+def _plan(contract: Contract, present: list[str], pii: Mapping[str, str]) -> tuple[list[Rule], list[str]]:
+    rules: list[Rule] = []
+    output: list[str] = []
+    for column, spec in contract.columns.items():
+        is_present = column in present
+        rules.extend(column_rules(column, spec, present=is_present, is_pii=column in pii))
+        cast = cast_sql(column, spec) if is_present else f"NULL::{_TYPES.get(spec.type, 'VARCHAR')}"
+        output.append(f"{cast} AS {quote_ident(column)}")
+    for column in (c for c in present if c not in contract.columns):
+        if contract.evolution == "evolve":
+            output.append(quote_ident(column))
+        elif contract.evolution == "freeze":
+            rules.append(Rule("unknown_column", column, f"{quote_ident(column)} IS NOT NULL",
+                              f"'column ''{column}'' is not in the contract (evolution: freeze)'", True))
+    return rules, output

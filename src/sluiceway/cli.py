@@ -1,0 +1,183 @@
+"""The `sluice` command. Thin: parses arguments, calls the package, renders results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sluiceway.core.loader import load_spec
+from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
+from sluiceway.core.runstore import RunStore
+from sluiceway.errors import ConfigError, SluicewayError, SpecError
+from sluiceway.observability.logs import json_logger
+from sluiceway.observability.progress import ConsoleProgress
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _state_dir(state_dir: str | None) -> Path:
+    import os
+
+    return Path(state_dir or os.environ.get("SLUICE_HOME") or Path.cwd() / ".sluice").resolve()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sluiceway")
+def main() -> None:
+    """sluiceway: data pipelines with the quality gates built in."""
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(specs: tuple[str, ...]) -> None:
+    """Check specs and report every problem at once (path, line, did-you-mean)."""
+    failed = 0
+    for spec in specs:
+        try:
+            pipeline = load_spec(spec)
+        except SpecError as exc:
+            failed += 1
+            err_console.print(f"[bold red]✗ {spec}[/]: {len(exc.problems)} problem(s)")
+            for problem in exc.problems:
+                err_console.print(f"  {spec}:{problem.line or '?'}  [cyan]{problem.path or '<root>'}[/]  {problem.message}",
+                                  soft_wrap=True)
+            continue
+        console.print(f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
+                      f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)")
+    sys.exit(1 if failed else 0)
+
+
+def _run_spec(spec: str, run_date: date | None, log_format: str, state_dir: str | None,
+              **extra: Any) -> RunResult:
+    try:
+        pipeline = load_spec(spec)
+    except SpecError as exc:
+        _fail(str(exc))
+    subscribers = [json_logger()] if log_format == "json" else [ConsoleProgress(err_console)]
+    options = RunOptions(logical_date=run_date, base_dir=Path(spec).resolve().parent,
+                         state_dir=_state_dir(state_dir), subscribers=subscribers, **extra)
+    try:
+        return run_pipeline(pipeline, options)
+    except ConfigError as exc:
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), help="Logical date (default: today, UTC).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="json: one JSON event per line on stderr.")
+@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+def run(spec: str, run_date: Any, log_format: str, state_dir: str | None) -> None:
+    """Run a pipeline once for a logical date."""
+    result = _run_spec(spec, run_date.date() if run_date else None, log_format, state_dir)
+    if log_format == "json":
+        print(json.dumps(summary_data(result), default=str))
+    else:
+        print_summary(result)
+    sys.exit(0 if result.ok else 1)
+
+
+def summary_data(result: RunResult) -> dict[str, Any]:
+    """The run's outcome as plain data."""
+    return {
+        "run_id": result.run_id, "pipeline": result.pipeline, "logical_date": str(result.logical_date),
+        "status": result.status, "accounting": result.accounting.to_dict(),
+        "checks": [c.to_dict() for c in result.checks], "sinks": [vars(s) for s in result.sinks],
+        "dead_letter": {"uri": result.dead_letter_uri, "rows": result.dead_letter_rows,
+                        "by_rule": result.rejected_by_rule},
+        "staged_path": result.staged_path, "error": result.error, "duration_s": result.duration_s,
+    }
+
+
+def print_summary(result: RunResult) -> None:
+    """Render a run's outcome: accounting, checks, where things are."""
+    acc = result.accounting
+    colour = "green" if result.ok else "red"
+    console.print(f"\n[bold {colour}]{result.status.upper()}[/] {result.pipeline} run {result.run_id} "
+                  f"for {result.logical_date} in {result.duration_s:.1f}s")
+    rows = Table(title="Rows", show_header=True, header_style="bold")
+    for name in ("in", "written", "rejected", "deduplicated", "filtered"):
+        rows.add_column(name, justify="right")
+    rows.add_row(*(f"{v:,}" for v in (acc.rows_in, acc.rows_written, acc.rows_rejected,
+                                       acc.rows_deduplicated, acc.rows_filtered)))
+    console.print(rows)
+    balance = "[green]balanced[/]" if acc.is_balanced else "[red]NOT balanced[/]"
+    console.print(f"accounting: in = written + rejected + deduplicated + filtered → {balance}")
+    if result.rejected_by_rule:
+        top = ", ".join(f"{k}: {v}" for k, v in list(result.rejected_by_rule.items())[:8])
+        console.print(f"rejected by rule: {top}", soft_wrap=True)
+    if result.checks:
+        _print_checks(result)
+    for sink in result.sinks:
+        state = "already committed, nothing written" if sink.skipped else f"version {sink.version}"
+        console.print(f"table: {sink.uri} ({state})")
+    if result.dead_letter_uri:
+        console.print(f"dead-letter table: {result.dead_letter_uri} ({result.dead_letter_rows} row(s) this run)")
+    if result.staged_path:
+        console.print(f"staged (unpublished) result: {result.staged_path}")
+    if result.error:
+        console.print(f"[red]error:[/] {result.error}", soft_wrap=True)
+
+
+def _print_checks(result: RunResult) -> None:
+    table = Table(title="Checks (audited before publish)", header_style="bold")
+    for column in ("check", "severity", "status", "observed", "unexpected"):
+        table.add_column(column)
+    style = {"passed": "green", "failed": "red", "error": "magenta"}
+    for check in result.checks:
+        observed = "" if check.observed_value is None else f"{check.observed_value:.4g}"
+        unexpected = "" if check.unexpected_count is None else f"{check.unexpected_count:,}"
+        table.add_row(check.name, check.severity, f"[{style[check.status]}]{check.status}[/]", observed, unexpected)
+    console.print(table)
+    passed = sum(c.status == "passed" for c in result.checks)
+    console.print(f"checks: {passed} passed, {len(result.checks) - passed} failed")
+
+
+@main.command()
+@click.option("--pipeline", help="Only this pipeline's runs.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+def runs(pipeline: str | None, limit: int, state_dir: str | None) -> None:
+    """List recent runs, newest first."""
+    store = RunStore(_state_dir(state_dir) / "runs.db")
+    table = Table(header_style="bold")
+    for column in ("run", "pipeline", "date", "status", "in", "written", "rejected", "dedup", "secs"):
+        table.add_column(column)
+    for r in store.list(pipeline=pipeline, limit=limit):
+        table.add_row(r.run_id, r.pipeline, r.logical_date, r.status, *(str(v if v is not None else "")
+                      for v in (r.rows_in, r.rows_written, r.rows_rejected, r.rows_deduplicated, r.duration_s)))
+    console.print(table)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+def show(run_id: str, state_dir: str | None) -> None:
+    """Show one run (id or unique prefix) as JSON: accounting, checks, sinks, error."""
+    record = RunStore(_state_dir(state_dir) / "runs.db").get(run_id)
+    if record is None:
+        _fail(f"no run '{run_id}' (or the prefix is ambiguous); list runs with `sluice runs`")
+    print(json.dumps(vars(record), indent=2, default=str))
+
+
+from sluiceway.cli_dlq import demo, dlq, replay  # noqa: E402
+
+main.add_command(dlq)
+main.add_command(replay)
+main.add_command(demo)
+
+__all__ = ["SluicewayError", "main"]

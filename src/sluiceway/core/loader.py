@@ -1,0 +1,267 @@
+"""Load a spec: YAML with line numbers, `${ENV}` references, every problem reported at once.
+
+Validation runs in one pass: the top level against `Pipeline`, then every source, step,
+check and sink against its plug-in's model. Each problem carries its YAML path
+(`sources.events.type`), its line and, for unknown names, a did-you-mean.
+Values that came from `${ENV}` references are never echoed in messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sluiceway.core import registry
+from sluiceway.core.spec import Pipeline
+from sluiceway.errors import SpecError, SpecProblem
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Path_ = tuple[str | int, ...]
+
+
+class _Located:
+    """YAML data with the line of every path and the paths that hold secrets."""
+
+    def __init__(self) -> None:
+        self.lines: dict[Path_, int] = {}
+        self.secret_paths: set[Path_] = set()
+        self.problems: list[SpecProblem] = []
+
+    def line(self, path: Path_) -> int | None:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path)
+
+    def problem(self, path: Path_, message: str) -> None:
+        self.problems.append(SpecProblem(path=format_path(path), message=message, line=self.line(path)))
+
+
+def format_path(path: Path_) -> str:
+    """('steps', 2, 'dedup', 'keys') → 'steps[2].dedup.keys'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_spec(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Pipeline:
+    """Read, resolve and validate a YAML spec file.
+
+    Raises:
+        SpecError: with every problem found, each with YAML path and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([SpecProblem("", f"cannot read the spec: {exc}")], source=str(path)) from exc
+    return parse_spec(text, source=str(path), environ=environ)
+
+
+def parse_spec(
+    text: str, *, source: str = "<spec>", environ: Mapping[str, str] | None = None
+) -> Pipeline:
+    """Validate a YAML spec given as text. See `load_spec`."""
+    located = _Located()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise SpecError([SpecProblem("", f"not valid YAML: {exc}", line=line)], source=source) from exc
+    if node is None:
+        raise SpecError([SpecProblem("", "the spec is empty")], source=source)
+    data = _to_data(node, (), located, os.environ if environ is None else environ)
+    pipeline = validate_data(data, located)
+    if located.problems:
+        for problem in located.problems:
+            object.__setattr__(problem, "file", source)
+        raise SpecError(located.problems, source=source)
+    assert pipeline is not None
+    return pipeline
+
+
+def pipeline_from_dict(data: Mapping[str, Any]) -> Pipeline:
+    """Validate a spec given as Python data (the YAML shape). Raises SpecError."""
+    located = _Located()
+    pipeline = validate_data(dict(data), located)
+    if located.problems or pipeline is None:
+        raise SpecError(located.problems)
+    return pipeline
+
+
+def _to_data(node: yaml.Node, path: Path_, located: _Located, environ: Mapping[str, str]) -> Any:
+    located.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            if key in out:
+                located.lines[(*path, key)] = key_node.start_mark.line + 1
+                located.problem((*path, key), f"duplicate key '{key}'")
+            out[key] = _to_data(value_node, (*path, key), located, environ)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(item, (*path, i), located, environ) for i, item in enumerate(node.value)]
+    value = yaml.safe_load(yaml.serialize(node))
+    if isinstance(value, str) and "${" in value:
+        return _resolve_env(value, path, located, environ)
+    return value
+
+
+def _resolve_env(value: str, path: Path_, located: _Located, environ: Mapping[str, str]) -> str:
+    located.secret_paths.add(path)
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        located.problem(path, f"environment variable '{name}' is not set; export it or write ${{{name}:-default}}")
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def validate_data(data: Any, located: _Located) -> Pipeline | None:
+    """Validate plain data against the top-level model and every plug-in; collect problems."""
+    if not isinstance(data, dict):
+        located.problem((), "the spec must be a mapping with keys version, pipeline, sources, sinks")
+        return None
+    built = dict(data)
+    built["sources"] = _named_plugins(data.get("sources"), "sources", "source", located)
+    built["sinks"] = _listed_typed(data.get("sinks"), "sinks", "sink", located)
+    built["steps"] = _keyed_plugins(data.get("steps"), "steps", "step", located)
+    built["checks"] = _keyed_plugins(data.get("checks"), "checks", "check", located)
+    for key in ("sources", "sinks", "steps", "checks"):
+        if built[key] is None:
+            built.pop(key)
+    try:
+        pipeline = Pipeline.model_validate(built)
+    except ValidationError as exc:
+        _report(exc, (), located)
+        return None
+    _cross_check(pipeline, located)
+    return pipeline
+
+
+def _named_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _Located) -> Any:
+    if raw is None or not isinstance(raw, dict):
+        return raw
+    return {name: _typed(cfg, (section, name), kind, located) for name, cfg in raw.items()}
+
+
+def _listed_typed(raw: Any, section: str, kind: registry.PluginKind, located: _Located) -> Any:
+    if raw is None or not isinstance(raw, list):
+        return raw
+    return [_typed(cfg, (section, i), kind, located) for i, cfg in enumerate(raw)]
+
+
+def _typed(cfg: Any, path: Path_, kind: registry.PluginKind, located: _Located) -> Any:
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        located.problem(path, f"a {kind} needs a 'type:' (one of: {', '.join(registry.names(kind))})")
+        return None
+    name = str(cfg["type"])
+    plugin = registry.lookup(kind, name)
+    if plugin is None:
+        hint = registry.did_you_mean(name, registry.names(kind))
+        located.problem((*path, "type"), f"unknown {kind} type '{name}'.{hint}")
+        return None
+    return _validate_model(plugin.config, cfg, path, located)
+
+
+def _keyed_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _Located) -> Any:
+    if raw is None or not isinstance(raw, list):
+        return raw
+    out = []
+    for i, item in enumerate(raw):
+        path: Path_ = (section, i)
+        if not isinstance(item, dict) or len(item) != 1:
+            located.problem(path, f"each {kind} is a mapping with one key, e.g. '- {_example(kind)}'")
+            continue
+        key, value = next(iter(item.items()))
+        plugin = registry.lookup(kind, key)
+        if plugin is None:
+            hint = registry.did_you_mean(key, registry.names(kind))
+            located.problem((*path, key), f"unknown {kind} '{key}'.{hint}")
+            continue
+        out.append(_validate_model(plugin.config, _expand(plugin.config, value), (*path, key), located))
+    return out
+
+
+def _example(kind: str) -> str:
+    return "sql: SELECT * FROM input" if kind == "step" else "not_null: {column: user_id}"
+
+
+def _expand(model: type[BaseModel], value: Any) -> Any:
+    shorthand = getattr(model, "shorthand", None)
+    if shorthand is None or value is None:
+        return {} if value is None else value
+    if not isinstance(value, dict) or getattr(model, "wraps_mapping", False):
+        return {shorthand: value}
+    return value
+
+
+def _validate_model(model: type[BaseModel], cfg: Any, path: Path_, located: _Located) -> Any:
+    try:
+        return model.model_validate(cfg)
+    except ValidationError as exc:
+        _report(exc, path, located)
+        return None
+
+
+def _report(exc: ValidationError, prefix: Path_, located: _Located) -> None:
+    for err in exc.errors():
+        loc = (*prefix, *err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = _unknown_key_message(err["loc"][-1], exc.title, loc, located)
+        elif not _is_secret(loc, located) and "input" in err and err["type"] != "missing":
+            message = f"{message} (got {_short(err['input'])})"
+        located.problem(loc, message)
+
+
+def _unknown_key_message(key: Any, title: str, loc: Path_, located: _Located) -> str:
+    model = _model_named(title)
+    fields = sorted(model.model_fields) if model else []
+    hint = registry.did_you_mean(str(key), fields)
+    allowed = f" Allowed keys: {', '.join(fields)}." if fields and not hint else ""
+    return f"unknown key '{key}'.{hint}{allowed}"
+
+
+def _model_named(title: str) -> type[BaseModel] | None:
+    if title == "Pipeline":
+        return Pipeline
+    for kind in ("source", "step", "check", "sink"):
+        for plugin in registry.canonical(kind):  # type: ignore[arg-type]
+            if plugin.config.__name__ == title:
+                return plugin.config
+    from sluiceway.core import spec
+
+    candidate = getattr(spec, title, None)
+    return candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None
+
+
+def _is_secret(loc: Path_, located: _Located) -> bool:
+    return any(loc[: len(p)] == p for p in located.secret_paths)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _cross_check(pipeline: Pipeline, located: _Located) -> None:
+    if pipeline.primary and pipeline.primary not in pipeline.sources:
+        hint = registry.did_you_mean(pipeline.primary, list(pipeline.sources))
+        located.problem(("primary",), f"no source named '{pipeline.primary}'.{hint}")
+    for name in pipeline.sources:
+        if name == "input" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            located.problem(("sources", name), f"source name '{name}' must be an SQL identifier other than 'input'")

@@ -1,0 +1,106 @@
+"""`sluice replay`: send a run's dead letters back through the (fixed) pipeline.
+
+Contract rejects of the primary source are rebuilt from their raw payload (decrypted with
+SLUICE_ENCRYPTION_KEY when encrypted) and run through contract, steps, masking and checks.
+Rows that now pass are appended to the sinks under an idempotency key made of their
+dead-letter ids, then deleted from the dead-letter table. A crash between the two is safe:
+the next replay finds the same ids, the sink skips the committed key, and the delete runs.
+So each row leaves the dead-letter table exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from sluiceway import masking
+from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, RunContext, SourceRead
+from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
+from sluiceway.core.spec import Pipeline
+from sluiceway.errors import ConfigError, SluicewayError
+from sluiceway.sinks.dead_letter import DeadLetterTable
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did."""
+
+    replayed: int
+    passed: int
+    still_failing: int
+    deleted: int
+    run: RunResult | None
+
+
+def dead_letter_table(pipeline: Pipeline, options: RunOptions) -> DeadLetterTable:
+    """The pipeline's dead-letter table, as the runner would resolve it."""
+    from pathlib import Path
+
+    config = pipeline.dead_letter
+    base = (options.base_dir or Path.cwd()).resolve()
+    if config is None:
+        state = options.state_dir or Path.cwd() / ".sluice"
+        return DeadLetterTable(str(Path(state).resolve() / "dead_letter"), {})
+    path = config.path if "://" in config.path else str((base / config.path).resolve())
+    return DeadLetterTable(path, config.storage_options)
+
+
+def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult:
+    """Replay the contract dead letters of `run_id` (primary source) through `pipeline`."""
+    table = dead_letter_table(pipeline, options)
+    letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
+    letters = letters.filter(
+        pa.compute.and_(pa.compute.equal(letters["stage"], "contract"),
+                        pa.compute.equal(letters["source"], pipeline.primary_source)))
+    if letters.num_rows == 0:
+        return ReplayResult(0, 0, 0, 0, None)
+    rows = _rebuild(letters, options)
+    ids = {(r["file"], r["row"]): r["dlq_id"] for r in letters.select(["file", "row", "dlq_id"]).to_pylist()}
+    fingerprint = hashlib.sha256("|".join(sorted(ids.values())).encode()).hexdigest()[:20]
+
+    def override(ctx: RunContext, name: str) -> SourceRead | None:
+        if name != pipeline.primary_source:
+            return None
+        loaded = ctx.engine.register_arrow(ctx.engine.new_name("replay"), rows)
+        return SourceRead(table=loaded, rows_in=rows.num_rows, parse_rejects=PARSE_REJECT_SCHEMA.empty_table(),
+                          position={}, fingerprint=fingerprint)
+
+    options.source_override = override
+    options.is_replay = True
+    result = run_pipeline(pipeline, options)
+    if not result.ok:
+        return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result)
+    failing = {(r["file"], r["row"]) for r in result.dead_rows if r["source"] == pipeline.primary_source}
+    passed = [dlq_id for key, dlq_id in ids.items() if key not in failing]
+    deleted = table.delete(passed, metadata={"sluice.replay_run_id": result.run_id})
+    return ReplayResult(letters.num_rows, len(passed), letters.num_rows - len(passed), deleted, result)
+
+
+def _rebuild(letters: pa.Table, options: RunOptions) -> pa.Table:
+    """The original source rows (text columns) with their file and row number."""
+    import os
+
+    environ = os.environ if options.environ is None else options.environ
+    key = masking.MaskKeys.from_env(environ).encryption_key
+    records = []
+    for letter in letters.to_pylist():
+        raw: bytes = letter["raw_payload"]
+        if letter["raw_encrypted"]:
+            if key is None:
+                raise ConfigError("these dead letters are encrypted: set SLUICE_ENCRYPTION_KEY to the key "
+                                  "the run used to replay them")
+            try:
+                raw = masking.decrypt_value(raw, key)
+            except Exception as exc:
+                raise ConfigError("cannot decrypt the dead letters: SLUICE_ENCRYPTION_KEY is not the key "
+                                  "the run used") from exc
+        try:
+            record = json.loads(raw)
+        except ValueError as exc:
+            raise SluicewayError(f"dead letter {letter['dlq_id']} has no JSON payload to replay") from exc
+        records.append({**{k: None if v is None else str(v) for k, v in record.items()},
+                        ROW_FILE: letter["file"], ROW_NUMBER: letter["row"]})
+    return pa.Table.from_pylist(records)

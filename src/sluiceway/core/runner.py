@@ -1,0 +1,350 @@
+"""The batch runner: read → contract → steps → mask → stage → audit → dead-letter → publish.
+
+Order matters and holds the promises:
+- every row is counted into written, rejected, deduplicated or filtered, and the run fails
+  before publishing if the terms do not add up;
+- table checks run on the staged, masked result; a failed `error` check publishes nothing
+  and leaves the staged data and the results in .sluice/staging/<run_id>/;
+- the sink commits data and source positions together, under an idempotency key built
+  from the pipeline, the logical date and the exact inputs;
+- PII is masked before the staged table exists; dead letters keep raw payloads encrypted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sluiceway import masking
+from sluiceway.checks import contract as contract_mod
+from sluiceway.checks.table import CheckResult, blocking_failures, evaluate_checks
+from sluiceway.core import registry, rejects
+from sluiceway.core.accounting import RowAccounting
+from sluiceway.core.context import META_COLUMNS, RunContext, SourceRead, WriteRequest, WriteResult
+from sluiceway.core.events import EventBus, Subscriber
+from sluiceway.core.runstore import RunRecord, RunStore
+from sluiceway.core.spec import Pipeline
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.errors import ConfigError, GateFailed, SluicewayError, TerminalError
+from sluiceway.sinks.dead_letter import DEAD_LETTER_SCHEMA, DeadLetterTable
+
+
+@dataclass
+class RunResult:
+    """What a run did: status, accounting, checks, where data and dead letters are."""
+
+    run_id: str
+    pipeline: str
+    logical_date: date
+    status: str
+    accounting: RowAccounting
+    checks: list[CheckResult] = field(default_factory=list)
+    sinks: list[WriteResult] = field(default_factory=list)
+    dead_letter_uri: str | None = None
+    dead_letter_rows: int = 0
+    rejected_by_rule: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    staged_path: str | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    dead_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run succeeded."""
+        return self.status == "succeeded"
+
+
+@dataclass
+class RunOptions:
+    """How to run: the date, where state lives, what to watch.
+
+    Attributes:
+        logical_date: the date the run is for (default: today, UTC).
+        base_dir: where relative spec paths resolve (default: the current folder).
+        state_dir: the .sluice folder (default: $SLUICE_HOME or ./.sluice).
+        environ: environment for keys (default: os.environ).
+        subscribers: event subscribers (logs, progress).
+        source_override: replaces a source's read (used by replay).
+        is_replay: a replay of dead letters: rows still failing stay where they are (no new
+            dead letters), table checks only warn (they audited the full load), sinks append.
+    """
+
+    logical_date: date | None = None
+    base_dir: Path | None = None
+    state_dir: Path | None = None
+    environ: Mapping[str, str] | None = None
+    subscribers: list[Subscriber] = field(default_factory=list)
+    source_override: Callable[[RunContext, str], SourceRead | None] | None = None
+    threads: int | None = None
+    is_replay: bool = False
+
+
+def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None) -> RunResult:
+    """Run a batch pipeline once. Never raises for data problems: they are in the result.
+
+    Raises:
+        ConfigError: a key the pipeline needs is missing from the environment.
+    """
+    options = options or RunOptions()
+    runner = _Runner(pipeline, options)
+    return runner.run()
+
+
+class _Runner:
+    def __init__(self, pipeline: Pipeline, options: RunOptions) -> None:
+        base_dir = (options.base_dir or Path.cwd()).resolve()
+        environ = os.environ if options.environ is None else options.environ
+        state_dir = options.state_dir or Path(environ.get("SLUICE_HOME") or Path.cwd() / ".sluice")
+        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.options = options
+        self.keys = masking.MaskKeys.from_env(environ)
+        self.ctx = RunContext(
+            pipeline=pipeline, run_id=run_id, logical_date=options.logical_date or datetime.now(UTC).date(),
+            engine=DuckDBEngine(threads=options.threads), base_dir=base_dir, state_dir=Path(state_dir).resolve(),
+            events=EventBus(pipeline.pipeline, run_id), secrets=self.keys,
+        )
+        for subscriber in options.subscribers:
+            self.ctx.events.subscribe(subscriber)
+        self.store = RunStore(self.ctx.state_dir / "runs.db")
+        self.accounting = RowAccounting()
+        self.result = RunResult(run_id, pipeline.pipeline, self.ctx.logical_date, "running", self.accounting)
+        self.started = time.monotonic()
+        self.contract_failure: TerminalError | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.ctx.pipeline
+
+    def run(self) -> RunResult:
+        self._check_keys()
+        self._record("running")
+        self.ctx.events.emit("run_started", logical_date=str(self.ctx.logical_date))
+        try:
+            self._run()
+            self.result.status = "succeeded"
+            self.ctx.events.emit("run_succeeded", **self.accounting.to_dict())
+        except SluicewayError as exc:
+            self.result.status = "failed"
+            self.result.error = str(exc)
+            self.ctx.events.emit("run_failed", error=str(exc), error_type=type(exc).__name__)
+        finally:
+            self.result.duration_s = round(time.monotonic() - self.started, 3)
+            self._record(self.result.status)
+            self.ctx.engine.close()
+        return self.result
+
+    def _check_keys(self) -> None:
+        methods = set(self.pipeline.pii.values())
+        if self.pipeline.pii:
+            methods.add("encrypt")
+        try:
+            masking.check_keys(sorted(methods), self.keys)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc}\n(the pipeline declares PII: dead-letter raw payloads are encrypted with SLUICE_ENCRYPTION_KEY)"
+            ) from exc
+        masking.register_functions(self.ctx.engine.con, self.keys)
+
+    def _run(self) -> None:
+        engine = self.ctx.engine
+        engine.run(f"CREATE OR REPLACE MACRO logical_date() AS DATE {quote_literal(str(self.ctx.logical_date))}")
+        sinks = [registry.lookup("sink", s.type).impl(s) for s in self.pipeline.sinks]  # type: ignore[union-attr]
+        positions = sinks[0].committed_positions(self.ctx)
+        reads = self._read_sources(positions)
+        run_key = self._run_key(reads)
+        dead_rows: list[dict[str, Any]] = []
+        valid = self._validate_sources(reads, run_key, dead_rows)
+        table = self._apply_steps(valid[self.pipeline.primary_source])
+        staged = self._stage(table)
+        self.accounting.rows_written = engine.count(staged)
+        self._write_dead_letters(dead_rows, run_key)
+        self.accounting.verify()
+        self._audit(staged)
+        self._publish(sinks, staged, run_key, {name: r.position for name, r in reads.items()})
+
+    def _read_sources(self, positions: dict[str, Any]) -> dict[str, SourceRead]:
+        reads: dict[str, SourceRead] = {}
+        for name, config in self.pipeline.sources.items():
+            self.ctx.events.emit("progress", stage=f"reading source {name}")
+            override = self.options.source_override(self.ctx, name) if self.options.source_override else None
+            source = registry.lookup("source", config.type).impl(config)  # type: ignore[union-attr]
+            read = override or source.read(self.ctx, name, position=positions.get(name))
+            reads[name] = read
+            self.ctx.events.emit("source_read", source=name, rows_in=read.rows_in,
+                                 unparseable=read.parse_rejects.num_rows)
+        return reads
+
+    def _run_key(self, reads: dict[str, SourceRead]) -> str:
+        identity = {name: read.fingerprint for name, read in sorted(reads.items())}
+        blob = json.dumps([self.pipeline.pipeline, str(self.ctx.logical_date), identity], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def _reject_context(self, run_key: str) -> rejects.RejectContext:
+        return rejects.RejectContext(self.pipeline.pipeline, self.ctx.run_id, run_key, self.ctx.logical_date,
+                                     self.keys.encryption_key, bool(self.pipeline.pii))
+
+    def _validate_sources(self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[dict[str, Any]]) -> dict[str, str]:
+        valid: dict[str, str] = {}
+        rctx = self._reject_context(run_key)
+        for name, read in reads.items():
+            dead_rows.extend(rejects.parse_rejects_rows(read.parse_rejects, name, rctx))
+            table, rejected = self._apply_contract(name, read, rctx, dead_rows)
+            counts = {"rows_in": read.rows_in, "rows_rejected": read.parse_rejects.num_rows + rejected}
+            self.result.sources[name] = counts
+            if name == self.pipeline.primary_source:
+                self.accounting.rows_in = read.rows_in
+                self.accounting.rows_rejected = counts["rows_rejected"]
+            self.ctx.engine.create_view(name, f"SELECT * EXCLUDE ({', '.join(META_COLUMNS)}) FROM {quote_ident(table)}")
+            valid[name] = table
+        return valid
+
+    def _apply_contract(self, name: str, read: SourceRead, rctx: rejects.RejectContext,
+                        dead_rows: list[dict[str, Any]]) -> tuple[str, int]:
+        contract = self.pipeline.sources[name].contract
+        if contract is None:
+            return read.table, 0
+        self.ctx.events.emit("progress", stage=f"checking the contract of {name}")
+        result = contract_mod.apply_contract(self.ctx.engine, read.table, contract, pii=self.pipeline.pii,
+                                             masked_payload=self._payload_sql)
+        dead_rows.extend(rejects.contract_rejects_rows(self.ctx.engine, result.rejected, name, rctx))
+        self.accounting.rows_warned += result.rows_warned if name == self.pipeline.primary_source else 0
+        if result.rows_rejected:
+            self.ctx.events.emit("rows_rejected", source=name, rows=result.rows_rejected, stage="contract")
+        if contract.on_violation == "fail" and result.rows_rejected:
+            self.contract_failure = TerminalError(
+                f"source {name}: {result.rows_rejected} row(s) break the contract and on_violation is fail; "
+                "they are in the dead-letter table (sluice dlq) for inspection")
+        return result.valid, result.rows_rejected
+
+    def _payload_sql(self, columns: list[str]) -> str:
+        if not columns:
+            return "'{}'"
+        parts = [
+            f"{quote_ident(c)} := {masking.mask_sql(self.pipeline.pii[c], quote_ident(c), self.keys)}"
+            if c in self.pipeline.pii else f"{quote_ident(c)} := {quote_ident(c)}"
+            for c in columns
+        ]
+        return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
+
+    def _apply_steps(self, table: str) -> str:
+        for index, config in enumerate(self.pipeline.steps):
+            self.ctx.events.emit("progress", stage=f"step {index + 1}/{len(self.pipeline.steps)}: {config.key}")
+            step = registry.lookup("step", config.key).impl(config)  # type: ignore[union-attr]
+            try:
+                out = step.apply(self.ctx, table)
+            except SluicewayError as exc:
+                raise exc.with_context(step=f"steps[{index}].{config.key}")
+            self.accounting.rows_deduplicated += out.deduplicated
+            self.accounting.rows_filtered += out.filtered
+            self.ctx.events.emit("step_done", step=config.key, index=index,
+                                 deduplicated=out.deduplicated, filtered=out.filtered)
+            table = out.table
+        return table
+
+    def _stage(self, table: str) -> str:
+        """Drop bookkeeping columns and mask PII: the staged table is what checks and sinks see."""
+        columns = [c for c, _ in self.ctx.engine.columns(table) if c not in META_COLUMNS]
+        select = [
+            f"{masking.mask_sql(self.pipeline.pii[c], quote_ident(c), self.keys)} AS {quote_ident(c)}"
+            if c in self.pipeline.pii else quote_ident(c)
+            for c in columns
+        ]
+        self.ctx.events.emit("progress", stage="masking and staging")
+        return self.ctx.engine.create_table(
+            self.ctx.engine.new_name("staged"), f"SELECT {', '.join(select)} FROM {quote_ident(table)}",
+            purpose="stage the result")
+
+    def _write_dead_letters(self, rows: list[dict[str, Any]], run_key: str) -> None:
+        config = self.pipeline.dead_letter
+        uri = self.ctx.resolve(config.path) if config else str(self.ctx.state_dir / "dead_letter")
+        table = DeadLetterTable(uri, config.storage_options if config else {})
+        data = rejects.to_table(rows, DEAD_LETTER_SCHEMA)
+        self.result.dead_rows = rows
+        if self.options.is_replay:
+            self.result.dead_letter_uri = uri
+            return
+        if data.num_rows or table.exists():
+            table.write(data, pipeline=self.pipeline.pipeline, run_key=run_key,
+                        metadata={"sluice.run_id": self.ctx.run_id})
+        self.result.dead_letter_uri = uri
+        self.result.dead_letter_rows = data.num_rows
+        self.result.rejected_by_rule = rejects.rule_counts(data)
+        if data.num_rows:
+            self.ctx.events.emit("dead_letter_written", rows=data.num_rows, uri=uri)
+        if self.contract_failure is not None:
+            raise self.contract_failure
+
+    def _audit(self, staged: str) -> None:
+        self.ctx.events.emit("progress", stage="auditing the staged result")
+        results = evaluate_checks(self.ctx.engine, staged, self.pipeline.checks) if self.pipeline.checks else []
+        self.result.checks = results
+        self.ctx.events.emit("checks_done", passed=sum(r.status == "passed" for r in results),
+                             failed=sum(r.status != "passed" for r in results))
+        blocking = [] if self.options.is_replay else blocking_failures(results)
+        if blocking:
+            self.result.staged_path = self._keep_staged(staged, results)
+            names = [r.name for r in blocking]
+            self.ctx.events.emit("gate_failed", checks=names)
+            raise GateFailed(
+                f"{len(blocking)} error check(s) failed, nothing was published: {', '.join(names)}. "
+                f"The staged result and check results are in {self.result.staged_path}", failed=names)
+
+    def _keep_staged(self, staged: str, results: list[CheckResult]) -> str:
+        folder = self.ctx.state_dir / "staging" / self.ctx.run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.ctx.engine.fetch_arrow(f"SELECT * FROM {quote_ident(staged)}"),
+                       folder / "staged.parquet", compression="zstd")
+        (folder / "checks.json").write_text(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+        return str(folder)
+
+    def _publish(self, sinks: list[Any], staged: str, run_key: str, positions: dict[str, Any]) -> None:
+        if self.accounting.rows_in == 0:
+            self.ctx.events.emit("commit_skipped", reason="no new input")
+            return
+        data: pa.Table = self.ctx.engine.fetch_arrow(f"SELECT * FROM {quote_ident(staged)}", purpose="fetch staged")
+        metadata = {
+            "sluice.pipeline": self.pipeline.pipeline, "sluice.run_id": self.ctx.run_id,
+            "sluice.spec_hash": self.pipeline.spec_hash(), "sluice.logical_date": str(self.ctx.logical_date),
+            "sluice.accounting": json.dumps(self.accounting.to_dict(), sort_keys=True),
+        }
+        for index, sink in enumerate(sinks):
+            self.ctx.events.emit("progress", stage=f"writing sink {index + 1}/{len(sinks)}")
+            request = WriteRequest(data=data, idempotency_key=run_key, metadata=metadata, positions=positions,
+                                   append_only=self.options.is_replay)
+            try:
+                written = sink.write(self.ctx, request)
+            except SluicewayError as exc:
+                raise exc.with_context(sink=f"sinks[{index}]")
+            self.result.sinks.append(written)
+            self.ctx.events.emit("commit_skipped" if written.skipped else "commit_done",
+                                 sink=written.uri, version=written.version, rows=written.rows_written)
+
+    def _record(self, status: str) -> None:
+        acc = self.accounting
+        self.store.save(RunRecord(
+            run_id=self.ctx.run_id, pipeline=self.pipeline.pipeline, logical_date=str(self.ctx.logical_date),
+            status=status, started_at=self.ctx.run_id[:15], finished_at=None if status == "running" else
+            datetime.now(UTC).strftime("%Y%m%dT%H%M%S"), duration_s=self.result.duration_s or None,
+            spec_hash=self.pipeline.spec_hash(), rows_in=acc.rows_in, rows_written=acc.rows_written,
+            rows_rejected=acc.rows_rejected, rows_deduplicated=acc.rows_deduplicated,
+            rows_filtered=acc.rows_filtered, rows_warned=acc.rows_warned, error=self.result.error,
+            details={
+                "checks": [r.to_dict() for r in self.result.checks],
+                "sinks": [vars(s) for s in self.result.sinks],
+                "sources": self.result.sources, "dead_letter_uri": self.result.dead_letter_uri,
+                "dead_letter_rows": self.result.dead_letter_rows, "rejected_by_rule": self.result.rejected_by_rule,
+                "staged_path": self.result.staged_path,
+            },
+        ))

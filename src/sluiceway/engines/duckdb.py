@@ -1,0 +1,123 @@
+"""The DuckDB engine: where relations live and SQL runs.
+
+One connection per run. Every statement goes through `execute`, which counts it (the
+quality engine promises a bounded number of statements per dataset) and turns DuckDB
+errors into sluiceway errors with the statement's purpose in the message.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from sluiceway.errors import StepError
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """Quote a string literal for DuckDB."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class DuckDBEngine:
+    """A DuckDB connection with statement counting and named temp tables.
+
+    Args:
+        threads: worker threads DuckDB may use (None: DuckDB's default).
+        memory_limit: e.g. '8GB' (None: DuckDB's default).
+    """
+
+    def __init__(self, *, threads: int | None = None, memory_limit: str | None = None) -> None:
+        self.con = duckdb.connect(":memory:")
+        self.statements = 0
+        self._names = itertools.count(1)
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
+        self.con.execute("SET autoinstall_known_extensions = false")
+        self.con.execute("SET autoload_known_extensions = false")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = {quote_literal(memory_limit)}")
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None, *, purpose: str = "query") -> duckdb.DuckDBPyConnection:
+        """Run one statement; DuckDB errors become StepError naming the purpose."""
+        self.statements += 1
+        try:
+            return self.con.execute(sql, params) if params else self.con.execute(sql)
+        except duckdb.Error as exc:
+            raise StepError(f"{purpose} failed: {exc}", context={"sql": _clip(sql)}) from exc
+
+    def run(self, sql: str, *, purpose: str = "statement") -> None:
+        """Run a statement whose result is not needed (DDL, SET) and finish it."""
+        self.execute(sql, purpose=purpose).fetchall()
+
+    def fetch_arrow(self, sql: str, *, purpose: str = "query") -> pa.Table:
+        """Run a query and return its result as an Arrow table."""
+        self.statements += 1
+        try:
+            return self.con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StepError(f"{purpose} failed: {exc}", context={"sql": _clip(sql)}) from exc
+
+    def fetch_reader(self, sql: str, *, batch_rows: int = 1_000_000, purpose: str = "query") -> pa.RecordBatchReader:
+        """Run a query and stream its result as Arrow record batches."""
+        self.statements += 1
+        try:
+            return self.con.sql(sql).to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            raise StepError(f"{purpose} failed: {exc}", context={"sql": _clip(sql)}) from exc
+
+    def fetch_one(self, sql: str, *, purpose: str = "query") -> tuple[Any, ...]:
+        """Run a query that returns one row."""
+        rows = self.execute(sql, purpose=purpose).fetchall()
+        assert rows, f"{purpose} returned no row"
+        return tuple(rows[0])
+
+    def new_name(self, prefix: str) -> str:
+        """A fresh temp table name: sw_<prefix>_<n>."""
+        return f"sw_{prefix}_{next(self._names)}"
+
+    def create_table(self, name: str, select_sql: str, *, purpose: str = "query") -> str:
+        """Materialize `select_sql` as temp table `name`; returns the name."""
+        self.run(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {select_sql}", purpose=purpose)
+        return name
+
+    def create_view(self, name: str, select_sql: str, *, purpose: str = "query") -> str:
+        """Define temp view `name` over `select_sql`; returns the name."""
+        self.run(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS {select_sql}", purpose=purpose)
+        return name
+
+    def register_arrow(self, name: str, data: pa.Table) -> str:
+        """Make an Arrow table queryable as a temp table `name`."""
+        view = f"__arrow_{name}"
+        self.con.register(view, data)
+        try:
+            return self.create_table(name, f"SELECT * FROM {quote_ident(view)}", purpose=f"load {name}")
+        finally:
+            self.con.unregister(view)
+
+    def count(self, table: str) -> int:
+        """Row count of a table or view."""
+        return int(self.fetch_one(f"SELECT count(*) FROM {quote_ident(table)}", purpose=f"count {table}")[0])
+
+    def columns(self, table: str) -> list[tuple[str, str]]:
+        """(name, DuckDB type) of every column of a table or view, in order."""
+        rows = self.execute(f"DESCRIBE {quote_ident(table)}", purpose=f"describe {table}").fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.con.close()
+
+
+def _clip(sql: str, limit: int = 500) -> str:
+    return sql if len(sql) <= limit else sql[:limit] + " ..."

@@ -1,0 +1,1 @@
+"""Subscribers to run events: structured logs and live progress."""

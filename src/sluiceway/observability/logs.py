@@ -1,0 +1,34 @@
+"""Structured logs: one JSON object per event (`--log-format json`), or a human line.
+
+Events carry counts, names and positions only, never row values, so logs hold no PII.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from sluiceway.core.events import Event, Subscriber
+
+_LEVELS = {"run_failed": "error", "gate_failed": "error", "rows_rejected": "warning"}
+
+
+def json_logger(stream: TextIO | None = None) -> Subscriber:
+    """A subscriber that writes each event as one JSON line."""
+    out = stream or sys.stderr
+
+    def log(event: Event) -> None:
+        record = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": _LEVELS.get(event.name, "info"),
+            "event": event.name,
+            "pipeline": event.pipeline,
+            "run_id": event.run_id,
+            **event.fields,
+        }
+        out.write(json.dumps(record, default=str) + "\n")
+        out.flush()
+
+    return log

@@ -1,0 +1,1 @@
+"""5. write — one module per sink `type:`, and the dead-letter table."""

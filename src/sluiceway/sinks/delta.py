@@ -1,0 +1,421 @@
+"""The Delta Lake sink: append, partition overwrite or keyed merge, positions in the same commit.
+
+Every commit carries the run's metadata, the source positions (``sluice.positions``) and the
+idempotency key, plus a Delta app transaction ``(sluice:<pipeline>:<key>, 1)``. The table is
+the ledger: `committed_positions` rebuilds where each source stopped from the table history.
+
+How each mode stays idempotent:
+
+- ``append``: before writing, the sink asks the table for the app transaction of the
+  request's idempotency key. If it is already set, that exact input was committed and the
+  write is skipped (``WriteResult(skipped=True)``). The same inputs never land twice.
+- ``overwrite_partition``: a predicate overwrite (``replace_where``, or the partition values
+  present in the data) replaces what a previous run wrote; a rerun recomputes and converges.
+- ``merge``: an upsert on ``merge_keys`` is naturally idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal, Self
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
+from pydantic import Field, model_validator
+
+from sluiceway.core import registry
+from sluiceway.core.context import RunContext, WriteRequest, WriteResult
+from sluiceway.core.spec import SinkConfig
+from sluiceway.core.storage import (
+    delta_storage_options,
+    error_summary,
+    merge_positions,
+    prepare_local,
+)
+from sluiceway.engines.duckdb import quote_ident, quote_literal
+from sluiceway.errors import SinkError
+
+DeltaMode = Literal["append", "overwrite_partition", "merge"]
+
+PIPELINE_KEY = "sluice.pipeline"
+POSITIONS_KEY = "sluice.positions"
+IDEMPOTENCY_KEY = "sluice.idempotency_key"
+LOGICAL_DATE_PLACEHOLDER = "{logical_date}"
+
+WRITER_PROPERTIES = WriterProperties(compression="ZSTD")
+
+
+class DeltaSinkConfig(SinkConfig):
+    """A Delta Lake table (local path or s3://)."""
+
+    type: Literal["delta"] = Field("delta", description="The sink plug-in: delta.")
+    path: str = Field(description="Table location: a path (relative to the spec) or s3://bucket/path.")
+    mode: DeltaMode = Field(
+        "append",
+        description="append: add rows once per idempotency key; overwrite_partition: replace "
+        "the partitions written (or replace_where); merge: upsert on merge_keys.",
+    )
+    partition_by: list[str] = Field(
+        default_factory=list, description="Partition columns of the table, e.g. [event_date]."
+    )
+    merge_keys: list[str] = Field(
+        default_factory=list,
+        description="Columns identifying a row for mode: merge (one row per key).",
+    )
+    replace_where: str | None = Field(
+        None,
+        description="SQL predicate of the rows overwrite_partition replaces; may use "
+        "{logical_date}. Default: partition_by IN the values present in the data.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object-store options (endpoint_url, region, access_key_id, "
+        "secret_access_key, allow_http or AWS_* names; use ${ENV} for secrets).",
+    )
+    target_file_size: int | None = Field(
+        None,
+        gt=0,
+        description="Target size in bytes of the data files written (delta-rs default when unset).",
+    )
+
+    @model_validator(mode="after")
+    def _check_mode_options(self) -> Self:
+        if self.mode == "merge" and not self.merge_keys:
+            raise ValueError(
+                "mode: merge needs merge_keys, the columns that identify a row "
+                "(e.g. merge_keys: [order_id])"
+            )
+        if self.mode == "overwrite_partition" and not (self.partition_by or self.replace_where):
+            raise ValueError(
+                "mode: overwrite_partition needs partition_by (replace the partitions present "
+                "in the data) or replace_where (an SQL predicate such as "
+                "\"event_date = '{logical_date}'\")"
+            )
+        if self.replace_where and self.mode != "overwrite_partition":
+            raise ValueError("replace_where only applies to mode: overwrite_partition")
+        if self.merge_keys and self.mode != "merge":
+            raise ValueError("merge_keys only apply to mode: merge")
+        return self
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One write: the table, the request and the commit it becomes."""
+
+    config: DeltaSinkConfig
+    uri: str
+    options: dict[str, str] | None
+    data: pa.Table
+    app_id: str
+    commit: CommitProperties
+    logical_date: date
+
+    def open(self) -> DeltaTable | None:
+        return _open_table(self.uri, self.options)
+
+    def write(self, table: DeltaTable | None, *, replace: str | None = None) -> int:
+        """Append to `table` (None: create it), or overwrite the rows matching `replace`.
+
+        New nullable columns evolve the schema. Returns the new table version.
+        """
+        settings: dict[str, Any] = {
+            "schema_mode": "merge",
+            "partition_by": self.config.partition_by or None,
+            "storage_options": self.options if table is None else None,
+            "target_file_size": self.config.target_file_size,
+            "writer_properties": WRITER_PROPERTIES,
+            "commit_properties": self.commit,
+        }
+        target = table if table is not None else self.uri
+        if replace is None:
+            write_deltalake(target, self.data, mode="append", **settings)
+        else:
+            write_deltalake(target, self.data, mode="overwrite", predicate=replace, **settings)
+        if table is not None:
+            return table.version()
+        return DeltaTable(self.uri, storage_options=self.options).version()
+
+    def result(self, version: int | None, *, skipped: bool = False) -> WriteResult:
+        rows = 0 if skipped else self.data.num_rows
+        return WriteResult(uri=self.uri, rows_written=rows, version=version, skipped=skipped)
+
+
+class DeltaSink:
+    """Writes audited rows to a Delta table, atomically with the source positions.
+
+    Idempotency: ``append`` records the request's idempotency key as a Delta app
+    transaction in the same commit as the data; a request whose key is already recorded
+    writes nothing and returns ``skipped=True``, so the same inputs never land twice.
+    ``overwrite_partition`` and ``merge`` always write (a rerun recomputes and converges).
+
+    Args:
+        config: the validated sink config.
+    """
+
+    def __init__(self, config: DeltaSinkConfig) -> None:
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"DeltaSink(path={self.config.path!r}, mode={self.config.mode!r})"
+
+    def write(self, ctx: RunContext, request: WriteRequest) -> WriteResult:
+        """Commit `request.data` with its positions (or nothing, for a committed append key).
+
+        Raises:
+            SinkError: the table refused the write (schema, predicate, storage), or a
+                merge source has duplicate or NULL keys.
+        """
+        uri = ctx.resolve(self.config.path)
+        job = _Job(
+            config=self.config,
+            uri=uri,
+            options=delta_storage_options(uri, self.config.storage_options),
+            data=request.data,
+            app_id=app_id(ctx.pipeline.pipeline, request.idempotency_key),
+            commit=_commit_properties(ctx, request),
+            logical_date=ctx.logical_date,
+        )
+        prepare_local(uri)
+        with self._errors("write to", uri):
+            mode = "append" if request.append_only and self.config.mode != "merge" else self.config.mode
+            return _WRITERS[mode](job)
+
+    def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
+        """Positions of this pipeline's commits, merged oldest to newest ({} without a table)."""
+        uri = ctx.resolve(self.config.path)
+        with self._errors("read the history of", uri):
+            table = _open_table(uri, delta_storage_options(uri, self.config.storage_options))
+            if table is None:
+                return {}
+            return positions_from_history(table.history(), ctx.pipeline.pipeline)
+
+    @contextmanager
+    def _errors(self, action: str, uri: str) -> Iterator[None]:
+        try:
+            yield
+        except SinkError:
+            raise
+        except (DeltaError, pa.ArrowException, OSError, ValueError) as exc:
+            hint = next((h for kind, h in _HINTS if isinstance(exc, kind)), _DEFAULT_HINT)
+            summary = error_summary(exc, self.config.storage_options)
+            raise SinkError(
+                f"Delta sink could not {action} {uri} (mode {self.config.mode}): {summary}. {hint}",
+                context={"sink": "delta", "uri": uri},
+            ) from exc
+
+
+def app_id(pipeline: str, idempotency_key: str) -> str:
+    """The Delta app-transaction id that marks `idempotency_key` as committed."""
+    return f"sluice:{pipeline}:{idempotency_key}"
+
+
+def positions_from_history(history: list[dict[str, Any]], pipeline: str) -> dict[str, Any]:
+    """Merge the positions of `pipeline`'s commits, oldest first; other pipelines are ignored."""
+    positions: dict[str, Any] = {}
+    for commit in sorted(history, key=lambda c: int(c.get("version", 0))):
+        raw = commit.get(POSITIONS_KEY)
+        if commit.get(PIPELINE_KEY) == pipeline and raw:
+            positions = merge_positions(positions, json.loads(raw))
+    return positions
+
+
+def replace_predicate(config: DeltaSinkConfig, data: pa.Table, logical_date: date) -> str | None:
+    """The predicate an overwrite_partition write replaces; None when there is nothing to replace.
+
+    Raises:
+        SinkError: neither replace_where nor partition_by is set, or a partition value has a
+            type that cannot be written as an SQL literal.
+    """
+    if config.replace_where:
+        return config.replace_where.replace(LOGICAL_DATE_PLACEHOLDER, logical_date.isoformat())
+    if not config.partition_by:
+        raise SinkError(
+            f"Delta sink {config.path}: mode overwrite_partition needs partition_by or "
+            "replace_where to know which rows to replace; set one of them in the spec."
+        )
+    missing = [c for c in config.partition_by if c not in data.column_names]
+    if missing:
+        raise SinkError(
+            f"Delta sink {config.path}: partition column(s) {missing} are not in the data "
+            f"(columns: {data.column_names}); fix partition_by or add the column in a step."
+        )
+    distinct = data.select(config.partition_by).group_by(config.partition_by).aggregate([])
+    rows = sorted(distinct.to_pylist(), key=lambda r: [(v is None, str(v)) for v in r.values()])
+    if not rows:
+        return None
+    if len(config.partition_by) == 1:
+        return _in_list(config.partition_by[0], [r[config.partition_by[0]] for r in rows])
+    return " OR ".join("(" + " AND ".join(_equals(c, r[c]) for c in r) + ")" for r in rows)
+
+
+def _append(job: _Job) -> WriteResult:
+    table = job.open()
+    if table is not None and table.transaction_version(job.app_id) is not None:
+        return job.result(table.version(), skipped=True)
+    return job.result(job.write(table))
+
+
+def _overwrite_partition(job: _Job) -> WriteResult:
+    predicate = replace_predicate(job.config, job.data, job.logical_date)
+    table = job.open()
+    if predicate is None:
+        # No partition to replace; the empty commit still records the positions.
+        return job.result(job.write(table))
+    try:
+        return job.result(job.write(table, replace=predicate))
+    except DeltaError as exc:
+        if "failed validation check" not in str(exc):
+            raise
+        raise SinkError(
+            f"Delta sink {job.uri}: some rows do not satisfy the overwrite predicate "
+            f"{predicate!r}; every row written with overwrite_partition must fall inside "
+            "replace_where. Fix replace_where or filter the rows in a step.",
+            context={"sink": "delta", "uri": job.uri},
+        ) from exc
+
+
+def _merge(job: _Job) -> WriteResult:
+    keys = job.config.merge_keys
+    _reject_bad_keys(job.data, keys, job.uri)
+    table = job.open()
+    if table is None or job.data.num_rows == 0:
+        # First write creates the table; an empty merge makes no commit, an empty append
+        # still records the positions.
+        return job.result(job.write(table))
+    predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
+    (
+        table.merge(
+            job.data,
+            predicate=predicate,
+            source_alias="s",
+            target_alias="t",
+            merge_schema=True,
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=job.commit,
+        )
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    return job.result(table.version())
+
+
+_WRITERS: dict[DeltaMode, Callable[[_Job], WriteResult]] = {
+    "append": _append,
+    "overwrite_partition": _overwrite_partition,
+    "merge": _merge,
+}
+
+_HINTS: tuple[tuple[type[BaseException], str], ...] = (
+    (
+        SchemaMismatchError,
+        "The data's columns do not fit the table's schema: only new nullable columns evolve "
+        "it; cast changed columns in a step or write to a new table.",
+    ),
+    (
+        CommitFailedError,
+        "Another writer committed at the same time; rerun the pipeline (the write is idempotent).",
+    ),
+)
+_DEFAULT_HINT = "Check the path, partition_by and storage_options (endpoint, region, credentials)."
+
+
+def _reject_bad_keys(data: pa.Table, keys: list[str], uri: str) -> None:
+    missing = [k for k in keys if k not in data.column_names]
+    if missing:
+        raise SinkError(
+            f"Delta sink {uri}: merge key(s) {missing} are not in the data "
+            f"(columns: {data.column_names}); fix merge_keys or add the column in a step."
+        )
+    null_rows = _count_null_keys(data, keys)
+    if null_rows:
+        raise SinkError(
+            f"Delta sink {uri}: {null_rows} row(s) have a NULL merge key {keys}; a NULL key "
+            "never matches, so a rerun would insert them again. Reject them with a "
+            "not_null contract or check on the key columns."
+        )
+    counts = data.select(keys).group_by(keys).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts["count_all"], 1))
+    if repeated.num_rows:
+        rows = pc.sum(repeated["count_all"]).as_py()
+        raise SinkError(
+            f"Delta sink {uri}: the merge source has {repeated.num_rows} duplicate key(s) on "
+            f"{keys} ({rows} rows); merge needs one row per key. Add a dedup step on these keys."
+        )
+
+
+def _count_null_keys(data: pa.Table, keys: list[str]) -> int:
+    if data.num_rows == 0:
+        return 0
+    is_null = pc.is_null(data[keys[0]])
+    for key in keys[1:]:
+        is_null = pc.or_(is_null, pc.is_null(data[key]))
+    return int(pc.sum(is_null.cast(pa.int64())).as_py() or 0)
+
+
+def _commit_properties(ctx: RunContext, request: WriteRequest) -> CommitProperties:
+    try:
+        positions = json.dumps(request.positions, sort_keys=True)
+    except TypeError as exc:
+        raise SinkError(
+            f"Source positions must be JSON values to be committed: {exc}. "
+            "Store cursors as strings or numbers in SourceRead.position.",
+            context={"sink": "delta"},
+        ) from exc
+    metadata: dict[str, Any] = {
+        **request.metadata,
+        PIPELINE_KEY: ctx.pipeline.pipeline,
+        POSITIONS_KEY: positions,
+        IDEMPOTENCY_KEY: request.idempotency_key,
+    }
+    transaction = Transaction(
+        app_id=app_id(ctx.pipeline.pipeline, request.idempotency_key), version=1
+    )
+    return CommitProperties(custom_metadata=metadata, app_transactions=[transaction])
+
+
+def _open_table(uri: str, options: dict[str, str] | None) -> DeltaTable | None:
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        return None
+    return DeltaTable(uri, storage_options=options)
+
+
+def _in_list(column: str, values: list[Any]) -> str:
+    present = [v for v in values if v is not None]
+    terms = []
+    if present:
+        terms.append(f"{quote_ident(column)} IN ({', '.join(_literal(v) for v in present)})")
+    if len(present) < len(values):
+        terms.append(f"{quote_ident(column)} IS NULL")
+    return " OR ".join(terms)
+
+
+def _equals(column: str, value: Any) -> str:
+    if value is None:
+        return f"{quote_ident(column)} IS NULL"
+    return f"{quote_ident(column)} = {_literal(value)}"
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    if isinstance(value, str):
+        return quote_literal(value)
+    if isinstance(value, datetime | date):
+        return quote_literal(value.isoformat())
+    raise SinkError(
+        f"Cannot partition by a value of type {type(value).__name__}: use a string, number, "
+        "boolean, date or timestamp partition column."
+    )
+
+
+registry.register("sink", "delta", DeltaSinkConfig, DeltaSink)

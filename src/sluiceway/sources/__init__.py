@@ -1,0 +1,1 @@
+"""1. read — one module per source `type:`."""

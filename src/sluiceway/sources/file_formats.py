@@ -1,0 +1,305 @@
+"""Format detection and per-format readers for the `files` source.
+
+Every reader turns one local file into a SELECT with the file's columns (as VARCHAR for
+text formats) plus __sw_file and __sw_row, and reports records it could not parse as
+parse rejects with their line and raw bytes. No per-row Python on the hot path: CSV and
+NDJSON are parsed by DuckDB, rejects come from DuckDB's rejects tables.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import zstandard
+
+from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.errors import SourceError
+
+Format = Literal["csv", "ndjson", "json", "parquet", "avro"]
+Compression = Literal["none", "gzip", "zstd"]
+
+_EXTENSIONS: dict[str, Format] = {
+    ".csv": "csv", ".tsv": "csv", ".txt": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson",
+    ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".avro": "avro",
+}
+_COMPRESSIONS: dict[str, Compression] = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_MAGIC: dict[bytes, Format] = {b"PAR1": "parquet", b"Obj\x01": "avro"}
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How CSV text is split."""
+
+    delimiter: str = ","
+    header: bool = True
+    quote: str = '"'
+    escape: str = '"'
+
+
+@dataclass
+class FileRead:
+    """One file read: its SELECT, how many records it had, and the ones that failed."""
+
+    select_sql: str
+    records: int
+    rejects: list[dict[str, object]] = field(default_factory=list)
+    typed: bool = False
+    temp_tables: list[str] = field(default_factory=list)
+
+
+def compression_of(path: str, declared: str) -> Compression:
+    """The compression of a file: declared, else from its extension."""
+    if declared != "auto":
+        return declared  # type: ignore[return-value]
+    return _COMPRESSIONS.get(Path(path).suffix.lower(), "none")
+
+
+def format_of(path: str, declared: str, compression: Compression) -> Format:
+    """The format of a file from `declared` or its extension, confirmed by its first bytes.
+
+    Raises:
+        SourceError: the content does not look like the format (a .csv that is JSON).
+    """
+    name = Path(path).name.lower()
+    stem = name.rsplit(".", 1)[0] if compression != "none" and "." in name else name
+    by_name = _EXTENSIONS.get(Path(stem).suffix)
+    claimed: Format | None = None if declared == "auto" else declared  # type: ignore[assignment]
+    claimed = claimed or by_name
+    sniffed = sniff(head_bytes(path, compression))
+    if claimed is None:
+        if sniffed is None:
+            raise SourceError(
+                f"cannot tell the format of '{path}': its extension is not one of "
+                f"{', '.join(sorted(_EXTENSIONS))}; set format: csv|ndjson|json|parquet|avro"
+            )
+        return sniffed
+    if sniffed in ("json", "ndjson") and claimed in ("json", "ndjson"):
+        return sniffed
+    if sniffed is not None and not _compatible(claimed, sniffed):
+        raise SourceError(
+            f"'{path}' is said to be {claimed.upper()} but its content looks like {sniffed.upper()}; "
+            f"fix the file, or set format: {sniffed} on the source"
+        )
+    if sniffed is None and claimed in ("parquet", "avro", "json", "ndjson"):
+        raise SourceError(
+            f"'{path}' is said to be {claimed.upper()} but its content does not look like it "
+            f"(first bytes {head_bytes(path, compression)[:8]!r}); fix the file or its format"
+        )
+    return claimed
+
+
+def _compatible(claimed: Format, sniffed: Format) -> bool:
+    text_json = {"json", "ndjson"}
+    return claimed == sniffed or (claimed in text_json and sniffed in text_json)
+
+
+def head_bytes(path: str, compression: Compression, size: int = 4096) -> bytes:
+    """The first bytes of a file, decompressed."""
+    try:
+        with _open(path, compression) as handle:
+            return handle.read(size)
+    except (OSError, zstandard.ZstdError, EOFError) as exc:
+        raise SourceError(f"cannot read '{path}' as {compression}-compressed: {exc}") from exc
+
+
+def _open(path: str, compression: Compression) -> io.BufferedIOBase:
+    if compression == "gzip":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def sniff(head: bytes) -> Format | None:
+    """Format from content: Parquet/Avro magic, JSON's first character, else CSV (None if empty)."""
+    for magic, fmt in _MAGIC.items():
+        if head.startswith(magic):
+            return fmt
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not text:
+        return None
+    if text[:1] == b"[":
+        return "json"
+    if text[:1] == b"{":
+        return "ndjson"
+    return "csv"
+
+
+def read_csv(engine: DuckDBEngine, path: str, display: str, compression: Compression, opts: CsvOptions) -> FileRead:
+    """A CSV file, every column VARCHAR; malformed lines and invalid UTF-8 become rejects."""
+    rejects, scans = engine.new_name("rejects"), engine.new_name("scans")
+    reader = (
+        f"read_csv({quote_literal(path)}, all_varchar=true, header={str(opts.header).lower()}, "
+        f"delim={quote_literal(opts.delimiter)}, quote={quote_literal(opts.quote)}, "
+        f"escape={quote_literal(opts.escape)}, compression={quote_literal(_duck_compression(compression))}, "
+        f"store_rejects=true, rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(scans)}, "
+        f"strict_mode=true, null_padding=false)"
+    )
+    table = engine.new_name("csv")
+    engine.create_table(
+        table,
+        f"SELECT *, {quote_literal(display)} AS {ROW_FILE}, row_number() OVER () AS {ROW_NUMBER} FROM {reader}",
+        purpose=f"read CSV {display}",
+    )
+    errors = engine.execute(
+        f"SELECT line, min(line_byte_position), first(csv_line), string_agg(DISTINCT error_message, '; ') "
+        f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line", purpose=f"collect rejects of {display}"
+    ).fetchall()
+    raw_lines = _raw_lines(path, compression, [int(e[1]) for e in errors])
+    rejects_out = [
+        {"file": display, "line": int(line), "raw": raw_lines.get(int(pos), (csv or "").encode()),
+         "reason": f"malformed CSV line: {message}"}
+        for line, pos, csv, message in errors
+    ]
+    engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
+    engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
+    records = engine.count(table) + len(rejects_out)
+    return FileRead(f"SELECT * FROM {quote_ident(table)}", records, rejects_out, temp_tables=[table])
+
+
+def _duck_compression(compression: Compression) -> str:
+    return {"none": "none", "gzip": "gzip", "zstd": "zstd"}[compression]
+
+
+def _raw_lines(path: str, compression: Compression, positions: list[int]) -> dict[int, bytes]:
+    """The exact bytes of the lines starting at `positions` (bad lines only: few)."""
+    if not positions:
+        return {}
+    out: dict[int, bytes] = {}
+    with _open(path, compression) as handle:
+        data = handle.read()
+    for pos in positions:
+        end = data.find(b"\n", pos)
+        out[pos] = data[pos : end if end >= 0 else len(data)].rstrip(b"\r")
+    return out
+
+
+def read_ndjson(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
+    """Newline-delimited JSON objects; each key becomes a VARCHAR column."""
+    rejects, scans, lines = engine.new_name("rejects"), engine.new_name("scans"), engine.new_name("lines")
+    engine.create_table(
+        lines,
+        f"SELECT line, row_number() OVER () AS {ROW_NUMBER} FROM read_csv({quote_literal(path)}, "
+        f"columns={{'line': 'VARCHAR'}}, header=false, delim=chr(1), quote='', escape='', "
+        f"compression={quote_literal(_duck_compression(compression))}, store_rejects=true, "
+        f"rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(scans)})",
+        purpose=f"read NDJSON {display}",
+    )
+    encoding = engine.execute(
+        f"SELECT line, min(line_byte_position), string_agg(DISTINCT error_message, '; ') "
+        f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line", purpose="rejects"
+    ).fetchall()
+    raw_lines = _raw_lines(path, compression, [int(e[1]) for e in encoding])
+    rejects_out = [
+        {"file": display, "line": int(line), "raw": raw_lines.get(int(pos), b""), "reason": f"unreadable line: {msg}"}
+        for line, pos, msg in encoding
+    ]
+    read = _json_objects(engine, lines, display, rejects_out)
+    read.temp_tables.append(lines)
+    return read
+
+
+def read_json_array(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
+    """A JSON document holding an array of objects; a file that is not valid JSON is one reject."""
+    with _open(path, compression) as handle:
+        data = handle.read()
+    lines = engine.new_name("lines")
+    engine.register_arrow("__json_doc", pa.table({"doc": [data.decode("utf-8", errors="replace")]}))
+    valid = engine.fetch_one("SELECT json_valid(doc) AND json_type(doc::JSON) = 'ARRAY' FROM __json_doc")[0]
+    if not valid:
+        reject = {"file": display, "line": 1, "raw": data, "reason": "not a valid JSON array of objects"}
+        engine.create_table(lines, f"SELECT NULL::VARCHAR AS line, NULL::BIGINT AS {ROW_NUMBER} WHERE false")
+        return _json_objects(engine, lines, display, [reject])
+    engine.create_table(
+        lines,
+        f"SELECT e::VARCHAR AS line, row_number() OVER () AS {ROW_NUMBER} "
+        f"FROM (SELECT unnest(json_extract(doc::JSON, '$[*]')) AS e FROM __json_doc)",
+        purpose=f"read JSON {display}",
+    )
+    return _json_objects(engine, lines, display, [])
+
+
+def _json_objects(engine: DuckDBEngine, lines: str, display: str, rejects: list[dict[str, object]]) -> FileRead:
+    checked = engine.new_name("json")
+    engine.create_table(
+        checked,
+        f"SELECT line, {ROW_NUMBER}, CASE WHEN json_valid(line) THEN json_type(line::JSON) END AS kind "
+        f"FROM {quote_ident(lines)} WHERE line IS NOT NULL AND trim(line) <> ''",
+    )
+    bad = engine.execute(
+        f"SELECT {ROW_NUMBER}, line, kind FROM {quote_ident(checked)} WHERE kind IS DISTINCT FROM 'OBJECT'"
+    ).fetchall()
+    rejects = rejects + [
+        {"file": display, "line": int(n), "raw": (line or "").encode(),
+         "reason": "malformed JSON (truncated or invalid)" if kind is None else f"a JSON {kind.lower()}, not an object"}
+        for n, line, kind in bad
+    ]
+    keys = [r[0] for r in engine.execute(
+        f"SELECT DISTINCT unnest(json_keys(line)) AS k FROM {quote_ident(checked)} WHERE kind = 'OBJECT' ORDER BY k"
+    ).fetchall()]
+    columns = ", ".join(
+        f"json_extract_string(line, {quote_literal('$.' + _json_key(k))}) AS {quote_ident(k)}" for k in keys
+    )
+    select = (
+        f"SELECT {columns + ', ' if columns else ''}{quote_literal(display)} AS {ROW_FILE}, {ROW_NUMBER} "
+        f"FROM {quote_ident(checked)} WHERE kind = 'OBJECT'"
+    )
+    valid = int(engine.fetch_one(f"SELECT count(*) FROM {quote_ident(checked)} WHERE kind = 'OBJECT'")[0])
+    return FileRead(select, valid + len(rejects), rejects, temp_tables=[checked])
+
+
+def _json_key(key: str) -> str:
+    return '"' + key.replace('"', '\\"') + '"'
+
+
+def read_parquet(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
+    """A Parquet file with its own types."""
+    table = engine.new_name("parquet")
+    engine.create_table(
+        table,
+        f"SELECT *, {quote_literal(display)} AS {ROW_FILE}, row_number() OVER () AS {ROW_NUMBER} "
+        f"FROM read_parquet({quote_literal(path)})",
+        purpose=f"read Parquet {display}",
+    )
+    return FileRead(f"SELECT * FROM {quote_ident(table)}", engine.count(table), typed=True, temp_tables=[table])
+
+
+def read_avro(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
+    """An Avro container file; a corrupt file is one reject holding its bytes."""
+    import fastavro
+
+    with _open(path, compression) as handle:
+        data = handle.read()
+    try:
+        records = list(fastavro.reader(io.BytesIO(data)))
+    except Exception as exc:  # noqa: BLE001 - fastavro raises many types for corrupt input
+        reject = {"file": display, "line": None, "raw": data, "reason": f"corrupt Avro file: {exc}"}
+        empty = engine.new_name("avro")
+        engine.create_table(empty, f"SELECT {quote_literal(display)} AS {ROW_FILE}, 1::BIGINT AS {ROW_NUMBER} WHERE false")
+        return FileRead(f"SELECT * FROM {quote_ident(empty)}", 1, [reject], typed=True)
+    table = pa.Table.from_pylist(records) if records else pa.table({})
+    table = table.append_column(ROW_FILE, pa.array([display] * len(table), pa.string()))
+    table = table.append_column(ROW_NUMBER, pa.array(range(1, len(table) + 1), pa.int64()))
+    name = engine.register_arrow(engine.new_name("avro"), table)
+    return FileRead(f"SELECT * FROM {quote_ident(name)}", len(table), typed=True, temp_tables=[name])
+
+
+Reader = Callable[[DuckDBEngine, str, str, Compression], FileRead]
+READERS: dict[Format, Reader] = {
+    "ndjson": read_ndjson,
+    "json": read_json_array,
+    "parquet": read_parquet,
+    "avro": read_avro,
+}
+
+
+def rejects_table(rejects: list[dict[str, object]]) -> pa.Table:
+    """Parse rejects as an Arrow table of PARSE_REJECT_SCHEMA."""
+    return pa.Table.from_pylist(rejects, schema=PARSE_REJECT_SCHEMA)

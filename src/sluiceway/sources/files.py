@@ -1,0 +1,176 @@
+"""The `files` source: CSV, JSON / NDJSON, Parquet and Avro from a path, a glob or a folder,
+local or on S3, plain, gzip or zstd.
+
+Incremental mode reads only files that no earlier commit recorded; the list of files a run
+read is its position, committed by the sink in the same commit as the data.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sluiceway.core import registry, storage
+from sluiceway.core.context import RunContext, SourceRead
+from sluiceway.core.spec import SourceConfig
+from sluiceway.engines.duckdb import quote_ident
+from sluiceway.errors import SourceError
+from sluiceway.sources import file_formats as ff
+
+_SKIP_PREFIXES = (".", "_")
+
+
+class FilesSourceConfig(SourceConfig):
+    """Files in a folder, a glob or a single path; local or s3://."""
+
+    type: Literal["files"] = Field("files", description="Files on disk or in an object store.")
+    path: str | list[str] = Field(description="A file, a folder (read recursively), a glob, or a list of them.")
+    format: Literal["auto", "csv", "json", "ndjson", "parquet", "avro"] = Field(
+        "auto", description="File format; auto: from the extension, confirmed by the content."
+    )
+    compression: Literal["auto", "none", "gzip", "zstd"] = Field(
+        "auto", description="Compression; auto: from the extension (.gz, .zst)."
+    )
+    incremental: bool = Field(False, description="Read only files no earlier run committed.")
+    delimiter: str = Field(",", description="CSV field delimiter.", min_length=1, max_length=1)
+    header: bool = Field(True, description="CSV files start with a header line.")
+    quote: str = Field('"', description="CSV quote character.", max_length=1)
+    escape: str = Field('"', description="CSV escape character.", max_length=1)
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="Object-store options (endpoint_url, region, keys by ${ENV})."
+    )
+
+
+class FilesSource:
+    """Reads the files of a `FilesSourceConfig` into one DuckDB table."""
+
+    def __init__(self, config: FilesSourceConfig) -> None:
+        self.config = config
+
+    def read(self, ctx: RunContext, name: str, *, position: dict[str, Any] | None) -> SourceRead:
+        """Read every matching file (in incremental mode, those not in `position['files']`).
+
+        Raises:
+            SourceError: nothing matches the path, or a file's format is not what it claims.
+        """
+        found = self.list_files(ctx)
+        done = set((position or {}).get("files", [])) if self.config.incremental else set()
+        todo = [f for f in found if f not in done]
+        reads = [self._read_one(ctx, uri) for uri in todo]
+        table = ctx.engine.new_name(f"src_{name}")
+        self._union(ctx, table, reads)
+        rejects = ff.rejects_table([r for read in reads for r in read.rejects])
+        return SourceRead(
+            table=table,
+            rows_in=sum(read.records for read in reads),
+            parse_rejects=rejects,
+            position={"files": sorted(done | set(todo))} if self.config.incremental else {"files": todo},
+            typed=any(read.typed for read in reads),
+            fingerprint=_fingerprint(todo),
+        )
+
+    def list_files(self, ctx: RunContext) -> list[str]:
+        """Every file the path matches, sorted; raises SourceError when none does."""
+        patterns = [self.config.path] if isinstance(self.config.path, str) else self.config.path
+        found: list[str] = []
+        for pattern in patterns:
+            resolved = ctx.resolve(pattern)
+            matched = self._list_remote(resolved) if storage.is_remote(resolved) else _list_local(resolved)
+            if not matched:
+                raise SourceError(
+                    f"no file matches '{pattern}' (resolved to '{resolved}'); check the path, "
+                    "or that the folder holds files not starting with '.' or '_'"
+                )
+            found.extend(matched)
+        return sorted(dict.fromkeys(found))
+
+    def _list_remote(self, uri: str) -> list[str]:
+        fs, path = storage.arrow_filesystem(uri, self.config.storage_options)
+        scheme = uri.split("://", 1)[0]
+        import pyarrow.fs as pafs
+
+        has_glob = any(c in path for c in "*?[")
+        base = path.split("*", 1)[0].rsplit("/", 1)[0] if has_glob else path
+        info = fs.get_file_info(base)
+        if info.type == pafs.FileType.File:
+            return [f"{scheme}://{path}"]
+        if info.type == pafs.FileType.NotFound:
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        files = [i.path for i in infos if i.type == pafs.FileType.File and not _hidden(i.path, base)]
+        if has_glob:
+            files = [f for f in files if fnmatch.fnmatch(f, path)]
+        return [f"{scheme}://{f}" for f in sorted(files)]
+
+    def _read_one(self, ctx: RunContext, uri: str) -> ff.FileRead:
+        local = self._localize(ctx, uri)
+        compression = ff.compression_of(uri, self.config.compression)
+        fmt = ff.format_of(local, self.config.format, compression)
+        try:
+            if fmt == "csv":
+                options = ff.CsvOptions(self.config.delimiter, self.config.header, self.config.quote, self.config.escape)
+                return ff.read_csv(ctx.engine, local, uri, compression, options)
+            return ff.READERS[fmt](ctx.engine, local, uri, compression)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"cannot read '{uri}' as {fmt}: {exc}", context={"file": uri}) from exc
+
+    def _localize(self, ctx: RunContext, uri: str) -> str:
+        if not storage.is_remote(uri):
+            return uri
+        fs, path = storage.arrow_filesystem(uri, self.config.storage_options)
+        target = ctx.state_dir / "cache" / ctx.run_id / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        target.mkdir(parents=True, exist_ok=True)
+        local = target / Path(path).name
+        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+        return str(local)
+
+    @staticmethod
+    def _union(ctx: RunContext, table: str, reads: list[ff.FileRead]) -> None:
+        if not reads:
+            ctx.engine.create_table(table, "SELECT NULL::VARCHAR AS __sw_file, NULL::BIGINT AS __sw_row WHERE false")
+            return
+        union = " UNION ALL BY NAME ".join(f"({read.select_sql})" for read in reads)
+        ctx.engine.create_table(table, union, purpose="combine source files")
+        for read in reads:
+            for temp in read.temp_tables:
+                ctx.engine.run(f"DROP TABLE IF EXISTS {quote_ident(temp)}")
+
+
+def _fingerprint(uris: list[str]) -> str:
+    """Identifies the files read: path, and for local files size and modification time."""
+    digest = hashlib.sha256()
+    for uri in uris:
+        digest.update(uri.encode())
+        if not storage.is_remote(uri):
+            stat = os.stat(uri)
+            digest.update(f":{stat.st_size}:{stat.st_mtime_ns}|".encode())
+    return digest.hexdigest()[:20]
+
+
+def _list_local(pattern: str) -> list[str]:
+    path = Path(pattern)
+    if path.is_file():
+        return [str(path)]
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*") if p.is_file() and not _hidden(str(p), str(path)))
+    return sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+
+
+def _hidden(path: str, base: str) -> bool:
+    relative = path[len(base):].lstrip("/")
+    return any(part.startswith(_SKIP_PREFIXES) for part in relative.split("/"))
+
+
+registry.register("source", "files", FilesSourceConfig, FilesSource)
+
+__all__ = ["FilesSource", "FilesSourceConfig"]

@@ -1,0 +1,1 @@
+"""3. shape — the steps: sql, dedup, select / rename / cast, filter, python."""

@@ -1,0 +1,52 @@
+"""The `sql` step: a DuckDB query over `input` and every source by name."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from sluiceway.core import registry
+from sluiceway.core.context import RunContext, StepOutput
+from sluiceway.core.spec import StepConfig
+from sluiceway.errors import StepError
+
+
+class SqlStepConfig(StepConfig):
+    """A SELECT over `input` (the previous step's result) and the sources by name."""
+
+    key: ClassVar[str] = "sql"
+    shorthand: ClassVar[str | None] = "query"
+    query: str = Field(description="The SELECT; `input` is the previous result, sources join by name.")
+    rows: Literal["preserve", "filter"] = Field(
+        "preserve",
+        description="preserve: the query must keep every row (a changed count fails the run); "
+        "filter: rows it drops are counted as filtered.",
+    )
+
+
+class SqlStep:
+    """Runs the query and checks it kept the row count it promised."""
+
+    def __init__(self, config: SqlStepConfig) -> None:
+        self.config = config
+
+    def apply(self, ctx: RunContext, table: str) -> StepOutput:
+        """Run the query with `input` bound to `table`."""
+        engine = ctx.engine
+        engine.create_view("input", f'SELECT * FROM "{table}"')
+        out = engine.create_table(engine.new_name("sql"), self.config.query, purpose="sql step")
+        before, after = engine.count(table), engine.count(out)
+        if self.config.rows == "preserve" and after != before:
+            raise StepError(
+                f"the sql step changed the row count from {before} to {after} but says rows: preserve; "
+                "if it filters on purpose set `rows: filter` (dropped rows are then counted as filtered), "
+                "else fix the join or WHERE that adds or drops rows"
+            )
+        if after > before:
+            raise StepError(f"the sql step (rows: filter) grew the row count from {before} to {after}; "
+                            "a filter can only drop rows")
+        return StepOutput(out, filtered=before - after)
+
+
+registry.register("step", "sql", SqlStepConfig, SqlStep)
