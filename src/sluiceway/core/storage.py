@@ -15,13 +15,16 @@ every sink resumes the same way.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+from deltalake.exceptions import DeltaError
 
 from sluiceway.errors import ConfigError
 
@@ -41,6 +44,7 @@ _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 _SECRET_KEYS = frozenset(_CREDENTIALS)
 _SHORTEST_REDACTED = 4
 _ERROR_CUT_MARKERS = ("Preview of invalid data",)
+_QUOTED_VALUE = re.compile(r"'[^']*'")
 
 
 @dataclass(frozen=True)
@@ -167,16 +171,29 @@ def redact(text: str, options: Mapping[str, str]) -> str:
     return text
 
 
-def error_summary(exc: BaseException, options: Mapping[str, str]) -> str:
-    """A one-paragraph description of a storage library error, without secrets or row data.
+def is_storage_error(exc: BaseException) -> bool:
+    """True for errors raised by the storage libraries (delta-rs, pyarrow, the OS).
 
-    delta-rs appends a preview of offending rows to some messages; it is cut off because
-    rows may hold personal data.
+    delta-rs raises its DeltaError family, but also bare ``Exception`` for errors from
+    DataFusion and Arrow kernels (e.g. a failed cast); programming errors such as
+    TypeError or AttributeError are not storage errors and propagate unchanged.
+    """
+    storage_types: tuple[type[BaseException], ...] = (DeltaError, pa.ArrowException, OSError)
+    return isinstance(exc, storage_types) or type(exc) in (Exception, ValueError)
+
+
+def error_summary(exc: BaseException, options: Mapping[str, str]) -> str:
+    """A one-line description of a storage library error, without secrets or row data.
+
+    delta-rs appends a preview of offending rows to some messages and quotes values in
+    others ("Cannot cast string 'x'"); the preview is cut and single-quoted values are
+    elided, because rows may hold personal data.
     """
     text = str(exc) or type(exc).__name__
     for marker in _ERROR_CUT_MARKERS:
         text = text.split(marker, 1)[0]
-    return redact(" ".join(text.split()), options).rstrip(". ")
+    text = _QUOTED_VALUE.sub("'…'", " ".join(text.split()))
+    return redact(text, options).rstrip(". ")
 
 
 def merge_positions(committed: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,13 @@ from functools import reduce
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
-from deltalake.exceptions import DeltaError
 
-from sluiceway.core.storage import delta_storage_options, error_summary, prepare_local
+from sluiceway.core.storage import (
+    delta_storage_options,
+    error_summary,
+    is_storage_error,
+    prepare_local,
+)
 from sluiceway.engines.duckdb import quote_literal
 from sluiceway.errors import SinkError
 
@@ -165,7 +169,9 @@ class DeadLetterTable:
             yield
         except SinkError:
             raise
-        except (DeltaError, pa.ArrowException, OSError, ValueError) as exc:
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
             raise SinkError(
                 f"Could not {action} the dead-letter table {self.uri}: "
                 f"{error_summary(exc, self._spec_options)}. Check the dead_letter path and "

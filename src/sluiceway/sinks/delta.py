@@ -36,6 +36,7 @@ from sluiceway.core.spec import SinkConfig
 from sluiceway.core.storage import (
     delta_storage_options,
     error_summary,
+    is_storage_error,
     merge_positions,
     prepare_local,
 )
@@ -184,8 +185,7 @@ class DeltaSink:
         )
         prepare_local(uri)
         with self._errors("write to", uri):
-            mode = "append" if request.append_only and self.config.mode != "merge" else self.config.mode
-            return _WRITERS[mode](job)
+            return _WRITERS[write_mode(self.config.mode, request)](job)
 
     def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
         """Positions of this pipeline's commits, merged oldest to newest ({} without a table)."""
@@ -202,13 +202,20 @@ class DeltaSink:
             yield
         except SinkError:
             raise
-        except (DeltaError, pa.ArrowException, OSError, ValueError) as exc:
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
             hint = next((h for kind, h in _HINTS if isinstance(exc, kind)), _DEFAULT_HINT)
             summary = error_summary(exc, self.config.storage_options)
             raise SinkError(
                 f"Delta sink could not {action} {uri} (mode {self.config.mode}): {summary}. {hint}",
                 context={"sink": "delta", "uri": uri},
             ) from exc
+
+
+def write_mode(mode: DeltaMode, request: WriteRequest) -> DeltaMode:
+    """The mode of this write: `append_only` requests (replays) append unless the sink merges."""
+    return "append" if request.append_only and mode != "merge" else mode
 
 
 def app_id(pipeline: str, idempotency_key: str) -> str:
@@ -259,12 +266,14 @@ def _append(job: _Job) -> WriteResult:
     table = job.open()
     if table is not None and table.transaction_version(job.app_id) is not None:
         return job.result(table.version(), skipped=True)
+    _check_fits(table, job.data, job.uri)
     return job.result(job.write(table))
 
 
 def _overwrite_partition(job: _Job) -> WriteResult:
     predicate = replace_predicate(job.config, job.data, job.logical_date)
     table = job.open()
+    _check_fits(table, job.data, job.uri)
     if predicate is None:
         # No partition to replace; the empty commit still records the positions.
         return job.result(job.write(table))
@@ -285,6 +294,7 @@ def _merge(job: _Job) -> WriteResult:
     keys = job.config.merge_keys
     _reject_bad_keys(job.data, keys, job.uri)
     table = job.open()
+    _check_fits(table, job.data, job.uri)
     if table is None or job.data.num_rows == 0:
         # First write creates the table; an empty merge makes no commit, an empty append
         # still records the positions.
@@ -325,6 +335,30 @@ _HINTS: tuple[tuple[type[BaseException], str], ...] = (
     ),
 )
 _DEFAULT_HINT = "Check the path, partition_by and storage_options (endpoint, region, credentials)."
+
+
+def _check_fits(table: DeltaTable | None, data: pa.Table, uri: str) -> None:
+    """Refuse columns whose values the table's types cannot hold without loss.
+
+    delta-rs casts data to the table's types silently, even lossily (1.5 lands as 1 in a
+    long column); a safe Arrow cast finds such values first.
+    """
+    if table is None:
+        return
+    existing = pa.schema(table.schema().to_arrow())
+    for name in data.column_names:
+        if name not in existing.names or data[name].type == existing.field(name).type:
+            continue
+        target = existing.field(name).type
+        try:
+            data[name].cast(target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise SinkError(
+                f"Delta sink {uri}: column {name!r} has type {data[name].type}, which the "
+                f"table's {target} cannot hold without loss. Cast it in a step (or write "
+                "to a new table).",
+                context={"sink": "delta", "uri": uri},
+            ) from exc
 
 
 def _reject_bad_keys(data: pa.Table, keys: list[str], uri: str) -> None:

@@ -32,7 +32,12 @@ from pydantic import Field, model_validator
 from sluiceway.core import registry
 from sluiceway.core.context import RunContext, WriteRequest, WriteResult
 from sluiceway.core.spec import SinkConfig
-from sluiceway.core.storage import arrow_filesystem, error_summary, merge_positions
+from sluiceway.core.storage import (
+    arrow_filesystem,
+    error_summary,
+    is_storage_error,
+    merge_positions,
+)
 from sluiceway.errors import SinkError
 
 ParquetMode = Literal["overwrite_partition", "append"]
@@ -106,7 +111,8 @@ class ParquetSink:
         with self._errors("write to", uri):
             filesystem, path = arrow_filesystem(uri, self.config.storage_options)
             if request.data.num_rows:
-                self._write_files(request.data, filesystem, path, key)
+                mode: ParquetMode = "append" if request.append_only else self.config.mode
+                self._write_files(request.data, filesystem, path, key, mode)
             _write_sidecar(filesystem, path, key, sidecar)
         return WriteResult(uri=uri, rows_written=request.data.num_rows)
 
@@ -123,7 +129,7 @@ class ParquetSink:
         return positions
 
     def _write_files(
-        self, data: pa.Table, filesystem: pafs.FileSystem, path: str, key: str
+        self, data: pa.Table, filesystem: pafs.FileSystem, path: str, key: str, mode: ParquetMode
     ) -> None:
         parquet = ds.ParquetFileFormat()
         partitioning = (
@@ -139,7 +145,7 @@ class ParquetSink:
             file_options=parquet.make_write_options(compression="zstd"),
             partitioning=partitioning,
             basename_template=f"part-{key}-{{i}}.parquet",
-            existing_data_behavior=_BEHAVIOUR[self.config.mode],
+            existing_data_behavior=_BEHAVIOUR[mode],
         )
 
     @contextmanager
@@ -148,7 +154,9 @@ class ParquetSink:
             yield
         except SinkError:
             raise
-        except (pa.ArrowException, OSError, ValueError) as exc:
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
             summary = error_summary(exc, self.config.storage_options)
             raise SinkError(
                 f"Parquet sink could not {action} {uri}: {summary}. "

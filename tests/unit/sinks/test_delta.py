@@ -95,7 +95,9 @@ def sink(path: str = "lake/orders", **options: Any) -> DeltaSink:
 # append
 
 
-def test_append_with_the_same_key_twice_lands_the_rows_once(ctx: RunContext, tmp_path: Path) -> None:
+def test_append_with_the_same_key_twice_lands_the_rows_once(
+    ctx: RunContext, tmp_path: Path
+) -> None:
     delta = sink()
     first = delta.write(ctx, request(orders([1, 2, 3])))
     second = delta.write(ctx, request(orders([1, 2, 3])))
@@ -130,7 +132,9 @@ def test_append_creates_missing_parent_folders(ctx: RunContext, tmp_path: Path) 
     assert DeltaTable.is_deltatable(result.uri)
 
 
-def test_append_with_a_new_nullable_column_evolves_the_schema(ctx: RunContext, tmp_path: Path) -> None:
+def test_append_with_a_new_nullable_column_evolves_the_schema(
+    ctx: RunContext, tmp_path: Path
+) -> None:
     delta = sink()
     delta.write(ctx, request(orders([1]), key="k1"))
     wider = orders([2]).append_column("channel", pa.array(["web"]))
@@ -138,7 +142,9 @@ def test_append_with_a_new_nullable_column_evolves_the_schema(ctx: RunContext, t
 
     table = DeltaTable(str(tmp_path / "lake/orders"))
     assert table.schema().to_arrow().names == ["order_id", "day", "amount", "channel"]
-    assert [(r["order_id"], r["channel"]) for r in rows_of(tmp_path / "lake/orders", "order_id")] == [
+    assert [
+        (r["order_id"], r["channel"]) for r in rows_of(tmp_path / "lake/orders", "order_id")
+    ] == [
         (1, None),
         (2, "web"),
     ]
@@ -147,7 +153,9 @@ def test_append_with_a_new_nullable_column_evolves_the_schema(ctx: RunContext, t
 def test_an_empty_append_still_commits_the_positions(ctx: RunContext) -> None:
     delta = sink()
     delta.write(ctx, request(orders([1]), key="k1", positions={"orders": {"files": ["a.csv"]}}))
-    result = delta.write(ctx, request(orders([]), key="k2", positions={"orders": {"files": ["b.csv"]}}))
+    result = delta.write(
+        ctx, request(orders([]), key="k2", positions={"orders": {"files": ["b.csv"]}})
+    )
 
     assert (result.rows_written, result.version) == (0, 1)
     assert delta.committed_positions(ctx) == {"orders": {"files": ["a.csv", "b.csv"]}}
@@ -219,7 +227,9 @@ def test_overwrite_partition_replaces_only_the_partitions_in_the_data(
     ctx: RunContext, tmp_path: Path
 ) -> None:
     delta = sink(mode="overwrite_partition", partition_by=["day"])
-    delta.write(ctx, request(pa.concat_tables([orders([1, 2], "2024-01-01"), orders([3], "2024-01-02")])))
+    delta.write(
+        ctx, request(pa.concat_tables([orders([1, 2], "2024-01-01"), orders([3], "2024-01-02")]))
+    )
 
     results = [
         delta.write(ctx, request(orders([4, 5], "2024-01-02", amount=10.0), key="rerun"))
@@ -228,7 +238,10 @@ def test_overwrite_partition_replaces_only_the_partitions_in_the_data(
 
     assert [r.skipped for r in results] == [False, False, False]
     assert [r.rows_written for r in results] == [2, 2, 2]
-    assert [(r["order_id"], r["day"], r["amount"]) for r in rows_of(tmp_path / "lake/orders", "order_id")] == [
+    assert [
+        (r["order_id"], r["day"], r["amount"])
+        for r in rows_of(tmp_path / "lake/orders", "order_id")
+    ] == [
         (1, "2024-01-01", 1.0),
         (2, "2024-01-01", 2.0),
         (4, "2024-01-02", 40.0),
@@ -239,7 +252,9 @@ def test_overwrite_partition_replaces_only_the_partitions_in_the_data(
 def test_overwrite_partition_with_replace_where_uses_the_logical_date(
     ctx: RunContext, tmp_path: Path
 ) -> None:
-    sink().write(ctx, request(pa.concat_tables([orders([1], "2024-01-01"), orders([2], "2024-01-02")])))
+    sink().write(
+        ctx, request(pa.concat_tables([orders([1], "2024-01-01"), orders([2], "2024-01-02")]))
+    )
     delta = sink(mode="overwrite_partition", replace_where="day = '{logical_date}'")
 
     for _ in range(3):
@@ -252,7 +267,9 @@ def test_overwrite_partition_with_replace_where_uses_the_logical_date(
     ]
 
 
-def test_overwrite_partition_refuses_rows_outside_replace_where(ctx: RunContext, tmp_path: Path) -> None:
+def test_overwrite_partition_refuses_rows_outside_replace_where(
+    ctx: RunContext, tmp_path: Path
+) -> None:
     delta = sink(mode="overwrite_partition", replace_where="day = '{logical_date}'")
 
     with pytest.raises(SinkError, match="replace_where") as caught:
@@ -265,7 +282,9 @@ def test_overwrite_partition_refuses_rows_outside_replace_where(ctx: RunContext,
 def test_overwrite_partition_with_empty_data_and_replace_where_clears_the_partition(
     ctx: RunContext, tmp_path: Path
 ) -> None:
-    delta = sink(mode="overwrite_partition", replace_where="day = '{logical_date}'", partition_by=["day"])
+    delta = sink(
+        mode="overwrite_partition", replace_where="day = '{logical_date}'", partition_by=["day"]
+    )
     seed = pa.concat_tables([orders([1], "2024-01-01"), orders([2, 3], "2024-01-02")])
     sink(partition_by=["day"]).write(ctx, request(seed))
 
@@ -311,7 +330,7 @@ def test_derived_replace_predicate_lists_the_partition_values_present() -> None:
 
 
 def test_overwrite_partition_needs_partition_by_or_replace_where() -> None:
-    with pytest.raises(ValidationError, match="partition_by .* or replace_where"):
+    with pytest.raises(ValidationError, match=r"needs partition_by \(.*\) or replace_where"):
         DeltaSinkConfig(path="x", mode="overwrite_partition")
 
 
@@ -333,7 +352,9 @@ def test_merge_creates_the_table_then_upserts_on_the_keys(ctx: RunContext, tmp_p
 
     assert (first.version, second.version, third.version) == (0, 1, 2)
     assert third.skipped is False
-    assert [(r["order_id"], r["amount"]) for r in rows_of(tmp_path / "lake/orders", "order_id")] == [
+    assert [
+        (r["order_id"], r["amount"]) for r in rows_of(tmp_path / "lake/orders", "order_id")
+    ] == [
         (1, 1.0),
         (2, 20.0),
         (3, 30.0),
@@ -384,12 +405,50 @@ def test_a_write_the_table_refuses_becomes_a_sink_error_saying_what_to_do(
     ctx: RunContext,
 ) -> None:
     sink(partition_by=["day"]).write(ctx, request(orders([1])))
-    clashing = orders([2]).set_column(0, "order_id", pa.array(["not-a-number"]))
 
-    with pytest.raises(SinkError, match="Delta sink could not write to .*lake/orders") as caught:
-        sink(partition_by=["day"]).write(ctx, request(clashing, key="k2"))
+    with pytest.raises(SinkError, match=r"Delta sink could not write to .*lake/orders") as caught:
+        sink(partition_by=["order_id"]).write(ctx, request(orders([2]), key="k2"))
 
+    assert "partitioning does not match" in caught.value.message
+    assert "Check the path, partition_by" in caught.value.message
     assert caught.value.context["uri"].endswith("lake/orders")
+
+
+def test_values_the_table_cannot_hold_are_refused_instead_of_truncated(
+    ctx: RunContext, tmp_path: Path
+) -> None:
+    sink().write(ctx, request(orders([1])))
+    fractional = orders([2]).set_column(0, "order_id", pa.array([2.5]))
+
+    with pytest.raises(SinkError, match=r"column 'order_id' has type double, .* without loss"):
+        sink().write(ctx, request(fractional, key="k2"))
+
+    assert [r["order_id"] for r in rows_of(tmp_path / "lake/orders")] == [1]
+
+
+def test_widening_values_the_table_can_hold_are_written(ctx: RunContext, tmp_path: Path) -> None:
+    sink().write(ctx, request(orders([1])))
+    narrower = orders([2]).set_column(0, "order_id", pa.array([2], pa.int32()))
+
+    sink().write(ctx, request(narrower, key="k2"))
+
+    assert [r["order_id"] for r in rows_of(tmp_path / "lake/orders", "order_id")] == [1, 2]
+
+
+def test_replays_append_even_to_an_overwrite_partition_sink(
+    ctx: RunContext, tmp_path: Path
+) -> None:
+    delta = sink(mode="overwrite_partition", partition_by=["day"])
+    delta.write(ctx, request(orders([1, 2])))
+    replay = WriteRequest(
+        data=orders([3]), idempotency_key="replay-1", metadata={}, positions={}, append_only=True
+    )
+
+    delta.write(ctx, replay)
+    again = delta.write(ctx, replay)
+
+    assert again.skipped is True
+    assert [r["order_id"] for r in rows_of(tmp_path / "lake/orders", "order_id")] == [1, 2, 3]
 
 
 def test_storage_options_for_local_paths_are_none() -> None:
@@ -409,8 +468,13 @@ def test_storage_options_map_short_keys_and_complete_from_the_environment(
     from_env = delta_storage_options("s3://bucket/t", {})
     given = delta_storage_options(
         "s3://bucket/t",
-        {"endpoint_url": "https://s3.example", "access_key_id": "k", "secret_access_key": "s",
-         "region": "eu-west-1", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"},
+        {
+            "endpoint_url": "https://s3.example",
+            "access_key_id": "k",
+            "secret_access_key": "s",
+            "region": "eu-west-1",
+            "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+        },
     )
 
     assert from_env == {
