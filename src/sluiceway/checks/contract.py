@@ -67,6 +67,10 @@ def cast_sql(column: str, spec: ColumnContract) -> str:
         return f"({parsed})::DATE" if spec.type == "date" else f"timezone('UTC', {parsed})" if spec.type == "timestamp" else parsed
     if spec.type == "decimal":
         return f"TRY_CAST({src} AS DECIMAL({spec.precision},{spec.scale}))"
+    if spec.type in ("integer", "bigint"):
+        # DuckDB rounds '1.5' to 2 when casting to BIGINT; a fraction is not an integer.
+        as_double = f"TRY_CAST({src} AS DOUBLE)"
+        return f"CASE WHEN {as_double} <> trunc({as_double}) THEN NULL ELSE TRY_CAST({src} AS BIGINT) END"
     if spec.type == "json":
         return f"CASE WHEN json_valid({src}::VARCHAR) THEN {src}::VARCHAR END"
     return f"TRY_CAST({src} AS {_TYPES[spec.type]})"
@@ -76,7 +80,8 @@ def column_rules(column: str, spec: ColumnContract, *, present: bool, is_pii: bo
     """Every rule of one column as SQL conditions, in a stable order."""
     if not present:
         if spec.required or not spec.nullable:
-            return [Rule("missing_column", column, "true", f"column '{column}' is missing from the source", True)]
+            reason = quote_literal(f"column '{column}' is missing from the source")
+            return [Rule("missing_column", column, "true", reason, True)]
         return []
     src, cast = quote_ident(column), cast_sql(column, spec)
     shown = _value_sql(src, is_pii)
@@ -228,6 +233,6 @@ def _plan(contract: Contract, present: list[str], pii: Mapping[str, str]) -> tup
         if contract.evolution == "evolve":
             output.append(quote_ident(column))
         elif contract.evolution == "freeze":
-            rules.append(Rule("unknown_column", column, f"{quote_ident(column)} IS NOT NULL",
-                              f"'column ''{column}'' is not in the contract (evolution: freeze)'", True))
+            reason = quote_literal(f"column '{column}' is not in the contract (evolution: freeze)")
+            rules.append(Rule("unknown_column", column, f"{quote_ident(column)} IS NOT NULL", reason, True))
     return rules, output

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from sluiceway.core.spec import Pipeline
 from sluiceway.errors import SpecError, SpecProblem
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MIN_REDACTED = 3
 Path_ = tuple[str | int, ...]
 
 
@@ -31,6 +35,8 @@ class _Located:
     def __init__(self) -> None:
         self.lines: dict[Path_, int] = {}
         self.secret_paths: set[Path_] = set()
+        self.secret_values: dict[str, str] = {}
+        self.failed_paths: set[Path_] = set()
         self.problems: list[SpecProblem] = []
 
     def line(self, path: Path_) -> int | None:
@@ -39,6 +45,9 @@ class _Located:
         return self.lines.get(path)
 
     def problem(self, path: Path_, message: str) -> None:
+        # Longest first, so a value that contains another is replaced whole.
+        for value in sorted(self.secret_values, key=len, reverse=True):
+            message = message.replace(value, f"${{{self.secret_values[value]}}}")
         self.problems.append(SpecProblem(path=format_path(path), message=message, line=self.line(path)))
 
 
@@ -80,9 +89,8 @@ def parse_spec(
     data = _to_data(node, (), located, os.environ if environ is None else environ)
     pipeline = validate_data(data, located)
     if located.problems:
-        for problem in located.problems:
-            object.__setattr__(problem, "file", source)
-        raise SpecError(located.problems, source=source)
+        problems = [replace(p, file=source) for p in located.problems]
+        raise SpecError(sorted(problems, key=lambda p: (p.line or 0, p.path)), source=source)
     assert pipeline is not None
     return pipeline
 
@@ -106,6 +114,7 @@ def _to_data(node: yaml.Node, path: Path_, located: _Located, environ: Mapping[s
                 located.lines[(*path, key)] = key_node.start_mark.line + 1
                 located.problem((*path, key), f"duplicate key '{key}'")
             out[key] = _to_data(value_node, (*path, key), located, environ)
+            located.lines[(*path, key)] = key_node.start_mark.line + 1  # the key's line, not its block's
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_data(item, (*path, i), located, environ) for i, item in enumerate(node.value)]
@@ -121,6 +130,8 @@ def _resolve_env(value: str, path: Path_, located: _Located, environ: Mapping[st
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:
+            if len(environ[name]) >= _MIN_REDACTED:
+                located.secret_values[environ[name]] = name
             return environ[name]
         if default is not None:
             return default
@@ -167,12 +178,14 @@ def _listed_typed(raw: Any, section: str, kind: registry.PluginKind, located: _L
 def _typed(cfg: Any, path: Path_, kind: registry.PluginKind, located: _Located) -> Any:
     if not isinstance(cfg, dict) or "type" not in cfg:
         located.problem(path, f"a {kind} needs a 'type:' (one of: {', '.join(registry.names(kind))})")
+        located.failed_paths.add(path)
         return None
     name = str(cfg["type"])
     plugin = registry.lookup(kind, name)
     if plugin is None:
         hint = registry.did_you_mean(name, registry.names(kind))
         located.problem((*path, "type"), f"unknown {kind} type '{name}'.{hint}")
+        located.failed_paths.add(path)
         return None
     return _validate_model(plugin.config, cfg, path, located)
 
@@ -192,7 +205,10 @@ def _keyed_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _
             hint = registry.did_you_mean(key, registry.names(kind))
             located.problem((*path, key), f"unknown {kind} '{key}'.{hint}")
             continue
-        out.append(_validate_model(plugin.config, _expand(plugin.config, value), (*path, key), located))
+        config = _validate_model(plugin.config, _expand(plugin.config, value), (*path, key), located)
+        if config is None:
+            located.failed_paths.add((section, len(out)))
+        out.append(config)
     return out
 
 
@@ -214,26 +230,58 @@ def _validate_model(model: type[BaseModel], cfg: Any, path: Path_, located: _Loc
         return model.model_validate(cfg)
     except ValidationError as exc:
         _report(exc, path, located)
+        located.failed_paths.add(path)
         return None
 
 
 def _report(exc: ValidationError, prefix: Path_, located: _Located) -> None:
     for err in exc.errors():
         loc = (*prefix, *err["loc"])
+        if loc in located.failed_paths:
+            continue  # a plug-in config that failed on its own, already reported in detail
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            message = _unknown_key_message(err["loc"][-1], exc.title, loc, located)
+            message = _unknown_key_message(err["loc"], exc.title)
         elif not _is_secret(loc, located) and "input" in err and err["type"] != "missing":
             message = f"{message} (got {_short(err['input'])})"
         located.problem(loc, message)
 
 
-def _unknown_key_message(key: Any, title: str, loc: Path_, located: _Located) -> str:
-    model = _model_named(title)
+def _unknown_key_message(loc: tuple[Any, ...], title: str) -> str:
+    key = loc[-1]
+    model = _model_at(_model_named(title), loc[:-1])
     fields = sorted(model.model_fields) if model else []
     hint = registry.did_you_mean(str(key), fields)
     allowed = f" Allowed keys: {', '.join(fields)}." if fields and not hint else ""
     return f"unknown key '{key}'.{hint}{allowed}"
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model nested in `model` at `loc` (fields, dict keys, list indexes), or None."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _model_in(annotation)
+        if annotation is None:
+            return None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+        else:
+            origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+            annotation = args[-1] if origin in (dict, list) and args else None
+    found = _model_in(annotation)
+    return found if isinstance(found, type) and issubclass(found, BaseModel) else None
+
+
+def _model_in(annotation: Any) -> Any:
+    """`annotation` without Annotated[...] and Optional: a model, a dict[...] or list[...]."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_in(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        options = [_model_in(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return next((o for o in options if o is not None), None)
+    return annotation
 
 
 def _model_named(title: str) -> type[BaseModel] | None:
@@ -250,7 +298,8 @@ def _model_named(title: str) -> type[BaseModel] | None:
 
 
 def _is_secret(loc: Path_, located: _Located) -> bool:
-    return any(loc[: len(p)] == p for p in located.secret_paths)
+    """True when the value at `loc` is, or holds, a value that came from ${ENV}."""
+    return any(loc[: len(p)] == p or p[: len(loc)] == loc for p in located.secret_paths)
 
 
 def _short(value: Any) -> str:

@@ -136,14 +136,19 @@ class _Runner:
             self.result.status = "succeeded"
             self.ctx.events.emit("run_succeeded", **self.accounting.to_dict())
         except SluicewayError as exc:
-            self.result.status = "failed"
-            self.result.error = str(exc)
-            self.ctx.events.emit("run_failed", error=str(exc), error_type=type(exc).__name__)
+            self._failed(str(exc), type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end as a recorded, failed run
+            self._failed(f"unexpected {type(exc).__name__}: {exc} (please report it)", type(exc).__name__)
         finally:
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._record(self.result.status)
             self.ctx.engine.close()
         return self.result
+
+    def _failed(self, message: str, error_type: str) -> None:
+        self.result.status = "failed"
+        self.result.error = message
+        self.ctx.events.emit("run_failed", error=message, error_type=error_type)
 
     def _check_keys(self) -> None:
         methods = set(self.pipeline.pii.values())

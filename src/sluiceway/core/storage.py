@@ -45,6 +45,8 @@ _SECRET_KEYS = frozenset(_CREDENTIALS)
 _SHORTEST_REDACTED = 4
 _ERROR_CUT_MARKERS = ("Preview of invalid data",)
 _QUOTED_VALUE = re.compile(r"'[^']*'")
+_ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+_LONGEST_SUMMARY = 800
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,9 @@ def error_summary(exc: BaseException, options: Mapping[str, str]) -> str:
     text = str(exc) or type(exc).__name__
     for marker in _ERROR_CUT_MARKERS:
         text = text.split(marker, 1)[0]
-    text = _QUOTED_VALUE.sub("'…'", " ".join(text.split()))
-    return redact(text, options).rstrip(". ")
+    text = _QUOTED_VALUE.sub("'…'", " ".join(_ANSI_CODE.sub("", text).split()))
+    text = redact(text, options).rstrip(". ")
+    return text if len(text) <= _LONGEST_SUMMARY else text[:_LONGEST_SUMMARY] + " …"
 
 
 def merge_positions(committed: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]:

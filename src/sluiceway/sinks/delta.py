@@ -56,10 +56,10 @@ WRITER_PROPERTIES = WriterProperties(compression="ZSTD")
 class DeltaSinkConfig(SinkConfig):
     """A Delta Lake table (local path or s3://)."""
 
-    type: Literal["delta"] = Field("delta", description="The sink plug-in: delta.")
+    type: Literal["delta"] = Field(default="delta", description="The sink plug-in: delta.")
     path: str = Field(description="Table location: a path (relative to the spec) or s3://bucket/path.")
     mode: DeltaMode = Field(
-        "append",
+        default="append",
         description="append: add rows once per idempotency key; overwrite_partition: replace "
         "the partitions written (or replace_where); merge: upsert on merge_keys.",
     )
@@ -71,17 +71,18 @@ class DeltaSinkConfig(SinkConfig):
         description="Columns identifying a row for mode: merge (one row per key).",
     )
     replace_where: str | None = Field(
-        None,
+        default=None,
         description="SQL predicate of the rows overwrite_partition replaces; may use "
         "{logical_date}. Default: partition_by IN the values present in the data.",
     )
     storage_options: dict[str, str] = Field(
         default_factory=dict,
+        repr=False,
         description="Object-store options (endpoint_url, region, access_key_id, "
         "secret_access_key, allow_http or AWS_* names; use ${ENV} for secrets).",
     )
     target_file_size: int | None = Field(
-        None,
+        default=None,
         gt=0,
         description="Target size in bytes of the data files written (delta-rs default when unset).",
     )

@@ -53,18 +53,19 @@ _BEHAVIOUR: dict[ParquetMode, Literal["delete_matching", "overwrite_or_ignore"]]
 class ParquetSinkConfig(SinkConfig):
     """A hive-partitioned Parquet dataset (local path or s3://)."""
 
-    type: Literal["parquet"] = Field("parquet", description="The sink plug-in: parquet.")
+    type: Literal["parquet"] = Field(default="parquet", description="The sink plug-in: parquet.")
     path: str = Field(description="Dataset folder: a path (relative to the spec) or s3://bucket/path.")
     partition_by: list[str] = Field(
         default_factory=list, description="Hive partition columns, e.g. [event_date]."
     )
     mode: ParquetMode = Field(
-        "overwrite_partition",
+        default="overwrite_partition",
         description="overwrite_partition: replace the partitions present in the data; "
         "append: add files named after the idempotency key.",
     )
     storage_options: dict[str, str] = Field(
         default_factory=dict,
+        repr=False,
         description="Object-store options (endpoint_url, region, access_key_id, "
         "secret_access_key, allow_http or AWS_* names; use ${ENV} for secrets).",
     )

@@ -87,7 +87,7 @@ def format_of(path: str, declared: str, compression: Compression) -> Format:
             f"'{path}' is said to be {claimed.upper()} but its content looks like {sniffed.upper()}; "
             f"fix the file, or set format: {sniffed} on the source"
         )
-    if sniffed is None and claimed in ("parquet", "avro", "json", "ndjson"):
+    if sniffed is None and claimed in ("parquet", "avro", "json"):
         raise SourceError(
             f"'{path}' is said to be {claimed.upper()} but its content does not look like it "
             f"(first bytes {head_bytes(path, compression)[:8]!r}); fix the file or its format"
@@ -176,8 +176,10 @@ def _raw_lines(path: str, compression: Compression, positions: list[int]) -> dic
     with _open(path, compression) as handle:
         data = handle.read()
     for pos in positions:
-        end = data.find(b"\n", pos)
-        out[pos] = data[pos : end if end >= 0 else len(data)].rstrip(b"\r")
+        # DuckDB's line_byte_position is one byte past the line start after a bare LF.
+        start = data.rfind(b"\n", 0, pos) + 1
+        end = data.find(b"\n", start)
+        out[pos] = data[start : end if end >= 0 else len(data)].rstrip(b"\r")
     return out
 
 
@@ -201,9 +203,18 @@ def read_ndjson(engine: DuckDBEngine, path: str, display: str, compression: Comp
         {"file": display, "line": int(line), "raw": raw_lines.get(int(pos), b""), "reason": f"unreadable line: {msg}"}
         for line, pos, msg in encoding
     ]
+    if encoding:
+        engine.run(f"UPDATE {quote_ident(lines)} SET {ROW_NUMBER} = {_line_numbers([int(e[0]) for e in encoding])}")
     read = _json_objects(engine, lines, display, rejects_out)
     read.temp_tables.append(lines)
     return read
+
+
+def _line_numbers(dropped: list[int]) -> str:
+    """SQL turning the ordinal of a kept line into its line number, given the dropped lines."""
+    # The k-th kept line comes after the j-th dropped line (line r) when k > r - j.
+    shifts = " + ".join(f"({ROW_NUMBER} > {line - j})::BIGINT" for j, line in enumerate(sorted(dropped), 1))
+    return f"{ROW_NUMBER} + {shifts}"
 
 
 def read_json_array(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
@@ -212,7 +223,9 @@ def read_json_array(engine: DuckDBEngine, path: str, display: str, compression: 
         data = handle.read()
     lines = engine.new_name("lines")
     engine.register_arrow("__json_doc", pa.table({"doc": [data.decode("utf-8", errors="replace")]}))
-    valid = engine.fetch_one("SELECT json_valid(doc) AND json_type(doc::JSON) = 'ARRAY' FROM __json_doc")[0]
+    valid = engine.fetch_one(
+        "SELECT CASE WHEN json_valid(doc) THEN json_type(doc::JSON) = 'ARRAY' ELSE false END FROM __json_doc"
+    )[0]
     if not valid:
         reject = {"file": display, "line": 1, "raw": data, "reason": "not a valid JSON array of objects"}
         engine.create_table(lines, f"SELECT NULL::VARCHAR AS line, NULL::BIGINT AS {ROW_NUMBER} WHERE false")

@@ -129,7 +129,7 @@ class FilesSource:
         target = ctx.state_dir / "cache" / ctx.run_id / hashlib.sha256(uri.encode()).hexdigest()[:16]
         target.mkdir(parents=True, exist_ok=True)
         local = target / Path(path).name
-        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+        with fs.open_input_stream(path, compression=None) as src, open(local, "wb") as dst:
             while chunk := src.read(8 << 20):
                 dst.write(chunk)
         return str(local)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from sluiceway.core.context import RunContext, WriteRequest
 from sluiceway.core.events import EventBus
-from sluiceway.core.spec import Pipeline, SinkConfig, SourceConfig
+from sluiceway.core.spec import Pipeline
 from sluiceway.core.storage import (
     arrow_filesystem,
     delta_storage_options,
@@ -36,11 +36,13 @@ def engine() -> Iterator[DuckDBEngine]:
 
 
 def make_ctx(tmp_path: Path, engine: DuckDBEngine, pipeline: str = "orders") -> RunContext:
-    spec = Pipeline(
-        version=1,
-        pipeline=pipeline,
-        sources={"orders": SourceConfig(type="files")},
-        sinks=[SinkConfig(type="delta")],
+    spec = Pipeline.model_validate(
+        {
+            "version": 1,
+            "pipeline": pipeline,
+            "sources": {"orders": {"type": "files"}},
+            "sinks": [{"type": "delta"}],
+        }
     )
     return RunContext(
         pipeline=spec,
@@ -505,6 +507,14 @@ def test_arrow_filesystem_gives_the_path_without_scheme(tmp_path: Path) -> None:
     assert (remote.type_name, remote_path, remote.region) == ("s3", "bucket/a/b", "eu-west-1")
     with pytest.raises(ConfigError, match="Unsupported storage scheme 'gs://'"):
         arrow_filesystem("gs://bucket/x", {})
+
+
+def test_configs_and_sinks_keep_credentials_out_of_their_repr() -> None:
+    config = DeltaSinkConfig(path="s3://b/t", storage_options={"secret_access_key": "hush-1234"})
+
+    assert "hush-1234" not in repr(config)
+    assert "hush-1234" not in repr(DeltaSink(config))
+    assert "s3://b/t" in repr(config)
 
 
 def test_redact_removes_credentials_from_text(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from sluiceway.core.context import RunContext, WriteRequest
 from sluiceway.core.events import EventBus
-from sluiceway.core.spec import Pipeline, SinkConfig, SourceConfig
+from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine
 from sluiceway.errors import SinkError
 from sluiceway.sinks.parquet import ParquetSink, ParquetSinkConfig, file_key
@@ -29,11 +29,13 @@ def engine() -> Iterator[DuckDBEngine]:
 
 
 def make_ctx(tmp_path: Path, engine: DuckDBEngine, pipeline: str = "orders") -> RunContext:
-    spec = Pipeline(
-        version=1,
-        pipeline=pipeline,
-        sources={"orders": SourceConfig(type="files")},
-        sinks=[SinkConfig(type="parquet")],
+    spec = Pipeline.model_validate(
+        {
+            "version": 1,
+            "pipeline": pipeline,
+            "sources": {"orders": {"type": "files"}},
+            "sinks": [{"type": "parquet"}],
+        }
     )
     return RunContext(
         pipeline=spec,
@@ -180,3 +182,12 @@ def test_unsafe_keys_become_a_digest_in_file_names() -> None:
     assert file_key("run_2024-01-02.abc") == "run_2024-01-02.abc"
     assert file_key("../../etc") == hashlib.sha256(b"../../etc").hexdigest()[:32]
     assert "/" not in file_key("a/b")
+
+
+def test_the_config_keeps_credentials_out_of_its_repr() -> None:
+    config = ParquetSinkConfig(
+        path="s3://b/t", partition_by=["day"], storage_options={"secret_access_key": "hush-1234"}
+    )
+
+    assert "hush-1234" not in repr(config)
+    assert config.storage_options == {"secret_access_key": "hush-1234"}
