@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sluiceway.core.loader import load_spec
@@ -21,6 +22,7 @@ from sluiceway.observability.progress import ConsoleProgress
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
+RUN_ID_WIDTH = len("20250115T000000-0123abcd")
 
 
 def _state_dir(state_dir: str | None) -> Path:
@@ -30,7 +32,7 @@ def _state_dir(state_dir: str | None) -> Path:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -52,7 +54,8 @@ def validate(specs: tuple[str, ...]) -> None:
             failed += 1
             err_console.print(f"[bold red]✗ {spec}[/]: {len(exc.problems)} problem(s)")
             for problem in exc.problems:
-                err_console.print(f"  {spec}:{problem.line or '?'}  [cyan]{problem.path or '<root>'}[/]  {problem.message}",
+                where = escape(problem.path or "<root>")
+                err_console.print(f"  {spec}:{problem.line or '?'}  [cyan]{where}[/]  {escape(problem.message)}",
                                   soft_wrap=True)
             continue
         console.print(f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
@@ -99,7 +102,8 @@ def summary_data(result: RunResult) -> dict[str, Any]:
         "checks": [c.to_dict() for c in result.checks], "sinks": [vars(s) for s in result.sinks],
         "dead_letter": {"uri": result.dead_letter_uri, "rows": result.dead_letter_rows,
                         "by_rule": result.rejected_by_rule},
-        "staged_path": result.staged_path, "error": result.error, "duration_s": result.duration_s,
+        "staged_path": result.staged_path, "error": result.error, "note": result.note,
+        "duration_s": result.duration_s,
     }
 
 
@@ -127,10 +131,12 @@ def print_summary(result: RunResult) -> None:
         console.print(f"table: {sink.uri} ({state})")
     if result.dead_letter_uri:
         console.print(f"dead-letter table: {result.dead_letter_uri} ({result.dead_letter_rows} row(s) this run)")
+    if result.note:
+        console.print(f"note: {result.note}", soft_wrap=True)
     if result.staged_path:
         console.print(f"staged (unpublished) result: {result.staged_path}")
     if result.error:
-        console.print(f"[red]error:[/] {result.error}", soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(result.error)}", soft_wrap=True)
 
 
 def _print_checks(result: RunResult) -> None:
@@ -155,7 +161,8 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None) -> None:
     """List recent runs, newest first."""
     store = RunStore(_state_dir(state_dir) / "runs.db")
     table = Table(header_style="bold")
-    for column in ("run", "pipeline", "date", "status", "in", "written", "rejected", "dedup", "secs"):
+    table.add_column("run", no_wrap=True, min_width=RUN_ID_WIDTH)  # whole, for `sluice show`
+    for column in ("pipeline", "date", "status", "in", "written", "rejected", "dedup", "secs"):
         table.add_column(column)
     for r in store.list(pipeline=pipeline, limit=limit):
         table.add_row(r.run_id, r.pipeline, r.logical_date, r.status, *(str(v if v is not None else "")

@@ -27,12 +27,14 @@ def _cli() -> Any:
 @click.option("--run", "run_id", help="Only the dead letters of this run.")
 @click.option("--limit", default=20, show_default=True, help="How many rows to show.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def dlq(spec: str, run_id: str | None, limit: int, fmt: str) -> None:
+@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | None) -> None:
     """List dead-letter rows of a pipeline (PII masked; raw payloads never shown)."""
     cli = _cli()
     try:
         pipeline = load_spec(spec)
-        table = dead_letter_table(pipeline, RunOptions(base_dir=Path(spec).resolve().parent))
+        options = RunOptions(base_dir=Path(spec).resolve().parent, state_dir=cli._state_dir(state_dir))
+        table = dead_letter_table(pipeline, options)
         letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
     except SluicewayError as exc:
         cli._fail(str(exc))
@@ -60,11 +62,10 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str) -> None:
 def replay(spec: str, run_id: str, run_date: Any, state_dir: str | None) -> None:
     """Send a run's dead letters back through the pipeline after the spec was fixed."""
     cli = _cli()
-    pipeline = load_spec(spec)
     options = RunOptions(logical_date=run_date.date() if run_date else None,
                          base_dir=Path(spec).resolve().parent, state_dir=cli._state_dir(state_dir))
     try:
-        outcome = replay_run(pipeline, run_id, options)
+        outcome = replay_run(load_spec(spec), run_id, options)
     except SluicewayError as exc:
         cli._fail(str(exc))
     if outcome.run is not None:

@@ -69,8 +69,8 @@ def cast_sql(column: str, spec: ColumnContract) -> str:
         return f"TRY_CAST({src} AS DECIMAL({spec.precision},{spec.scale}))"
     if spec.type in ("integer", "bigint"):
         # DuckDB rounds '1.5' to 2 when casting to BIGINT; a fraction is not an integer.
-        as_double = f"TRY_CAST({src} AS DOUBLE)"
-        return f"CASE WHEN {as_double} <> trunc({as_double}) THEN NULL ELSE TRY_CAST({src} AS BIGINT) END"
+        as_double, as_bigint = f"TRY_CAST({src} AS DOUBLE)", f"TRY_CAST({src} AS BIGINT)"
+        return f"CASE WHEN {as_double} <> trunc({as_double}) THEN NULL ELSE {as_bigint} END"
     if spec.type == "json":
         return f"CASE WHEN json_valid({src}::VARCHAR) THEN {src}::VARCHAR END"
     return f"TRY_CAST({src} AS {_TYPES[spec.type]})"
@@ -102,7 +102,7 @@ def _nullable(column: str, spec: ColumnContract, src: str, cast: str, shown: str
 def _type(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
     if spec.type == "string":
         return []
-    wanted = f"a {spec.type}" + (f" in format {spec.strftime}" if spec.strftime else "")
+    wanted = ("an " if spec.type[0] in "aeiou" else "a ") + spec.type + (f" in format {spec.strftime}" if spec.strftime else "")
     reason = f"{shown} || ' is not {wanted}'"
     return [Rule("type", column, f"{src} IS NOT NULL AND ({cast}) IS NULL", reason, True)]
 

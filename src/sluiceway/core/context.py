@@ -145,3 +145,7 @@ class Sink(Protocol):
     def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
         """The source positions committed so far (merged over all commits of this pipeline)."""
         ...
+
+    def is_committed(self, ctx: RunContext, idempotency_key: str) -> bool:
+        """True when this exact input already landed and a write would be skipped."""
+        ...

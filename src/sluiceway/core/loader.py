@@ -48,7 +48,8 @@ class _Located:
         # Longest first, so a value that contains another is replaced whole.
         for value in sorted(self.secret_values, key=len, reverse=True):
             message = message.replace(value, f"${{{self.secret_values[value]}}}")
-        self.problems.append(SpecProblem(path=format_path(path), message=message, line=self.line(path)))
+        problem = SpecProblem(path=format_path(path), message=message, line=self.line(path))
+        self.problems.append(problem)
 
 
 def format_path(path: Path_) -> str:
@@ -114,7 +115,8 @@ def _to_data(node: yaml.Node, path: Path_, located: _Located, environ: Mapping[s
                 located.lines[(*path, key)] = key_node.start_mark.line + 1
                 located.problem((*path, key), f"duplicate key '{key}'")
             out[key] = _to_data(value_node, (*path, key), located, environ)
-            located.lines[(*path, key)] = key_node.start_mark.line + 1  # the key's line, not its block's
+            # A problem about a key points at the key's line, not at the first line of its block.
+            located.lines[(*path, key)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_data(item, (*path, i), located, environ) for i, item in enumerate(node.value)]
@@ -193,7 +195,7 @@ def _typed(cfg: Any, path: Path_, kind: registry.PluginKind, located: _Located) 
 def _keyed_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _Located) -> Any:
     if raw is None or not isinstance(raw, list):
         return raw
-    out = []
+    out: list[Any] = []
     for i, item in enumerate(raw):
         path: Path_ = (section, i)
         if not isinstance(item, dict) or len(item) != 1:
@@ -205,7 +207,8 @@ def _keyed_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _
             hint = registry.did_you_mean(key, registry.names(kind))
             located.problem((*path, key), f"unknown {kind} '{key}'.{hint}")
             continue
-        config = _validate_model(plugin.config, _expand(plugin.config, value), (*path, key), located)
+        value = _expand(plugin.config, value)
+        config = _validate_model(plugin.config, value, (*path, key), located)
         if config is None:
             located.failed_paths.add((section, len(out)))
         out.append(config)
@@ -311,6 +314,13 @@ def _cross_check(pipeline: Pipeline, located: _Located) -> None:
     if pipeline.primary and pipeline.primary not in pipeline.sources:
         hint = registry.did_you_mean(pipeline.primary, list(pipeline.sources))
         located.problem(("primary",), f"no source named '{pipeline.primary}'.{hint}")
+    incremental = [n for n, s in pipeline.sources.items() if getattr(s, "incremental", False)]
+    for index, sink in enumerate(pipeline.sinks):
+        if incremental and getattr(sink, "mode", None) == "overwrite_partition":
+            located.problem(("sinks", index, "mode"),
+                            f"source(s) {', '.join(incremental)} are incremental (each run reads only new files) "
+                            "but overwrite_partition would replace the rows earlier files put in the same "
+                            "partition; use mode: append or merge")
     for name in pipeline.sources:
         if name == "input" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             located.problem(("sources", name), f"source name '{name}' must be an SQL identifier other than 'input'")

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
+from dataclasses import replace as with_changes
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -37,14 +40,15 @@ class ReplayResult:
 
 def dead_letter_table(pipeline: Pipeline, options: RunOptions) -> DeadLetterTable:
     """The pipeline's dead-letter table, as the runner would resolve it."""
-    from pathlib import Path
-
     config = pipeline.dead_letter
     base = (options.base_dir or Path.cwd()).resolve()
     if config is None:
-        state = options.state_dir or Path.cwd() / ".sluice"
+        environ = os.environ if options.environ is None else options.environ
+        state = options.state_dir or Path(environ.get("SLUICE_HOME") or Path.cwd() / ".sluice")
         return DeadLetterTable(str(Path(state).resolve() / "dead_letter"), {})
-    path = config.path if "://" in config.path else str((base / config.path).resolve())
+    if "://" in config.path:
+        return DeadLetterTable(config.path, config.storage_options)
+    path = str((base / Path(config.path).expanduser()).resolve())
     return DeadLetterTable(path, config.storage_options)
 
 
@@ -68,9 +72,7 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
         return SourceRead(table=loaded, rows_in=rows.num_rows, parse_rejects=PARSE_REJECT_SCHEMA.empty_table(),
                           position={}, fingerprint=fingerprint)
 
-    options.source_override = override
-    options.is_replay = True
-    result = run_pipeline(pipeline, options)
+    result = run_pipeline(pipeline, with_changes(options, source_override=override, is_replay=True))
     if not result.ok:
         return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result)
     failing = {(r["file"], r["row"]) for r in result.dead_rows if r["source"] == pipeline.primary_source}
@@ -81,8 +83,6 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
 
 def _rebuild(letters: pa.Table, options: RunOptions) -> pa.Table:
     """The original source rows (text columns) with their file and row number."""
-    import os
-
     environ = os.environ if options.environ is None else options.environ
     key = masking.MaskKeys.from_env(environ).encryption_key
     records = []

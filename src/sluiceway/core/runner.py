@@ -59,6 +59,7 @@ class RunResult:
     error: str | None = None
     duration_s: float = 0.0
     dead_rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -128,7 +129,11 @@ class _Runner:
         return self.ctx.pipeline
 
     def run(self) -> RunResult:
-        self._check_keys()
+        try:
+            self._check_keys()
+        except ConfigError:
+            self.ctx.engine.close()
+            raise
         self._record("running")
         self.ctx.events.emit("run_started", logical_date=str(self.ctx.logical_date))
         try:
@@ -169,6 +174,9 @@ class _Runner:
         positions = sinks[0].committed_positions(self.ctx)
         reads = self._read_sources(positions)
         run_key = self._run_key(reads)
+        if all(sink.is_committed(self.ctx, run_key) for sink in sinks):
+            self._skip_committed(sinks, run_key)
+            return
         dead_rows: list[dict[str, Any]] = []
         valid = self._validate_sources(reads, run_key, dead_rows)
         table = self._apply_steps(valid[self.pipeline.primary_source])
@@ -178,6 +186,16 @@ class _Runner:
         self.accounting.verify()
         self._audit(staged)
         self._publish(sinks, staged, run_key, {name: r.position for name, r in reads.items()})
+
+    def _skip_committed(self, sinks: list[Any], run_key: str) -> None:
+        """These exact inputs already landed: touch neither the table nor the dead letters."""
+        self.result.note = (
+            "these inputs were already committed for this date (append is exactly-once); nothing was "
+            "written. Rows fixed in the spec since come back with `sluice replay`.")
+        for sink in sinks:
+            uri = self.ctx.resolve(getattr(sink.config, "path", ""))
+            self.result.sinks.append(WriteResult(uri=uri, rows_written=0, skipped=True))
+        self.ctx.events.emit("commit_skipped", reason="inputs already committed", run_key=run_key)
 
     def _read_sources(self, positions: dict[str, Any]) -> dict[str, SourceRead]:
         reads: dict[str, SourceRead] = {}

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
 ColumnType = Literal[
     "string", "integer", "bigint", "double", "float", "decimal", "boolean", "date", "timestamp",
@@ -33,7 +33,7 @@ class ColumnContract(Model):
     """What one column of a source must look like."""
 
     type: ColumnType = Field("string", description="Logical type the column is cast to.")
-    nullable: bool = Field(True, description="False: a NULL or empty value rejects the row.")
+    nullable: bool = Field(True, description="False: a NULL value (an empty CSV field) rejects the row.")
     required: bool = Field(
         False, description="True: the column must be present in the source; rows without it are rejected."
     )
@@ -51,6 +51,16 @@ class ColumnContract(Model):
     max_length: int | None = Field(None, description="Longest allowed string length.", ge=0)
     precision: int = Field(18, description="Precision of a decimal column.", ge=1, le=38)
     scale: int = Field(2, description="Scale of a decimal column.", ge=0, le=38)
+
+    @model_validator(mode="after")
+    def _bounds_fit_type(self) -> ColumnContract:
+        numeric = ("integer", "bigint", "double", "float", "decimal")
+        if (self.min is not None or self.max is not None) and self.type not in numeric:
+            raise ValueError(f"min/max apply to numeric types ({', '.join(numeric)}), not {self.type}; "
+                             "use a table check `between` for dates, or regex/values for strings")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is greater than max {self.max:g}")
+        return self
 
 
 class Contract(Model):

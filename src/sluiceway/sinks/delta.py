@@ -188,6 +188,15 @@ class DeltaSink:
         with self._errors("write to", uri):
             return _WRITERS[write_mode(self.config.mode, request)](job)
 
+    def is_committed(self, ctx: RunContext, idempotency_key: str) -> bool:
+        """True when an append of `idempotency_key` is already in the table (a rerun would be skipped)."""
+        if self.config.mode != "append":
+            return False
+        uri = ctx.resolve(self.config.path)
+        with self._errors("read", uri):
+            table = _open_table(uri, delta_storage_options(uri, self.config.storage_options))
+            return table is not None and table.transaction_version(app_id(ctx.pipeline.pipeline, idempotency_key)) is not None
+
     def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
         """Positions of this pipeline's commits, merged oldest to newest ({} without a table)."""
         uri = ctx.resolve(self.config.path)

@@ -117,6 +117,10 @@ class ParquetSink:
             _write_sidecar(filesystem, path, key, sidecar)
         return WriteResult(uri=uri, rows_written=request.data.num_rows)
 
+    def is_committed(self, ctx: RunContext, idempotency_key: str) -> bool:
+        """Always False: a rerun rewrites the same files of its key, so it converges."""
+        return False
+
     def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
         """Positions of every sidecar of this pipeline, merged oldest to newest."""
         uri = ctx.resolve(self.config.path)

@@ -204,7 +204,10 @@ def read_ndjson(engine: DuckDBEngine, path: str, display: str, compression: Comp
         for line, pos, msg in encoding
     ]
     if encoding:
-        engine.run(f"UPDATE {quote_ident(lines)} SET {ROW_NUMBER} = {_line_numbers([int(e[0]) for e in encoding])}")
+        renumber = _line_numbers([int(e[0]) for e in encoding])
+        engine.run(f"UPDATE {quote_ident(lines)} SET {ROW_NUMBER} = {renumber}")
+    engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
+    engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
     read = _json_objects(engine, lines, display, rejects_out)
     read.temp_tables.append(lines)
     return read
@@ -213,7 +216,9 @@ def read_ndjson(engine: DuckDBEngine, path: str, display: str, compression: Comp
 def _line_numbers(dropped: list[int]) -> str:
     """SQL turning the ordinal of a kept line into its line number, given the dropped lines."""
     # The k-th kept line comes after the j-th dropped line (line r) when k > r - j.
-    shifts = " + ".join(f"({ROW_NUMBER} > {line - j})::BIGINT" for j, line in enumerate(sorted(dropped), 1))
+    shifts = " + ".join(
+        f"({ROW_NUMBER} > {line - j})::BIGINT" for j, line in enumerate(sorted(dropped), 1)
+    )
     return f"{ROW_NUMBER} + {shifts}"
 
 
@@ -224,19 +229,24 @@ def read_json_array(engine: DuckDBEngine, path: str, display: str, compression: 
     lines = engine.new_name("lines")
     engine.register_arrow("__json_doc", pa.table({"doc": [data.decode("utf-8", errors="replace")]}))
     valid = engine.fetch_one(
-        "SELECT CASE WHEN json_valid(doc) THEN json_type(doc::JSON) = 'ARRAY' ELSE false END FROM __json_doc"
+        "SELECT CASE WHEN json_valid(doc) THEN json_type(doc::JSON) = 'ARRAY' ELSE false END "
+        "FROM __json_doc"
     )[0]
-    if not valid:
-        reject = {"file": display, "line": 1, "raw": data, "reason": "not a valid JSON array of objects"}
+    found: list[dict[str, object]] = []
+    if valid:
+        engine.create_table(
+            lines,
+            f"SELECT e::VARCHAR AS line, row_number() OVER () AS {ROW_NUMBER} "
+            f"FROM (SELECT unnest(json_extract(doc::JSON, '$[*]')) AS e FROM __json_doc)",
+            purpose=f"read JSON {display}",
+        )
+    else:
+        reason = "not a valid JSON array of objects"
+        found = [{"file": display, "line": 1, "raw": data, "reason": reason}]
         engine.create_table(lines, f"SELECT NULL::VARCHAR AS line, NULL::BIGINT AS {ROW_NUMBER} WHERE false")
-        return _json_objects(engine, lines, display, [reject])
-    engine.create_table(
-        lines,
-        f"SELECT e::VARCHAR AS line, row_number() OVER () AS {ROW_NUMBER} "
-        f"FROM (SELECT unnest(json_extract(doc::JSON, '$[*]')) AS e FROM __json_doc)",
-        purpose=f"read JSON {display}",
-    )
-    return _json_objects(engine, lines, display, [])
+    read = _json_objects(engine, lines, display, found)
+    read.temp_tables += [lines, "__json_doc"]
+    return read
 
 
 def _json_objects(engine: DuckDBEngine, lines: str, display: str, rejects: list[dict[str, object]]) -> FileRead:
@@ -293,10 +303,12 @@ def read_avro(engine: DuckDBEngine, path: str, display: str, compression: Compre
     try:
         records = list(fastavro.reader(io.BytesIO(data)))
     except Exception as exc:  # noqa: BLE001 - fastavro raises many types for corrupt input
-        reject = {"file": display, "line": None, "raw": data, "reason": f"corrupt Avro file: {exc}"}
+        reason = f"corrupt Avro file: {exc}"
+        reject: dict[str, object] = {"file": display, "line": None, "raw": data, "reason": reason}
         empty = engine.new_name("avro")
         engine.create_table(empty, f"SELECT {quote_literal(display)} AS {ROW_FILE}, 1::BIGINT AS {ROW_NUMBER} WHERE false")
-        return FileRead(f"SELECT * FROM {quote_ident(empty)}", 1, [reject], typed=True)
+        select = f"SELECT * FROM {quote_ident(empty)}"
+        return FileRead(select, 1, [reject], typed=True, temp_tables=[empty])
     table = pa.Table.from_pylist(records) if records else pa.table({})
     table = table.append_column(ROW_FILE, pa.array([display] * len(table), pa.string()))
     table = table.append_column(ROW_NUMBER, pa.array(range(1, len(table) + 1), pa.int64()))

@@ -163,7 +163,8 @@ def _list_local(pattern: str) -> list[str]:
         return [str(path)]
     if path.is_dir():
         return sorted(str(p) for p in path.rglob("*") if p.is_file() and not _hidden(str(p), str(path)))
-    return sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    return sorted(p for p in glob.glob(pattern, recursive=True)
+                  if Path(p).is_file() and not Path(p).name.startswith(_SKIP_PREFIXES))
 
 
 def _hidden(path: str, base: str) -> bool:

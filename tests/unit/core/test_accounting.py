@@ -9,8 +9,9 @@ from sluiceway.errors import AccountingError, TerminalError
 
 
 def test_unbalanced_accounting_raises_with_every_term() -> None:
-    accounting = RowAccounting(rows_in=100, rows_written=80, rows_rejected=7, rows_deduplicated=5,
-                               rows_filtered=3)
+    accounting = RowAccounting(
+        rows_in=100, rows_written=80, rows_rejected=7, rows_deduplicated=5, rows_filtered=3
+    )
 
     with pytest.raises(AccountingError) as caught:
         accounting.verify()
@@ -30,8 +31,14 @@ def test_more_rows_out_than_in_is_unbalanced_too() -> None:
 
 
 def test_balanced_accounting_passes() -> None:
-    accounting = RowAccounting(rows_in=100, rows_written=85, rows_rejected=7, rows_deduplicated=5,
-                               rows_filtered=3, rows_warned=12)
+    accounting = RowAccounting(
+        rows_in=100,
+        rows_written=85,
+        rows_rejected=7,
+        rows_deduplicated=5,
+        rows_filtered=3,
+        rows_warned=12,
+    )
 
     accounting.verify()
 
@@ -43,5 +50,11 @@ def test_warned_rows_are_part_of_written_not_a_term_of_their_own() -> None:
     accounting = RowAccounting(rows_in=10, rows_written=10, rows_warned=4)
 
     assert accounting.is_balanced
-    assert accounting.to_dict() == {"rows_in": 10, "rows_written": 10, "rows_rejected": 0,
-                                    "rows_deduplicated": 0, "rows_filtered": 0, "rows_warned": 4}
+    assert accounting.to_dict() == {
+        "rows_in": 10,
+        "rows_written": 10,
+        "rows_rejected": 0,
+        "rows_deduplicated": 0,
+        "rows_filtered": 0,
+        "rows_warned": 4,
+    }

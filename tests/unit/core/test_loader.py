@@ -68,7 +68,9 @@ VALID = textwrap.dedent(
 )
 
 
-def problems_of(text: str, environ: dict[str, str] | None = None) -> dict[str, tuple[int | None, str]]:
+def problems_of(
+    text: str, environ: dict[str, str] | None = None
+) -> dict[str, tuple[int | None, str]]:
     with pytest.raises(SpecError) as caught:
         parse_spec(text, environ=environ or {})
     return {p.path: (p.line, p.message) for p in caught.value.problems}
@@ -170,7 +172,10 @@ def test_a_value_from_the_environment_never_appears_in_a_message() -> None:
 
     message = str(caught.value)
     assert {p.path for p in caught.value.problems} == {
-        "sinks[0].mode", "checks[0].row_count_between", "sources.other.type"}
+        "sinks[0].mode",
+        "checks[0].row_count_between",
+        "sources.other.type",
+    }
     for secret in environ.values():
         assert secret not in message
     assert "${SOURCE_TYPE}" in message
@@ -212,13 +217,18 @@ def test_the_python_model_equals_the_yaml_spec() -> None:
     built = sluiceway.Pipeline(
         version=1,
         pipeline="orders",
-        sources={"events": FilesSourceConfig(
-            path="data/", format="csv",
-            contract=sluiceway.Contract(columns={
-                "id": sluiceway.ColumnContract(nullable=False),
-                "amount": sluiceway.ColumnContract(type="double", min=0),
-            }),
-        )},
+        sources={
+            "events": FilesSourceConfig(
+                path="data/",
+                format="csv",
+                contract=sluiceway.Contract(
+                    columns={
+                        "id": sluiceway.ColumnContract(nullable=False),
+                        "amount": sluiceway.ColumnContract(type="double", min=0),
+                    }
+                ),
+            )
+        },
         steps=[DedupStepConfig(keys=["id"]), SqlStepConfig(query="SELECT * FROM input")],
         pii={"email": "hmac"},
         checks=[NotNullConfig(column="id"), RowCountBetweenConfig(min_value=1, severity="warn")],
@@ -239,8 +249,12 @@ def test_a_pipeline_from_a_dict_equals_the_yaml_spec() -> None:
 
 
 def test_a_dict_spec_reports_problems_without_lines() -> None:
-    data = {"version": 1, "pipeline": "orders", "sources": {"events": {"type": "file", "path": "x"}},
-            "sinks": [{"type": "delta", "path": "lake"}]}
+    data = {
+        "version": 1,
+        "pipeline": "orders",
+        "sources": {"events": {"type": "file", "path": "x"}},
+        "sinks": [{"type": "delta", "path": "lake"}],
+    }
 
     with pytest.raises(SpecError) as caught:
         sluiceway.Pipeline.from_dict(data)  # type: ignore[attr-defined]

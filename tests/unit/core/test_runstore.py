@@ -8,9 +8,17 @@ from sluiceway.core.runstore import RunRecord, RunStore
 
 
 def record(run_id: str, *, pipeline: str = "orders", status: str = "succeeded") -> RunRecord:
-    return RunRecord(run_id=run_id, pipeline=pipeline, logical_date="2025-01-15", status=status,
-                     started_at=run_id[:15], rows_in=10, rows_written=9, rows_rejected=1,
-                     details={"checks": [{"name": "not_null(id)", "status": "passed"}]})
+    return RunRecord(
+        run_id=run_id,
+        pipeline=pipeline,
+        logical_date="2025-01-15",
+        status=status,
+        started_at=run_id[:15],
+        rows_in=10,
+        rows_written=9,
+        rows_rejected=1,
+        details={"checks": [{"name": "not_null(id)", "status": "passed"}]},
+    )
 
 
 def test_the_store_runs_sqlite_in_wal_mode(tmp_path) -> None:
@@ -54,12 +62,20 @@ def test_a_unique_prefix_finds_a_run_and_an_ambiguous_one_finds_none(tmp_path) -
 
 def test_runs_are_listed_newest_first_and_filtered_by_pipeline(tmp_path) -> None:
     store = RunStore(tmp_path / "runs.db")
-    for run_id, pipeline in [("20250115T020000-b", "orders"), ("20250115T030000-c", "events"),
-                             ("20250115T010000-a", "orders")]:
+    for run_id, pipeline in [
+        ("20250115T020000-b", "orders"),
+        ("20250115T030000-c", "events"),
+        ("20250115T010000-a", "orders"),
+    ]:
         store.save(record(run_id, pipeline=pipeline))
 
-    assert [r.run_id for r in store.list()] == ["20250115T030000-c", "20250115T020000-b",
-                                                "20250115T010000-a"]
-    assert [r.run_id for r in store.list(pipeline="orders")] == ["20250115T020000-b",
-                                                                 "20250115T010000-a"]
+    assert [r.run_id for r in store.list()] == [
+        "20250115T030000-c",
+        "20250115T020000-b",
+        "20250115T010000-a",
+    ]
+    assert [r.run_id for r in store.list(pipeline="orders")] == [
+        "20250115T020000-b",
+        "20250115T010000-a",
+    ]
     assert [r.run_id for r in store.list(limit=1)] == ["20250115T030000-c"]
