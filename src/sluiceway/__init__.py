@@ -1,9 +1,9 @@
 """sluiceway: production data pipelines with the quality gates built in.
 
-    import sluiceway
-    pipeline = sluiceway.Pipeline.from_yaml("pipeline.yaml")
-    result = sluiceway.run(pipeline, logical_date=date(2025, 1, 15))
-    assert result.ok, result.error
+import sluiceway
+pipeline = sluiceway.Pipeline.from_yaml("pipeline.yaml")
+result = sluiceway.run(pipeline, logical_date=date(2025, 1, 15))
+assert result.ok, result.error
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from sluiceway.core.loader import load_spec, parse_spec, pipeline_from_dict
 from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
-from sluiceway.core.spec import Contract, ColumnContract, Pipeline
+from sluiceway.core.spec import ColumnContract, Contract, Pipeline
 from sluiceway.errors import SluicewayError, SpecError
 
 

@@ -55,23 +55,33 @@ def validate(specs: tuple[str, ...]) -> None:
             err_console.print(f"[bold red]✗ {spec}[/]: {len(exc.problems)} problem(s)")
             for problem in exc.problems:
                 where = escape(problem.path or "<root>")
-                err_console.print(f"  {spec}:{problem.line or '?'}  [cyan]{where}[/]  {escape(problem.message)}",
-                                  soft_wrap=True)
+                err_console.print(
+                    f"  {spec}:{problem.line or '?'}  [cyan]{where}[/]  {escape(problem.message)}",
+                    soft_wrap=True,
+                )
             continue
-        console.print(f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
-                      f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)")
+        console.print(
+            f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
+            f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)"
+        )
     sys.exit(1 if failed else 0)
 
 
-def _run_spec(spec: str, run_date: date | None, log_format: str, state_dir: str | None,
-              **extra: Any) -> RunResult:
+def _run_spec(
+    spec: str, run_date: date | None, log_format: str, state_dir: str | None, **extra: Any
+) -> RunResult:
     try:
         pipeline = load_spec(spec)
     except SpecError as exc:
         _fail(str(exc))
     subscribers = [json_logger()] if log_format == "json" else [ConsoleProgress(err_console)]
-    options = RunOptions(logical_date=run_date, base_dir=Path(spec).resolve().parent,
-                         state_dir=_state_dir(state_dir), subscribers=subscribers, **extra)
+    options = RunOptions(
+        logical_date=run_date,
+        base_dir=Path(spec).resolve().parent,
+        state_dir=_state_dir(state_dir),
+        subscribers=subscribers,
+        **extra,
+    )
     try:
         return run_pipeline(pipeline, options)
     except ConfigError as exc:
@@ -81,8 +91,18 @@ def _run_spec(spec: str, run_date: date | None, log_format: str, state_dir: str 
 
 @main.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
-@click.option("--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), help="Logical date (default: today, UTC).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="json: one JSON event per line on stderr.")
+@click.option(
+    "--date",
+    "run_date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Logical date (default: today, UTC).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="json: one JSON event per line on stderr.",
+)
 @click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
 def run(spec: str, run_date: Any, log_format: str, state_dir: str | None) -> None:
     """Run a pipeline once for a logical date."""
@@ -97,12 +117,21 @@ def run(spec: str, run_date: Any, log_format: str, state_dir: str | None) -> Non
 def summary_data(result: RunResult) -> dict[str, Any]:
     """The run's outcome as plain data."""
     return {
-        "run_id": result.run_id, "pipeline": result.pipeline, "logical_date": str(result.logical_date),
-        "status": result.status, "accounting": result.accounting.to_dict(),
-        "checks": [c.to_dict() for c in result.checks], "sinks": [vars(s) for s in result.sinks],
-        "dead_letter": {"uri": result.dead_letter_uri, "rows": result.dead_letter_rows,
-                        "by_rule": result.rejected_by_rule},
-        "staged_path": result.staged_path, "error": result.error, "note": result.note,
+        "run_id": result.run_id,
+        "pipeline": result.pipeline,
+        "logical_date": str(result.logical_date),
+        "status": result.status,
+        "accounting": result.accounting.to_dict(),
+        "checks": [c.to_dict() for c in result.checks],
+        "sinks": [vars(s) for s in result.sinks],
+        "dead_letter": {
+            "uri": result.dead_letter_uri,
+            "rows": result.dead_letter_rows,
+            "by_rule": result.rejected_by_rule,
+        },
+        "staged_path": result.staged_path,
+        "error": result.error,
+        "note": result.note,
         "duration_s": result.duration_s,
     }
 
@@ -111,13 +140,25 @@ def print_summary(result: RunResult) -> None:
     """Render a run's outcome: accounting, checks, where things are."""
     acc = result.accounting
     colour = "green" if result.ok else "red"
-    console.print(f"\n[bold {colour}]{result.status.upper()}[/] {result.pipeline} run {result.run_id} "
-                  f"for {result.logical_date} in {result.duration_s:.1f}s")
+    console.print(
+        f"\n[bold {colour}]{result.status.upper()}[/] {result.pipeline} run {result.run_id} "
+        f"for {result.logical_date} in {result.duration_s:.1f}s"
+    )
     rows = Table(title="Rows", show_header=True, header_style="bold")
     for name in ("in", "written", "rejected", "deduplicated", "filtered"):
         rows.add_column(name, justify="right")
-    rows.add_row(*(f"{v:,}" for v in (acc.rows_in, acc.rows_written, acc.rows_rejected,
-                                       acc.rows_deduplicated, acc.rows_filtered)))
+    rows.add_row(
+        *(
+            f"{v:,}"
+            for v in (
+                acc.rows_in,
+                acc.rows_written,
+                acc.rows_rejected,
+                acc.rows_deduplicated,
+                acc.rows_filtered,
+            )
+        )
+    )
     console.print(rows)
     balance = "[green]balanced[/]" if acc.is_balanced else "[red]NOT balanced[/]"
     console.print(f"accounting: in = written + rejected + deduplicated + filtered → {balance}")
@@ -130,7 +171,9 @@ def print_summary(result: RunResult) -> None:
         state = "already committed, nothing written" if sink.skipped else f"version {sink.version}"
         console.print(f"table: {sink.uri} ({state})")
     if result.dead_letter_uri:
-        console.print(f"dead-letter table: {result.dead_letter_uri} ({result.dead_letter_rows} row(s) this run)")
+        console.print(
+            f"dead-letter table: {result.dead_letter_uri} ({result.dead_letter_rows} row(s) this run)"
+        )
     if result.note:
         console.print(f"note: {result.note}", soft_wrap=True)
     if result.staged_path:
@@ -147,7 +190,13 @@ def _print_checks(result: RunResult) -> None:
     for check in result.checks:
         observed = "" if check.observed_value is None else f"{check.observed_value:.4g}"
         unexpected = "" if check.unexpected_count is None else f"{check.unexpected_count:,}"
-        table.add_row(check.name, check.severity, f"[{style[check.status]}]{check.status}[/]", observed, unexpected)
+        table.add_row(
+            check.name,
+            check.severity,
+            f"[{style[check.status]}]{check.status}[/]",
+            observed,
+            unexpected,
+        )
     console.print(table)
     passed = sum(c.status == "passed" for c in result.checks)
     console.print(f"checks: {passed} passed, {len(result.checks) - passed} failed")
@@ -165,8 +214,22 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None) -> None:
     for column in ("pipeline", "date", "status", "in", "written", "rejected", "dedup", "secs"):
         table.add_column(column)
     for r in store.list(pipeline=pipeline, limit=limit):
-        table.add_row(r.run_id, r.pipeline, r.logical_date, r.status, *(str(v if v is not None else "")
-                      for v in (r.rows_in, r.rows_written, r.rows_rejected, r.rows_deduplicated, r.duration_s)))
+        table.add_row(
+            r.run_id,
+            r.pipeline,
+            r.logical_date,
+            r.status,
+            *(
+                str(v if v is not None else "")
+                for v in (
+                    r.rows_in,
+                    r.rows_written,
+                    r.rows_rejected,
+                    r.rows_deduplicated,
+                    r.duration_s,
+                )
+            ),
+        )
     console.print(table)
 
 

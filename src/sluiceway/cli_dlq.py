@@ -11,7 +11,8 @@ import click
 from rich.table import Table
 
 from sluiceway.core.loader import load_spec
-from sluiceway.core.replay import dead_letter_table, replay as replay_run
+from sluiceway.core.replay import dead_letter_table
+from sluiceway.core.replay import replay as replay_run
 from sluiceway.core.runner import RunOptions
 from sluiceway.errors import SluicewayError
 
@@ -33,7 +34,9 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
     cli = _cli()
     try:
         pipeline = load_spec(spec)
-        options = RunOptions(base_dir=Path(spec).resolve().parent, state_dir=cli._state_dir(state_dir))
+        options = RunOptions(
+            base_dir=Path(spec).resolve().parent, state_dir=cli._state_dir(state_dir)
+        )
         table = dead_letter_table(pipeline, options)
         letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
     except SluicewayError as exc:
@@ -48,35 +51,53 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
         out.add_column(column, overflow="fold")
     for row in shown:
         where = f"{Path(row['file'] or '').name}:{row['line'] or row['row'] or '?'}"
-        errors = "; ".join(f"{e['column'] or '*'}.{e['rule']}: {e['reason']}" for e in row["errors"] or [])
-        out.add_row(row["dlq_id"][:12], row["run_id"], row["source"], where, row["stage"], errors,
-                    (row["payload"] or "(encrypted)")[:120])
+        errors = "; ".join(
+            f"{e['column'] or '*'}.{e['rule']}: {e['reason']}" for e in row["errors"] or []
+        )
+        out.add_row(
+            row["dlq_id"][:12],
+            row["run_id"],
+            row["source"],
+            where,
+            row["stage"],
+            errors,
+            (row["payload"] or "(encrypted)")[:120],
+        )
     cli.console.print(out)
 
 
 @click.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--run", "run_id", required=True, help="The run whose dead letters to replay.")
-@click.option("--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), help="Logical date of the replay run.")
+@click.option(
+    "--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), help="Logical date of the replay run."
+)
 @click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
 def replay(spec: str, run_id: str, run_date: Any, state_dir: str | None) -> None:
     """Send a run's dead letters back through the pipeline after the spec was fixed."""
     cli = _cli()
-    options = RunOptions(logical_date=run_date.date() if run_date else None,
-                         base_dir=Path(spec).resolve().parent, state_dir=cli._state_dir(state_dir))
+    options = RunOptions(
+        logical_date=run_date.date() if run_date else None,
+        base_dir=Path(spec).resolve().parent,
+        state_dir=cli._state_dir(state_dir),
+    )
     try:
         outcome = replay_run(load_spec(spec), run_id, options)
     except SluicewayError as exc:
         cli._fail(str(exc))
     if outcome.run is not None:
         cli.print_summary(outcome.run)
-    cli.console.print(f"replayed {outcome.replayed} dead letter(s): {outcome.passed} passed and left the "
-                      f"dead-letter table ({outcome.deleted} deleted), {outcome.still_failing} still fail")
+    cli.console.print(
+        f"replayed {outcome.replayed} dead letter(s): {outcome.passed} passed and left the "
+        f"dead-letter table ({outcome.deleted} deleted), {outcome.still_failing} still fail"
+    )
     sys.exit(0 if outcome.run is None or outcome.run.ok else 1)
 
 
 @click.command()
-@click.option("--dir", "workdir", default="sluice-demo", show_default=True, help="Where to put data and lake.")
+@click.option(
+    "--dir", "workdir", default="sluice-demo", show_default=True, help="Where to put data and lake."
+)
 @click.option("--rows", default=20_000, show_default=True, help="Clickstream rows to generate.")
 def demo(workdir: str, rows: int) -> None:
     """Generate a clickstream sample with defects and run examples/clickstream_batch on it."""
@@ -91,8 +112,11 @@ def demo(workdir: str, rows: int) -> None:
         f"[bold]generated[/] {sample.rows:,} clickstream rows in {target / 'data'} with defects: "
         f"{d.duplicates} duplicates, {d.null_user_id} null user_id, {d.unknown_event_type} unknown event types, "
         f"{d.negative_price} negative prices, {d.malformed_timestamp} malformed timestamps, "
-        f"{d.bad_email} bad emails, {d.malformed_lines + d.invalid_utf8_lines} broken lines")
+        f"{d.bad_email} bad emails, {d.malformed_lines + d.invalid_utf8_lines} broken lines"
+    )
     cli.print_summary(result)
-    cli.console.print(f"\nnext: sluice runs --state-dir {target / '.sluice'}   ·   "
-                      f"sluice dlq {target / 'pipeline.yaml'}")
+    cli.console.print(
+        f"\nnext: sluice runs --state-dir {target / '.sluice'}   ·   "
+        f"sluice dlq {target / 'pipeline.yaml'}"
+    )
     sys.exit(0 if result.ok else 1)

@@ -112,6 +112,8 @@ class GateFailed(TerminalError):
         failed: names of the checks that failed.
     """
 
-    def __init__(self, message: str, *, failed: list[str], context: Mapping[str, Any] | None = None):
+    def __init__(
+        self, message: str, *, failed: list[str], context: Mapping[str, Any] | None = None
+    ):
         super().__init__(message, context=context)
         self.failed = failed

@@ -26,7 +26,11 @@ from sluiceway.sinks.dead_letter import DeadLetterTable
 pytestmark = pytest.mark.integration
 
 ENDPOINT = os.environ.get("SLUICE_TEST_S3_ENDPOINT", "http://127.0.0.1:5000")
-ENV = {"AWS_ACCESS_KEY_ID": "pipeline-key", "AWS_SECRET_ACCESS_KEY": "pipeline-secret", "AWS_REGION": "us-east-1"}
+ENV = {
+    "AWS_ACCESS_KEY_ID": "pipeline-key",
+    "AWS_SECRET_ACCESS_KEY": "pipeline-secret",
+    "AWS_REGION": "us-east-1",
+}
 
 SPEC = """
 version: 1
@@ -70,28 +74,47 @@ def bucket() -> str:
     except urllib.error.HTTPError:
         pass
     except OSError as exc:
-        pytest.fail(f"S3-compatible server not reachable at {ENDPOINT} ({exc}): "
-                    "start it with `bash scripts/services/moto.sh`")
+        pytest.fail(
+            f"S3-compatible server not reachable at {ENDPOINT} ({exc}): "
+            "start it with `bash scripts/services/moto.sh`"
+        )
     name = f"sluice-pipe-{uuid.uuid4().hex[:10]}"
-    client = boto3.client("s3", endpoint_url=ENDPOINT, aws_access_key_id="k", aws_secret_access_key="s",
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=ENDPOINT,
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=name)
-    csv = b"order_id,amount,day\n1,10.5,2025-01-15\n2,-3,2025-01-15\n2,7,2025-01-15\n3,oops,2025-01-15\n4,1,2025-01-16\n"
+    csv = (
+        b"order_id,amount,day\n1,10.5,2025-01-15\n2,-3,2025-01-15\n2,7,2025-01-15\n"
+        b"3,oops,2025-01-15\n4,1,2025-01-16\n"
+    )
     client.put_object(Bucket=name, Key="landing/orders/a.csv.gz", Body=gzip.compress(csv))
-    client.put_object(Bucket=name, Key="landing/orders/b.ndjson",
-                      Body=b'{"order_id": 5, "amount": 2, "day": "2025-01-16"}\n{"order_id": 6, "amo\n')
+    client.put_object(
+        Bucket=name,
+        Key="landing/orders/b.ndjson",
+        Body=b'{"order_id": 5, "amount": 2, "day": "2025-01-16"}\n{"order_id": 6, "amo\n',
+    )
     return name
 
 
 def _run(bucket: str, tmp_path: Path):
     environ = {**os.environ, **ENV}
     spec = parse_spec(SPEC.format(bucket=bucket, endpoint=ENDPOINT), environ=environ)
-    options = RunOptions(logical_date=date(2025, 1, 16), base_dir=tmp_path, state_dir=tmp_path / ".sluice",
-                         environ=environ)
+    options = RunOptions(
+        logical_date=date(2025, 1, 16),
+        base_dir=tmp_path,
+        state_dir=tmp_path / ".sluice",
+        environ=environ,
+    )
     return run_pipeline(spec, options)
 
 
-def test_pipeline_reads_from_and_writes_to_s3_with_dead_letters(bucket: str, tmp_path: Path) -> None:
+def test_pipeline_reads_from_and_writes_to_s3_with_dead_letters(
+    bucket: str, tmp_path: Path
+) -> None:
     result = _run(bucket, tmp_path)
     assert result.ok, result.error
     acc = result.accounting
@@ -99,9 +122,14 @@ def test_pipeline_reads_from_and_writes_to_s3_with_dead_letters(bucket: str, tmp
     options = delta_storage_options(f"s3://{bucket}/lake/orders", {"endpoint_url": ENDPOINT})
     table = DeltaTable(f"s3://{bucket}/lake/orders", storage_options=options).to_pyarrow_table()
     assert sorted(table["order_id"].to_pylist()) == [1, 2, 4, 5]
-    letters = DeadLetterTable(f"s3://{bucket}/lake/dead_letter", {"endpoint_url": ENDPOINT}).read(pipeline="s3_orders")
-    rules = sorted(e["column"] + "." + e["rule"] if e["column"] else e["rule"]
-                   for errors in letters["errors"].to_pylist() for e in errors)
+    letters = DeadLetterTable(f"s3://{bucket}/lake/dead_letter", {"endpoint_url": ENDPOINT}).read(
+        pipeline="s3_orders"
+    )
+    rules = sorted(
+        e["column"] + "." + e["rule"] if e["column"] else e["rule"]
+        for errors in letters["errors"].to_pylist()
+        for e in errors
+    )
     assert rules == ["amount.min", "amount.type", "parse"]
 
 
@@ -112,5 +140,7 @@ def test_rerun_on_s3_converges_to_the_same_table(bucket: str, tmp_path: Path) ->
     options = delta_storage_options(f"s3://{bucket}/lake/orders", {"endpoint_url": ENDPOINT})
     table = DeltaTable(f"s3://{bucket}/lake/orders", storage_options=options).to_pyarrow_table()
     assert table.num_rows == 4
-    letters = DeadLetterTable(f"s3://{bucket}/lake/dead_letter", {"endpoint_url": ENDPOINT}).read(pipeline="s3_orders")
+    letters = DeadLetterTable(f"s3://{bucket}/lake/dead_letter", {"endpoint_url": ENDPOINT}).read(
+        pipeline="s3_orders"
+    )
     assert letters.num_rows == 3

@@ -15,12 +15,22 @@ from sluiceway.core.spec import ColumnContract, Contract
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 
 _TYPES: dict[str, str] = {
-    "string": "VARCHAR", "integer": "BIGINT", "bigint": "BIGINT", "double": "DOUBLE", "float": "DOUBLE",
-    "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMPTZ", "timestamp_ntz": "TIMESTAMP",
+    "string": "VARCHAR",
+    "integer": "BIGINT",
+    "bigint": "BIGINT",
+    "double": "DOUBLE",
+    "float": "DOUBLE",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
+    "timestamp_ntz": "TIMESTAMP",
     "json": "VARCHAR",
 }
 _FORMATS: dict[str, str] = {
-    "email": r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+",
+    "email": (
+        r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+    ),
     "ipv4": r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
     "ipv6": (
         r"(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}:){1,7}:|"
@@ -64,7 +74,13 @@ def cast_sql(column: str, spec: ColumnContract) -> str:
     src = quote_ident(column)
     if spec.strftime and spec.type in ("timestamp", "timestamp_ntz", "date"):
         parsed = f"try_strptime({src}::VARCHAR, {quote_literal(spec.strftime)})"
-        return f"({parsed})::DATE" if spec.type == "date" else f"timezone('UTC', {parsed})" if spec.type == "timestamp" else parsed
+        return (
+            f"({parsed})::DATE"
+            if spec.type == "date"
+            else f"timezone('UTC', {parsed})"
+            if spec.type == "timestamp"
+            else parsed
+        )
     if spec.type == "decimal":
         return f"TRY_CAST({src} AS DECIMAL({spec.precision},{spec.scale}))"
     if spec.type in ("integer", "bigint"):
@@ -96,13 +112,21 @@ def _value_sql(src: str, is_pii: bool) -> str:
 def _nullable(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
     if spec.nullable:
         return []
-    return [Rule("not_null", column, f"{src} IS NULL", "'is null but the contract says nullable: false'")]
+    return [
+        Rule(
+            "not_null", column, f"{src} IS NULL", "'is null but the contract says nullable: false'"
+        )
+    ]
 
 
 def _type(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
     if spec.type == "string":
         return []
-    wanted = ("an " if spec.type[0] in "aeiou" else "a ") + spec.type + (f" in format {spec.strftime}" if spec.strftime else "")
+    wanted = (
+        ("an " if spec.type[0] in "aeiou" else "a ")
+        + spec.type
+        + (f" in format {spec.strftime}" if spec.strftime else "")
+    )
     reason = f"{shown} || ' is not {wanted}'"
     return [Rule("type", column, f"{src} IS NOT NULL AND ({cast}) IS NULL", reason, True)]
 
@@ -110,9 +134,23 @@ def _type(column: str, spec: ColumnContract, src: str, cast: str, shown: str) ->
 def _bounds(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
     out = []
     if spec.min is not None:
-        out.append(Rule("min", column, f"({cast}) < {spec.min!r}", f"{shown} || ' is below the minimum {spec.min:g}'"))
+        out.append(
+            Rule(
+                "min",
+                column,
+                f"({cast}) < {spec.min!r}",
+                f"{shown} || ' is below the minimum {spec.min:g}'",
+            )
+        )
     if spec.max is not None:
-        out.append(Rule("max", column, f"({cast}) > {spec.max!r}", f"{shown} || ' is above the maximum {spec.max:g}'"))
+        out.append(
+            Rule(
+                "max",
+                column,
+                f"({cast}) > {spec.max!r}",
+                f"{shown} || ' is above the maximum {spec.max:g}'",
+            )
+        )
     return out
 
 
@@ -121,14 +159,27 @@ def _values(column: str, spec: ColumnContract, src: str, cast: str, shown: str) 
         return []
     listed = ", ".join(_literal(v) for v in spec.values)
     allowed = ", ".join(str(v) for v in spec.values)[:200].replace("'", "''")
-    return [Rule("values", column, f"({cast}) NOT IN ({listed})", f"{shown} || ' is not one of: {allowed}'")]
+    return [
+        Rule(
+            "values",
+            column,
+            f"({cast}) NOT IN ({listed})",
+            f"{shown} || ' is not one of: {allowed}'",
+        )
+    ]
 
 
 def _pattern(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
     out = []
     if spec.regex:
-        out.append(Rule("regex", column, f"NOT regexp_full_match({src}::VARCHAR, {quote_literal(spec.regex)})",
-                        f"{shown} || ' does not match the pattern'"))
+        out.append(
+            Rule(
+                "regex",
+                column,
+                f"NOT regexp_full_match({src}::VARCHAR, {quote_literal(spec.regex)})",
+                f"{shown} || ' does not match the pattern'",
+            )
+        )
     if spec.format:
         out.append(_format_rule(column, spec.format, src, shown))
     return out
@@ -136,8 +187,10 @@ def _pattern(column: str, spec: ColumnContract, src: str, cast: str, shown: str)
 
 def _format_rule(column: str, fmt: str, src: str, shown: str) -> Rule:
     if fmt == "ip":
-        cond = (f"NOT (regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS['ipv4'])}) OR "
-                f"regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS['ipv6'])}))")
+        cond = (
+            f"NOT (regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS['ipv4'])}) OR "
+            f"regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS['ipv6'])}))"
+        )
     else:
         cond = f"NOT regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS[fmt])})"
         if fmt in ("iso_timestamp", "iso_date"):
@@ -149,16 +202,33 @@ def _format_rule(column: str, fmt: str, src: str, shown: str) -> Rule:
 def _lengths(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
     out = []
     if spec.min_length is not None:
-        out.append(Rule("min_length", column, f"length({src}::VARCHAR) < {spec.min_length}",
-                        f"'is shorter than {spec.min_length} characters'"))
+        out.append(
+            Rule(
+                "min_length",
+                column,
+                f"length({src}::VARCHAR) < {spec.min_length}",
+                f"'is shorter than {spec.min_length} characters'",
+            )
+        )
     if spec.max_length is not None:
-        out.append(Rule("max_length", column, f"length({src}::VARCHAR) > {spec.max_length}",
-                        f"'is longer than {spec.max_length} characters'"))
+        out.append(
+            Rule(
+                "max_length",
+                column,
+                f"length({src}::VARCHAR) > {spec.max_length}",
+                f"'is longer than {spec.max_length} characters'",
+            )
+        )
     return out
 
 
 _RULE_BUILDERS: list[Callable[[str, ColumnContract, str, str, str], list[Rule]]] = [
-    _nullable, _type, _bounds, _values, _pattern, _lengths,
+    _nullable,
+    _type,
+    _bounds,
+    _values,
+    _pattern,
+    _lengths,
 ]
 
 
@@ -171,8 +241,10 @@ def _literal(value: object) -> str:
 
 
 def _rule_struct(rule: Rule) -> str:
-    return (f"CASE WHEN coalesce({rule.condition}, false) THEN {{'rule': {quote_literal(rule.rule)}, "
-            f"'column': {quote_literal(rule.column)}, 'reason': {rule.reason}}} END")
+    return (
+        f"CASE WHEN coalesce({rule.condition}, false) THEN {{'rule': {quote_literal(rule.rule)}, "
+        f"'column': {quote_literal(rule.column)}, 'reason': {rule.reason}}} END"
+    )
 
 
 def apply_contract(
@@ -198,7 +270,14 @@ def apply_contract(
     """
     present = [c for c, _ in engine.columns(table) if c not in META_COLUMNS]
     rules, output = _plan(contract, present, pii)
-    hard = " OR ".join(f"coalesce({r.condition}, false)" for r in rules if r.is_hard or contract.on_violation != "warn") or "false"
+    hard = (
+        " OR ".join(
+            f"coalesce({r.condition}, false)"
+            for r in rules
+            if r.is_hard or contract.on_violation != "warn"
+        )
+        or "false"
+    )
     soft = " OR ".join(f"coalesce({r.condition}, false)" for r in rules if not r.is_hard) or "false"
     source_cols = ", ".join(quote_ident(c) for c in present)
     valid = engine.create_table(
@@ -206,7 +285,11 @@ def apply_contract(
         f"SELECT {', '.join(output)}, {ROW_FILE}, {ROW_NUMBER} FROM {quote_ident(table)} WHERE NOT ({hard})",
         purpose="apply the contract",
     )
-    errors = "list_filter([" + ", ".join(_rule_struct(r) for r in rules) + "], lambda e: e IS NOT NULL)" if rules else "[]"
+    errors = (
+        "list_filter([" + ", ".join(_rule_struct(r) for r in rules) + "], lambda e: e IS NOT NULL)"
+        if rules
+        else "[]"
+    )
     raw = f"to_json(struct_pack({source_cols}))::VARCHAR" if present else "'{}'"
     rejected = engine.create_table(
         engine.new_name("rejected"),
@@ -216,12 +299,20 @@ def apply_contract(
     )
     warned = 0
     if contract.on_violation == "warn" and soft != "false":
-        warned = int(engine.fetch_one(f"SELECT count(*) FROM {quote_ident(table)} WHERE ({soft}) AND NOT ({hard})")[0])
+        warned = int(
+            engine.fetch_one(
+                f"SELECT count(*) FROM {quote_ident(table)} WHERE ({soft}) AND NOT ({hard})"
+            )[0]
+        )
     names = [c for c, _ in engine.columns(valid) if c not in META_COLUMNS]
-    return ContractResult(valid, rejected, engine.count(valid), engine.count(rejected), warned, names)
+    return ContractResult(
+        valid, rejected, engine.count(valid), engine.count(rejected), warned, names
+    )
 
 
-def _plan(contract: Contract, present: list[str], pii: Mapping[str, str]) -> tuple[list[Rule], list[str]]:
+def _plan(
+    contract: Contract, present: list[str], pii: Mapping[str, str]
+) -> tuple[list[Rule], list[str]]:
     rules: list[Rule] = []
     output: list[str] = []
     for column, spec in contract.columns.items():
@@ -234,5 +325,7 @@ def _plan(contract: Contract, present: list[str], pii: Mapping[str, str]) -> tup
             output.append(quote_ident(column))
         elif contract.evolution == "freeze":
             reason = quote_literal(f"column '{column}' is not in the contract (evolution: freeze)")
-            rules.append(Rule("unknown_column", column, f"{quote_ident(column)} IS NOT NULL", reason, True))
+            rules.append(
+                Rule("unknown_column", column, f"{quote_ident(column)} IS NOT NULL", reason, True)
+            )
     return rules, output

@@ -59,6 +59,6 @@ class EventBus:
         for subscriber in self._subscribers:
             try:
                 subscriber(event)
-            except Exception:  # noqa: BLE001, S112 - observers must not break a run
+            except Exception:
                 continue
         return event

@@ -70,7 +70,9 @@ def load_spec(path: str | Path, *, environ: Mapping[str, str] | None = None) -> 
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([SpecProblem("", f"cannot read the spec: {exc}")], source=str(path)) from exc
+        raise SpecError(
+            [SpecProblem("", f"cannot read the spec: {exc}")], source=str(path)
+        ) from exc
     return parse_spec(text, source=str(path), environ=environ)
 
 
@@ -84,7 +86,9 @@ def parse_spec(
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise SpecError([SpecProblem("", f"not valid YAML: {exc}", line=line)], source=source) from exc
+        raise SpecError(
+            [SpecProblem("", f"not valid YAML: {exc}", line=line)], source=source
+        ) from exc
     if node is None:
         raise SpecError([SpecProblem("", "the spec is empty")], source=source)
     data = _to_data(node, (), located, os.environ if environ is None else environ)
@@ -137,7 +141,10 @@ def _resolve_env(value: str, path: Path_, located: _Located, environ: Mapping[st
             return environ[name]
         if default is not None:
             return default
-        located.problem(path, f"environment variable '{name}' is not set; export it or write ${{{name}:-default}}")
+        located.problem(
+            path,
+            f"environment variable '{name}' is not set; export it or write ${{{name}:-default}}",
+        )
         return ""
 
     return _ENV_REF.sub(substitute, value)
@@ -146,7 +153,9 @@ def _resolve_env(value: str, path: Path_, located: _Located, environ: Mapping[st
 def validate_data(data: Any, located: _Located) -> Pipeline | None:
     """Validate plain data against the top-level model and every plug-in; collect problems."""
     if not isinstance(data, dict):
-        located.problem((), "the spec must be a mapping with keys version, pipeline, sources, sinks")
+        located.problem(
+            (), "the spec must be a mapping with keys version, pipeline, sources, sinks"
+        )
         return None
     built = dict(data)
     built["sources"] = _named_plugins(data.get("sources"), "sources", "source", located)
@@ -179,7 +188,9 @@ def _listed_typed(raw: Any, section: str, kind: registry.PluginKind, located: _L
 
 def _typed(cfg: Any, path: Path_, kind: registry.PluginKind, located: _Located) -> Any:
     if not isinstance(cfg, dict) or "type" not in cfg:
-        located.problem(path, f"a {kind} needs a 'type:' (one of: {', '.join(registry.names(kind))})")
+        located.problem(
+            path, f"a {kind} needs a 'type:' (one of: {', '.join(registry.names(kind))})"
+        )
         located.failed_paths.add(path)
         return None
     name = str(cfg["type"])
@@ -199,7 +210,9 @@ def _keyed_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _
     for i, item in enumerate(raw):
         path: Path_ = (section, i)
         if not isinstance(item, dict) or len(item) != 1:
-            located.problem(path, f"each {kind} is a mapping with one key, e.g. '- {_example(kind)}'")
+            located.problem(
+                path, f"each {kind} is a mapping with one key, e.g. '- {_example(kind)}'"
+            )
             continue
         key, value = next(iter(item.items()))
         plugin = registry.lookup(kind, key)
@@ -317,10 +330,15 @@ def _cross_check(pipeline: Pipeline, located: _Located) -> None:
     incremental = [n for n, s in pipeline.sources.items() if getattr(s, "incremental", False)]
     for index, sink in enumerate(pipeline.sinks):
         if incremental and getattr(sink, "mode", None) == "overwrite_partition":
-            located.problem(("sinks", index, "mode"),
-                            f"source(s) {', '.join(incremental)} are incremental (each run reads only new files) "
-                            "but overwrite_partition would replace the rows earlier files put in the same "
-                            "partition; use mode: append or merge")
+            located.problem(
+                ("sinks", index, "mode"),
+                f"source(s) {', '.join(incremental)} are incremental (each run reads only new files) "
+                "but overwrite_partition would replace the rows earlier files put in the same "
+                "partition; use mode: append or merge",
+            )
     for name in pipeline.sources:
         if name == "input" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            located.problem(("sources", name), f"source name '{name}' must be an SQL identifier other than 'input'")
+            located.problem(
+                ("sources", name),
+                f"source name '{name}' must be an SQL identifier other than 'input'",
+            )

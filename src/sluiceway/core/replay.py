@@ -57,28 +57,43 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
     table = dead_letter_table(pipeline, options)
     letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
     letters = letters.filter(
-        pa.compute.and_(pa.compute.equal(letters["stage"], "contract"),
-                        pa.compute.equal(letters["source"], pipeline.primary_source)))
+        pa.compute.and_(
+            pa.compute.equal(letters["stage"], "contract"),
+            pa.compute.equal(letters["source"], pipeline.primary_source),
+        )
+    )
     if letters.num_rows == 0:
         return ReplayResult(0, 0, 0, 0, None)
     rows = _rebuild(letters, options)
-    ids = {(r["file"], r["row"]): r["dlq_id"] for r in letters.select(["file", "row", "dlq_id"]).to_pylist()}
+    ids = {
+        (r["file"], r["row"]): r["dlq_id"]
+        for r in letters.select(["file", "row", "dlq_id"]).to_pylist()
+    }
     fingerprint = hashlib.sha256("|".join(sorted(ids.values())).encode()).hexdigest()[:20]
 
     def override(ctx: RunContext, name: str) -> SourceRead | None:
         if name != pipeline.primary_source:
             return None
         loaded = ctx.engine.register_arrow(ctx.engine.new_name("replay"), rows)
-        return SourceRead(table=loaded, rows_in=rows.num_rows, parse_rejects=PARSE_REJECT_SCHEMA.empty_table(),
-                          position={}, fingerprint=fingerprint)
+        return SourceRead(
+            table=loaded,
+            rows_in=rows.num_rows,
+            parse_rejects=PARSE_REJECT_SCHEMA.empty_table(),
+            position={},
+            fingerprint=fingerprint,
+        )
 
     result = run_pipeline(pipeline, with_changes(options, source_override=override, is_replay=True))
     if not result.ok:
         return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result)
-    failing = {(r["file"], r["row"]) for r in result.dead_rows if r["source"] == pipeline.primary_source}
+    failing = {
+        (r["file"], r["row"]) for r in result.dead_rows if r["source"] == pipeline.primary_source
+    }
     passed = [dlq_id for key, dlq_id in ids.items() if key not in failing]
     deleted = table.delete(passed, metadata={"sluice.replay_run_id": result.run_id})
-    return ReplayResult(letters.num_rows, len(passed), letters.num_rows - len(passed), deleted, result)
+    return ReplayResult(
+        letters.num_rows, len(passed), letters.num_rows - len(passed), deleted, result
+    )
 
 
 def _rebuild(letters: pa.Table, options: RunOptions) -> pa.Table:
@@ -90,17 +105,28 @@ def _rebuild(letters: pa.Table, options: RunOptions) -> pa.Table:
         raw: bytes = letter["raw_payload"]
         if letter["raw_encrypted"]:
             if key is None:
-                raise ConfigError("these dead letters are encrypted: set SLUICE_ENCRYPTION_KEY to the key "
-                                  "the run used to replay them")
+                raise ConfigError(
+                    "these dead letters are encrypted: set SLUICE_ENCRYPTION_KEY to the key "
+                    "the run used to replay them"
+                )
             try:
                 raw = masking.decrypt_value(raw, key)
             except Exception as exc:
-                raise ConfigError("cannot decrypt the dead letters: SLUICE_ENCRYPTION_KEY is not the key "
-                                  "the run used") from exc
+                raise ConfigError(
+                    "cannot decrypt the dead letters: SLUICE_ENCRYPTION_KEY is not the key "
+                    "the run used"
+                ) from exc
         try:
             record = json.loads(raw)
         except ValueError as exc:
-            raise SluicewayError(f"dead letter {letter['dlq_id']} has no JSON payload to replay") from exc
-        records.append({**{k: None if v is None else str(v) for k, v in record.items()},
-                        ROW_FILE: letter["file"], ROW_NUMBER: letter["row"]})
+            raise SluicewayError(
+                f"dead letter {letter['dlq_id']} has no JSON payload to replay"
+            ) from exc
+        records.append(
+            {
+                **{k: None if v is None else str(v) for k, v in record.items()},
+                ROW_FILE: letter["file"],
+                ROW_NUMBER: letter["row"],
+            }
+        )
     return pa.Table.from_pylist(records)

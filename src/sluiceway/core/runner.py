@@ -112,15 +112,22 @@ class _Runner:
         self.options = options
         self.keys = masking.MaskKeys.from_env(environ)
         self.ctx = RunContext(
-            pipeline=pipeline, run_id=run_id, logical_date=options.logical_date or datetime.now(UTC).date(),
-            engine=DuckDBEngine(threads=options.threads), base_dir=base_dir, state_dir=Path(state_dir).resolve(),
-            events=EventBus(pipeline.pipeline, run_id), secrets=self.keys,
+            pipeline=pipeline,
+            run_id=run_id,
+            logical_date=options.logical_date or datetime.now(UTC).date(),
+            engine=DuckDBEngine(threads=options.threads),
+            base_dir=base_dir,
+            state_dir=Path(state_dir).resolve(),
+            events=EventBus(pipeline.pipeline, run_id),
+            secrets=self.keys,
         )
         for subscriber in options.subscribers:
             self.ctx.events.subscribe(subscriber)
         self.store = RunStore(self.ctx.state_dir / "runs.db")
         self.accounting = RowAccounting()
-        self.result = RunResult(run_id, pipeline.pipeline, self.ctx.logical_date, "running", self.accounting)
+        self.result = RunResult(
+            run_id, pipeline.pipeline, self.ctx.logical_date, "running", self.accounting
+        )
         self.started = time.monotonic()
         self.contract_failure: TerminalError | None = None
 
@@ -142,8 +149,10 @@ class _Runner:
             self.ctx.events.emit("run_succeeded", **self.accounting.to_dict())
         except SluicewayError as exc:
             self._failed(str(exc), type(exc).__name__)
-        except Exception as exc:  # noqa: BLE001 - a bug must still end as a recorded, failed run
-            self._failed(f"unexpected {type(exc).__name__}: {exc} (please report it)", type(exc).__name__)
+        except Exception as exc:
+            self._failed(
+                f"unexpected {type(exc).__name__}: {exc} (please report it)", type(exc).__name__
+            )
         finally:
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._record(self.result.status)
@@ -169,7 +178,9 @@ class _Runner:
 
     def _run(self) -> None:
         engine = self.ctx.engine
-        engine.run(f"CREATE OR REPLACE MACRO logical_date() AS DATE {quote_literal(str(self.ctx.logical_date))}")
+        engine.run(
+            f"CREATE OR REPLACE MACRO logical_date() AS DATE {quote_literal(str(self.ctx.logical_date))}"
+        )
         sinks = [registry.lookup("sink", s.type).impl(s) for s in self.pipeline.sinks]  # type: ignore[union-attr]
         positions = sinks[0].committed_positions(self.ctx)
         reads = self._read_sources(positions)
@@ -191,7 +202,8 @@ class _Runner:
         """These exact inputs already landed: touch neither the table nor the dead letters."""
         self.result.note = (
             "these inputs were already committed for this date (append is exactly-once); nothing was "
-            "written. Rows fixed in the spec since come back with `sluice replay`.")
+            "written. Rows fixed in the spec since come back with `sluice replay`."
+        )
         for sink in sinks:
             uri = self.ctx.resolve(getattr(sink.config, "path", ""))
             self.result.sinks.append(WriteResult(uri=uri, rows_written=0, skipped=True))
@@ -201,54 +213,96 @@ class _Runner:
         reads: dict[str, SourceRead] = {}
         for name, config in self.pipeline.sources.items():
             self.ctx.events.emit("progress", stage=f"reading source {name}")
-            override = self.options.source_override(self.ctx, name) if self.options.source_override else None
+            override = (
+                self.options.source_override(self.ctx, name)
+                if self.options.source_override
+                else None
+            )
             source = registry.lookup("source", config.type).impl(config)  # type: ignore[union-attr]
             read = override or source.read(self.ctx, name, position=positions.get(name))
             reads[name] = read
-            self.ctx.events.emit("source_read", source=name, rows_in=read.rows_in,
-                                 unparseable=read.parse_rejects.num_rows)
+            self.ctx.events.emit(
+                "source_read",
+                source=name,
+                rows_in=read.rows_in,
+                unparseable=read.parse_rejects.num_rows,
+            )
         return reads
 
     def _run_key(self, reads: dict[str, SourceRead]) -> str:
         identity = {name: read.fingerprint for name, read in sorted(reads.items())}
-        blob = json.dumps([self.pipeline.pipeline, str(self.ctx.logical_date), identity], sort_keys=True, default=str)
+        blob = json.dumps(
+            [self.pipeline.pipeline, str(self.ctx.logical_date), identity],
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _reject_context(self, run_key: str) -> rejects.RejectContext:
-        return rejects.RejectContext(self.pipeline.pipeline, self.ctx.run_id, run_key, self.ctx.logical_date,
-                                     self.keys.encryption_key, bool(self.pipeline.pii))
+        return rejects.RejectContext(
+            self.pipeline.pipeline,
+            self.ctx.run_id,
+            run_key,
+            self.ctx.logical_date,
+            self.keys.encryption_key,
+            bool(self.pipeline.pii),
+        )
 
-    def _validate_sources(self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[dict[str, Any]]) -> dict[str, str]:
+    def _validate_sources(
+        self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[dict[str, Any]]
+    ) -> dict[str, str]:
         valid: dict[str, str] = {}
         rctx = self._reject_context(run_key)
         for name, read in reads.items():
             dead_rows.extend(rejects.parse_rejects_rows(read.parse_rejects, name, rctx))
             table, rejected = self._apply_contract(name, read, rctx, dead_rows)
-            counts = {"rows_in": read.rows_in, "rows_rejected": read.parse_rejects.num_rows + rejected}
+            counts = {
+                "rows_in": read.rows_in,
+                "rows_rejected": read.parse_rejects.num_rows + rejected,
+            }
             self.result.sources[name] = counts
             if name == self.pipeline.primary_source:
                 self.accounting.rows_in = read.rows_in
                 self.accounting.rows_rejected = counts["rows_rejected"]
-            self.ctx.engine.create_view(name, f"SELECT * EXCLUDE ({', '.join(META_COLUMNS)}) FROM {quote_ident(table)}")
+            self.ctx.engine.create_view(
+                name, f"SELECT * EXCLUDE ({', '.join(META_COLUMNS)}) FROM {quote_ident(table)}"
+            )
             valid[name] = table
         return valid
 
-    def _apply_contract(self, name: str, read: SourceRead, rctx: rejects.RejectContext,
-                        dead_rows: list[dict[str, Any]]) -> tuple[str, int]:
+    def _apply_contract(
+        self,
+        name: str,
+        read: SourceRead,
+        rctx: rejects.RejectContext,
+        dead_rows: list[dict[str, Any]],
+    ) -> tuple[str, int]:
         contract = self.pipeline.sources[name].contract
         if contract is None:
             return read.table, 0
         self.ctx.events.emit("progress", stage=f"checking the contract of {name}")
-        result = contract_mod.apply_contract(self.ctx.engine, read.table, contract, pii=self.pipeline.pii,
-                                             masked_payload=self._payload_sql)
-        dead_rows.extend(rejects.contract_rejects_rows(self.ctx.engine, result.rejected, name, rctx))
-        self.accounting.rows_warned += result.rows_warned if name == self.pipeline.primary_source else 0
+        result = contract_mod.apply_contract(
+            self.ctx.engine,
+            read.table,
+            contract,
+            pii=self.pipeline.pii,
+            masked_payload=self._payload_sql,
+        )
+        dead_rows.extend(
+            rejects.contract_rejects_rows(self.ctx.engine, result.rejected, name, rctx)
+        )
+        self.accounting.rows_warned += (
+            result.rows_warned if name == self.pipeline.primary_source else 0
+        )
         if result.rows_rejected:
-            self.ctx.events.emit("rows_rejected", source=name, rows=result.rows_rejected, stage="contract")
+            self.ctx.events.emit(
+                "rows_rejected", source=name, rows=result.rows_rejected, stage="contract"
+            )
         if contract.on_violation == "fail" and result.rows_rejected:
             self.contract_failure = TerminalError(
                 f"source {name}: {result.rows_rejected} row(s) break the contract and on_violation is fail; "
-                "they are in the dead-letter table (sluice dlq) for inspection")
+                "they are in the dead-letter table (sluice dlq) for inspection"
+            )
         return result.valid, result.rows_rejected
 
     def _payload_sql(self, columns: list[str]) -> str:
@@ -256,23 +310,31 @@ class _Runner:
             return "'{}'"
         parts = [
             f"{quote_ident(c)} := {masking.mask_sql(self.pipeline.pii[c], quote_ident(c), self.keys)}"
-            if c in self.pipeline.pii else f"{quote_ident(c)} := {quote_ident(c)}"
+            if c in self.pipeline.pii
+            else f"{quote_ident(c)} := {quote_ident(c)}"
             for c in columns
         ]
         return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
 
     def _apply_steps(self, table: str) -> str:
         for index, config in enumerate(self.pipeline.steps):
-            self.ctx.events.emit("progress", stage=f"step {index + 1}/{len(self.pipeline.steps)}: {config.key}")
+            self.ctx.events.emit(
+                "progress", stage=f"step {index + 1}/{len(self.pipeline.steps)}: {config.key}"
+            )
             step = registry.lookup("step", config.key).impl(config)  # type: ignore[union-attr]
             try:
                 out = step.apply(self.ctx, table)
             except SluicewayError as exc:
-                raise exc.with_context(step=f"steps[{index}].{config.key}")
+                raise exc.with_context(step=f"steps[{index}].{config.key}") from exc.__cause__
             self.accounting.rows_deduplicated += out.deduplicated
             self.accounting.rows_filtered += out.filtered
-            self.ctx.events.emit("step_done", step=config.key, index=index,
-                                 deduplicated=out.deduplicated, filtered=out.filtered)
+            self.ctx.events.emit(
+                "step_done",
+                step=config.key,
+                index=index,
+                deduplicated=out.deduplicated,
+                filtered=out.filtered,
+            )
             table = out.table
         return table
 
@@ -281,13 +343,16 @@ class _Runner:
         columns = [c for c, _ in self.ctx.engine.columns(table) if c not in META_COLUMNS]
         select = [
             f"{masking.mask_sql(self.pipeline.pii[c], quote_ident(c), self.keys)} AS {quote_ident(c)}"
-            if c in self.pipeline.pii else quote_ident(c)
+            if c in self.pipeline.pii
+            else quote_ident(c)
             for c in columns
         ]
         self.ctx.events.emit("progress", stage="masking and staging")
         return self.ctx.engine.create_table(
-            self.ctx.engine.new_name("staged"), f"SELECT {', '.join(select)} FROM {quote_ident(table)}",
-            purpose="stage the result")
+            self.ctx.engine.new_name("staged"),
+            f"SELECT {', '.join(select)} FROM {quote_ident(table)}",
+            purpose="stage the result",
+        )
 
     def _write_dead_letters(self, rows: list[dict[str, Any]], run_key: str) -> None:
         config = self.pipeline.dead_letter
@@ -299,8 +364,12 @@ class _Runner:
             self.result.dead_letter_uri = uri
             return
         if data.num_rows or table.exists():
-            table.write(data, pipeline=self.pipeline.pipeline, run_key=run_key,
-                        metadata={"sluice.run_id": self.ctx.run_id})
+            table.write(
+                data,
+                pipeline=self.pipeline.pipeline,
+                run_key=run_key,
+                metadata={"sluice.run_id": self.ctx.run_id},
+            )
         self.result.dead_letter_uri = uri
         self.result.dead_letter_rows = data.num_rows
         self.result.rejected_by_rule = rejects.rule_counts(data)
@@ -311,10 +380,17 @@ class _Runner:
 
     def _audit(self, staged: str) -> None:
         self.ctx.events.emit("progress", stage="auditing the staged result")
-        results = evaluate_checks(self.ctx.engine, staged, self.pipeline.checks) if self.pipeline.checks else []
+        results = (
+            evaluate_checks(self.ctx.engine, staged, self.pipeline.checks)
+            if self.pipeline.checks
+            else []
+        )
         self.result.checks = results
-        self.ctx.events.emit("checks_done", passed=sum(r.status == "passed" for r in results),
-                             failed=sum(r.status != "passed" for r in results))
+        self.ctx.events.emit(
+            "checks_done",
+            passed=sum(r.status == "passed" for r in results),
+            failed=sum(r.status != "passed" for r in results),
+        )
         blocking = [] if self.options.is_replay else blocking_failures(results)
         if blocking:
             self.result.staged_path = self._keep_staged(staged, results)
@@ -322,52 +398,89 @@ class _Runner:
             self.ctx.events.emit("gate_failed", checks=names)
             raise GateFailed(
                 f"{len(blocking)} error check(s) failed, nothing was published: {', '.join(names)}. "
-                f"The staged result and check results are in {self.result.staged_path}", failed=names)
+                f"The staged result and check results are in {self.result.staged_path}",
+                failed=names,
+            )
 
     def _keep_staged(self, staged: str, results: list[CheckResult]) -> str:
         folder = self.ctx.state_dir / "staging" / self.ctx.run_id
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(self.ctx.engine.fetch_arrow(f"SELECT * FROM {quote_ident(staged)}"),
-                       folder / "staged.parquet", compression="zstd")
-        (folder / "checks.json").write_text(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+        pq.write_table(
+            self.ctx.engine.fetch_arrow(f"SELECT * FROM {quote_ident(staged)}"),
+            folder / "staged.parquet",
+            compression="zstd",
+        )
+        (folder / "checks.json").write_text(
+            json.dumps([r.to_dict() for r in results], indent=2, default=str)
+        )
         return str(folder)
 
-    def _publish(self, sinks: list[Any], staged: str, run_key: str, positions: dict[str, Any]) -> None:
+    def _publish(
+        self, sinks: list[Any], staged: str, run_key: str, positions: dict[str, Any]
+    ) -> None:
         if self.accounting.rows_in == 0:
             self.ctx.events.emit("commit_skipped", reason="no new input")
             return
-        data: pa.Table = self.ctx.engine.fetch_arrow(f"SELECT * FROM {quote_ident(staged)}", purpose="fetch staged")
+        data: pa.Table = self.ctx.engine.fetch_arrow(
+            f"SELECT * FROM {quote_ident(staged)}", purpose="fetch staged"
+        )
         metadata = {
-            "sluice.pipeline": self.pipeline.pipeline, "sluice.run_id": self.ctx.run_id,
-            "sluice.spec_hash": self.pipeline.spec_hash(), "sluice.logical_date": str(self.ctx.logical_date),
+            "sluice.pipeline": self.pipeline.pipeline,
+            "sluice.run_id": self.ctx.run_id,
+            "sluice.spec_hash": self.pipeline.spec_hash(),
+            "sluice.logical_date": str(self.ctx.logical_date),
             "sluice.accounting": json.dumps(self.accounting.to_dict(), sort_keys=True),
         }
         for index, sink in enumerate(sinks):
             self.ctx.events.emit("progress", stage=f"writing sink {index + 1}/{len(sinks)}")
-            request = WriteRequest(data=data, idempotency_key=run_key, metadata=metadata, positions=positions,
-                                   append_only=self.options.is_replay)
+            request = WriteRequest(
+                data=data,
+                idempotency_key=run_key,
+                metadata=metadata,
+                positions=positions,
+                append_only=self.options.is_replay,
+            )
             try:
                 written = sink.write(self.ctx, request)
             except SluicewayError as exc:
-                raise exc.with_context(sink=f"sinks[{index}]")
+                raise exc.with_context(sink=f"sinks[{index}]") from exc.__cause__
             self.result.sinks.append(written)
-            self.ctx.events.emit("commit_skipped" if written.skipped else "commit_done",
-                                 sink=written.uri, version=written.version, rows=written.rows_written)
+            self.ctx.events.emit(
+                "commit_skipped" if written.skipped else "commit_done",
+                sink=written.uri,
+                version=written.version,
+                rows=written.rows_written,
+            )
 
     def _record(self, status: str) -> None:
         acc = self.accounting
-        self.store.save(RunRecord(
-            run_id=self.ctx.run_id, pipeline=self.pipeline.pipeline, logical_date=str(self.ctx.logical_date),
-            status=status, started_at=self.ctx.run_id[:15], finished_at=None if status == "running" else
-            datetime.now(UTC).strftime("%Y%m%dT%H%M%S"), duration_s=self.result.duration_s or None,
-            spec_hash=self.pipeline.spec_hash(), rows_in=acc.rows_in, rows_written=acc.rows_written,
-            rows_rejected=acc.rows_rejected, rows_deduplicated=acc.rows_deduplicated,
-            rows_filtered=acc.rows_filtered, rows_warned=acc.rows_warned, error=self.result.error,
-            details={
-                "checks": [r.to_dict() for r in self.result.checks],
-                "sinks": [vars(s) for s in self.result.sinks],
-                "sources": self.result.sources, "dead_letter_uri": self.result.dead_letter_uri,
-                "dead_letter_rows": self.result.dead_letter_rows, "rejected_by_rule": self.result.rejected_by_rule,
-                "staged_path": self.result.staged_path,
-            },
-        ))
+        self.store.save(
+            RunRecord(
+                run_id=self.ctx.run_id,
+                pipeline=self.pipeline.pipeline,
+                logical_date=str(self.ctx.logical_date),
+                status=status,
+                started_at=self.ctx.run_id[:15],
+                finished_at=None
+                if status == "running"
+                else datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
+                duration_s=self.result.duration_s or None,
+                spec_hash=self.pipeline.spec_hash(),
+                rows_in=acc.rows_in,
+                rows_written=acc.rows_written,
+                rows_rejected=acc.rows_rejected,
+                rows_deduplicated=acc.rows_deduplicated,
+                rows_filtered=acc.rows_filtered,
+                rows_warned=acc.rows_warned,
+                error=self.result.error,
+                details={
+                    "checks": [r.to_dict() for r in self.result.checks],
+                    "sinks": [vars(s) for s in self.result.sinks],
+                    "sources": self.result.sources,
+                    "dead_letter_uri": self.result.dead_letter_uri,
+                    "dead_letter_rows": self.result.dead_letter_rows,
+                    "rejected_by_rule": self.result.rejected_by_rule,
+                    "staged_path": self.result.staged_path,
+                },
+            )
+        )

@@ -97,12 +97,18 @@ class RunStore:
     def get(self, run_id: str) -> RunRecord | None:
         """A run by id, or by a unique prefix of it."""
         with self._connect() as con:
-            rows = con.execute("SELECT * FROM runs WHERE run_id LIKE ? || '%' LIMIT 2", (run_id,)).fetchall()
+            rows = con.execute(
+                "SELECT * FROM runs WHERE run_id LIKE ? || '%' LIMIT 2", (run_id,)
+            ).fetchall()
         return _record(rows[0]) if len(rows) == 1 else None
 
     def list(self, *, pipeline: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest runs first."""
-        sql = "SELECT * FROM runs" + (" WHERE pipeline = ?" if pipeline else "") + " ORDER BY started_at DESC LIMIT ?"
+        sql = (
+            "SELECT * FROM runs"
+            + (" WHERE pipeline = ?" if pipeline else "")
+            + " ORDER BY started_at DESC LIMIT ?"
+        )
         params: tuple[Any, ...] = (pipeline, limit) if pipeline else (limit,)
         with self._connect() as con:
             return [_record(r) for r in con.execute(sql, params).fetchall()]

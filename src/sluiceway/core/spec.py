@@ -14,8 +14,17 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
 ColumnType = Literal[
-    "string", "integer", "bigint", "double", "float", "decimal", "boolean", "date", "timestamp",
-    "timestamp_ntz", "json",
+    "string",
+    "integer",
+    "bigint",
+    "double",
+    "float",
+    "decimal",
+    "boolean",
+    "date",
+    "timestamp",
+    "timestamp_ntz",
+    "json",
 ]
 ColumnFormat = Literal["email", "ipv4", "ipv6", "ip", "iso_timestamp", "iso_date", "uuid", "url"]
 OnViolation = Literal["dead_letter", "fail", "warn"]
@@ -33,9 +42,12 @@ class ColumnContract(Model):
     """What one column of a source must look like."""
 
     type: ColumnType = Field("string", description="Logical type the column is cast to.")
-    nullable: bool = Field(True, description="False: a NULL value (an empty CSV field) rejects the row.")
+    nullable: bool = Field(
+        True, description="False: a NULL value (an empty CSV field) rejects the row."
+    )
     required: bool = Field(
-        False, description="True: the column must be present in the source; rows without it are rejected."
+        False,
+        description="True: the column must be present in the source; rows without it are rejected.",
     )
     min: float | None = Field(None, description="Smallest allowed value (numbers, after the cast).")
     max: float | None = Field(None, description="Largest allowed value (numbers, after the cast).")
@@ -43,9 +55,12 @@ class ColumnContract(Model):
         None, description="The allowed values; anything else rejects the row."
     )
     regex: str | None = Field(None, description="A regular expression the whole value must match.")
-    format: ColumnFormat | None = Field(None, description="A well-known format the value must have.")
+    format: ColumnFormat | None = Field(
+        None, description="A well-known format the value must have."
+    )
     strftime: str | None = Field(
-        None, description="Explicit strftime format to parse a date or timestamp (e.g. '%d/%m/%Y %H:%M')."
+        None,
+        description="Explicit strftime format to parse a date or timestamp (e.g. '%d/%m/%Y %H:%M').",
     )
     min_length: int | None = Field(None, description="Shortest allowed string length.", ge=0)
     max_length: int | None = Field(None, description="Longest allowed string length.", ge=0)
@@ -56,8 +71,10 @@ class ColumnContract(Model):
     def _bounds_fit_type(self) -> ColumnContract:
         numeric = ("integer", "bigint", "double", "float", "decimal")
         if (self.min is not None or self.max is not None) and self.type not in numeric:
-            raise ValueError(f"min/max apply to numeric types ({', '.join(numeric)}), not {self.type}; "
-                             "use a table check `between` for dates, or regex/values for strings")
+            raise ValueError(
+                f"min/max apply to numeric types ({', '.join(numeric)}), not {self.type}; "
+                "use a table check `between` for dates, or regex/values for strings"
+            )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is greater than max {self.max:g}")
         return self
@@ -68,7 +85,8 @@ class Contract(Model):
 
     columns: dict[str, ColumnContract] = Field(description="Column name → its rules.")
     on_violation: OnViolation = Field(
-        "dead_letter", description="dead_letter: route bad rows; fail: fail the run; warn: keep and record."
+        "dead_letter",
+        description="dead_letter: route bad rows; fail: fail the run; warn: keep and record.",
     )
     evolution: Evolution = Field(
         "evolve",
@@ -133,18 +151,28 @@ class Pipeline(Model):
     """A whole pipeline: sources, contract, steps, PII masking, checks and sinks."""
 
     version: Literal[1] = Field(description="Spec format version; 1 is the only one.")
-    pipeline: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$", description="Pipeline name (snake or kebab case).")
+    pipeline: str = Field(
+        pattern=r"^[a-z][a-z0-9_\-]*$", description="Pipeline name (snake or kebab case)."
+    )
     owner: str | None = Field(None, description="Who answers for this pipeline.")
     description: str | None = Field(None, description="What the pipeline produces and for whom.")
     mode: Literal["batch", "stream"] = Field("batch", description="batch or stream.")
-    sources: dict[str, SerializeAsAny[SourceConfig]] = Field(min_length=1, description="Named sources.")
+    sources: dict[str, SerializeAsAny[SourceConfig]] = Field(
+        min_length=1, description="Named sources."
+    )
     primary: str | None = Field(
         None, description="The source that feeds `input` (default: the first source)."
     )
-    steps: list[SerializeAsAny[StepConfig]] = Field(default_factory=list, description="Transforms, in order.")
+    steps: list[SerializeAsAny[StepConfig]] = Field(
+        default_factory=list, description="Transforms, in order."
+    )
     pii: dict[str, PiiMethod] = Field(default_factory=dict, description="Column → masking method.")
-    checks: list[SerializeAsAny[CheckConfig]] = Field(default_factory=list, description="Table checks, audited before publish.")
-    sinks: list[SerializeAsAny[SinkConfig]] = Field(min_length=1, description="Where the result lands.")
+    checks: list[SerializeAsAny[CheckConfig]] = Field(
+        default_factory=list, description="Table checks, audited before publish."
+    )
+    sinks: list[SerializeAsAny[SinkConfig]] = Field(
+        min_length=1, description="Where the result lands."
+    )
     dead_letter: DeadLetterConfig | None = Field(
         None, description="Dead-letter table (default: .sluice/dead_letter/<pipeline>)."
     )
@@ -163,5 +191,7 @@ class Pipeline(Model):
         """The spec as plain data, in the YAML shape (steps and checks under their keys)."""
         data = self.model_dump(mode="json", exclude_none=True)
         data["steps"] = [{s.key: s.model_dump(mode="json", exclude_none=True)} for s in self.steps]
-        data["checks"] = [{c.key: c.model_dump(mode="json", exclude_none=True)} for c in self.checks]
+        data["checks"] = [
+            {c.key: c.model_dump(mode="json", exclude_none=True)} for c in self.checks
+        ]
         return data

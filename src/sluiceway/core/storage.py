@@ -227,11 +227,15 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     if settings.endpoint_url:
         endpoint = urlparse(settings.endpoint_url)
         if endpoint.scheme:
-            kwargs.update(endpoint_override=endpoint.netloc + endpoint.path.rstrip("/"),
-                          scheme=endpoint.scheme)
+            kwargs.update(
+                endpoint_override=endpoint.netloc + endpoint.path.rstrip("/"),
+                scheme=endpoint.scheme,
+            )
         else:
-            kwargs.update(endpoint_override=settings.endpoint_url,
-                          scheme="http" if settings.allow_http else "https")
+            kwargs.update(
+                endpoint_override=settings.endpoint_url,
+                scheme="http" if settings.allow_http else "https",
+            )
     return pafs.S3FileSystem(**kwargs)
 
 

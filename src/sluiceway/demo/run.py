@@ -7,9 +7,9 @@ import secrets
 import shutil
 from pathlib import Path
 
+from sluiceway.core.events import Subscriber
 from sluiceway.core.loader import load_spec
 from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
-from sluiceway.core.events import Subscriber
 from sluiceway.demo.clickstream import GeneratedSample, generate_clickstream, write_manifest
 from sluiceway.errors import ConfigError
 
@@ -47,13 +47,20 @@ def demo_keys() -> dict[str, str]:
     return {name: os.environ.get(name) or secrets.token_hex(32) for name in DEMO_KEYS}
 
 
-def run_demo(workdir: Path, *, rows: int, subscribers: list[Subscriber]) -> tuple[RunResult, GeneratedSample]:
+def run_demo(
+    workdir: Path, *, rows: int, subscribers: list[Subscriber]
+) -> tuple[RunResult, GeneratedSample]:
     """Generate the sample in `workdir`, run the example pipeline on it."""
     spec, sample = prepare(workdir, rows=rows)
     pipeline = load_spec(spec)
     environ = {**os.environ, **demo_keys()}
-    options = RunOptions(logical_date=sample_day(), base_dir=workdir, state_dir=workdir / ".sluice",
-                         environ=environ, subscribers=subscribers)
+    options = RunOptions(
+        logical_date=sample_day(),
+        base_dir=workdir,
+        state_dir=workdir / ".sluice",
+        environ=environ,
+        subscribers=subscribers,
+    )
     return run_pipeline(pipeline, options), sample
 
 

@@ -48,7 +48,9 @@ class DuckDBEngine:
         if memory_limit:
             self.con.execute(f"SET memory_limit = {quote_literal(memory_limit)}")
 
-    def execute(self, sql: str, params: Sequence[Any] | None = None, *, purpose: str = "query") -> duckdb.DuckDBPyConnection:
+    def execute(
+        self, sql: str, params: Sequence[Any] | None = None, *, purpose: str = "query"
+    ) -> duckdb.DuckDBPyConnection:
         """Run one statement; DuckDB errors become StepError naming the purpose."""
         self.statements += 1
         try:
@@ -68,7 +70,9 @@ class DuckDBEngine:
         except duckdb.Error as exc:
             raise StepError(f"{purpose} failed: {exc}", context={"sql": _clip(sql)}) from exc
 
-    def fetch_reader(self, sql: str, *, batch_rows: int = 1_000_000, purpose: str = "query") -> pa.RecordBatchReader:
+    def fetch_reader(
+        self, sql: str, *, batch_rows: int = 1_000_000, purpose: str = "query"
+    ) -> pa.RecordBatchReader:
         """Run a query and stream its result as Arrow record batches."""
         self.statements += 1
         try:
@@ -88,12 +92,16 @@ class DuckDBEngine:
 
     def create_table(self, name: str, select_sql: str, *, purpose: str = "query") -> str:
         """Materialize `select_sql` as temp table `name`; returns the name."""
-        self.run(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {select_sql}", purpose=purpose)
+        self.run(
+            f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {select_sql}", purpose=purpose
+        )
         return name
 
     def create_view(self, name: str, select_sql: str, *, purpose: str = "query") -> str:
         """Define temp view `name` over `select_sql`; returns the name."""
-        self.run(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS {select_sql}", purpose=purpose)
+        self.run(
+            f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS {select_sql}", purpose=purpose
+        )
         return name
 
     def register_arrow(self, name: str, data: pa.Table) -> str:
@@ -101,17 +109,25 @@ class DuckDBEngine:
         view = f"__arrow_{name}"
         self.con.register(view, data)
         try:
-            return self.create_table(name, f"SELECT * FROM {quote_ident(view)}", purpose=f"load {name}")
+            return self.create_table(
+                name, f"SELECT * FROM {quote_ident(view)}", purpose=f"load {name}"
+            )
         finally:
             self.con.unregister(view)
 
     def count(self, table: str) -> int:
         """Row count of a table or view."""
-        return int(self.fetch_one(f"SELECT count(*) FROM {quote_ident(table)}", purpose=f"count {table}")[0])
+        return int(
+            self.fetch_one(f"SELECT count(*) FROM {quote_ident(table)}", purpose=f"count {table}")[
+                0
+            ]
+        )
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         """(name, DuckDB type) of every column of a table or view, in order."""
-        rows = self.execute(f"DESCRIBE {quote_ident(table)}", purpose=f"describe {table}").fetchall()
+        rows = self.execute(
+            f"DESCRIBE {quote_ident(table)}", purpose=f"describe {table}"
+        ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def close(self) -> None:

@@ -57,7 +57,9 @@ class DeltaSinkConfig(SinkConfig):
     """A Delta Lake table (local path or s3://)."""
 
     type: Literal["delta"] = Field(default="delta", description="The sink plug-in: delta.")
-    path: str = Field(description="Table location: a path (relative to the spec) or s3://bucket/path.")
+    path: str = Field(
+        description="Table location: a path (relative to the spec) or s3://bucket/path."
+    )
     mode: DeltaMode = Field(
         default="append",
         description="append: add rows once per idempotency key; overwrite_partition: replace "
@@ -195,7 +197,11 @@ class DeltaSink:
         uri = ctx.resolve(self.config.path)
         with self._errors("read", uri):
             table = _open_table(uri, delta_storage_options(uri, self.config.storage_options))
-            return table is not None and table.transaction_version(app_id(ctx.pipeline.pipeline, idempotency_key)) is not None
+            return (
+                table is not None
+                and table.transaction_version(app_id(ctx.pipeline.pipeline, idempotency_key))
+                is not None
+            )
 
     def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
         """Positions of this pipeline's commits, merged oldest to newest ({} without a table)."""

@@ -54,7 +54,9 @@ class ParquetSinkConfig(SinkConfig):
     """A hive-partitioned Parquet dataset (local path or s3://)."""
 
     type: Literal["parquet"] = Field(default="parquet", description="The sink plug-in: parquet.")
-    path: str = Field(description="Dataset folder: a path (relative to the spec) or s3://bucket/path.")
+    path: str = Field(
+        description="Dataset folder: a path (relative to the spec) or s3://bucket/path."
+    )
     partition_by: list[str] = Field(
         default_factory=list, description="Hive partition columns, e.g. [event_date]."
     )

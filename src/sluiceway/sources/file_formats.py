@@ -26,10 +26,22 @@ Format = Literal["csv", "ndjson", "json", "parquet", "avro"]
 Compression = Literal["none", "gzip", "zstd"]
 
 _EXTENSIONS: dict[str, Format] = {
-    ".csv": "csv", ".tsv": "csv", ".txt": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson",
-    ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".avro": "avro",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".avro": "avro",
 }
-_COMPRESSIONS: dict[str, Compression] = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_COMPRESSIONS: dict[str, Compression] = {
+    ".gz": "gzip",
+    ".gzip": "gzip",
+    ".zst": "zstd",
+    ".zstd": "zstd",
+}
 _MAGIC: dict[bytes, Format] = {b"PAR1": "parquet", b"Obj\x01": "avro"}
 
 
@@ -132,7 +144,9 @@ def sniff(head: bytes) -> Format | None:
     return "csv"
 
 
-def read_csv(engine: DuckDBEngine, path: str, display: str, compression: Compression, opts: CsvOptions) -> FileRead:
+def read_csv(
+    engine: DuckDBEngine, path: str, display: str, compression: Compression, opts: CsvOptions
+) -> FileRead:
     """A CSV file, every column VARCHAR; malformed lines and invalid UTF-8 become rejects."""
     rejects, scans = engine.new_name("rejects"), engine.new_name("scans")
     reader = (
@@ -150,18 +164,25 @@ def read_csv(engine: DuckDBEngine, path: str, display: str, compression: Compres
     )
     errors = engine.execute(
         f"SELECT line, min(line_byte_position), first(csv_line), string_agg(DISTINCT error_message, '; ') "
-        f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line", purpose=f"collect rejects of {display}"
+        f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line",
+        purpose=f"collect rejects of {display}",
     ).fetchall()
     raw_lines = _raw_lines(path, compression, [int(e[1]) for e in errors])
     rejects_out = [
-        {"file": display, "line": int(line), "raw": raw_lines.get(int(pos), (csv or "").encode()),
-         "reason": f"malformed CSV line: {message}"}
+        {
+            "file": display,
+            "line": int(line),
+            "raw": raw_lines.get(int(pos), (csv or "").encode()),
+            "reason": f"malformed CSV line: {message}",
+        }
         for line, pos, csv, message in errors
     ]
     engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
     engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
     records = engine.count(table) + len(rejects_out)
-    return FileRead(f"SELECT * FROM {quote_ident(table)}", records, rejects_out, temp_tables=[table])
+    return FileRead(
+        f"SELECT * FROM {quote_ident(table)}", records, rejects_out, temp_tables=[table]
+    )
 
 
 def _duck_compression(compression: Compression) -> str:
@@ -183,9 +204,15 @@ def _raw_lines(path: str, compression: Compression, positions: list[int]) -> dic
     return out
 
 
-def read_ndjson(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
+def read_ndjson(
+    engine: DuckDBEngine, path: str, display: str, compression: Compression
+) -> FileRead:
     """Newline-delimited JSON objects; each key becomes a VARCHAR column."""
-    rejects, scans, lines = engine.new_name("rejects"), engine.new_name("scans"), engine.new_name("lines")
+    rejects, scans, lines = (
+        engine.new_name("rejects"),
+        engine.new_name("scans"),
+        engine.new_name("lines"),
+    )
     engine.create_table(
         lines,
         f"SELECT line, row_number() OVER () AS {ROW_NUMBER} FROM read_csv({quote_literal(path)}, "
@@ -196,11 +223,17 @@ def read_ndjson(engine: DuckDBEngine, path: str, display: str, compression: Comp
     )
     encoding = engine.execute(
         f"SELECT line, min(line_byte_position), string_agg(DISTINCT error_message, '; ') "
-        f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line", purpose="rejects"
+        f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line",
+        purpose="rejects",
     ).fetchall()
     raw_lines = _raw_lines(path, compression, [int(e[1]) for e in encoding])
     rejects_out = [
-        {"file": display, "line": int(line), "raw": raw_lines.get(int(pos), b""), "reason": f"unreadable line: {msg}"}
+        {
+            "file": display,
+            "line": int(line),
+            "raw": raw_lines.get(int(pos), b""),
+            "reason": f"unreadable line: {msg}",
+        }
         for line, pos, msg in encoding
     ]
     if encoding:
@@ -222,7 +255,9 @@ def _line_numbers(dropped: list[int]) -> str:
     return f"{ROW_NUMBER} + {shifts}"
 
 
-def read_json_array(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
+def read_json_array(
+    engine: DuckDBEngine, path: str, display: str, compression: Compression
+) -> FileRead:
     """A JSON document holding an array of objects; a file that is not valid JSON is one reject."""
     with _open(path, compression) as handle:
         data = handle.read()
@@ -243,13 +278,17 @@ def read_json_array(engine: DuckDBEngine, path: str, display: str, compression: 
     else:
         reason = "not a valid JSON array of objects"
         found = [{"file": display, "line": 1, "raw": data, "reason": reason}]
-        engine.create_table(lines, f"SELECT NULL::VARCHAR AS line, NULL::BIGINT AS {ROW_NUMBER} WHERE false")
+        engine.create_table(
+            lines, f"SELECT NULL::VARCHAR AS line, NULL::BIGINT AS {ROW_NUMBER} WHERE false"
+        )
     read = _json_objects(engine, lines, display, found)
     read.temp_tables += [lines, "__json_doc"]
     return read
 
 
-def _json_objects(engine: DuckDBEngine, lines: str, display: str, rejects: list[dict[str, object]]) -> FileRead:
+def _json_objects(
+    engine: DuckDBEngine, lines: str, display: str, rejects: list[dict[str, object]]
+) -> FileRead:
     checked = engine.new_name("json")
     engine.create_table(
         checked,
@@ -260,21 +299,33 @@ def _json_objects(engine: DuckDBEngine, lines: str, display: str, rejects: list[
         f"SELECT {ROW_NUMBER}, line, kind FROM {quote_ident(checked)} WHERE kind IS DISTINCT FROM 'OBJECT'"
     ).fetchall()
     rejects = rejects + [
-        {"file": display, "line": int(n), "raw": (line or "").encode(),
-         "reason": "malformed JSON (truncated or invalid)" if kind is None else f"a JSON {kind.lower()}, not an object"}
+        {
+            "file": display,
+            "line": int(n),
+            "raw": (line or "").encode(),
+            "reason": "malformed JSON (truncated or invalid)"
+            if kind is None
+            else f"a JSON {kind.lower()}, not an object",
+        }
         for n, line, kind in bad
     ]
-    keys = [r[0] for r in engine.execute(
-        f"SELECT DISTINCT unnest(json_keys(line)) AS k FROM {quote_ident(checked)} WHERE kind = 'OBJECT' ORDER BY k"
-    ).fetchall()]
+    keys = [
+        r[0]
+        for r in engine.execute(
+            f"SELECT DISTINCT unnest(json_keys(line)) AS k FROM {quote_ident(checked)} WHERE kind = 'OBJECT' ORDER BY k"
+        ).fetchall()
+    ]
     columns = ", ".join(
-        f"json_extract_string(line, {quote_literal('$.' + _json_key(k))}) AS {quote_ident(k)}" for k in keys
+        f"json_extract_string(line, {quote_literal('$.' + _json_key(k))}) AS {quote_ident(k)}"
+        for k in keys
     )
     select = (
         f"SELECT {columns + ', ' if columns else ''}{quote_literal(display)} AS {ROW_FILE}, {ROW_NUMBER} "
         f"FROM {quote_ident(checked)} WHERE kind = 'OBJECT'"
     )
-    valid = int(engine.fetch_one(f"SELECT count(*) FROM {quote_ident(checked)} WHERE kind = 'OBJECT'")[0])
+    valid = int(
+        engine.fetch_one(f"SELECT count(*) FROM {quote_ident(checked)} WHERE kind = 'OBJECT'")[0]
+    )
     return FileRead(select, valid + len(rejects), rejects, temp_tables=[checked])
 
 
@@ -282,7 +333,9 @@ def _json_key(key: str) -> str:
     return '"' + key.replace('"', '\\"') + '"'
 
 
-def read_parquet(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
+def read_parquet(
+    engine: DuckDBEngine, path: str, display: str, compression: Compression
+) -> FileRead:
     """A Parquet file with its own types."""
     table = engine.new_name("parquet")
     engine.create_table(
@@ -291,7 +344,9 @@ def read_parquet(engine: DuckDBEngine, path: str, display: str, compression: Com
         f"FROM read_parquet({quote_literal(path)})",
         purpose=f"read Parquet {display}",
     )
-    return FileRead(f"SELECT * FROM {quote_ident(table)}", engine.count(table), typed=True, temp_tables=[table])
+    return FileRead(
+        f"SELECT * FROM {quote_ident(table)}", engine.count(table), typed=True, temp_tables=[table]
+    )
 
 
 def read_avro(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:
@@ -302,18 +357,23 @@ def read_avro(engine: DuckDBEngine, path: str, display: str, compression: Compre
         data = handle.read()
     try:
         records = list(fastavro.reader(io.BytesIO(data)))
-    except Exception as exc:  # noqa: BLE001 - fastavro raises many types for corrupt input
+    except Exception as exc:
         reason = f"corrupt Avro file: {exc}"
         reject: dict[str, object] = {"file": display, "line": None, "raw": data, "reason": reason}
         empty = engine.new_name("avro")
-        engine.create_table(empty, f"SELECT {quote_literal(display)} AS {ROW_FILE}, 1::BIGINT AS {ROW_NUMBER} WHERE false")
+        engine.create_table(
+            empty,
+            f"SELECT {quote_literal(display)} AS {ROW_FILE}, 1::BIGINT AS {ROW_NUMBER} WHERE false",
+        )
         select = f"SELECT * FROM {quote_ident(empty)}"
         return FileRead(select, 1, [reject], typed=True, temp_tables=[empty])
     table = pa.Table.from_pylist(records) if records else pa.table({})
     table = table.append_column(ROW_FILE, pa.array([display] * len(table), pa.string()))
     table = table.append_column(ROW_NUMBER, pa.array(range(1, len(table) + 1), pa.int64()))
     name = engine.register_arrow(engine.new_name("avro"), table)
-    return FileRead(f"SELECT * FROM {quote_ident(name)}", len(table), typed=True, temp_tables=[name])
+    return FileRead(
+        f"SELECT * FROM {quote_ident(name)}", len(table), typed=True, temp_tables=[name]
+    )
 
 
 Reader = Callable[[DuckDBEngine, str, str, Compression], FileRead]

@@ -30,7 +30,9 @@ class FilesSourceConfig(SourceConfig):
     """Files in a folder, a glob or a single path; local or s3://."""
 
     type: Literal["files"] = Field("files", description="Files on disk or in an object store.")
-    path: str | list[str] = Field(description="A file, a folder (read recursively), a glob, or a list of them.")
+    path: str | list[str] = Field(
+        description="A file, a folder (read recursively), a glob, or a list of them."
+    )
     format: Literal["auto", "csv", "json", "ndjson", "parquet", "avro"] = Field(
         "auto", description="File format; auto: from the extension, confirmed by the content."
     )
@@ -43,7 +45,8 @@ class FilesSourceConfig(SourceConfig):
     quote: str = Field('"', description="CSV quote character.", max_length=1)
     escape: str = Field('"', description="CSV escape character.", max_length=1)
     storage_options: dict[str, str] = Field(
-        default_factory=dict, description="Object-store options (endpoint_url, region, keys by ${ENV})."
+        default_factory=dict,
+        description="Object-store options (endpoint_url, region, keys by ${ENV}).",
     )
 
 
@@ -70,7 +73,9 @@ class FilesSource:
             table=table,
             rows_in=sum(read.records for read in reads),
             parse_rejects=rejects,
-            position={"files": sorted(done | set(todo))} if self.config.incremental else {"files": todo},
+            position={"files": sorted(done | set(todo))}
+            if self.config.incremental
+            else {"files": todo},
             typed=any(read.typed for read in reads),
             fingerprint=_fingerprint(todo),
         )
@@ -81,7 +86,11 @@ class FilesSource:
         found: list[str] = []
         for pattern in patterns:
             resolved = ctx.resolve(pattern)
-            matched = self._list_remote(resolved) if storage.is_remote(resolved) else _list_local(resolved)
+            matched = (
+                self._list_remote(resolved)
+                if storage.is_remote(resolved)
+                else _list_local(resolved)
+            )
             if not matched:
                 raise SourceError(
                     f"no file matches '{pattern}' (resolved to '{resolved}'); check the path, "
@@ -103,7 +112,9 @@ class FilesSource:
         if info.type == pafs.FileType.NotFound:
             return []
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        files = [i.path for i in infos if i.type == pafs.FileType.File and not _hidden(i.path, base)]
+        files = [
+            i.path for i in infos if i.type == pafs.FileType.File and not _hidden(i.path, base)
+        ]
         if has_glob:
             files = [f for f in files if fnmatch.fnmatch(f, path)]
         return [f"{scheme}://{f}" for f in sorted(files)]
@@ -114,19 +125,25 @@ class FilesSource:
         fmt = ff.format_of(local, self.config.format, compression)
         try:
             if fmt == "csv":
-                options = ff.CsvOptions(self.config.delimiter, self.config.header, self.config.quote, self.config.escape)
+                options = ff.CsvOptions(
+                    self.config.delimiter, self.config.header, self.config.quote, self.config.escape
+                )
                 return ff.read_csv(ctx.engine, local, uri, compression, options)
             return ff.READERS[fmt](ctx.engine, local, uri, compression)
         except SourceError:
             raise
         except Exception as exc:
-            raise SourceError(f"cannot read '{uri}' as {fmt}: {exc}", context={"file": uri}) from exc
+            raise SourceError(
+                f"cannot read '{uri}' as {fmt}: {exc}", context={"file": uri}
+            ) from exc
 
     def _localize(self, ctx: RunContext, uri: str) -> str:
         if not storage.is_remote(uri):
             return uri
         fs, path = storage.arrow_filesystem(uri, self.config.storage_options)
-        target = ctx.state_dir / "cache" / ctx.run_id / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        target = (
+            ctx.state_dir / "cache" / ctx.run_id / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        )
         target.mkdir(parents=True, exist_ok=True)
         local = target / Path(path).name
         with fs.open_input_stream(path, compression=None) as src, open(local, "wb") as dst:
@@ -137,7 +154,9 @@ class FilesSource:
     @staticmethod
     def _union(ctx: RunContext, table: str, reads: list[ff.FileRead]) -> None:
         if not reads:
-            ctx.engine.create_table(table, "SELECT NULL::VARCHAR AS __sw_file, NULL::BIGINT AS __sw_row WHERE false")
+            ctx.engine.create_table(
+                table, "SELECT NULL::VARCHAR AS __sw_file, NULL::BIGINT AS __sw_row WHERE false"
+            )
             return
         union = " UNION ALL BY NAME ".join(f"({read.select_sql})" for read in reads)
         ctx.engine.create_table(table, union, purpose="combine source files")
@@ -162,13 +181,18 @@ def _list_local(pattern: str) -> list[str]:
     if path.is_file():
         return [str(path)]
     if path.is_dir():
-        return sorted(str(p) for p in path.rglob("*") if p.is_file() and not _hidden(str(p), str(path)))
-    return sorted(p for p in glob.glob(pattern, recursive=True)
-                  if Path(p).is_file() and not Path(p).name.startswith(_SKIP_PREFIXES))
+        return sorted(
+            str(p) for p in path.rglob("*") if p.is_file() and not _hidden(str(p), str(path))
+        )
+    return sorted(
+        p
+        for p in glob.glob(pattern, recursive=True)
+        if Path(p).is_file() and not Path(p).name.startswith(_SKIP_PREFIXES)
+    )
 
 
 def _hidden(path: str, base: str) -> bool:
-    relative = path[len(base):].lstrip("/")
+    relative = path[len(base) :].lstrip("/")
     return any(part.startswith(_SKIP_PREFIXES) for part in relative.split("/"))
 
 

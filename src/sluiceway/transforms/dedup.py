@@ -22,7 +22,9 @@ class DedupStepConfig(StepConfig):
         None, description="Column that orders duplicates (default: arrival order: file, then row)."
     )
     keep: Literal["first", "last"] = Field("first", description="Which duplicate to keep.")
-    window: str | None = Field(None, description="Time window for streams (batch runs dedup the whole run).")
+    window: str | None = Field(
+        None, description="Time window for streams (batch runs dedup the whole run)."
+    )
 
 
 class DedupStep:
@@ -35,7 +37,11 @@ class DedupStep:
         """Keep the first (or last) row of every key."""
         engine = ctx.engine
         direction = "ASC" if self.config.keep == "first" else "DESC"
-        order = [f"{quote_ident(self.config.order_by)} {direction} NULLS LAST"] if self.config.order_by else []
+        order = (
+            [f"{quote_ident(self.config.order_by)} {direction} NULLS LAST"]
+            if self.config.order_by
+            else []
+        )
         present = {c for c, _ in engine.columns(table)}
         order += [f"{c} {direction}" for c in (ROW_FILE, ROW_NUMBER) if c in present]
         keys = ", ".join(quote_ident(k) for k in self.config.keys)

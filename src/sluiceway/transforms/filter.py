@@ -17,7 +17,9 @@ class FilterStepConfig(StepConfig):
 
     key: ClassVar[str] = "filter"
     shorthand: ClassVar[str | None] = "where"
-    where: str = Field(description="SQL condition; rows where it is false or NULL are filtered out.")
+    where: str = Field(
+        description="SQL condition; rows where it is false or NULL are filtered out."
+    )
 
 
 class FilterStep:

@@ -24,10 +24,13 @@ class PythonStepConfig(StepConfig):
 
     key: ClassVar[str] = "python"
     shorthand: ClassVar[str | None] = "function"
-    function: str = Field(pattern=r"^[\w.]+:[\w]+$", description="Import path 'package.module:function'.")
+    function: str = Field(
+        pattern=r"^[\w.]+:[\w]+$", description="Import path 'package.module:function'."
+    )
     batch_rows: int = Field(100_000, ge=1, description="Rows per batch handed to the function.")
     rows: Literal["preserve", "filter"] = Field(
-        "preserve", description="preserve: the function returns as many rows as it got; filter: it may drop rows."
+        "preserve",
+        description="preserve: the function returns as many rows as it got; filter: it may drop rows.",
     )
 
 
@@ -37,7 +40,9 @@ def load_function(path: str) -> Callable[[Any], Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise StepError(f"python step: cannot import module '{module_name}' ({exc}); is it on PYTHONPATH?") from exc
+        raise StepError(
+            f"python step: cannot import module '{module_name}' ({exc}); is it on PYTHONPATH?"
+        ) from exc
     function = getattr(module, attr, None)
     if not callable(function):
         raise StepError(f"python step: '{module_name}' has no function '{attr}'")
@@ -56,11 +61,17 @@ class PythonStep:
         engine = ctx.engine
         reader = engine.fetch_reader(f'SELECT * FROM "{table}"', batch_rows=self.config.batch_rows)
         outputs = [self._call(batch, index, ctx) for index, batch in enumerate(reader)]
-        result = pa.Table.from_batches(outputs) if outputs else engine.fetch_arrow(f'SELECT * FROM "{table}" LIMIT 0')
+        result = (
+            pa.Table.from_batches(outputs)
+            if outputs
+            else engine.fetch_arrow(f'SELECT * FROM "{table}" LIMIT 0')
+        )
         before = engine.count(table)
         if self.config.rows == "preserve" and result.num_rows != before:
-            raise StepError(f"python step {self.config.function} returned {result.num_rows} rows for {before}; "
-                            "set rows: filter if it drops rows on purpose")
+            raise StepError(
+                f"python step {self.config.function} returned {result.num_rows} rows for {before}; "
+                "set rows: filter if it drops rows on purpose"
+            )
         out = engine.register_arrow(engine.new_name("python"), result)
         return StepOutput(out, filtered=before - result.num_rows)
 
@@ -73,10 +84,17 @@ class PythonStep:
                 context={"pipeline": ctx.pipeline.pipeline, "run_id": ctx.run_id, "batch": index},
             ) from exc
         if isinstance(out, pa.Table):
-            out = out.combine_chunks().to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
+            out = (
+                out.combine_chunks().to_batches()[0]
+                if out.num_rows
+                else pa.RecordBatch.from_pylist([], schema=out.schema)
+            )
         if not isinstance(out, pa.RecordBatch):
-            raise StepError(f"python step {self.config.function} returned {type(out).__name__}, "
-                            "not a pyarrow RecordBatch or Table", context={"batch": index})
+            raise StepError(
+                f"python step {self.config.function} returned {type(out).__name__}, "
+                "not a pyarrow RecordBatch or Table",
+                context={"batch": index},
+            )
         return out
 
 

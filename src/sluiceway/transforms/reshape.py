@@ -13,9 +13,17 @@ from sluiceway.engines.duckdb import quote_ident
 from sluiceway.errors import StepError
 
 _DUCK_TYPES: dict[str, str] = {
-    "string": "VARCHAR", "integer": "BIGINT", "bigint": "BIGINT", "double": "DOUBLE", "float": "DOUBLE",
-    "decimal": "DECIMAL(18,2)", "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMPTZ",
-    "timestamp_ntz": "TIMESTAMP", "json": "VARCHAR",
+    "string": "VARCHAR",
+    "integer": "BIGINT",
+    "bigint": "BIGINT",
+    "double": "DOUBLE",
+    "float": "DOUBLE",
+    "decimal": "DECIMAL(18,2)",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
+    "timestamp_ntz": "TIMESTAMP",
+    "json": "VARCHAR",
 }
 
 
@@ -49,8 +57,10 @@ def _existing(ctx: RunContext, table: str, wanted: list[str], step: str) -> list
     present = [c for c, _ in ctx.engine.columns(table)]
     missing = [c for c in wanted if c not in present]
     if missing:
-        raise StepError(f"{step}: no column {', '.join(map(repr, missing))}; columns are: "
-                        f"{', '.join(c for c in present if c not in META_COLUMNS)}")
+        raise StepError(
+            f"{step}: no column {', '.join(map(repr, missing))}; columns are: "
+            f"{', '.join(c for c in present if c not in META_COLUMNS)}"
+        )
     return present
 
 
@@ -65,7 +75,9 @@ class SelectStep:
         present = _existing(ctx, table, self.config.columns, "select")
         keep = [*self.config.columns, *(c for c in META_COLUMNS if c in present)]
         sql = f"SELECT {', '.join(quote_ident(c) for c in keep)} FROM {quote_ident(table)}"
-        return StepOutput(ctx.engine.create_table(ctx.engine.new_name("select"), sql, purpose="select step"))
+        return StepOutput(
+            ctx.engine.create_table(ctx.engine.new_name("select"), sql, purpose="select step")
+        )
 
 
 class RenameStep:
@@ -77,9 +89,13 @@ class RenameStep:
     def apply(self, ctx: RunContext, table: str) -> StepOutput:
         """Rename the listed columns, keep the rest."""
         present = _existing(ctx, table, list(self.config.columns), "rename")
-        cols = [f"{quote_ident(c)} AS {quote_ident(self.config.columns.get(c, c))}" for c in present]
+        cols = [
+            f"{quote_ident(c)} AS {quote_ident(self.config.columns.get(c, c))}" for c in present
+        ]
         sql = f"SELECT {', '.join(cols)} FROM {quote_ident(table)}"
-        return StepOutput(ctx.engine.create_table(ctx.engine.new_name("rename"), sql, purpose="rename step"))
+        return StepOutput(
+            ctx.engine.create_table(ctx.engine.new_name("rename"), sql, purpose="rename step")
+        )
 
 
 class CastStep:
@@ -93,11 +109,14 @@ class CastStep:
         present = _existing(ctx, table, list(self.config.columns), "cast")
         cols = [
             f"CAST({quote_ident(c)} AS {_DUCK_TYPES[self.config.columns[c]]}) AS {quote_ident(c)}"
-            if c in self.config.columns else quote_ident(c)
+            if c in self.config.columns
+            else quote_ident(c)
             for c in present
         ]
         sql = f"SELECT {', '.join(cols)} FROM {quote_ident(table)}"
-        return StepOutput(ctx.engine.create_table(ctx.engine.new_name("cast"), sql, purpose="cast step"))
+        return StepOutput(
+            ctx.engine.create_table(ctx.engine.new_name("cast"), sql, purpose="cast step")
+        )
 
 
 registry.register("step", "select", SelectStepConfig, SelectStep)

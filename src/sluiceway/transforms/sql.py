@@ -17,7 +17,9 @@ class SqlStepConfig(StepConfig):
 
     key: ClassVar[str] = "sql"
     shorthand: ClassVar[str | None] = "query"
-    query: str = Field(description="The SELECT; `input` is the previous result, sources join by name.")
+    query: str = Field(
+        description="The SELECT; `input` is the previous result, sources join by name."
+    )
     rows: Literal["preserve", "filter"] = Field(
         "preserve",
         description="preserve: the query must keep every row (a changed count fails the run); "
@@ -44,8 +46,10 @@ class SqlStep:
                 "else fix the join or WHERE that adds or drops rows"
             )
         if after > before:
-            raise StepError(f"the sql step (rows: filter) grew the row count from {before} to {after}; "
-                            "a filter can only drop rows")
+            raise StepError(
+                f"the sql step (rows: filter) grew the row count from {before} to {after}; "
+                "a filter can only drop rows"
+            )
         return StepOutput(out, filtered=before - after)
 
 

@@ -32,12 +32,12 @@ def orders() -> pa.Table:
     """100 orders; each column breaks its check on a known number of rows."""
     return pa.table(
         {
-            "order_id": [*range(ROWS - 1), 7],                              # one repeat
-            "user_id": [None] * 3 + [f"u{i}" for i in range(3, ROWS)],      # 3 NULLs
-            "price": [float(i) for i in range(ROWS - 3)] + [500.0] * 3,     # 3 above 100
+            "order_id": [*range(ROWS - 1), 7],  # one repeat
+            "user_id": [None] * 3 + [f"u{i}" for i in range(3, ROWS)],  # 3 NULLs
+            "price": [float(i) for i in range(ROWS - 3)] + [500.0] * 3,  # 3 above 100
             "status": ["paid"] * 90 + ["new"] * 7 + ["lost"] + [None] * 2,  # 1 not allowed
-            "email": EMAILS,                                                # 2 not emails
-            "coupon": [None] * 10 + ["SAVE"] * 90,                          # 90% complete
+            "email": EMAILS,  # 2 not emails
+            "coupon": [None] * 10 + ["SAVE"] * 90,  # 90% complete
         }
     )
 
