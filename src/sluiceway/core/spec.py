@@ -140,7 +140,9 @@ class DeadLetterConfig(Model):
 
     path: str = Field(description="Delta table of the dead-letter rows (local path or s3://).")
     storage_options: dict[str, str] = Field(
-        default_factory=dict, description="Object-store options (endpoint, region, keys by ${ENV})."
+        default_factory=dict,
+        repr=False,
+        description="Object-store options (endpoint, region, keys by ${ENV}).",
     )
 
 

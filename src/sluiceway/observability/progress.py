@@ -1,26 +1,57 @@
-"""Live progress on the terminal: a spinner with the current stage and elapsed time."""
+"""Live progress on the terminal: the current stage, a bar when its size is known, elapsed time."""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.status import Status
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from sluiceway.core.events import Event
 
 
 class ConsoleProgress:
-    """Shows the stage of a run while it works; stops at the end of the run."""
+    """Shows each stage of a run while it works; `progress` events with `total` fill a bar."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.status: Status | None = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
 
     def __call__(self, event: Event) -> None:
         if event.name == "run_started":
-            self.status = self.console.status(f"[bold]{event.pipeline}[/] starting", spinner="dots")
-            self.status.start()
-        elif event.name == "progress" and self.status is not None:
-            self.status.update(f"[bold]{event.pipeline}[/] {event.fields.get('stage', '')}")
-        elif event.name in ("run_succeeded", "run_failed") and self.status is not None:
-            self.status.stop()
-            self.status = None
+            self._start(event.pipeline)
+        elif event.name == "progress" and self.progress is not None and self.task is not None:
+            fields = event.fields
+            self.progress.update(
+                self.task,
+                description=f"[bold]{event.pipeline}[/] {fields.get('stage', '')}",
+                total=fields.get("total"),
+                completed=fields.get("done", 0),
+            )
+        elif event.name in ("run_succeeded", "run_failed"):
+            self._stop()
+
+    def _start(self, pipeline: str) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(f"[bold]{pipeline}[/] starting", total=None)
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress, self.task = None, None

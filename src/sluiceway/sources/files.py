@@ -46,6 +46,7 @@ class FilesSourceConfig(SourceConfig):
     escape: str = Field('"', description="CSV escape character.", max_length=1)
     storage_options: dict[str, str] = Field(
         default_factory=dict,
+        repr=False,
         description="Object-store options (endpoint_url, region, keys by ${ENV}).",
     )
 
@@ -65,7 +66,12 @@ class FilesSource:
         found = self.list_files(ctx)
         done = set((position or {}).get("files", [])) if self.config.incremental else set()
         todo = [f for f in found if f not in done]
-        reads = [self._read_one(ctx, uri) for uri in todo]
+        reads = []
+        for index, uri in enumerate(todo):
+            ctx.events.emit(
+                "progress", stage=f"reading {name}", done=index, total=len(todo), unit="files"
+            )
+            reads.append(self._read_one(ctx, uri))
         table = ctx.engine.new_name(f"src_{name}")
         self._union(ctx, table, reads)
         rejects = ff.rejects_table([r for read in reads for r in read.rejects])
