@@ -257,6 +257,9 @@ def apply_contract(
 ) -> ContractResult:
     """Split `table` into valid rows (typed) and rejected rows (with every failed rule).
 
+    The rules run once, over every row, to find the rejected ones; the valid rows are the
+    rest (an anti-join on file and row), cast to their contract types.
+
     Args:
         engine: the run's engine.
         table: the source table (its columns plus __sw_file and __sw_row).
@@ -280,11 +283,6 @@ def apply_contract(
     )
     soft = " OR ".join(f"coalesce({r.condition}, false)" for r in rules if not r.is_hard) or "false"
     source_cols = ", ".join(quote_ident(c) for c in present)
-    valid = engine.create_table(
-        engine.new_name("valid"),
-        f"SELECT {', '.join(output)}, {ROW_FILE}, {ROW_NUMBER} FROM {quote_ident(table)} WHERE NOT ({hard})",
-        purpose="apply the contract",
-    )
     errors = (
         "list_filter([" + ", ".join(_rule_struct(r) for r in rules) + "], lambda e: e IS NOT NULL)"
         if rules
@@ -296,6 +294,13 @@ def apply_contract(
         f"SELECT {ROW_FILE}, {ROW_NUMBER}, {errors} AS {ROW_ERRORS}, {masked_payload(present)} AS payload, "
         f"{raw} AS raw FROM {quote_ident(table)} WHERE {hard}",
         purpose="collect contract violations",
+    )
+    valid = engine.create_table(
+        engine.new_name("valid"),
+        f"SELECT {', '.join(output)}, {ROW_FILE}, {ROW_NUMBER} FROM {quote_ident(table)} "
+        f"ANTI JOIN (SELECT {ROW_FILE} AS __sw_rf, {ROW_NUMBER} AS __sw_rr FROM {quote_ident(rejected)}) "
+        f"ON {ROW_FILE} = __sw_rf AND {ROW_NUMBER} = __sw_rr",
+        purpose="apply the contract",
     )
     warned = 0
     if contract.on_violation == "warn" and soft != "false":

@@ -70,6 +70,8 @@ class SourceRead:
         position: what to commit with the data so the next run resumes after it.
         typed: True when the columns carry real types (Parquet, Avro); False for text.
         fingerprint: identifies exactly what was read (same inputs → same fingerprint).
+        temp_tables: tables behind `table` (when it is a view) that the runner may drop
+            once the rows are validated.
     """
 
     table: str
@@ -78,6 +80,7 @@ class SourceRead:
     position: dict[str, Any] = field(default_factory=dict)
     typed: bool = False
     fingerprint: str = ""
+    temp_tables: list[str] = field(default_factory=list)
 
 
 class Source(Protocol):

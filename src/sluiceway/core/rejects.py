@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sluiceway.core.context import ROW_ERRORS, ROW_FILE, ROW_NUMBER
-from sluiceway.engines.duckdb import DuckDBEngine, quote_ident
-from sluiceway.masking import encrypt_value
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.masking import encrypt_value, encrypt_values
 
 
 @dataclass(frozen=True)
@@ -50,29 +50,40 @@ def parse_rejects_rows(
     ]
 
 
-def contract_rejects_rows(
-    engine: DuckDBEngine, table: str, source: str, ctx: RejectContext
-) -> list[dict[str, object]]:
-    """Rows for records that broke the contract (few by nature: fetched into Python)."""
-    data = engine.fetch_arrow(
-        f"SELECT {ROW_FILE}, {ROW_NUMBER}, {ROW_ERRORS}, payload, raw FROM {quote_ident(table)} "
-        f"ORDER BY {ROW_FILE}, {ROW_NUMBER}",
-        purpose="fetch rejected rows",
+def contract_rejects_table(
+    engine: DuckDBEngine, table: str, source: str, ctx: RejectContext, schema: pa.Schema
+) -> pa.Table:
+    """Dead-letter rows for records that broke the contract, built in SQL in one query.
+
+    The dlq_id is the same hash `_row` computes for parse rejects; only the raw payload
+    leaves DuckDB for Python, to be encrypted with one cipher instance.
+    """
+    identity = " || '|' || ".join(
+        [
+            quote_literal(f"{ctx.pipeline}|{ctx.run_key}|{source}"),
+            f"coalesce({ROW_FILE}, 'None')",
+            "'None'",
+            f"coalesce({ROW_NUMBER}::VARCHAR, 'None')",
+            "'contract'",
+        ]
     )
-    return [
-        _row(
-            ctx,
-            source=source,
-            file=r[ROW_FILE],
-            line=None,
-            row=r[ROW_NUMBER],
-            stage="contract",
-            errors=r[ROW_ERRORS],
-            payload=r["payload"],
-            raw=(r["raw"] or "").encode(),
-        )
-        for r in data.to_pylist()
-    ]
+    data = engine.fetch_arrow(
+        f"SELECT left(sha256({identity}), 24) AS dlq_id, {quote_literal(ctx.pipeline)} AS pipeline, "
+        f"{quote_literal(ctx.run_id)} AS run_id, {quote_literal(ctx.run_key)} AS run_key, "
+        f"DATE {quote_literal(str(ctx.logical_date))} AS logical_date, {quote_literal(source)} AS source, "
+        f"{ROW_FILE} AS file, NULL::BIGINT AS line, {ROW_NUMBER} AS row, 'contract' AS stage, "
+        f"{ROW_ERRORS} AS errors, payload, raw FROM {quote_ident(table)} ORDER BY {ROW_FILE}, {ROW_NUMBER}",
+        purpose="build dead-letter rows",
+    )
+    raw = pc.fill_null(data["raw"], "").cast(pa.binary())
+    if ctx.has_pii:
+        assert ctx.encryption_key is not None, "runner checks the key before any read"
+        raw = pa.array(encrypt_values((v.as_py() for v in raw), ctx.encryption_key), pa.binary())
+    data = data.drop_columns(["raw"]).append_column("raw_payload", raw)
+    data = data.append_column("raw_encrypted", pa.repeat(pa.scalar(ctx.has_pii), data.num_rows))
+    now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
+    data = data.append_column("dead_lettered_at", pa.repeat(now, data.num_rows))
+    return data.select(schema.names).cast(schema)
 
 
 def _row(
@@ -118,6 +129,11 @@ def _text(raw: bytes | None) -> str | None:
 def to_table(rows: list[dict[str, object]], schema: pa.Schema) -> pa.Table:
     """Rows as an Arrow table of the dead-letter schema."""
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def combine(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """All dead-letter rows of a run as one table (empty with the schema when there are none)."""
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
 def rule_counts(table: pa.Table) -> dict[str, int]:

@@ -87,7 +87,9 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
     if not result.ok:
         return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result)
     failing = {
-        (r["file"], r["row"]) for r in result.dead_rows if r["source"] == pipeline.primary_source
+        (r["file"], r["row"])
+        for r in _rows(result.dead_letters, ["source", "file", "row"])
+        if r["source"] == pipeline.primary_source
     }
     passed = [dlq_id for key, dlq_id in ids.items() if key not in failing]
     deleted = table.delete(passed, metadata={"sluice.replay_run_id": result.run_id})
@@ -130,3 +132,7 @@ def _rebuild(letters: pa.Table, options: RunOptions) -> pa.Table:
             }
         )
     return pa.Table.from_pylist(records)
+
+
+def _rows(table: pa.Table | None, columns: list[str]) -> list[dict[str, object]]:
+    return [] if table is None else table.select(columns).to_pylist()

@@ -58,7 +58,7 @@ class RunResult:
     staged_path: str | None = None
     error: str | None = None
     duration_s: float = 0.0
-    dead_rows: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: pa.Table | None = None
     note: str | None = None
 
     @property
@@ -130,6 +130,7 @@ class _Runner:
         )
         self.started = time.monotonic()
         self.contract_failure: TerminalError | None = None
+        self.source_tables: set[str] = set()
 
     @property
     def pipeline(self) -> Pipeline:
@@ -188,7 +189,7 @@ class _Runner:
         if all(sink.is_committed(self.ctx, run_key) for sink in sinks):
             self._skip_committed(sinks, run_key)
             return
-        dead_rows: list[dict[str, Any]] = []
+        dead_rows: list[pa.Table] = []
         valid = self._validate_sources(reads, run_key, dead_rows)
         table = self._apply_steps(valid[self.pipeline.primary_source])
         staged = self._stage(table)
@@ -249,12 +250,13 @@ class _Runner:
         )
 
     def _validate_sources(
-        self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[dict[str, Any]]
+        self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[pa.Table]
     ) -> dict[str, str]:
         valid: dict[str, str] = {}
         rctx = self._reject_context(run_key)
         for name, read in reads.items():
-            dead_rows.extend(rejects.parse_rejects_rows(read.parse_rejects, name, rctx))
+            parse_rows = rejects.parse_rejects_rows(read.parse_rejects, name, rctx)
+            dead_rows.append(rejects.to_table(parse_rows, DEAD_LETTER_SCHEMA))
             table, rejected = self._apply_contract(name, read, rctx, dead_rows)
             counts = {
                 "rows_in": read.rows_in,
@@ -268,6 +270,7 @@ class _Runner:
                 name, f"SELECT * EXCLUDE ({', '.join(META_COLUMNS)}) FROM {quote_ident(table)}"
             )
             valid[name] = table
+            self.source_tables.add(table)
         return valid
 
     def _apply_contract(
@@ -275,7 +278,7 @@ class _Runner:
         name: str,
         read: SourceRead,
         rctx: rejects.RejectContext,
-        dead_rows: list[dict[str, Any]],
+        dead_rows: list[pa.Table],
     ) -> tuple[str, int]:
         contract = self.pipeline.sources[name].contract
         if contract is None:
@@ -288,9 +291,12 @@ class _Runner:
             pii=self.pipeline.pii,
             masked_payload=self._payload_sql,
         )
-        dead_rows.extend(
-            rejects.contract_rejects_rows(self.ctx.engine, result.rejected, name, rctx)
+        dead_rows.append(
+            rejects.contract_rejects_table(
+                self.ctx.engine, result.rejected, name, rctx, DEAD_LETTER_SCHEMA
+            )
         )
+        self._drop(read.table, *read.temp_tables, result.rejected)
         self.accounting.rows_warned += (
             result.rows_warned if name == self.pipeline.primary_source else 0
         )
@@ -335,6 +341,8 @@ class _Runner:
                 deduplicated=out.deduplicated,
                 filtered=out.filtered,
             )
+            if out.table != table:
+                self._drop(table)
             table = out.table
         return table
 
@@ -348,18 +356,24 @@ class _Runner:
             for c in columns
         ]
         self.ctx.events.emit("progress", stage="masking and staging")
-        return self.ctx.engine.create_table(
+        staged = self.ctx.engine.create_table(
             self.ctx.engine.new_name("staged"),
             f"SELECT {', '.join(select)} FROM {quote_ident(table)}",
             purpose="stage the result",
         )
+        self._drop(table)
+        return staged
 
-    def _write_dead_letters(self, rows: list[dict[str, Any]], run_key: str) -> None:
+    def _drop(self, *tables: str) -> None:
+        """Free intermediate tables; a source's valid rows stay (steps join them by name)."""
+        self.ctx.engine.drop(*(t for t in tables if t not in self.source_tables))
+
+    def _write_dead_letters(self, rows: list[pa.Table], run_key: str) -> None:
         config = self.pipeline.dead_letter
         uri = self.ctx.resolve(config.path) if config else str(self.ctx.state_dir / "dead_letter")
         table = DeadLetterTable(uri, config.storage_options if config else {})
-        data = rejects.to_table(rows, DEAD_LETTER_SCHEMA)
-        self.result.dead_rows = rows
+        data = rejects.combine(rows, DEAD_LETTER_SCHEMA)
+        self.result.dead_letters = data
         if self.options.is_replay:
             self.result.dead_letter_uri = uri
             return

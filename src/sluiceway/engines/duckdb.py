@@ -115,6 +115,16 @@ class DuckDBEngine:
         finally:
             self.con.unregister(view)
 
+    def drop(self, *names: str) -> None:
+        """Drop temp tables or views by name; names that do not exist are ignored."""
+        for name in names:
+            kinds = self.execute(
+                "SELECT table_type FROM information_schema.tables WHERE table_name = ?", [name]
+            ).fetchall()
+            for (kind,) in kinds:
+                noun = "VIEW" if kind == "VIEW" else "TABLE"
+                self.run(f"DROP {noun} IF EXISTS {quote_ident(name)}", purpose=f"drop {name}")
+
     def count(self, table: str) -> int:
         """Row count of a table or view."""
         return int(

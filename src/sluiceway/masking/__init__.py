@@ -20,7 +20,7 @@ Usage::
 
 from __future__ import annotations
 
-from sluiceway.masking.crypto import decrypt_token, decrypt_value, encrypt_value
+from sluiceway.masking.crypto import decrypt_token, decrypt_value, encrypt_value, encrypt_values
 from sluiceway.masking.keys import MaskKeys, check_keys, required_keys
 from sluiceway.masking.methods import MASK_METHODS, MaskMethod
 from sluiceway.masking.sql import mask_sql, register_functions
@@ -33,6 +33,7 @@ __all__ = [
     "decrypt_token",
     "decrypt_value",
     "encrypt_value",
+    "encrypt_values",
     "mask_sql",
     "register_functions",
     "required_keys",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,6 +36,13 @@ def encrypt_value(plaintext: bytes, key: bytes) -> bytes:
     """
     _check_key(key)
     return _encrypt(AESGCM(key), plaintext, key)
+
+
+def encrypt_values(plaintexts: Iterable[bytes], key: bytes) -> list[bytes]:
+    """encrypt_value for many values with one cipher instance (dead-letter payloads)."""
+    _check_key(key)
+    aes = AESGCM(key)
+    return [_encrypt(aes, plaintext, key) for plaintext in plaintexts]
 
 
 def decrypt_value(token: bytes, key: bytes) -> bytes:

@@ -157,11 +157,7 @@ def read_csv(
         f"strict_mode=true, null_padding=false)"
     )
     table = engine.new_name("csv")
-    engine.create_table(
-        table,
-        f"SELECT *, {quote_literal(display)} AS {ROW_FILE}, row_number() OVER () AS {ROW_NUMBER} FROM {reader}",
-        purpose=f"read CSV {display}",
-    )
+    engine.create_table(table, f"SELECT * FROM {reader}", purpose=f"read CSV {display}")
     errors = engine.execute(
         f"SELECT line, min(line_byte_position), first(csv_line), string_agg(DISTINCT error_message, '; ') "
         f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line",
@@ -180,8 +176,18 @@ def read_csv(
     engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
     engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
     records = engine.count(table) + len(rejects_out)
-    return FileRead(
-        f"SELECT * FROM {quote_ident(table)}", records, rejects_out, temp_tables=[table]
+    return FileRead(_numbered(table, display), records, rejects_out, temp_tables=[table])
+
+
+def _numbered(table: str, display: str) -> str:
+    """Rows of a table loaded in file order, with the file and their 1-based number.
+
+    DuckDB keeps insertion order, so rowid follows the file; a window function would
+    number the same rows but forces the read onto one thread.
+    """
+    return (
+        f"SELECT *, {quote_literal(display)} AS {ROW_FILE}, rowid + 1 AS {ROW_NUMBER} "
+        f"FROM {quote_ident(table)}"
     )
 
 
@@ -323,10 +329,17 @@ def _json_objects(
         f"SELECT {columns + ', ' if columns else ''}{quote_literal(display)} AS {ROW_FILE}, {ROW_NUMBER} "
         f"FROM {quote_ident(checked)} WHERE kind = 'OBJECT'"
     )
-    valid = int(
-        engine.fetch_one(f"SELECT count(*) FROM {quote_ident(checked)} WHERE kind = 'OBJECT'")[0]
+    objects = engine.create_table(
+        engine.new_name("objects"), select, purpose=f"extract JSON fields of {display}"
     )
-    return FileRead(select, valid + len(rejects), rejects, temp_tables=[checked])
+    engine.run(f"DROP TABLE IF EXISTS {quote_ident(checked)}")
+    valid = engine.count(objects)
+    return FileRead(
+        f"SELECT * FROM {quote_ident(objects)}",
+        valid + len(rejects),
+        rejects,
+        temp_tables=[objects],
+    )
 
 
 def _json_key(key: str) -> str:
@@ -340,13 +353,10 @@ def read_parquet(
     table = engine.new_name("parquet")
     engine.create_table(
         table,
-        f"SELECT *, {quote_literal(display)} AS {ROW_FILE}, row_number() OVER () AS {ROW_NUMBER} "
-        f"FROM read_parquet({quote_literal(path)})",
+        f"SELECT * FROM read_parquet({quote_literal(path)})",
         purpose=f"read Parquet {display}",
     )
-    return FileRead(
-        f"SELECT * FROM {quote_ident(table)}", engine.count(table), typed=True, temp_tables=[table]
-    )
+    return FileRead(_numbered(table, display), engine.count(table), typed=True, temp_tables=[table])
 
 
 def read_avro(engine: DuckDBEngine, path: str, display: str, compression: Compression) -> FileRead:

@@ -19,7 +19,6 @@ from pydantic import Field
 from sluiceway.core import registry, storage
 from sluiceway.core.context import RunContext, SourceRead
 from sluiceway.core.spec import SourceConfig
-from sluiceway.engines.duckdb import quote_ident
 from sluiceway.errors import SourceError
 from sluiceway.sources import file_formats as ff
 
@@ -84,6 +83,7 @@ class FilesSource:
             else {"files": todo},
             typed=any(read.typed for read in reads),
             fingerprint=_fingerprint(todo),
+            temp_tables=[temp for read in reads for temp in read.temp_tables],
         )
 
     def list_files(self, ctx: RunContext) -> list[str]:
@@ -165,10 +165,7 @@ class FilesSource:
             )
             return
         union = " UNION ALL BY NAME ".join(f"({read.select_sql})" for read in reads)
-        ctx.engine.create_table(table, union, purpose="combine source files")
-        for read in reads:
-            for temp in read.temp_tables:
-                ctx.engine.run(f"DROP TABLE IF EXISTS {quote_ident(temp)}")
+        ctx.engine.create_view(table, union, purpose="combine source files")
 
 
 def _fingerprint(uris: list[str]) -> str:

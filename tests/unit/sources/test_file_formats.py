@@ -480,7 +480,7 @@ def test_rejects_table_has_the_parse_reject_schema_even_when_empty():
     assert table.schema.field("raw").type == pa.binary()
 
 
-def test_readers_leave_no_temp_tables_behind_after_the_union(tmp_path, read_files, engine):
+def test_readers_hand_every_temp_table_to_the_runner_to_drop(tmp_path, read_files, engine):
     write(tmp_path / "in" / "a.csv", b"id\n1\n2,3\n")
     write(tmp_path / "in" / "b.ndjson", b'{"id": 2}\n{"id": "\xff"}\n')
     write(tmp_path / "in" / "c.json", b'[{"id": 3}]')
@@ -490,9 +490,12 @@ def test_readers_leave_no_temp_tables_behind_after_the_union(tmp_path, read_file
 
     read = read_files(str(tmp_path / "in"))
 
-    assert _tables(engine) - before == {read.table}
+    assert _tables(engine) - before == {read.table, *read.temp_tables}
     assert len(read.parse_rejects) == 4
+    engine.drop(read.table, *read.temp_tables)
+    assert _tables(engine) == before
 
 
 def _tables(engine: DuckDBEngine) -> set[str]:
-    return {row[0] for row in engine.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    query = "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views() WHERE NOT internal"
+    return {row[0] for row in engine.execute(query).fetchall()}
