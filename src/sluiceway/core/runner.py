@@ -131,6 +131,7 @@ class _Runner:
         self.started = time.monotonic()
         self.contract_failure: TerminalError | None = None
         self.source_tables: set[str] = set()
+        self.intermediates: list[str] = []
 
     @property
     def pipeline(self) -> Pipeline:
@@ -341,8 +342,7 @@ class _Runner:
                 deduplicated=out.deduplicated,
                 filtered=out.filtered,
             )
-            if out.table != table:
-                self._drop(table)
+            self.intermediates.append(table)
             table = out.table
         return table
 
@@ -361,7 +361,7 @@ class _Runner:
             f"SELECT {', '.join(select)} FROM {quote_ident(table)}",
             purpose="stage the result",
         )
-        self._drop(table)
+        self._drop(table, *reversed(self.intermediates))
         return staged
 
     def _drop(self, *tables: str) -> None:
@@ -369,6 +369,7 @@ class _Runner:
         self.ctx.engine.drop(*(t for t in tables if t not in self.source_tables))
 
     def _write_dead_letters(self, rows: list[pa.Table], run_key: str) -> None:
+        self.ctx.events.emit("progress", stage="writing dead letters")
         config = self.pipeline.dead_letter
         uri = self.ctx.resolve(config.path) if config else str(self.ctx.state_dir / "dead_letter")
         table = DeadLetterTable(uri, config.storage_options if config else {})

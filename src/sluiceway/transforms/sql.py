@@ -9,6 +9,7 @@ from pydantic import Field
 from sluiceway.core import registry
 from sluiceway.core.context import RunContext, StepOutput
 from sluiceway.core.spec import StepConfig
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident
 from sluiceway.errors import StepError
 
 
@@ -37,7 +38,7 @@ class SqlStep:
         """Run the query with `input` bound to `table`."""
         engine = ctx.engine
         engine.create_view("input", f'SELECT * FROM "{table}"')
-        out = engine.create_table(engine.new_name("sql"), self.config.query, purpose="sql step")
+        out = self._create(engine, table, self.config.query)
         before, after = engine.count(table), engine.count(out)
         if self.config.rows == "preserve" and after != before:
             raise StepError(
@@ -51,6 +52,15 @@ class SqlStep:
                 "a filter can only drop rows"
             )
         return StepOutput(out, filtered=before - after)
+
+    def _create(self, engine: DuckDBEngine, table: str, query: str) -> str:
+        """A row-preserving query stays a view (the next stage computes it once); a filter is
+        materialized, since its result is counted and read again."""
+        name = engine.new_name("sql")
+        if self.config.rows == "preserve":
+            bound = f"WITH input AS (SELECT * FROM {quote_ident(table)}) SELECT * FROM ({query.strip().rstrip(';')})"
+            return engine.create_view(name, bound, purpose="sql step")
+        return engine.create_table(name, query, purpose="sql step")
 
 
 registry.register("step", "sql", SqlStepConfig, SqlStep)
