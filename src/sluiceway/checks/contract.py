@@ -67,6 +67,7 @@ class ContractResult:
     rows_rejected: int
     rows_warned: int
     columns: list[str]
+    backing_tables: tuple[str, ...] = ()
 
 
 def cast_sql(column: str, spec: ColumnContract) -> str:
@@ -92,14 +93,19 @@ def cast_sql(column: str, spec: ColumnContract) -> str:
     return f"TRY_CAST({src} AS {_TYPES[spec.type]})"
 
 
-def column_rules(column: str, spec: ColumnContract, *, present: bool, is_pii: bool) -> list[Rule]:
-    """Every rule of one column as SQL conditions, in a stable order."""
+def column_rules(
+    column: str, spec: ColumnContract, *, present: bool, is_pii: bool, typed: str | None = None
+) -> list[Rule]:
+    """Every rule of one column as SQL conditions, in a stable order.
+
+    `typed` names a column that already holds the cast value; without it the rules cast.
+    """
     if not present:
         if spec.required or not spec.nullable:
             reason = quote_literal(f"column '{column}' is missing from the source")
             return [Rule("missing_column", column, "true", reason, True)]
         return []
-    src, cast = quote_ident(column), cast_sql(column, spec)
+    src, cast = quote_ident(column), typed or cast_sql(column, spec)
     shown = _value_sql(src, is_pii)
     rules = [builder(column, spec, src, cast, shown) for builder in _RULE_BUILDERS]
     return [r for group in rules for r in group]
@@ -257,8 +263,9 @@ def apply_contract(
 ) -> ContractResult:
     """Split `table` into valid rows (typed) and rejected rows (with every failed rule).
 
-    The rules run once, over every row, to find the rejected ones; the valid rows are the
-    rest (an anti-join on file and row), cast to their contract types.
+    One pass over every row casts each column once and flags the rows that break a rule;
+    the valid rows are a view over the unflagged ones. A second pass builds the list of
+    failed rules, the payload and the raw record for the flagged rows only.
 
     Args:
         engine: the run's engine.
@@ -268,63 +275,107 @@ def apply_contract(
         masked_payload: columns → SQL of a JSON payload with PII columns masked.
 
     Returns:
-        The two new tables and their counts. The rejected table has __sw_file, __sw_row,
-        __sw_errors (list of {rule, column, reason}), payload and raw (JSON text).
+        The valid view (and the table behind it), the rejected table and the counts. The
+        rejected table has __sw_file, __sw_row, __sw_errors (list of {rule, column, reason}),
+        payload and raw (JSON text).
     """
     present = [c for c, _ in engine.columns(table) if c not in META_COLUMNS]
-    rules, output = _plan(contract, present, pii)
-    hard = (
-        " OR ".join(
-            f"coalesce({r.condition}, false)"
-            for r in rules
-            if r.is_hard or contract.on_violation != "warn"
-        )
-        or "false"
+    flagged = _flag(engine, table, contract, present, pii, masked_payload)
+    extra = "__sw_bad, __sw_warn, __sw_errors, __sw_payload, __sw_raw"
+    valid = engine.create_view(
+        engine.new_name("valid"),
+        f"SELECT * EXCLUDE ({extra}) FROM {quote_ident(flagged)} WHERE NOT __sw_bad",
     )
-    soft = " OR ".join(f"coalesce({r.condition}, false)" for r in rules if not r.is_hard) or "false"
-    source_cols = ", ".join(quote_ident(c) for c in present)
+    rejected = engine.create_table(
+        engine.new_name("rejected"),
+        f"SELECT {ROW_FILE}, {ROW_NUMBER}, __sw_errors AS {ROW_ERRORS}, __sw_payload AS payload, "
+        f"__sw_raw AS raw FROM {quote_ident(flagged)} WHERE __sw_bad",
+        purpose="collect contract violations",
+    )
+    rows_valid, warned = engine.fetch_one(
+        f"SELECT count(*) FILTER (WHERE NOT __sw_bad), count(*) FILTER (WHERE __sw_warn AND NOT __sw_bad) "
+        f"FROM {quote_ident(flagged)}",
+        purpose="count contract results",
+    )
+    names = [c for c, _ in engine.columns(valid) if c not in META_COLUMNS]
+    return ContractResult(
+        valid, rejected, int(rows_valid), engine.count(rejected), int(warned), names, (flagged,)
+    )
+
+
+def _conditions(rules: list[Rule], contract: Contract) -> tuple[str, str]:
+    """(hard, soft): SQL of the rules that reject a row, and of those that only warn."""
+    rejecting = [r for r in rules if r.is_hard or contract.on_violation != "warn"]
+    warning = [r for r in rules if not r.is_hard and contract.on_violation == "warn"]
+    hard = " OR ".join(f"coalesce({r.condition}, false)" for r in rejecting) or "false"
+    soft = " OR ".join(f"coalesce({r.condition}, false)" for r in warning) or "false"
+    return hard, soft
+
+
+def _typed_name(column: str) -> str:
+    return quote_ident(f"__sw_t_{column}")
+
+
+def _flag(
+    engine: DuckDBEngine,
+    table: str,
+    contract: Contract,
+    present: list[str],
+    pii: Mapping[str, str],
+    masked_payload: Callable[[list[str]], str],
+) -> str:
+    """One pass: cast every column once, flag the rows that break a rule, and for those rows
+    only (CASE is evaluated lazily) the list of failed rules, the masked payload and the raw
+    record."""
+    typed = [_typed_name(c) for c in contract.columns if c in present]
+    casts = [
+        f"{cast_sql(c, spec)} AS {_typed_name(c)}"
+        for c, spec in contract.columns.items()
+        if c in present
+    ]
+    raw_cols = [quote_ident(c) for c in present]
+    rules, output = _plan(contract, present, pii, typed=True)
+    hard, soft = _conditions(rules, contract)
     errors = (
         "list_filter([" + ", ".join(_rule_struct(r) for r in rules) + "], lambda e: e IS NOT NULL)"
         if rules
         else "[]"
     )
-    raw = f"to_json(struct_pack({source_cols}))::VARCHAR" if present else "'{}'"
-    rejected = engine.create_table(
-        engine.new_name("rejected"),
-        f"SELECT {ROW_FILE}, {ROW_NUMBER}, {errors} AS {ROW_ERRORS}, {masked_payload(present)} AS payload, "
-        f"{raw} AS raw FROM {quote_ident(table)} WHERE {hard}",
-        purpose="collect contract violations",
+    raw = f"to_json(struct_pack({', '.join(raw_cols)}))::VARCHAR" if present else "'{}'"
+    cast_level = (
+        f"SELECT {', '.join([*raw_cols, *casts, ROW_FILE, ROW_NUMBER])} FROM {quote_ident(table)}"
     )
-    valid = engine.create_table(
-        engine.new_name("valid"),
-        f"SELECT {', '.join(output)}, {ROW_FILE}, {ROW_NUMBER} FROM {quote_ident(table)} "
-        f"ANTI JOIN (SELECT {ROW_FILE} AS __sw_rf, {ROW_NUMBER} AS __sw_rr FROM {quote_ident(rejected)}) "
-        f"ON {ROW_FILE} = __sw_rf AND {ROW_NUMBER} = __sw_rr",
+    flag_level = (
+        f"SELECT {', '.join([*raw_cols, *typed, ROW_FILE, ROW_NUMBER])}, ({hard}) AS __sw_bad, "
+        f"({soft}) AS __sw_warn FROM ({cast_level})"
+    )
+    return engine.create_table(
+        engine.new_name("flagged"),
+        f"SELECT {', '.join(output)}, {ROW_FILE}, {ROW_NUMBER}, __sw_bad, __sw_warn, "
+        f"CASE WHEN __sw_bad THEN {errors} END AS __sw_errors, "
+        f"CASE WHEN __sw_bad THEN {masked_payload(present)} END AS __sw_payload, "
+        f"CASE WHEN __sw_bad THEN {raw} END AS __sw_raw FROM ({flag_level})",
         purpose="apply the contract",
-    )
-    warned = 0
-    if contract.on_violation == "warn" and soft != "false":
-        warned = int(
-            engine.fetch_one(
-                f"SELECT count(*) FROM {quote_ident(table)} WHERE ({soft}) AND NOT ({hard})"
-            )[0]
-        )
-    names = [c for c, _ in engine.columns(valid) if c not in META_COLUMNS]
-    return ContractResult(
-        valid, rejected, engine.count(valid), engine.count(rejected), warned, names
     )
 
 
 def _plan(
-    contract: Contract, present: list[str], pii: Mapping[str, str]
+    contract: Contract, present: list[str], pii: Mapping[str, str], *, typed: bool
 ) -> tuple[list[Rule], list[str]]:
     rules: list[Rule] = []
     output: list[str] = []
     for column, spec in contract.columns.items():
         is_present = column in present
-        rules.extend(column_rules(column, spec, present=is_present, is_pii=column in pii))
-        cast = cast_sql(column, spec) if is_present else f"NULL::{_TYPES.get(spec.type, 'VARCHAR')}"
-        output.append(f"{cast} AS {quote_ident(column)}")
+        ref = _typed_name(column) if typed and is_present else None
+        rules.extend(
+            column_rules(column, spec, present=is_present, is_pii=column in pii, typed=ref)
+        )
+        value = (
+            (ref or cast_sql(column, spec))
+            if is_present
+            else f"NULL::{_TYPES.get(spec.type, 'VARCHAR')}"
+        )
+        output.append(f"{value} AS {quote_ident(column)}")
     for column in (c for c in present if c not in contract.columns):
         if contract.evolution == "evolve":
             output.append(quote_ident(column))

@@ -132,6 +132,7 @@ class _Runner:
         self.contract_failure: TerminalError | None = None
         self.source_tables: set[str] = set()
         self.intermediates: list[str] = []
+        self.staged: pa.Table = pa.table({})
 
     @property
     def pipeline(self) -> Pipeline:
@@ -194,7 +195,7 @@ class _Runner:
         valid = self._validate_sources(reads, run_key, dead_rows)
         table = self._apply_steps(valid[self.pipeline.primary_source])
         staged = self._stage(table)
-        self.accounting.rows_written = engine.count(staged)
+        self.accounting.rows_written = self.staged.num_rows
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
         self._audit(staged)
@@ -298,6 +299,7 @@ class _Runner:
             )
         )
         self._drop(read.table, *read.temp_tables, result.rejected)
+        self.source_tables.update(result.backing_tables)
         self.accounting.rows_warned += (
             result.rows_warned if name == self.pipeline.primary_source else 0
         )
@@ -347,7 +349,11 @@ class _Runner:
         return table
 
     def _stage(self, table: str) -> str:
-        """Drop bookkeeping columns and mask PII: the staged table is what checks and sinks see."""
+        """Drop bookkeeping columns and mask PII into an Arrow table: what checks and sinks see.
+
+        The staged rows leave DuckDB once, as Arrow; checks query them in place (a view over
+        the Arrow table) and the sinks write the same table.
+        """
         columns = [c for c, _ in self.ctx.engine.columns(table) if c not in META_COLUMNS]
         select = [
             f"{masking.mask_sql(self.pipeline.pii[c], quote_ident(c), self.keys)} AS {quote_ident(c)}"
@@ -356,13 +362,11 @@ class _Runner:
             for c in columns
         ]
         self.ctx.events.emit("progress", stage="masking and staging")
-        staged = self.ctx.engine.create_table(
-            self.ctx.engine.new_name("staged"),
-            f"SELECT {', '.join(select)} FROM {quote_ident(table)}",
-            purpose="stage the result",
+        self.staged = self.ctx.engine.fetch_arrow(
+            f"SELECT {', '.join(select)} FROM {quote_ident(table)}", purpose="stage the result"
         )
         self._drop(table, *reversed(self.intermediates))
-        return staged
+        return self.ctx.engine.register_view(self.ctx.engine.new_name("staged"), self.staged)
 
     def _drop(self, *tables: str) -> None:
         """Free intermediate tables; a source's valid rows stay (steps join them by name)."""
@@ -421,7 +425,7 @@ class _Runner:
         folder = self.ctx.state_dir / "staging" / self.ctx.run_id
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(
-            self.ctx.engine.fetch_arrow(f"SELECT * FROM {quote_ident(staged)}"),
+            self.staged,
             folder / "staged.parquet",
             compression="zstd",
         )
@@ -436,9 +440,7 @@ class _Runner:
         if self.accounting.rows_in == 0:
             self.ctx.events.emit("commit_skipped", reason="no new input")
             return
-        data: pa.Table = self.ctx.engine.fetch_arrow(
-            f"SELECT * FROM {quote_ident(staged)}", purpose="fetch staged"
-        )
+        data: pa.Table = self.staged
         metadata = {
             "sluice.pipeline": self.pipeline.pipeline,
             "sluice.run_id": self.ctx.run_id,

@@ -125,6 +125,11 @@ class DuckDBEngine:
                 noun = "VIEW" if kind == "VIEW" else "TABLE"
                 self.run(f"DROP {noun} IF EXISTS {quote_ident(name)}", purpose=f"drop {name}")
 
+    def register_view(self, name: str, data: pa.Table) -> str:
+        """Make an Arrow table queryable as `name` without copying it into DuckDB."""
+        self.con.register(name, data)
+        return name
+
     def count(self, table: str) -> int:
         """Row count of a table or view."""
         return int(
