@@ -10,9 +10,7 @@ import os
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -22,10 +20,7 @@ import pytest
 from deltalake import DeltaTable
 
 from sluiceway.core.context import RunContext, WriteRequest
-from sluiceway.core.events import EventBus
-from sluiceway.core.spec import Pipeline
 from sluiceway.core.storage import arrow_filesystem, delta_storage_options
-from sluiceway.engines.duckdb import DuckDBEngine
 from sluiceway.errors import SinkError
 from sluiceway.sinks.dead_letter import DEAD_LETTER_SCHEMA, DeadLetterTable
 from sluiceway.sinks.delta import DeltaSink, DeltaSinkConfig
@@ -70,38 +65,6 @@ def bucket(s3_endpoint: str) -> str:
 @pytest.fixture
 def prefix(bucket: str) -> str:
     return f"s3://{bucket}/{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def engine() -> Iterator[DuckDBEngine]:
-    duck = DuckDBEngine()
-    yield duck
-    duck.close()
-
-
-def make_ctx(tmp_path: Path, engine: DuckDBEngine, pipeline: str = "orders") -> RunContext:
-    spec = Pipeline.model_validate(
-        {
-            "version": 1,
-            "pipeline": pipeline,
-            "sources": {"orders": {"type": "files"}},
-            "sinks": [{"type": "delta"}],
-        }
-    )
-    return RunContext(
-        pipeline=spec,
-        run_id="run-1",
-        logical_date=date(2024, 1, 2),
-        engine=engine,
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".sluice",
-        events=EventBus(pipeline, "run-1"),
-    )
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, engine: DuckDBEngine) -> RunContext:
-    return make_ctx(tmp_path, engine)
 
 
 def request(data: pa.Table, key: str, positions: dict[str, Any] | None = None) -> WriteRequest:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -40,13 +39,6 @@ class Outcome:
 
     def kept(self, column: str) -> list[Any]:
         return [row[column] for row in self.valid]
-
-
-@pytest.fixture
-def engine() -> Iterator[DuckDBEngine]:
-    duck = DuckDBEngine()
-    yield duck
-    duck.close()
 
 
 def source(engine: DuckDBEngine, columns: dict[str, list[str | None]]) -> str:

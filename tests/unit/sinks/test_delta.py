@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,51 +13,16 @@ from deltalake import DeltaTable
 from pydantic import ValidationError
 
 from sluiceway.core.context import RunContext, WriteRequest
-from sluiceway.core.events import EventBus
-from sluiceway.core.spec import Pipeline
 from sluiceway.core.storage import (
     arrow_filesystem,
     delta_storage_options,
     merge_positions,
     redact,
 )
-from sluiceway.engines.duckdb import DuckDBEngine
 from sluiceway.errors import ConfigError, SinkError
 from sluiceway.sinks.delta import DeltaSink, DeltaSinkConfig, app_id, replace_predicate
 
 LOGICAL_DATE = date(2024, 1, 2)
-
-
-@pytest.fixture
-def engine() -> Iterator[DuckDBEngine]:
-    duck = DuckDBEngine()
-    yield duck
-    duck.close()
-
-
-def make_ctx(tmp_path: Path, engine: DuckDBEngine, pipeline: str = "orders") -> RunContext:
-    spec = Pipeline.model_validate(
-        {
-            "version": 1,
-            "pipeline": pipeline,
-            "sources": {"orders": {"type": "files"}},
-            "sinks": [{"type": "delta"}],
-        }
-    )
-    return RunContext(
-        pipeline=spec,
-        run_id="run-1",
-        logical_date=LOGICAL_DATE,
-        engine=engine,
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".sluice",
-        events=EventBus(pipeline, "run-1"),
-    )
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, engine: DuckDBEngine) -> RunContext:
-    return make_ctx(tmp_path, engine)
 
 
 def request(
@@ -180,7 +145,7 @@ def test_every_commit_carries_metadata_positions_and_key(ctx: RunContext, tmp_pa
 
 
 def test_committed_positions_union_files_and_keep_the_latest_cursor(
-    ctx: RunContext, tmp_path: Path, engine: DuckDBEngine
+    ctx: RunContext, make_ctx: Callable[..., RunContext]
 ) -> None:
     delta = sink()
     delta.write(
@@ -199,7 +164,7 @@ def test_committed_positions_union_files_and_keep_the_latest_cursor(
             positions={"orders": {"files": ["c.csv", "a.csv"]}, "api": {"cursor": "2024-01-02"}},
         ),
     )
-    other = make_ctx(tmp_path, engine, pipeline="returns")
+    other = make_ctx(pipeline="returns")
     delta.write(other, request(orders([3]), key="k3", positions={"orders": {"files": ["z.csv"]}}))
 
     assert delta.committed_positions(ctx) == {

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from datetime import date
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from sluiceway.core.context import RunContext, WriteRequest
-from sluiceway.core.events import EventBus
-from sluiceway.core.spec import Pipeline
-from sluiceway.engines.duckdb import DuckDBEngine
 from sluiceway.errors import SinkError
 from sluiceway.sinks.parquet import ParquetSink, ParquetSinkConfig, file_key
-
-
-@pytest.fixture
-def engine() -> Iterator[DuckDBEngine]:
-    duck = DuckDBEngine()
-    yield duck
-    duck.close()
-
-
-def make_ctx(tmp_path: Path, engine: DuckDBEngine, pipeline: str = "orders") -> RunContext:
-    spec = Pipeline.model_validate(
-        {
-            "version": 1,
-            "pipeline": pipeline,
-            "sources": {"orders": {"type": "files"}},
-            "sinks": [{"type": "parquet"}],
-        }
-    )
-    return RunContext(
-        pipeline=spec,
-        run_id="run-1",
-        logical_date=date(2024, 1, 2),
-        engine=engine,
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".sluice",
-        events=EventBus(pipeline, "run-1"),
-    )
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, engine: DuckDBEngine) -> RunContext:
-    return make_ctx(tmp_path, engine)
 
 
 def request(
@@ -126,7 +90,7 @@ def test_appends_with_different_keys_both_land(ctx: RunContext, tmp_path: Path) 
 
 
 def test_positions_round_trip_through_sidecars(
-    ctx: RunContext, tmp_path: Path, engine: DuckDBEngine
+    ctx: RunContext, make_ctx: Callable[..., RunContext], tmp_path: Path
 ) -> None:
     parquet = sink(partition_by=["day"])
     parquet.write(
@@ -135,7 +99,7 @@ def test_positions_round_trip_through_sidecars(
     parquet.write(
         ctx, request(orders([2]), "k2", {"orders": {"files": ["b.csv"]}, "api": {"cursor": 2}})
     )
-    other = make_ctx(tmp_path, engine, pipeline="returns")
+    other = make_ctx(pipeline="returns", sink="parquet")
     parquet.write(other, request(orders([3]), "k3", {"orders": {"files": ["z.csv"]}}))
 
     assert parquet.committed_positions(ctx) == {

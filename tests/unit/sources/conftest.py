@@ -1,46 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from datetime import date
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from sluiceway.core.context import RunContext, SourceRead
-from sluiceway.core.events import EventBus
-from sluiceway.core.spec import Pipeline, SinkConfig, SourceConfig
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident
 from sluiceway.sources.files import FilesSource, FilesSourceConfig
 
 ReadFiles = Callable[..., SourceRead]
 FetchRows = Callable[[str], list[dict[str, Any]]]
-
-
-@pytest.fixture
-def engine() -> Iterator[DuckDBEngine]:
-    duck = DuckDBEngine()
-    yield duck
-    duck.close()
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, engine: DuckDBEngine) -> RunContext:
-    spec = Pipeline(
-        version=1,
-        pipeline="orders",
-        sources={"orders": SourceConfig(type="files")},
-        sinks=[SinkConfig(type="delta")],
-    )
-    return RunContext(
-        pipeline=spec,
-        run_id="run-1",
-        logical_date=date(2024, 1, 2),
-        engine=engine,
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".sluice",
-        events=EventBus("orders", "run-1"),
-    )
 
 
 @pytest.fixture
