@@ -70,7 +70,10 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--run", "run_id", required=True, help="The run whose dead letters to replay.")
 @click.option(
-    "--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), help="Logical date of the replay run."
+    "--date",
+    "run_date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Logical date of the replay run (default: the date of the run replayed).",
 )
 @click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
 def replay(spec: str, run_id: str, run_date: Any, state_dir: str | None) -> None:

@@ -163,7 +163,9 @@ def _bounds(column: str, spec: ColumnContract, src: str, cast: str, shown: str) 
 def _values(column: str, spec: ColumnContract, src: str, cast: str, shown: str) -> list[Rule]:
     if not spec.values:
         return []
-    listed = ", ".join(_literal(v) for v in spec.values)
+    # A string column compares as text: '01' is not 1, and 'oops' must not fail a cast.
+    as_text = spec.type in ("string", "json")
+    listed = ", ".join(quote_literal(_text(v)) if as_text else _literal(v) for v in spec.values)
     allowed = ", ".join(str(v) for v in spec.values)[:200].replace("'", "''")
     return [
         Rule(
@@ -238,12 +240,21 @@ _RULE_BUILDERS: list[Callable[[str, ColumnContract, str, str, str], list[Rule]]]
 ]
 
 
+def is_pii(column: str, pii: Mapping[str, str]) -> bool:
+    """True when `column` is declared PII; DuckDB names are case-insensitive, so is this."""
+    return column.casefold() in {name.casefold() for name in pii}
+
+
 def _literal(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     return quote_literal(str(value))
+
+
+def _text(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _rule_struct(rule: Rule) -> str:
@@ -368,7 +379,7 @@ def _plan(
         is_present = column in present
         ref = _typed_name(column) if typed and is_present else None
         rules.extend(
-            column_rules(column, spec, present=is_present, is_pii=column in pii, typed=ref)
+            column_rules(column, spec, present=is_present, is_pii=is_pii(column, pii), typed=ref)
         )
         value = (
             (ref or cast_sql(column, spec))

@@ -83,7 +83,13 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
             fingerprint=fingerprint,
         )
 
-    result = run_pipeline(pipeline, with_changes(options, source_override=override, is_replay=True))
+    # The rows belong to the run they came from: its date, not today's (logical_date() in the
+    # steps, the partition, and the idempotency key a retried replay must find again).
+    logical_date = options.logical_date or letters["logical_date"][0].as_py()
+    result = run_pipeline(
+        pipeline,
+        with_changes(options, logical_date=logical_date, source_override=override, is_replay=True),
+    )
     if not result.ok:
         return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result)
     failing = {

@@ -115,7 +115,7 @@ class _Runner:
             pipeline=pipeline,
             run_id=run_id,
             logical_date=options.logical_date or datetime.now(UTC).date(),
-            engine=DuckDBEngine(threads=options.threads),
+            engine=DuckDBEngine(threads=options.threads, redact_values=bool(pipeline.pii)),
             base_dir=base_dir,
             state_dir=Path(state_dir).resolve(),
             events=EventBus(pipeline.pipeline, run_id),
@@ -317,13 +317,18 @@ class _Runner:
     def _payload_sql(self, columns: list[str]) -> str:
         if not columns:
             return "'{}'"
-        parts = [
-            f"{quote_ident(c)} := {masking.mask_sql(self.pipeline.pii[c], quote_ident(c), self.keys)}"
-            if c in self.pipeline.pii
-            else f"{quote_ident(c)} := {quote_ident(c)}"
-            for c in columns
-        ]
+        parts = [f"{quote_ident(c)} := {self._masked(c)}" for c in columns]
         return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
+
+    def _masked(self, column: str) -> str:
+        """The SQL of `column`, masked when it is PII (matched as DuckDB matches names)."""
+        methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
+        method = methods.get(column.casefold())
+        return (
+            quote_ident(column)
+            if method is None
+            else masking.mask_sql(method, quote_ident(column), self.keys)
+        )
 
     def _apply_steps(self, table: str) -> str:
         for index, config in enumerate(self.pipeline.steps):
@@ -355,12 +360,7 @@ class _Runner:
         the Arrow table) and the sinks write the same table.
         """
         columns = [c for c, _ in self.ctx.engine.columns(table) if c not in META_COLUMNS]
-        select = [
-            f"{masking.mask_sql(self.pipeline.pii[c], quote_ident(c), self.keys)} AS {quote_ident(c)}"
-            if c in self.pipeline.pii
-            else quote_ident(c)
-            for c in columns
-        ]
+        select = [f"{self._masked(c)} AS {quote_ident(c)}" for c in columns]
         self.ctx.events.emit("progress", stage="masking and staging")
         self.staged = self.ctx.engine.fetch_arrow(
             f"SELECT {', '.join(select)} FROM {quote_ident(table)}", purpose="stage the result"

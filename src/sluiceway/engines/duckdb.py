@@ -8,6 +8,7 @@ errors into sluiceway errors with the statement's purpose in the message.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,10 @@ import duckdb
 import pyarrow as pa
 
 from sluiceway.errors import StepError
+
+# Masking puts keys and salts in SQL as hex blobs; DuckDB quotes values and SQL in messages.
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]{32,}")
+_QUOTED_VALUE = re.compile(r"'(?:[^']|'')*'")
 
 
 def quote_ident(name: str) -> str:
@@ -33,10 +38,18 @@ class DuckDBEngine:
     Args:
         threads: worker threads DuckDB may use (None: DuckDB's default).
         memory_limit: e.g. '8GB' (None: DuckDB's default).
+        redact_values: hide quoted values in error messages (the data holds PII).
     """
 
-    def __init__(self, *, threads: int | None = None, memory_limit: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+        redact_values: bool = False,
+    ) -> None:
         self.con = duckdb.connect(":memory:")
+        self.redact_values = redact_values
         self.statements = 0
         self._names = itertools.count(1)
         self.con.execute("SET TimeZone = 'UTC'")
@@ -56,7 +69,16 @@ class DuckDBEngine:
         try:
             return self.con.execute(sql, params) if params else self.con.execute(sql)
         except duckdb.Error as exc:
-            raise StepError(f"{purpose} failed: {exc}", context={"sql": _clip(sql)}) from exc
+            raise self._failure(purpose, exc, sql) from exc
+
+    def _failure(self, purpose: str, exc: duckdb.Error, sql: str) -> StepError:
+        """A StepError that never carries a secret (hex blobs) nor, when asked, a data value."""
+        message = _HEX_RUN.sub("…", str(exc))
+        if self.redact_values:
+            message = _QUOTED_VALUE.sub("'…'", message)
+        return StepError(
+            f"{purpose} failed: {message}", context={"sql": _clip(_HEX_RUN.sub("…", sql))}
+        )
 
     def run(self, sql: str, *, purpose: str = "statement") -> None:
         """Run a statement whose result is not needed (DDL, SET) and finish it."""
@@ -68,7 +90,7 @@ class DuckDBEngine:
         try:
             return self.con.sql(sql).to_arrow_table()
         except duckdb.Error as exc:
-            raise StepError(f"{purpose} failed: {exc}", context={"sql": _clip(sql)}) from exc
+            raise self._failure(purpose, exc, sql) from exc
 
     def fetch_reader(
         self, sql: str, *, batch_rows: int = 1_000_000, purpose: str = "query"
@@ -78,7 +100,7 @@ class DuckDBEngine:
         try:
             return self.con.sql(sql).to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
-            raise StepError(f"{purpose} failed: {exc}", context={"sql": _clip(sql)}) from exc
+            raise self._failure(purpose, exc, sql) from exc
 
     def fetch_one(self, sql: str, *, purpose: str = "query") -> tuple[Any, ...]:
         """Run a query that returns one row."""

@@ -11,6 +11,7 @@ import fnmatch
 import glob
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,7 +83,7 @@ class FilesSource:
             if self.config.incremental
             else {"files": todo},
             typed=any(read.typed for read in reads),
-            fingerprint=_fingerprint(todo),
+            fingerprint=_fingerprint(todo, self._stat),
             temp_tables=[temp for read in reads for temp in read.temp_tables],
         )
 
@@ -124,6 +125,15 @@ class FilesSource:
         if has_glob:
             files = [f for f in files if fnmatch.fnmatch(f, path)]
         return [f"{scheme}://{f}" for f in sorted(files)]
+
+    def _stat(self, uri: str) -> tuple[int | None, int | None]:
+        """(size, modification time in ns) of a local or remote file."""
+        if not storage.is_remote(uri):
+            stat = os.stat(uri)
+            return stat.st_size, stat.st_mtime_ns
+        fs, path = storage.arrow_filesystem(uri, self.config.storage_options)
+        info = fs.get_file_info(path)
+        return info.size, info.mtime_ns
 
     def _read_one(self, ctx: RunContext, uri: str) -> ff.FileRead:
         local = self._localize(ctx, uri)
@@ -168,14 +178,13 @@ class FilesSource:
         ctx.engine.create_view(table, union, purpose="combine source files")
 
 
-def _fingerprint(uris: list[str]) -> str:
-    """Identifies the files read: path, and for local files size and modification time."""
+def _fingerprint(uris: list[str], stat: Callable[[str], tuple[int | None, int | None]]) -> str:
+    """Identifies the files read: path, size and modification time (local or remote: an
+    object rewritten under the same key is new input, not a committed one)."""
     digest = hashlib.sha256()
     for uri in uris:
-        digest.update(uri.encode())
-        if not storage.is_remote(uri):
-            stat = os.stat(uri)
-            digest.update(f":{stat.st_size}:{stat.st_mtime_ns}|".encode())
+        size, mtime_ns = stat(uri)
+        digest.update(f"{uri}:{size}:{mtime_ns}|".encode())
     return digest.hexdigest()[:20]
 
 

@@ -58,7 +58,9 @@ class SqlStep:
         materialized, since its result is counted and read again."""
         name = engine.new_name("sql")
         if self.config.rows == "preserve":
-            bound = f"WITH input AS (SELECT * FROM {quote_ident(table)}) SELECT * FROM ({query.strip().rstrip(';')})"
+            # The newline ends a trailing `-- comment` before the closing parenthesis.
+            body = query.strip().rstrip(";")
+            bound = f"WITH input AS (SELECT * FROM {quote_ident(table)}) SELECT * FROM ({body}\n)"
             return engine.create_view(name, bound, purpose="sql step")
         return engine.create_table(name, query, purpose="sql step")
 
