@@ -39,6 +39,9 @@ from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import ConfigError, GateFailed, SluicewayError, TerminalError
 from sluiceway.sinks.dead_letter import DEAD_LETTER_SCHEMA, DeadLetterTable
 
+PII_GUARD_SAMPLE = 1000
+PII_GUARD_MIN_VALUES = 20
+
 
 @dataclass
 class RunResult:
@@ -194,6 +197,7 @@ class _Runner:
         dead_rows: list[pa.Table] = []
         valid = self._validate_sources(reads, run_key, dead_rows)
         table = self._apply_steps(valid[self.pipeline.primary_source])
+        self._guard_renamed_pii(table, valid)
         staged = self._stage(table)
         self.accounting.rows_written = self.staged.num_rows
         self._write_dead_letters(dead_rows, run_key)
@@ -329,6 +333,68 @@ class _Runner:
             if method is None
             else masking.mask_sql(method, quote_ident(column), self.keys)
         )
+
+    def _guard_renamed_pii(self, table: str, valid: dict[str, str]) -> None:
+        """Fail when a column that will not be masked carries the values of a PII column.
+
+        Masking goes by output column name, so a step that renames or copies a PII column
+        (`SELECT email AS contact`) would publish it in clear. A sample of each PII column's
+        distinct values is looked up in every unmasked text column of the result; a column
+        holding most of them is refused. PII columns with fewer than
+        PII_GUARD_MIN_VALUES distinct values are too coarse to tell and are not sampled.
+        """
+        if not self.pipeline.pii or not self.pipeline.steps:
+            return
+        engine = self.ctx.engine
+        pii = {name.casefold() for name in self.pipeline.pii}
+        candidates = [
+            c
+            for c, kind in engine.columns(table)
+            if kind == "VARCHAR" and c.casefold() not in pii and c not in META_COLUMNS
+        ]
+        if not candidates:
+            return
+        for source, source_table in valid.items():
+            for column, _ in engine.columns(source_table):
+                if column.casefold() in pii:
+                    self._check_pii_copies(table, candidates, source, source_table, column)
+
+    def _check_pii_copies(
+        self, table: str, candidates: list[str], source: str, source_table: str, column: str
+    ) -> None:
+        engine = self.ctx.engine
+        sample = engine.create_table(
+            engine.new_name("pii_sample"),
+            f"SELECT DISTINCT {quote_ident(column)}::VARCHAR AS v FROM {quote_ident(source_table)} "
+            f"WHERE {quote_ident(column)} IS NOT NULL LIMIT {PII_GUARD_SAMPLE}",
+            purpose="sample PII values",
+        )
+        sampled = engine.count(sample)
+        if sampled >= PII_GUARD_MIN_VALUES:
+            hits = engine.fetch_one(
+                "SELECT "
+                + ", ".join(
+                    f"count(DISTINCT CASE WHEN {quote_ident(c)} IN (SELECT v FROM {quote_ident(sample)}) "
+                    f"THEN {quote_ident(c)} END)"
+                    for c in candidates
+                )
+                + f" FROM {quote_ident(table)}",
+                purpose="look for PII under another name",
+            )
+            leaking = [c for c, n in zip(candidates, hits, strict=True) if n * 2 >= sampled]
+            if leaking:
+                engine.drop(sample)
+                raise TerminalError(
+                    f"column(s) {', '.join(map(repr, leaking))} of the result carry the values of PII "
+                    f"column '{column}' (source {source}) but are not masked; nothing was published. "
+                    f"Declare them under pii: (e.g. pii: {{{leaking[0]}: {self._method_of(column)}}}) "
+                    "or drop them in a step"
+                )
+        engine.drop(sample)
+
+    def _method_of(self, column: str) -> str:
+        methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
+        return methods.get(column.casefold(), "hmac")
 
     def _apply_steps(self, table: str) -> str:
         for index, config in enumerate(self.pipeline.steps):

@@ -1,0 +1,67 @@
+"""A PII column copied or renamed by a step must not reach the sink in clear."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from deltalake import DeltaTable
+
+from sluiceway.core.loader import pipeline_from_dict
+from sluiceway.core.runner import RunOptions, run_pipeline
+
+KEYS = {
+    "SLUICE_HMAC_KEY": "hmac-key",
+    "SLUICE_MASK_SALT": "salt",
+    "SLUICE_ENCRYPTION_KEY": "1" * 64,
+}
+
+
+def write_users(folder: Path, rows: int = 50) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id,email,country"] + [f"u{i},user{i}@example.com,FR" for i in range(rows)]
+    (folder / "users.csv").write_text("\n".join(lines) + "\n")
+
+
+def spec(query: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "pipeline": "users",
+        "sources": {"users": {"type": "files", "path": "in/"}},
+        "steps": [{"sql": query}],
+        "pii": {"email": "hmac"},
+        "sinks": [{"type": "delta", "path": "lake/users", "mode": "append"}],
+    }
+
+
+def run(tmp_path: Path, query: str):
+    options = RunOptions(
+        logical_date=date(2025, 1, 15),
+        base_dir=tmp_path,
+        state_dir=tmp_path / ".sluice",
+        environ=KEYS,
+    )
+    return run_pipeline(pipeline_from_dict(spec(query)), options)
+
+
+def test_a_step_that_renames_a_pii_column_fails_and_publishes_nothing(tmp_path: Path) -> None:
+    write_users(tmp_path / "in")
+
+    result = run(tmp_path, "SELECT user_id, email AS contact, country FROM input")
+
+    assert result.status == "failed"
+    assert "'contact'" in (result.error or "") and "pii:" in (result.error or "")
+    assert "user1@example.com" not in (result.error or "")
+    assert not (tmp_path / "lake" / "users").exists()
+
+
+def test_a_step_that_keeps_pii_under_its_name_publishes_it_masked(tmp_path: Path) -> None:
+    write_users(tmp_path / "in")
+
+    result = run(tmp_path, "SELECT *, upper(country) AS country_code FROM input")
+
+    assert result.ok, result.error
+    emails = DeltaTable(str(tmp_path / "lake" / "users")).to_pyarrow_table()["email"].to_pylist()
+    assert len(emails) == 50
+    assert not any("@" in e for e in emails)
