@@ -345,6 +345,7 @@ class _Runner:
         """
         if not self.pipeline.pii or not self.pipeline.steps:
             return
+        self.ctx.events.emit("progress", stage="looking for PII under other names")
         engine = self.ctx.engine
         pii = {name.casefold() for name in self.pipeline.pii}
         candidates = [
