@@ -93,18 +93,21 @@ class Source(Protocol):
 
 @dataclass
 class StepOutput:
-    """A step's result: the new table and the rows it removed on purpose."""
+    """A step's result: the new table (or view), the rows it removed on purpose, and how
+    many rows it holds when the step knows without computing it again (None: as many as
+    its input, by construction or by the step's promise)."""
 
     table: str
     deduplicated: int = 0
     filtered: int = 0
+    rows: int | None = None
 
 
 class Step(Protocol):
     """A step turns one DuckDB table into another."""
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
-        """Transform `table`; the result is a new table."""
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
+        """Transform `table` (holding `rows_in` rows, when known); the result is new."""
         ...
 
 

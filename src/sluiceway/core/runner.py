@@ -36,8 +36,25 @@ from sluiceway.core.events import EventBus, Subscriber
 from sluiceway.core.runstore import RunRecord, RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
-from sluiceway.errors import ConfigError, GateFailed, SluicewayError, TerminalError
+from sluiceway.errors import (
+    AccountingError,
+    ConfigError,
+    GateFailed,
+    SluicewayError,
+    TerminalError,
+)
 from sluiceway.sinks.dead_letter import DEAD_LETTER_SCHEMA, DeadLetterTable
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A step whose row-count promise is still to be verified."""
+
+    label: str
+    step: Any
+    rows_before: int
+    table: str
+
 
 PII_GUARD_SAMPLE = 1000
 PII_GUARD_MIN_VALUES = 20
@@ -135,6 +152,8 @@ class _Runner:
         self.contract_failure: TerminalError | None = None
         self.source_tables: set[str] = set()
         self.intermediates: list[str] = []
+        self.deferred: list[_Deferred] = []
+        self.expected_rows = 0
         self.staged: pa.Table = pa.table({})
 
     @property
@@ -196,9 +215,14 @@ class _Runner:
             return
         dead_rows: list[pa.Table] = []
         valid = self._validate_sources(reads, run_key, dead_rows)
-        table = self._apply_steps(valid[self.pipeline.primary_source])
-        self._guard_renamed_pii(table, valid)
+        table = self._apply_steps(
+            valid[self.pipeline.primary_source],
+            rows=self.accounting.rows_in - self.accounting.rows_rejected,
+        )
         staged = self._stage(table)
+        self._verify_deferred(self.staged.num_rows)
+        self._drop(table, *reversed(self.intermediates))
+        self._guard_renamed_pii(staged, valid)
         self.accounting.rows_written = self.staged.num_rows
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
@@ -397,16 +421,32 @@ class _Runner:
         methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
         return methods.get(column.casefold(), "hmac")
 
-    def _apply_steps(self, table: str) -> str:
+    def _apply_steps(self, table: str, *, rows: int) -> str:
+        """Run the steps; `rows` is how many rows `table` holds.
+
+        A step that promises to keep the row count (`defers_count`) is not counted on its
+        own: its promise is verified by the next count the run makes anyway (a step that
+        needs its input's count, or the staged result), and only on a mismatch is each such
+        step counted to name the one that broke it.
+        """
+        self.expected_rows = rows
         for index, config in enumerate(self.pipeline.steps):
             self.ctx.events.emit(
                 "progress", stage=f"step {index + 1}/{len(self.pipeline.steps)}: {config.key}"
             )
             step = registry.lookup("step", config.key).impl(config)  # type: ignore[union-attr]
+            label = f"steps[{index}].{config.key}"
+            defers = bool(getattr(step, "defers_count", False))
+            if self.deferred and not defers:
+                self._verify_deferred(self.ctx.engine.count(table))
             try:
-                out = step.apply(self.ctx, table)
+                out = step.apply(self.ctx, table, rows_in=self.expected_rows)
             except SluicewayError as exc:
-                raise exc.with_context(step=f"steps[{index}].{config.key}") from exc.__cause__
+                raise exc.with_context(step=label) from exc.__cause__
+            if defers:
+                self.deferred.append(_Deferred(label, step, self.expected_rows, out.table))
+            if out.rows is not None:
+                self.expected_rows = out.rows
             self.accounting.rows_deduplicated += out.deduplicated
             self.accounting.rows_filtered += out.filtered
             self.ctx.events.emit(
@@ -420,6 +460,21 @@ class _Runner:
             table = out.table
         return table
 
+    def _verify_deferred(self, actual: int) -> None:
+        """Check the row-count promises of the steps not counted yet against `actual`."""
+        if actual != self.expected_rows:
+            for deferred in self.deferred:
+                try:
+                    deferred.step.verify(
+                        deferred.rows_before, self.ctx.engine.count(deferred.table)
+                    )
+                except SluicewayError as exc:
+                    raise exc.with_context(step=deferred.label) from exc.__cause__
+            raise AccountingError(
+                f"the steps left {actual} rows where {self.expected_rows} were expected; nothing was published"
+            )
+        self.deferred.clear()
+
     def _stage(self, table: str) -> str:
         """Drop bookkeeping columns and mask PII into an Arrow table: what checks and sinks see.
 
@@ -432,7 +487,6 @@ class _Runner:
         self.staged = self.ctx.engine.fetch_arrow(
             f"SELECT {', '.join(select)} FROM {quote_ident(table)}", purpose="stage the result"
         )
-        self._drop(table, *reversed(self.intermediates))
         return self.ctx.engine.register_view(self.ctx.engine.new_name("staged"), self.staged)
 
     def _drop(self, *tables: str) -> None:

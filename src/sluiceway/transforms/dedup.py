@@ -33,8 +33,12 @@ class DedupStep:
     def __init__(self, config: DedupStepConfig) -> None:
         self.config = config
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
-        """Keep the first (or last) row of every key."""
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
+        """Keep the first (or last) row of every key.
+
+        The result is a view (the window runs once, when the result is staged); the number
+        of rows it keeps is the number of distinct keys, counted by an aggregate.
+        """
         engine = ctx.engine
         direction = "ASC" if self.config.keep == "first" else "DESC"
         order = (
@@ -46,12 +50,19 @@ class DedupStep:
         order += [f"{c} {direction}" for c in (ROW_FILE, ROW_NUMBER) if c in present]
         keys = ", ".join(quote_ident(k) for k in self.config.keys)
         over = f"PARTITION BY {keys}" + (f" ORDER BY {', '.join(order)}" if order else "")
-        out = engine.create_table(
+        out = engine.create_view(
             engine.new_name("dedup"),
             f"SELECT * FROM {quote_ident(table)} QUALIFY row_number() OVER ({over}) = 1",
             purpose="dedup step",
         )
-        return StepOutput(out, deduplicated=engine.count(table) - engine.count(out))
+        before = engine.count(table) if rows_in is None else rows_in
+        kept = int(
+            engine.fetch_one(
+                f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM {quote_ident(table)})",
+                purpose="count distinct keys",
+            )[0]
+        )
+        return StepOutput(out, deduplicated=before - kept, rows=kept)
 
 
 registry.register("step", "dedup", DedupStepConfig, DedupStep)

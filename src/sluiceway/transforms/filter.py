@@ -28,7 +28,7 @@ class FilterStep:
     def __init__(self, config: FilterStepConfig) -> None:
         self.config = config
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
         """Keep rows matching the condition."""
         engine = ctx.engine
         out = engine.create_table(
@@ -36,7 +36,9 @@ class FilterStep:
             f"SELECT * FROM {quote_ident(table)} WHERE coalesce(({self.config.where}), false)",
             purpose="filter step",
         )
-        return StepOutput(out, filtered=engine.count(table) - engine.count(out))
+        before = engine.count(table) if rows_in is None else rows_in
+        after = engine.count(out)
+        return StepOutput(out, filtered=before - after, rows=after)
 
 
 registry.register("step", "filter", FilterStepConfig, FilterStep)

@@ -56,7 +56,7 @@ class PythonStep:
         self.config = config
         self.function = load_function(config.function)
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
         """Feed every batch of `table` to the function; collect its batches."""
         engine = ctx.engine
         reader = engine.fetch_reader(f'SELECT * FROM "{table}"', batch_rows=self.config.batch_rows)
@@ -66,14 +66,14 @@ class PythonStep:
             if outputs
             else engine.fetch_arrow(f'SELECT * FROM "{table}" LIMIT 0')
         )
-        before = engine.count(table)
+        before = engine.count(table) if rows_in is None else rows_in
         if self.config.rows == "preserve" and result.num_rows != before:
             raise StepError(
                 f"python step {self.config.function} returned {result.num_rows} rows for {before}; "
                 "set rows: filter if it drops rows on purpose"
             )
         out = engine.register_arrow(engine.new_name("python"), result)
-        return StepOutput(out, filtered=before - result.num_rows)
+        return StepOutput(out, filtered=before - result.num_rows, rows=result.num_rows)
 
     def _call(self, batch: pa.RecordBatch, index: int, ctx: RunContext) -> pa.RecordBatch:
         try:

@@ -70,7 +70,7 @@ class SelectStep:
     def __init__(self, config: SelectStepConfig) -> None:
         self.config = config
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
         """Keep the listed columns (and the row bookkeeping columns)."""
         present = _existing(ctx, table, self.config.columns, "select")
         keep = [*self.config.columns, *(c for c in META_COLUMNS if c in present)]
@@ -86,7 +86,7 @@ class RenameStep:
     def __init__(self, config: RenameStepConfig) -> None:
         self.config = config
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
         """Rename the listed columns, keep the rest."""
         present = _existing(ctx, table, list(self.config.columns), "rename")
         cols = [
@@ -104,7 +104,7 @@ class CastStep:
     def __init__(self, config: CastStepConfig) -> None:
         self.config = config
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
         """Cast the listed columns; a failed cast is a StepError naming the column."""
         present = _existing(ctx, table, list(self.config.columns), "cast")
         cols = [

@@ -34,12 +34,30 @@ class SqlStep:
     def __init__(self, config: SqlStepConfig) -> None:
         self.config = config
 
-    def apply(self, ctx: RunContext, table: str) -> StepOutput:
-        """Run the query with `input` bound to `table`."""
+    @property
+    def defers_count(self) -> bool:
+        """True when the step promises to keep the row count and leaves the check to the
+        runner, which verifies it once the result is counted anyway (see `verify`)."""
+        return self.config.rows == "preserve"
+
+    def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
+        """Run the query with `input` bound to `table`.
+
+        With `rows: preserve` the result is a view and is not counted here: the runner
+        calls `verify` when it knows the count. With `rows: filter` it is counted now.
+        """
         engine = ctx.engine
-        engine.create_view("input", f'SELECT * FROM "{table}"')
+        engine.create_view("input", f"SELECT * FROM {quote_ident(table)}")
         out = self._create(engine, table, self.config.query)
-        before, after = engine.count(table), engine.count(out)
+        if self.defers_count:
+            return StepOutput(out)
+        before = engine.count(table) if rows_in is None else rows_in
+        after = engine.count(out)
+        self.verify(before, after)
+        return StepOutput(out, filtered=before - after, rows=after)
+
+    def verify(self, before: int, after: int) -> None:
+        """Raise StepError when the result's row count breaks what `rows:` promised."""
         if self.config.rows == "preserve" and after != before:
             raise StepError(
                 f"the sql step changed the row count from {before} to {after} but says rows: preserve; "
@@ -51,7 +69,6 @@ class SqlStep:
                 f"the sql step (rows: filter) grew the row count from {before} to {after}; "
                 "a filter can only drop rows"
             )
-        return StepOutput(out, filtered=before - after)
 
     def _create(self, engine: DuckDBEngine, table: str, query: str) -> str:
         """A row-preserving query stays a view (the next stage computes it once); a filter is
