@@ -8,7 +8,7 @@ and their raw payload. Reasons quote the offending value only for columns that a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sluiceway.core.context import META_COLUMNS, ROW_ERRORS, ROW_FILE, ROW_NUMBER
 from sluiceway.core.spec import ColumnContract, Contract
@@ -264,6 +264,10 @@ def _rule_struct(rule: Rule) -> str:
     )
 
 
+Shape = Callable[[str, list[str]], str]
+FLAG_COLUMNS = ("__sw_bad", "__sw_warn", "__sw_errors", "__sw_payload", "__sw_raw")
+
+
 def apply_contract(
     engine: DuckDBEngine,
     table: str,
@@ -274,28 +278,47 @@ def apply_contract(
 ) -> ContractResult:
     """Split `table` into valid rows (typed) and rejected rows (with every failed rule).
 
-    One pass over every row casts each column once and flags the rows that break a rule;
-    the valid rows are a view over the unflagged ones. A second pass builds the list of
-    failed rules, the payload and the raw record for the flagged rows only.
-
-    Args:
-        engine: the run's engine.
-        table: the source table (its columns plus __sw_file and __sw_row).
-        contract: the source's contract.
-        pii: column → masking method, to keep PII values out of reasons.
-        masked_payload: columns → SQL of a JSON payload with PII columns masked.
+    `table` has the source's columns plus __sw_file and __sw_row. Equivalent to reading
+    the source with `flagging_query(...)` as its shape, then `split_flagged`.
 
     Returns:
         The valid view (and the table behind it), the rejected table and the counts. The
         rejected table has __sw_file, __sw_row, __sw_errors (list of {rule, column, reason}),
         payload and raw (JSON text).
     """
-    present = [c for c, _ in engine.columns(table) if c not in META_COLUMNS]
-    flagged = _flag(engine, table, contract, present, pii, masked_payload)
-    extra = "__sw_bad, __sw_warn, __sw_errors, __sw_payload, __sw_raw"
+    shape = flagging_query(contract, pii=pii, masked_payload=masked_payload)
+    columns = [c for c, _ in engine.columns(table)]
+    flagged = engine.create_table(
+        engine.new_name("flagged"), shape(quote_ident(table), columns), purpose="apply the contract"
+    )
+    result = split_flagged(engine, flagged)
+    return replace(result, backing_tables=(flagged,))
+
+
+def flagging_query(
+    contract: Contract, *, pii: Mapping[str, str], masked_payload: Callable[[list[str]], str]
+) -> Shape:
+    """The contract as a query shape: (relation SQL, its columns) → the SELECT that flags it.
+
+    One pass casts every column once and flags the rows that break a rule; for flagged rows
+    only (CASE is evaluated lazily) it adds the list of failed rules, the masked payload and
+    the raw record. A source can run it in the very statement that reads a file, so the raw
+    text rows are never stored. __sw_file and __sw_row pass through when the relation has them.
+    """
+
+    def shape(relation: str, columns: list[str]) -> str:
+        meta = [c for c in META_COLUMNS if c in columns]
+        present = [c for c in columns if c not in META_COLUMNS]
+        return _flag_sql(relation, contract, present, meta, pii, masked_payload)
+
+    return shape
+
+
+def split_flagged(engine: DuckDBEngine, flagged: str) -> ContractResult:
+    """Valid rows (a view) and rejected rows (a table) of a flagged relation, with counts."""
     valid = engine.create_view(
         engine.new_name("valid"),
-        f"SELECT * EXCLUDE ({extra}) FROM {quote_ident(flagged)} WHERE NOT __sw_bad",
+        f"SELECT * EXCLUDE ({', '.join(FLAG_COLUMNS)}) FROM {quote_ident(flagged)} WHERE NOT __sw_bad",
     )
     rejected = engine.create_table(
         engine.new_name("rejected"),
@@ -304,13 +327,13 @@ def apply_contract(
         purpose="collect contract violations",
     )
     rows_valid, warned = engine.fetch_one(
-        f"SELECT count(*) FILTER (WHERE NOT __sw_bad), count(*) FILTER (WHERE __sw_warn AND NOT __sw_bad) "
-        f"FROM {quote_ident(flagged)}",
+        f"SELECT count(*) FILTER (WHERE NOT __sw_bad), "
+        f"count(*) FILTER (WHERE __sw_warn AND NOT __sw_bad) FROM {quote_ident(flagged)}",
         purpose="count contract results",
     )
     names = [c for c, _ in engine.columns(valid) if c not in META_COLUMNS]
     return ContractResult(
-        valid, rejected, int(rows_valid), engine.count(rejected), int(warned), names, (flagged,)
+        valid, rejected, int(rows_valid), engine.count(rejected), int(warned), names
     )
 
 
@@ -327,17 +350,14 @@ def _typed_name(column: str) -> str:
     return quote_ident(f"__sw_t_{column}")
 
 
-def _flag(
-    engine: DuckDBEngine,
-    table: str,
+def _flag_sql(
+    relation: str,
     contract: Contract,
     present: list[str],
+    meta: list[str],
     pii: Mapping[str, str],
     masked_payload: Callable[[list[str]], str],
 ) -> str:
-    """One pass: cast every column once, flag the rows that break a rule, and for those rows
-    only (CASE is evaluated lazily) the list of failed rules, the masked payload and the raw
-    record."""
     typed = [_typed_name(c) for c in contract.columns if c in present]
     casts = [
         f"{cast_sql(c, spec)} AS {_typed_name(c)}"
@@ -353,20 +373,16 @@ def _flag(
         else "[]"
     )
     raw = f"to_json(struct_pack({', '.join(raw_cols)}))::VARCHAR" if present else "'{}'"
-    cast_level = (
-        f"SELECT {', '.join([*raw_cols, *casts, ROW_FILE, ROW_NUMBER])} FROM {quote_ident(table)}"
-    )
+    cast_level = f"SELECT {', '.join([*raw_cols, *casts, *meta]) or '1'} FROM {relation}"
     flag_level = (
-        f"SELECT {', '.join([*raw_cols, *typed, ROW_FILE, ROW_NUMBER])}, ({hard}) AS __sw_bad, "
-        f"({soft}) AS __sw_warn FROM ({cast_level})"
+        f"SELECT {', '.join([*raw_cols, *typed, *meta, f'({hard}) AS __sw_bad', f'({soft}) AS __sw_warn'])} "
+        f"FROM ({cast_level})"
     )
-    return engine.create_table(
-        engine.new_name("flagged"),
-        f"SELECT {', '.join(output)}, {ROW_FILE}, {ROW_NUMBER}, __sw_bad, __sw_warn, "
+    return (
+        f"SELECT {', '.join([*output, *meta])}{', ' if output or meta else ''}__sw_bad, __sw_warn, "
         f"CASE WHEN __sw_bad THEN {errors} END AS __sw_errors, "
         f"CASE WHEN __sw_bad THEN {masked_payload(present)} END AS __sw_payload, "
-        f"CASE WHEN __sw_bad THEN {raw} END AS __sw_raw FROM ({flag_level})",
-        purpose="apply the contract",
+        f"CASE WHEN __sw_bad THEN {raw} END AS __sw_raw FROM ({flag_level})"
     )
 
 

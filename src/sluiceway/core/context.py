@@ -72,6 +72,7 @@ class SourceRead:
         fingerprint: identifies exactly what was read (same inputs → same fingerprint).
         temp_tables: tables behind `table` (when it is a view) that the runner may drop
             once the rows are validated.
+        is_shaped: the rows were shaped (flagged by the contract) as they were read.
     """
 
     table: str
@@ -81,6 +82,7 @@ class SourceRead:
     typed: bool = False
     fingerprint: str = ""
     temp_tables: list[str] = field(default_factory=list)
+    is_shaped: bool = False
 
 
 class Source(Protocol):

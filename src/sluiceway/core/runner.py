@@ -13,12 +13,13 @@ Order matters and holds the promises:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,7 @@ class _Runner:
                 else None
             )
             source = registry.lookup("source", config.type).impl(config)  # type: ignore[union-attr]
-            read = override or source.read(self.ctx, name, position=positions.get(name))
+            read = override or self._read(source, name, config.contract, positions.get(name))
             reads[name] = read
             self.ctx.events.emit(
                 "source_read",
@@ -303,6 +304,18 @@ class _Runner:
             self.source_tables.add(table)
         return valid
 
+    def _read(
+        self, source: Any, name: str, contract: Any, position: dict[str, Any] | None
+    ) -> SourceRead:
+        """Read a source; a source that can shape rows as it loads them gets the contract's
+        flagging query, so the contract costs no pass of its own."""
+        if contract is not None and "shape" in inspect.signature(source.read).parameters:
+            shape = contract_mod.flagging_query(
+                contract, pii=self.pipeline.pii, masked_payload=self._payload_sql
+            )
+            return source.read(self.ctx, name, position=position, shape=shape)  # type: ignore[no-any-return]
+        return source.read(self.ctx, name, position=position)  # type: ignore[no-any-return]
+
     def _apply_contract(
         self,
         name: str,
@@ -314,20 +327,26 @@ class _Runner:
         if contract is None:
             return read.table, 0
         self.ctx.events.emit("progress", stage=f"checking the contract of {name}")
-        result = contract_mod.apply_contract(
-            self.ctx.engine,
-            read.table,
-            contract,
-            pii=self.pipeline.pii,
-            masked_payload=self._payload_sql,
-        )
+        if read.is_shaped:
+            result = replace(
+                contract_mod.split_flagged(self.ctx.engine, read.table),
+                backing_tables=(read.table, *read.temp_tables),
+            )
+        else:
+            result = contract_mod.apply_contract(
+                self.ctx.engine,
+                read.table,
+                contract,
+                pii=self.pipeline.pii,
+                masked_payload=self._payload_sql,
+            )
         dead_rows.append(
             rejects.contract_rejects_table(
                 self.ctx.engine, result.rejected, name, rctx, DEAD_LETTER_SCHEMA
             )
         )
-        self._drop(read.table, *read.temp_tables, result.rejected)
         self.source_tables.update(result.backing_tables)
+        self._drop(read.table, *read.temp_tables, result.rejected)
         self.accounting.rows_warned += (
             result.rows_warned if name == self.pipeline.primary_source else 0
         )

@@ -160,6 +160,11 @@ class DuckDBEngine:
             ]
         )
 
+    def columns_of(self, query: str) -> list[str]:
+        """The column names a query would return (binds it, reads no row)."""
+        rows = self.execute(f"DESCRIBE {query}", purpose="describe").fetchall()
+        return [str(r[0]) for r in rows]
+
     def columns(self, table: str) -> list[tuple[str, str]]:
         """(name, DuckDB type) of every column of a table or view, in order."""
         rows = self.execute(

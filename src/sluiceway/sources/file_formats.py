@@ -23,6 +23,7 @@ from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import SourceError
 
 Format = Literal["csv", "ndjson", "json", "parquet", "avro"]
+Shape = Callable[[str, list[str]], str]
 Compression = Literal["none", "gzip", "zstd"]
 
 _EXTENSIONS: dict[str, Format] = {
@@ -145,19 +146,38 @@ def sniff(head: bytes) -> Format | None:
 
 
 def read_csv(
-    engine: DuckDBEngine, path: str, display: str, compression: Compression, opts: CsvOptions
+    engine: DuckDBEngine,
+    path: str,
+    display: str,
+    compression: Compression,
+    opts: CsvOptions,
+    shape: Shape | None = None,
 ) -> FileRead:
-    """A CSV file, every column VARCHAR; malformed lines and invalid UTF-8 become rejects."""
+    """A CSV file, every column VARCHAR; malformed lines and invalid UTF-8 become rejects.
+
+    With `shape`, the rows are shaped (e.g. cast and flagged by the contract) in the same
+    statement that reads them, so the raw text rows are never stored.
+    """
     rejects, scans = engine.new_name("rejects"), engine.new_name("scans")
-    reader = (
-        f"read_csv({quote_literal(path)}, all_varchar=true, header={str(opts.header).lower()}, "
+    options = (
+        f"all_varchar=true, header={str(opts.header).lower()}, "
         f"delim={quote_literal(opts.delimiter)}, quote={quote_literal(opts.quote)}, "
         f"escape={quote_literal(opts.escape)}, compression={quote_literal(_duck_compression(compression))}, "
-        f"store_rejects=true, rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(scans)}, "
-        f"strict_mode=true, null_padding=false)"
+        f"strict_mode=true, null_padding=false"
+    )
+    reader = (
+        f"read_csv({quote_literal(path)}, {options}, store_rejects=true, "
+        f"rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(scans)})"
     )
     table = engine.new_name("csv")
-    engine.create_table(table, f"SELECT * FROM {reader}", purpose=f"read CSV {display}")
+    if shape is None:
+        select = f"SELECT * FROM {reader}"
+    else:
+        header = engine.columns_of(
+            f"SELECT * FROM read_csv({quote_literal(path)}, {options}, ignore_errors=true)"
+        )
+        select = shape(reader, header)
+    engine.create_table(table, select, purpose=f"read CSV {display}")
     errors = engine.execute(
         f"SELECT line, min(line_byte_position), first(csv_line), string_agg(DISTINCT error_message, '; ') "
         f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line",

@@ -20,6 +20,7 @@ from pydantic import Field
 from sluiceway.core import registry, storage
 from sluiceway.core.context import RunContext, SourceRead
 from sluiceway.core.spec import SourceConfig
+from sluiceway.engines.duckdb import quote_ident
 from sluiceway.errors import SourceError
 from sluiceway.sources import file_formats as ff
 
@@ -57,8 +58,18 @@ class FilesSource:
     def __init__(self, config: FilesSourceConfig) -> None:
         self.config = config
 
-    def read(self, ctx: RunContext, name: str, *, position: dict[str, Any] | None) -> SourceRead:
+    def read(
+        self,
+        ctx: RunContext,
+        name: str,
+        *,
+        position: dict[str, Any] | None,
+        shape: ff.Shape | None = None,
+    ) -> SourceRead:
         """Read every matching file (in incremental mode, those not in `position['files']`).
+
+        `shape` (relation SQL, its columns → SELECT) is applied to each file's rows as they
+        are loaded: CSV files are shaped in the statement that parses them.
 
         Raises:
             SourceError: nothing matches the path, or a file's format is not what it claims.
@@ -71,9 +82,9 @@ class FilesSource:
             ctx.events.emit(
                 "progress", stage=f"reading {name}", done=index, total=len(todo), unit="files"
             )
-            reads.append(self._read_one(ctx, uri))
+            reads.append(self._read_one(ctx, uri, shape))
         table = ctx.engine.new_name(f"src_{name}")
-        self._union(ctx, table, reads)
+        self._union(ctx, table, reads, shape)
         rejects = ff.rejects_table([r for read in reads for r in read.rejects])
         return SourceRead(
             table=table,
@@ -85,6 +96,7 @@ class FilesSource:
             typed=any(read.typed for read in reads),
             fingerprint=_fingerprint(todo, self._stat),
             temp_tables=[temp for read in reads for temp in read.temp_tables],
+            is_shaped=shape is not None,
         )
 
     def list_files(self, ctx: RunContext) -> list[str]:
@@ -135,7 +147,7 @@ class FilesSource:
         info = fs.get_file_info(path)
         return info.size, info.mtime_ns
 
-    def _read_one(self, ctx: RunContext, uri: str) -> ff.FileRead:
+    def _read_one(self, ctx: RunContext, uri: str, shape: ff.Shape | None) -> ff.FileRead:
         local = self._localize(ctx, uri)
         compression = ff.compression_of(uri, self.config.compression)
         fmt = ff.format_of(local, self.config.format, compression)
@@ -144,8 +156,9 @@ class FilesSource:
                 options = ff.CsvOptions(
                     self.config.delimiter, self.config.header, self.config.quote, self.config.escape
                 )
-                return ff.read_csv(ctx.engine, local, uri, compression, options)
-            return ff.READERS[fmt](ctx.engine, local, uri, compression)
+                return ff.read_csv(ctx.engine, local, uri, compression, options, shape)
+            read = ff.READERS[fmt](ctx.engine, local, uri, compression)
+            return read if shape is None else _shaped(ctx, read, shape)
         except SourceError:
             raise
         except Exception as exc:
@@ -168,14 +181,27 @@ class FilesSource:
         return str(local)
 
     @staticmethod
-    def _union(ctx: RunContext, table: str, reads: list[ff.FileRead]) -> None:
+    def _union(
+        ctx: RunContext, table: str, reads: list[ff.FileRead], shape: ff.Shape | None
+    ) -> None:
         if not reads:
-            ctx.engine.create_table(
-                table, "SELECT NULL::VARCHAR AS __sw_file, NULL::BIGINT AS __sw_row WHERE false"
-            )
+            empty = "SELECT NULL::VARCHAR AS __sw_file, NULL::BIGINT AS __sw_row WHERE false"
+            select = empty if shape is None else shape(f"({empty})", ["__sw_file", "__sw_row"])
+            ctx.engine.create_table(table, select)
             return
         union = " UNION ALL BY NAME ".join(f"({read.select_sql})" for read in reads)
         ctx.engine.create_view(table, union, purpose="combine source files")
+
+
+def _shaped(ctx: RunContext, read: ff.FileRead, shape: ff.Shape) -> ff.FileRead:
+    """A file already loaded into a table, shaped into another one (the first is dropped)."""
+    engine = ctx.engine
+    columns = engine.columns_of(read.select_sql)
+    table = engine.create_table(engine.new_name("shaped"), shape(f"({read.select_sql})", columns))
+    engine.drop(*read.temp_tables)
+    return ff.FileRead(
+        f"SELECT * FROM {quote_ident(table)}", read.records, read.rejects, read.typed, [table]
+    )
 
 
 def _fingerprint(uris: list[str], stat: Callable[[str], tuple[int | None, int | None]]) -> str:
