@@ -51,12 +51,12 @@ def parse_rejects_rows(
 
 
 def contract_rejects_table(
-    engine: DuckDBEngine, table: str, source: str, ctx: RejectContext, schema: pa.Schema
+    engine: DuckDBEngine, table: str, source: str, ctx: RejectContext
 ) -> pa.Table:
-    """Dead-letter rows for records that broke the contract, built in SQL in one query.
+    """Dead-letter rows for records that broke the contract, built in SQL in one query; the
+    raw payload is still clear text: `seal` finishes them.
 
-    The dlq_id is the same hash `_row` computes for parse rejects; only the raw payload
-    leaves DuckDB for Python, to be encrypted with one cipher instance.
+    The dlq_id is the same hash `_row` computes for parse rejects.
     """
     identity = " || '|' || ".join(
         [
@@ -75,10 +75,17 @@ def contract_rejects_table(
         f"{ROW_ERRORS} AS errors, payload, raw FROM {quote_ident(table)} ORDER BY {ROW_FILE}, {ROW_NUMBER}",
         purpose="build dead-letter rows",
     )
+    return data
+
+
+def seal(data: pa.Table, ctx: RejectContext, schema: pa.Schema) -> pa.Table:
+    """Finish dead-letter rows from `contract_rejects_table`: encrypt the raw payloads when the
+    pipeline has PII, stamp them, and cast to `schema`. Pure Python and Arrow, no engine:
+    the runner runs it on a worker thread while DuckDB goes on with the next stage."""
     raw = pc.fill_null(data["raw"], "").cast(pa.binary())
     if ctx.has_pii:
         assert ctx.encryption_key is not None, "runner checks the key before any read"
-        raw = pa.array(encrypt_values((v.as_py() for v in raw), ctx.encryption_key), pa.binary())
+        raw = pa.array(encrypt_values(raw.to_pylist(), ctx.encryption_key), pa.binary())
     data = data.drop_columns(["raw"]).append_column("raw_payload", raw)
     data = data.append_column("raw_encrypted", pa.repeat(pa.scalar(ctx.has_pii), data.num_rows))
     now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))

@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -45,6 +46,12 @@ from sluiceway.errors import (
     TerminalError,
 )
 from sluiceway.sinks.dead_letter import DEAD_LETTER_SCHEMA, DeadLetterTable
+
+
+def _done(table: pa.Table) -> Future[pa.Table]:
+    future: Future[pa.Table] = Future()
+    future.set_result(table)
+    return future
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ class _Runner:
         self.source_tables: set[str] = set()
         self.intermediates: list[str] = []
         self.deferred: list[_Deferred] = []
+        self.workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-seal")
         self.expected_rows = 0
         self.staged: pa.Table = pa.table({})
 
@@ -182,6 +190,7 @@ class _Runner:
         finally:
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._record(self.result.status)
+            self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
         return self.result
 
@@ -214,7 +223,7 @@ class _Runner:
         if all(sink.is_committed(self.ctx, run_key) for sink in sinks):
             self._skip_committed(sinks, run_key)
             return
-        dead_rows: list[pa.Table] = []
+        dead_rows: list[Future[pa.Table]] = []
         valid = self._validate_sources(reads, run_key, dead_rows)
         table = self._apply_steps(
             valid[self.pipeline.primary_source],
@@ -281,13 +290,13 @@ class _Runner:
         )
 
     def _validate_sources(
-        self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[pa.Table]
+        self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[Future[pa.Table]]
     ) -> dict[str, str]:
         valid: dict[str, str] = {}
         rctx = self._reject_context(run_key)
         for name, read in reads.items():
             parse_rows = rejects.parse_rejects_rows(read.parse_rejects, name, rctx)
-            dead_rows.append(rejects.to_table(parse_rows, DEAD_LETTER_SCHEMA))
+            dead_rows.append(_done(rejects.to_table(parse_rows, DEAD_LETTER_SCHEMA)))
             table, rejected = self._apply_contract(name, read, rctx, dead_rows)
             counts = {
                 "rows_in": read.rows_in,
@@ -321,7 +330,7 @@ class _Runner:
         name: str,
         read: SourceRead,
         rctx: rejects.RejectContext,
-        dead_rows: list[pa.Table],
+        dead_rows: list[Future[pa.Table]],
     ) -> tuple[str, int]:
         contract = self.pipeline.sources[name].contract
         if contract is None:
@@ -340,11 +349,8 @@ class _Runner:
                 pii=self.pipeline.pii,
                 masked_payload=self._payload_sql,
             )
-        dead_rows.append(
-            rejects.contract_rejects_table(
-                self.ctx.engine, result.rejected, name, rctx, DEAD_LETTER_SCHEMA
-            )
-        )
+        built = rejects.contract_rejects_table(self.ctx.engine, result.rejected, name, rctx)
+        dead_rows.append(self.workers.submit(rejects.seal, built, rctx, DEAD_LETTER_SCHEMA))
         self.source_tables.update(result.backing_tables)
         self._drop(read.table, *read.temp_tables, result.rejected)
         self.accounting.rows_warned += (
@@ -512,12 +518,12 @@ class _Runner:
         """Free intermediate tables; a source's valid rows stay (steps join them by name)."""
         self.ctx.engine.drop(*(t for t in tables if t not in self.source_tables))
 
-    def _write_dead_letters(self, rows: list[pa.Table], run_key: str) -> None:
+    def _write_dead_letters(self, rows: list[Future[pa.Table]], run_key: str) -> None:
         self.ctx.events.emit("progress", stage="writing dead letters")
         config = self.pipeline.dead_letter
         uri = self.ctx.resolve(config.path) if config else str(self.ctx.state_dir / "dead_letter")
         table = DeadLetterTable(uri, config.storage_options if config else {})
-        data = rejects.combine(rows, DEAD_LETTER_SCHEMA)
+        data = rejects.combine([row.result() for row in rows], DEAD_LETTER_SCHEMA)
         self.result.dead_letters = data
         if self.options.is_replay:
             self.result.dead_letter_uri = uri
