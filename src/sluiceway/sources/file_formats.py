@@ -153,50 +153,130 @@ def read_csv(
     opts: CsvOptions,
     shape: Shape | None = None,
 ) -> FileRead:
-    """A CSV file, every column VARCHAR; malformed lines and invalid UTF-8 become rejects.
+    """One CSV file; see `read_csv_files`."""
+    return read_csv_files(engine, [(path, display)], compression, opts, shape)
 
-    With `shape`, the rows are shaped (e.g. cast and flagged by the contract) in the same
-    statement that reads them, so the raw text rows are never stored.
+
+def csv_header(
+    path: str, compression: Compression, opts: CsvOptions, engine: DuckDBEngine
+) -> list[str]:
+    """The column names of a CSV file (sniffed; no row is read)."""
+    return engine.columns_of(
+        f"SELECT * FROM read_csv({quote_literal(path)}, {_csv_options(opts, compression)}, ignore_errors=true)"
+    )
+
+
+def read_csv_files(
+    engine: DuckDBEngine,
+    files: list[tuple[str, str]],
+    compression: Compression,
+    opts: CsvOptions,
+    shape: Shape | None = None,
+) -> FileRead:
+    """CSV files with the same header, read by one scan; every column VARCHAR; malformed
+    lines and invalid UTF-8 become rejects.
+
+    Args:
+        files: (local path, name shown in rows and dead letters) of each file, in order.
+        shape: applied to the rows in the statement that parses them (e.g. the contract's
+            flagging query), so the raw text rows are never stored.
     """
     rejects, scans = engine.new_name("rejects"), engine.new_name("scans")
-    options = (
+    paths = "[" + ", ".join(quote_literal(path) for path, _ in files) + "]"
+    reader = (
+        f"read_csv({paths}, {_csv_options(opts, compression)}, filename={quote_literal(ROW_FILE)}, "
+        f"store_rejects=true, rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(scans)})"
+    )
+    table = engine.new_name("csv")
+    columns = [*csv_header(files[0][0], compression, opts, engine), ROW_FILE]
+    select = f"SELECT * FROM {reader}" if shape is None else shape(reader, columns)
+    names = ", ".join(display for _, display in files)
+    engine.create_table(table, select, purpose=f"read CSV {names}"[:200])
+    rejects_out = _csv_rejects(engine, rejects, scans, files, compression)
+    engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
+    engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
+    records = engine.count(table) + len(rejects_out)
+    return FileRead(
+        _numbered_files(engine, table, files), records, rejects_out, temp_tables=[table]
+    )
+
+
+def _csv_options(opts: CsvOptions, compression: Compression) -> str:
+    return (
         f"all_varchar=true, header={str(opts.header).lower()}, "
         f"delim={quote_literal(opts.delimiter)}, quote={quote_literal(opts.quote)}, "
         f"escape={quote_literal(opts.escape)}, compression={quote_literal(_duck_compression(compression))}, "
         f"strict_mode=true, null_padding=false"
     )
-    reader = (
-        f"read_csv({quote_literal(path)}, {options}, store_rejects=true, "
-        f"rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(scans)})"
-    )
-    table = engine.new_name("csv")
-    if shape is None:
-        select = f"SELECT * FROM {reader}"
-    else:
-        header = engine.columns_of(
-            f"SELECT * FROM read_csv({quote_literal(path)}, {options}, ignore_errors=true)"
-        )
-        select = shape(reader, header)
-    engine.create_table(table, select, purpose=f"read CSV {display}")
+
+
+def _csv_rejects(
+    engine: DuckDBEngine,
+    rejects: str,
+    scans: str,
+    files: list[tuple[str, str]],
+    compression: Compression,
+) -> list[dict[str, object]]:
     errors = engine.execute(
-        f"SELECT line, min(line_byte_position), first(csv_line), string_agg(DISTINCT error_message, '; ') "
-        f"FROM {quote_ident(rejects)} GROUP BY line ORDER BY line",
-        purpose=f"collect rejects of {display}",
+        f"SELECT s.file_path, r.line, min(r.line_byte_position), first(r.csv_line), "
+        f"string_agg(DISTINCT r.error_message, '; ') FROM {quote_ident(rejects)} r "
+        f"JOIN {quote_ident(scans)} s USING (scan_id, file_id) GROUP BY s.file_path, r.line "
+        f"ORDER BY s.file_path, r.line",
+        purpose="collect rejects",
     ).fetchall()
-    raw_lines = _raw_lines(path, compression, [int(e[1]) for e in errors])
-    rejects_out = [
-        {
-            "file": display,
-            "line": int(line),
-            "raw": raw_lines.get(int(pos), (csv or "").encode()),
-            "reason": f"malformed CSV line: {message}",
-        }
-        for line, pos, csv, message in errors
-    ]
-    engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
-    engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
-    records = engine.count(table) + len(rejects_out)
-    return FileRead(_numbered(table, display), records, rejects_out, temp_tables=[table])
+    display = dict(files)
+    out: list[dict[str, object]] = []
+    for path, _ in files:
+        mine = [e for e in errors if e[0] == path]
+        raw_lines = _raw_lines(path, compression, [int(e[2]) for e in mine])
+        out += [
+            {
+                "file": display[path],
+                "line": int(line),
+                "raw": raw_lines.get(int(pos), (csv or "").encode()),
+                "reason": f"malformed CSV line: {message}",
+            }
+            for _, line, pos, csv, message in mine
+        ]
+    return out
+
+
+def _numbered_files(engine: DuckDBEngine, table: str, files: list[tuple[str, str]]) -> str:
+    """Rows of files loaded in order into one table, with the file's name and their 1-based
+    number in it.
+
+    DuckDB keeps insertion order, so rowid follows the files; a row's number is its rowid
+    minus the first rowid of its file (a window function would number the same rows but
+    forces the read onto one thread).
+    """
+    firsts = dict(
+        engine.execute(
+            f"SELECT {ROW_FILE}, min(rowid) FROM {quote_ident(table)} GROUP BY {ROW_FILE}",
+            purpose="number rows per file",
+        ).fetchall()
+    )
+    offset = (
+        "CASE "
+        + " ".join(
+            f"WHEN {ROW_FILE} = {quote_literal(path)} THEN {int(firsts.get(path, 0))}"
+            for path, _ in files
+        )
+        + " END"
+    )
+    renamed = (
+        "CASE "
+        + " ".join(
+            f"WHEN {ROW_FILE} = {quote_literal(path)} THEN {quote_literal(display)}"
+            for path, display in files
+        )
+        + " END"
+    )
+    if len(files) == 1:
+        offset, renamed = str(int(firsts.get(files[0][0], 0))), quote_literal(files[0][1])
+    return (
+        f"SELECT * REPLACE ({renamed} AS {ROW_FILE}), rowid + 1 - {offset} AS {ROW_NUMBER} "
+        f"FROM {quote_ident(table)}"
+    )
 
 
 def _numbered(table: str, display: str) -> str:

@@ -77,12 +77,7 @@ class FilesSource:
         found = self.list_files(ctx)
         done = set((position or {}).get("files", [])) if self.config.incremental else set()
         todo = [f for f in found if f not in done]
-        reads = []
-        for index, uri in enumerate(todo):
-            ctx.events.emit(
-                "progress", stage=f"reading {name}", done=index, total=len(todo), unit="files"
-            )
-            reads.append(self._read_one(ctx, uri, shape))
+        reads = self._read_all(ctx, name, todo, shape)
         table = ctx.engine.new_name(f"src_{name}")
         self._union(ctx, table, reads, shape)
         rejects = ff.rejects_table([r for read in reads for r in read.rejects])
@@ -147,24 +142,105 @@ class FilesSource:
         info = fs.get_file_info(path)
         return info.size, info.mtime_ns
 
-    def _read_one(self, ctx: RunContext, uri: str, shape: ff.Shape | None) -> ff.FileRead:
-        local = self._localize(ctx, uri)
-        compression = ff.compression_of(uri, self.config.compression)
-        fmt = ff.format_of(local, self.config.format, compression)
-        try:
-            if fmt == "csv":
-                options = ff.CsvOptions(
-                    self.config.delimiter, self.config.header, self.config.quote, self.config.escape
+    def _read_all(
+        self, ctx: RunContext, name: str, uris: list[str], shape: ff.Shape | None
+    ) -> list[ff.FileRead]:
+        """Read the files; plain CSV files that share a header are parsed by one scan."""
+        located = []
+        for index, uri in enumerate(uris):
+            ctx.events.emit(
+                "progress", stage=f"opening {name}", done=index, total=len(uris), unit="files"
+            )
+            local = self._localize(ctx, uri)
+            compression = ff.compression_of(uri, self.config.compression)
+            located.append(
+                (uri, local, compression, ff.format_of(local, self.config.format, compression))
+            )
+        batch = self._csv_batch(ctx, located)
+        ctx.events.emit("progress", stage=f"reading {name}", done=0, total=len(uris), unit="files")
+        reads = (
+            [
+                self._guarded(
+                    ctx,
+                    ", ".join(u for u, _, _, _ in batch),
+                    "csv",
+                    lambda: ff.read_csv_files(
+                        ctx.engine,
+                        [(loc, u) for u, loc, _, _ in batch],
+                        batch[0][2],
+                        self._csv_options(),
+                        shape,
+                    ),
                 )
-                return ff.read_csv(ctx.engine, local, uri, compression, options, shape)
-            read = ff.READERS[fmt](ctx.engine, local, uri, compression)
-            return read if shape is None else _shaped(ctx, read, shape)
+            ]
+            if batch
+            else []
+        )
+        rest = [item for item in located if item not in batch]
+        for index, (uri, local, compression, fmt) in enumerate(rest):
+            ctx.events.emit(
+                "progress",
+                stage=f"reading {name}",
+                done=len(batch) + index,
+                total=len(uris),
+                unit="files",
+            )
+            reads.append(self._read_one(ctx, uri, local, compression, fmt, shape))
+        return reads
+
+    def _csv_batch(
+        self, ctx: RunContext, located: list[tuple[str, str, ff.Compression, ff.Format]]
+    ) -> list[tuple[str, str, ff.Compression, ff.Format]]:
+        """The CSV files that can be parsed together: same compression and same header."""
+        csv = [item for item in located if item[3] == "csv"]
+        if len(csv) < 2 or len({item[2] for item in csv}) > 1:
+            return []
+        headers = {
+            tuple(ff.csv_header(local, compression, self._csv_options(), ctx.engine))
+            for _, local, compression, _ in csv
+        }
+        return csv if len(headers) == 1 else []
+
+    def _csv_options(self) -> ff.CsvOptions:
+        return ff.CsvOptions(
+            self.config.delimiter, self.config.header, self.config.quote, self.config.escape
+        )
+
+    @staticmethod
+    def _guarded(
+        ctx: RunContext, uri: str, fmt: str, read: Callable[[], ff.FileRead]
+    ) -> ff.FileRead:
+        try:
+            return read()
         except SourceError:
             raise
         except Exception as exc:
             raise SourceError(
                 f"cannot read '{uri}' as {fmt}: {exc}", context={"file": uri}
             ) from exc
+
+    def _read_one(
+        self,
+        ctx: RunContext,
+        uri: str,
+        local: str,
+        compression: ff.Compression,
+        fmt: ff.Format,
+        shape: ff.Shape | None,
+    ) -> ff.FileRead:
+        if fmt == "csv":
+            return self._guarded(
+                ctx,
+                uri,
+                fmt,
+                lambda: ff.read_csv(
+                    ctx.engine, local, uri, compression, self._csv_options(), shape
+                ),
+            )
+        read = self._guarded(
+            ctx, uri, fmt, lambda: ff.READERS[fmt](ctx.engine, local, uri, compression)
+        )
+        return read if shape is None else _shaped(ctx, read, shape)
 
     def _localize(self, ctx: RunContext, uri: str) -> str:
         if not storage.is_remote(uri):

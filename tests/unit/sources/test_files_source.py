@@ -145,6 +145,26 @@ def test_each_row_remembers_its_file_and_its_row_within_it(tmp_path, read_files,
     ]
 
 
+def test_csv_files_sharing_a_header_keep_their_own_lines_rows_and_raw_bytes(
+    tmp_path, read_files, fetch_rows
+):
+    first = write(tmp_path / "in" / "1.csv", "id,name\n1,a\n2\n3,c\n")
+    second = write(tmp_path / "in" / "2.csv", "id,name\n4,d,extra\n5,e\n")
+
+    read = read_files(str(tmp_path / "in"))
+
+    assert [(r["file"], r["line"], r["raw"]) for r in read.parse_rejects.to_pylist()] == [
+        (first, 3, b"2"),
+        (second, 2, b"4,d,extra"),
+    ]
+    assert [(r["id"], r["__sw_file"], r["__sw_row"]) for r in fetch_rows(read.table)] == [
+        ("1", first, 1),
+        ("3", first, 2),
+        ("5", second, 1),
+    ]
+    assert read.rows_in == 5
+
+
 def test_rejects_of_every_file_are_collected_with_their_file(tmp_path, read_files):
     first = write(tmp_path / "in" / "1.csv", "id,name\n1\n")
     second = write(tmp_path / "in" / "2.ndjson", '{"id": 2\n')
