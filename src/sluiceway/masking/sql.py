@@ -9,11 +9,10 @@ import duckdb
 import pyarrow as pa
 
 from sluiceway.masking.crypto import encrypt_array, hmac_pads, key_fingerprint
-from sluiceway.masking.ip import IPV4_PATTERN, truncate_ipv6_array
+from sluiceway.masking.ip import IPV4_PATTERN, IPV6_PATTERN, ipv6_48_sql
 from sluiceway.masking.keys import MaskKeys, require_key
 from sluiceway.masking.methods import MASK_METHODS, ensure_method
 
-TRUNCATE_IPV6_UDF = "sluice_truncate_ipv6"
 ENCRYPT_UDF_PREFIX = "sluice_encrypt_"
 REDACTED = "[REDACTED]"
 EMAIL_HASH_CHARS = 12
@@ -46,10 +45,16 @@ def _hmac(value: str, keys: MaskKeys) -> str:
 
 
 def _truncate_ip(value: str, keys: MaskKeys) -> str:
+    # An IPv6 address ending in dotted IPv4 ('::ffff:1.2.3.4') has those two groups replaced
+    # by '0:0': the group count stays, and /48 never reaches them.
+    v6 = (
+        f"(CASE WHEN regexp_matches({value}, {_literal(':' + IPV4_PATTERN + '$')}) "
+        f"THEN regexp_replace({value}, {_literal(IPV4_PATTERN + '$')}, '0:0') ELSE {value} END)"
+    )
     return (
         f"CASE WHEN regexp_full_match({value}, {_literal(IPV4_PATTERN)}) "
         f"THEN regexp_replace({value}, '[0-9]+$', '0') "
-        f"WHEN contains({value}, ':') THEN {TRUNCATE_IPV6_UDF}({value}) END"
+        f"WHEN regexp_full_match({v6}, {_literal(IPV6_PATTERN)}) THEN {ipv6_48_sql(v6)} END"
     )
 
 
@@ -123,8 +128,7 @@ def _encryptor(key: bytes) -> ArrowFunction:
 
 
 def register_functions(con: duckdb.DuckDBPyConnection, keys: MaskKeys) -> None:
-    """Register on `con` the UDFs masking needs: IPv6 truncation always, encryption when
-    `keys` has an encryption key. Idempotent: calling it again replaces them."""
-    _register(con, TRUNCATE_IPV6_UDF, truncate_ipv6_array)
+    """Register on `con` the UDF masking needs: encryption, when `keys` has an encryption
+    key (every other method is plain SQL). Idempotent: calling it again replaces it."""
     if keys.encryption_key is not None:
         _register(con, encrypt_udf_name(keys.encryption_key), _encryptor(keys.encryption_key))
