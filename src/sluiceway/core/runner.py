@@ -64,7 +64,7 @@ class _Deferred:
     table: str
 
 
-PII_GUARD_SAMPLE = 1000
+PII_GUARD_SAMPLE = 2000
 PII_GUARD_MIN_VALUES = 20
 
 
@@ -387,10 +387,10 @@ class _Runner:
         """Fail when a column that will not be masked carries the values of a PII column.
 
         Masking goes by output column name, so a step that renames or copies a PII column
-        (`SELECT email AS contact`) would publish it in clear. A sample of each PII column's
-        distinct values is looked up in every unmasked text column of the result; a column
-        holding most of them is refused. PII columns with fewer than
-        PII_GUARD_MIN_VALUES distinct values are too coarse to tell and are not sampled.
+        (`SELECT email AS contact`) would publish it in clear. A sample of the result's rows
+        is taken; each unmasked text column whose sampled values are mostly values of a PII
+        column of a source is refused. Columns with fewer than PII_GUARD_MIN_VALUES distinct
+        sampled values are too coarse to tell and are let through.
         """
         if not self.pipeline.pii or not self.pipeline.steps:
             return
@@ -404,43 +404,49 @@ class _Runner:
         ]
         if not candidates:
             return
-        for source, source_table in valid.items():
-            for column, _ in engine.columns(source_table):
-                if column.casefold() in pii:
-                    self._check_pii_copies(table, candidates, source, source_table, column)
+        sample = engine.create_table(
+            engine.new_name("pii_probe"),
+            " UNION ALL ".join(
+                f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)} AS v FROM "
+                f"(SELECT * FROM {quote_ident(table)} USING SAMPLE {PII_GUARD_SAMPLE} ROWS) "
+                f"WHERE {quote_ident(c)} IS NOT NULL"
+                for c in candidates
+            ),
+            purpose="sample the result for PII",
+        )
+        try:
+            totals = dict(
+                engine.execute(
+                    f"SELECT col, count(*) FROM {quote_ident(sample)} GROUP BY col"
+                ).fetchall()
+            )
+            for source, source_table in valid.items():
+                for column, _ in engine.columns(source_table):
+                    if column.casefold() in pii:
+                        self._check_pii_copies(sample, totals, source, source_table, column)
+        finally:
+            engine.drop(sample)
 
     def _check_pii_copies(
-        self, table: str, candidates: list[str], source: str, source_table: str, column: str
+        self, sample: str, totals: dict[str, int], source: str, source_table: str, column: str
     ) -> None:
-        engine = self.ctx.engine
-        sample = engine.create_table(
-            engine.new_name("pii_sample"),
-            f"SELECT DISTINCT {quote_ident(column)}::VARCHAR AS v FROM {quote_ident(source_table)} "
-            f"WHERE {quote_ident(column)} IS NOT NULL LIMIT {PII_GUARD_SAMPLE}",
-            purpose="sample PII values",
+        hits = self.ctx.engine.execute(
+            f"SELECT col, count(*) FROM {quote_ident(sample)} s SEMI JOIN {quote_ident(source_table)} p "
+            f"ON s.v = p.{quote_ident(column)}::VARCHAR GROUP BY col",
+            purpose="look for PII under another name",
+        ).fetchall()
+        leaking = sorted(
+            col
+            for col, found in hits
+            if totals.get(col, 0) >= PII_GUARD_MIN_VALUES and found * 2 >= totals[col]
         )
-        sampled = engine.count(sample)
-        if sampled >= PII_GUARD_MIN_VALUES:
-            hits = engine.fetch_one(
-                "SELECT "
-                + ", ".join(
-                    f"count(DISTINCT CASE WHEN {quote_ident(c)} IN (SELECT v FROM {quote_ident(sample)}) "
-                    f"THEN {quote_ident(c)} END)"
-                    for c in candidates
-                )
-                + f" FROM {quote_ident(table)}",
-                purpose="look for PII under another name",
+        if leaking:
+            raise TerminalError(
+                f"column(s) {', '.join(map(repr, leaking))} of the result carry the values of PII "
+                f"column '{column}' (source {source}) but are not masked; nothing was published. "
+                f"Declare them under pii: (e.g. pii: {{{leaking[0]}: {self._method_of(column)}}}) "
+                "or drop them in a step"
             )
-            leaking = [c for c, n in zip(candidates, hits, strict=True) if n * 2 >= sampled]
-            if leaking:
-                engine.drop(sample)
-                raise TerminalError(
-                    f"column(s) {', '.join(map(repr, leaking))} of the result carry the values of PII "
-                    f"column '{column}' (source {source}) but are not masked; nothing was published. "
-                    f"Declare them under pii: (e.g. pii: {{{leaking[0]}: {self._method_of(column)}}}) "
-                    "or drop them in a step"
-                )
-        engine.drop(sample)
 
     def _method_of(self, column: str) -> str:
         methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
