@@ -65,3 +65,24 @@ def test_a_step_that_keeps_pii_under_its_name_publishes_it_masked(tmp_path: Path
     emails = DeltaTable(str(tmp_path / "lake" / "users")).to_pyarrow_table()["email"].to_pylist()
     assert len(emails) == 50
     assert not any("@" in e for e in emails)
+
+
+def test_pii_values_a_step_changes_are_still_masked_row_by_row(tmp_path: Path) -> None:
+    import hmac
+
+    folder = tmp_path / "in"
+    folder.mkdir(parents=True)
+    lines = ["user_id,email,country"] + [f"u{i},User{i}@Example.com,FR" for i in range(30)]
+    (folder / "users.csv").write_text("\n".join(lines) + "\n")
+
+    result = run(tmp_path, "SELECT * REPLACE (lower(email) AS email) FROM input")
+
+    assert result.ok, result.error
+    table = DeltaTable(str(tmp_path / "lake" / "users")).to_pyarrow_table().sort_by("user_id")
+    expected = {
+        f"u{i}": hmac.new(b"hmac-key", f"user{i}@example.com".encode(), "sha256").hexdigest()
+        for i in range(30)
+    }
+    assert (
+        dict(zip(table["user_id"].to_pylist(), table["email"].to_pylist(), strict=True)) == expected
+    )

@@ -161,6 +161,7 @@ class _Runner:
         self.source_tables: set[str] = set()
         self.intermediates: list[str] = []
         self.deferred: list[_Deferred] = []
+        self.valid_tables: dict[str, str] = {}
         self.workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-seal")
         self.expected_rows = 0
         self.staged: pa.Table = pa.table({})
@@ -310,6 +311,7 @@ class _Runner:
                 name, f"SELECT * EXCLUDE ({', '.join(META_COLUMNS)}) FROM {quote_ident(table)}"
             )
             valid[name] = table
+            self.valid_tables[name] = table
             self.source_tables.add(table)
         return valid
 
@@ -373,15 +375,12 @@ class _Runner:
         parts = [f"{quote_ident(c)} := {self._masked(c)}" for c in columns]
         return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
 
-    def _masked(self, column: str) -> str:
+    def _masked(self, column: str, *, prefix: str = "") -> str:
         """The SQL of `column`, masked when it is PII (matched as DuckDB matches names)."""
         methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
         method = methods.get(column.casefold())
-        return (
-            quote_ident(column)
-            if method is None
-            else masking.mask_sql(method, quote_ident(column), self.keys)
-        )
+        ref = prefix + quote_ident(column)
+        return ref if method is None else masking.mask_sql(method, ref, self.keys)
 
     def _guard_renamed_pii(self, table: str, valid: dict[str, str]) -> None:
         """Fail when a column that will not be masked carries the values of a PII column.
@@ -513,12 +512,54 @@ class _Runner:
         the Arrow table) and the sinks write the same table.
         """
         columns = [c for c, _ in self.ctx.engine.columns(table) if c not in META_COLUMNS]
-        select = [f"{self._masked(c)} AS {quote_ident(c)}" for c in columns]
         self.ctx.events.emit("progress", stage="masking and staging")
-        self.staged = self.ctx.engine.fetch_arrow(
-            f"SELECT {', '.join(select)} FROM {quote_ident(table)}", purpose="stage the result"
+        maps = self._mask_maps(columns)
+        select = [self._staged_column(c, maps.get(c), index) for index, c in enumerate(columns)]
+        joins = "".join(
+            f" LEFT JOIN {quote_ident(m)} AS __sw_m{columns.index(c)} "
+            f"ON CAST(t.{quote_ident(c)} AS VARCHAR) = __sw_m{columns.index(c)}.v"
+            for c, m in maps.items()
         )
+        self.staged = self.ctx.engine.fetch_arrow(
+            f"SELECT {', '.join(select)} FROM {quote_ident(table)} AS t{joins}",
+            purpose="stage the result",
+        )
+        self._drop(*maps.values())
         return self.ctx.engine.register_view(self.ctx.engine.new_name("staged"), self.staged)
+
+    def _mask_maps(self, columns: list[str]) -> dict[str, str]:
+        """Masked values of each PII column, computed once per distinct value of the primary
+        source's column of the same name (PII values repeat: one user, many events).
+
+        A value the map lacks (a step made a new one) is masked row by row in staging, so
+        the maps only save work; they never decide what is masked.
+        """
+        methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
+        source = self.valid_tables.get(self.pipeline.primary_source)
+        if source is None:
+            return {}
+        present = {c.casefold(): c for c, _ in self.ctx.engine.columns(source)}
+        maps: dict[str, str] = {}
+        for column in columns:
+            method = methods.get(column.casefold())
+            if method is None or method == "redact" or column.casefold() not in present:
+                continue
+            origin = quote_ident(present[column.casefold()])
+            maps[column] = self.ctx.engine.create_table(
+                self.ctx.engine.new_name("mask_map"),
+                f"SELECT v, {masking.mask_sql(method, 'v', self.keys)} AS m FROM "
+                f"(SELECT DISTINCT CAST({origin} AS VARCHAR) AS v FROM {quote_ident(source)} "
+                f"WHERE {origin} IS NOT NULL)",
+                purpose=f"mask the distinct values of {column}",
+            )
+        return maps
+
+    def _staged_column(self, column: str, mask_map: str | None, index: int) -> str:
+        masked = self._masked(column, prefix="t.")
+        if mask_map is None:
+            return f"{masked} AS {quote_ident(column)}"
+        alias = f"__sw_m{index}"
+        return f"CASE WHEN {alias}.m IS NOT NULL THEN {alias}.m ELSE {masked} END AS {quote_ident(column)}"
 
     def _drop(self, *tables: str) -> None:
         """Free intermediate tables; a source's valid rows stay (steps join them by name)."""
