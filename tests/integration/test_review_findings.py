@@ -8,14 +8,10 @@ import io
 import json
 import os
 import sqlite3
-import urllib.error
-import urllib.request
-import uuid
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pyarrow as pa
 import pytest
 import yaml
@@ -211,28 +207,10 @@ sinks:
 
 
 @pytest.fixture()
-def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3_bucket(monkeypatch: pytest.MonkeyPatch, s3_client: Any, make_bucket: Any) -> Any:
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)
-    try:
-        urllib.request.urlopen(f"{S3_ENDPOINT}/moto-api/", timeout=5).close()
-    except urllib.error.HTTPError:
-        pass
-    except OSError as exc:
-        pytest.fail(
-            f"S3-compatible server not reachable at {S3_ENDPOINT} ({exc}): "
-            "start it with `bash scripts/services/moto.sh`"
-        )
-    client = boto3.client(
-        "s3",
-        endpoint_url=S3_ENDPOINT,
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-        region_name="us-east-1",
-    )
-    name = f"sluice-review-{uuid.uuid4().hex[:10]}"
-    client.create_bucket(Bucket=name)
-    return client, name
+    return s3_client, make_bucket("sluice-review")
 
 
 def test_a_rewritten_s3_file_is_read_again_not_skipped_as_already_committed(

@@ -7,13 +7,11 @@ default http://127.0.0.1:5000).
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-import boto3
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
@@ -35,31 +33,8 @@ OPTIONS = {"endpoint_url": ENDPOINT, "access_key_id": ACCESS_KEY, "secret_access
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    try:
-        urllib.request.urlopen(f"{ENDPOINT}/moto-api/", timeout=5).close()
-    except urllib.error.HTTPError:
-        pass  # any HTTP answer means a server is there
-    except OSError as exc:
-        pytest.fail(
-            f"S3-compatible server not reachable at {ENDPOINT} ({exc}): start it with "
-            "`bash scripts/services/moto.sh`"
-        )
-    return ENDPOINT
-
-
-@pytest.fixture(scope="session")
-def bucket(s3_endpoint: str) -> str:
-    name = f"sluice-test-{uuid.uuid4().hex[:12]}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=name)
-    return name
+def bucket(make_bucket: Callable[[str], str]) -> str:
+    return make_bucket("sluice-test")
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import urllib.error
-import urllib.request
-import uuid
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-import boto3
 import pytest
 from deltalake import DeltaTable
 
@@ -68,25 +66,9 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def bucket() -> str:
-    try:
-        urllib.request.urlopen(f"{ENDPOINT}/moto-api/", timeout=5).close()
-    except urllib.error.HTTPError:
-        pass
-    except OSError as exc:
-        pytest.fail(
-            f"S3-compatible server not reachable at {ENDPOINT} ({exc}): "
-            "start it with `bash scripts/services/moto.sh`"
-        )
-    name = f"sluice-pipe-{uuid.uuid4().hex[:10]}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=ENDPOINT,
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=name)
+def bucket(s3_client: Any, make_bucket: Callable[[str], str]) -> str:
+    name = make_bucket("sluice-pipe")
+    client = s3_client
     csv = (
         b"order_id,amount,day\n1,10.5,2025-01-15\n2,-3,2025-01-15\n2,7,2025-01-15\n"
         b"3,oops,2025-01-15\n4,1,2025-01-16\n"
