@@ -407,7 +407,7 @@ class _Runner:
             engine.new_name("pii_probe"),
             " UNION ALL ".join(
                 f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)} AS v FROM "
-                f"(SELECT * FROM {quote_ident(table)} USING SAMPLE {PII_GUARD_SAMPLE} ROWS) "
+                f"(SELECT * FROM {quote_ident(table)} USING SAMPLE reservoir({PII_GUARD_SAMPLE} ROWS) REPEATABLE (7)) "
                 f"WHERE {quote_ident(c)} IS NOT NULL"
                 for c in candidates
             ),
@@ -456,8 +456,9 @@ class _Runner:
 
         A step that promises to keep the row count (`defers_count`) is not counted on its
         own: its promise is verified by the next count the run makes anyway (a step that
-        needs its input's count, or the staged result), and only on a mismatch is each such
-        step counted to name the one that broke it.
+        needs its input's count, or the staged result). At most one promise waits at a time:
+        two waiting steps could cancel out (one drops a row, the next adds one), so the
+        next step of either kind first counts its input.
         """
         self.expected_rows = rows
         for index, config in enumerate(self.pipeline.steps):
@@ -467,7 +468,7 @@ class _Runner:
             step = registry.lookup("step", config.key).impl(config)  # type: ignore[union-attr]
             label = f"steps[{index}].{config.key}"
             defers = bool(getattr(step, "defers_count", False))
-            if self.deferred and not defers:
+            if self.deferred:
                 self._verify_deferred(self.ctx.engine.count(table))
             try:
                 out = step.apply(self.ctx, table, rows_in=self.expected_rows)
