@@ -244,6 +244,46 @@ def show(run_id: str, state_dir: str | None) -> None:
     print(json.dumps(vars(record), indent=2, default=str))
 
 
+@main.group()
+def checks() -> None:
+    """The table-check vocabulary."""
+
+
+@checks.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def checks_list(fmt: str) -> None:
+    """Every table check: its name, its Great Expectations name, and its arguments."""
+    from sluiceway.core import registry
+
+    common = {"severity", "mostly", "name"}
+    rows = [
+        {
+            "check": plugin.name,
+            "aliases": list(plugin.aliases),
+            "arguments": {
+                field: info.description or ""
+                for field, info in plugin.config.model_fields.items()
+                if field not in common
+            },
+        }
+        for plugin in registry.canonical("check")
+    ]
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        title=f"{len(rows)} table checks (each also takes severity: error|warn, name, and mostly where it applies)",
+        header_style="bold",
+        show_lines=True,
+    )
+    for column in ("check", "Great Expectations name", "arguments"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        arguments = "\n".join(f"{k}: {v}" for k, v in row["arguments"].items())
+        table.add_row(row["check"], "\n".join(row["aliases"]), arguments)
+    console.print(table)
+
+
 from sluiceway.cli_dlq import demo, dlq, replay  # noqa: E402
 
 main.add_command(dlq)
