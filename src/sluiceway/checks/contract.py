@@ -128,7 +128,7 @@ def _type(column: str, spec: ColumnContract, src: str, cast: str, shown: str) ->
         + spec.type
         + (f" in format {spec.strftime}" if spec.strftime else "")
     )
-    reason = f"{shown} || ' is not {wanted}'"
+    reason = f"{shown} || {quote_literal(' is not ' + wanted)}"
     return [Rule("type", column, f"{src} IS NOT NULL AND ({cast}) IS NULL", reason, True)]
 
 

@@ -658,3 +658,19 @@ def test_a_contract_whose_columns_are_all_absent_and_optional_keeps_every_row(en
 
     assert outcome.rejected == {}
     assert [(r["id"], r["other"]) for r in outcome.valid] == [(None, "a"), (None, "b")]
+
+
+def test_a_strftime_format_with_a_quote_still_builds_its_reason(engine: DuckDBEngine) -> None:
+    table = source(engine, {"at": ["15 o'clock 2025-01-15", "noon"]})
+    contract = Contract(
+        columns={"at": ColumnContract(type="timestamp_ntz", strftime="%H o'clock %Y-%m-%d")}
+    )
+
+    result = apply_contract(engine, table, contract, pii={}, masked_payload=lambda cols: "'{}'")
+
+    errors = fetch(engine, result.rejected)
+    assert (result.rows_valid, result.rows_rejected) == (1, 1)
+    assert (
+        errors[0]["__sw_errors"][0]["reason"]
+        == "value 'noon' is not a timestamp_ntz in format %H o'clock %Y-%m-%d"
+    )
