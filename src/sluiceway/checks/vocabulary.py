@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sluiceway.core.spec import CheckConfig
 
@@ -118,6 +118,246 @@ class CompletenessConfig(ColumnCheckConfig):
         return self
 
 
+class IsNullConfig(ColumnCheckConfig):
+    """Every value of `column` is NULL (or at least `mostly` of them)."""
+
+    key: ClassVar[str] = "is_null"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_be_null"
+    shorthand: ClassVar[str | None] = "column"
+
+
+class NotInSetConfig(ColumnCheckConfig):
+    """No non-NULL value of `column` is among `value_set`."""
+
+    key: ClassVar[str] = "not_in_set"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_not_be_in_set"
+
+    value_set: list[SetValue] = Field(min_length=1, description="The forbidden values.")
+
+
+class LengthBetweenConfig(ColumnCheckConfig):
+    """Non-NULL values of `column`, as text, have between `min_value` and `max_value` characters."""
+
+    key: ClassVar[str] = "length_between"
+    ge_name: ClassVar[str | None] = "expect_column_value_lengths_to_be_between"
+
+    min_value: int | None = Field(None, ge=0, description="Fewest characters (None: no minimum).")
+    max_value: int | None = Field(None, ge=0, description="Most characters (None: no maximum).")
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> LengthBetweenConfig:
+        _require_ordered_bounds(self.min_value, self.max_value)
+        return self
+
+
+class NotRegexConfig(ColumnCheckConfig):
+    """No non-NULL value of `column` (as text) matches `regex` as a whole.
+
+    As with `regex`, the whole value must match to count: a GE pattern `abc` becomes `.*abc.*`.
+    """
+
+    key: ClassVar[str] = "not_regex"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_not_match_regex"
+
+    regex: str = Field(description="RE2 regular expression no whole value may match.")
+
+
+class StrftimeFormatConfig(ColumnCheckConfig):
+    """Non-NULL values of `column`, as text, parse with `strftime_format` (DuckDB strptime)."""
+
+    key: ClassVar[str] = "strftime_format"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_match_strftime_format"
+
+    strftime_format: str = Field(min_length=1, description="The format, e.g. '%Y-%m-%d'.")
+
+
+class JsonParseableConfig(ColumnCheckConfig):
+    """Non-NULL values of `column`, as text, are valid JSON."""
+
+    key: ClassVar[str] = "json_parseable"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_be_json_parseable"
+    shorthand: ClassVar[str | None] = "column"
+
+
+class CompoundUniqueConfig(TableCheckConfig):
+    """No combination of `column_list` values occurs twice; rows all NULL there are not judged."""
+
+    key: ClassVar[str] = "compound_unique"
+    ge_name: ClassVar[str | None] = "expect_compound_columns_to_be_unique"
+
+    column_list: list[str] = Field(min_length=2, description="The columns that form the key.")
+
+
+class PairGreaterConfig(TableCheckConfig):
+    """`column_a` is greater than `column_b` in every row (rows NULL in both are not judged)."""
+
+    key: ClassVar[str] = "pair_greater"
+    ge_name: ClassVar[str | None] = "expect_column_pair_values_a_to_be_greater_than_b"
+
+    column_a: str = Field(alias="column_A", min_length=1, description="The greater column.")
+    column_b: str = Field(alias="column_B", min_length=1, description="The smaller column.")
+    or_equal: bool = Field(False, description="True: equal values are expected too.")
+
+
+class PairEqualConfig(TableCheckConfig):
+    """`column_a` equals `column_b` in every row (rows NULL in both are not judged)."""
+
+    key: ClassVar[str] = "pair_equal"
+    ge_name: ClassVar[str | None] = "expect_column_pair_values_to_be_equal"
+
+    column_a: str = Field(alias="column_A", min_length=1, description="The first column.")
+    column_b: str = Field(alias="column_B", min_length=1, description="The second column.")
+
+
+class MulticolumnSumConfig(TableCheckConfig):
+    """In every row the `column_list` values add up to `sum_total` (NULLs count as 0).
+
+    Rows NULL in every listed column are not judged.
+    """
+
+    key: ClassVar[str] = "multicolumn_sum"
+    ge_name: ClassVar[str | None] = "expect_multicolumn_sum_to_equal"
+
+    column_list: list[str] = Field(min_length=2, description="The columns to add up per row.")
+    sum_total: int | float = Field(description="The total every row must add up to.")
+
+
+class ColumnsMatchSetConfig(TableCheckConfig):
+    """The table's column names equal `column_set` (or include it, without `exact_match`)."""
+
+    key: ClassVar[str] = "columns_match_set"
+    ge_name: ClassVar[str | None] = "expect_table_columns_to_match_set"
+
+    column_set: list[str] = Field(min_length=1, description="The expected column names.")
+    exact_match: bool = Field(True, description="False: other columns may exist too.")
+
+    @model_validator(mode="after")
+    def _no_mostly(self) -> ColumnsMatchSetConfig:
+        _forbid_mostly(self, "the table's columns are judged as a whole")
+        return self
+
+
+class ColumnsMatchListConfig(TableCheckConfig):
+    """The table's column names are `column_list`, in that order."""
+
+    key: ClassVar[str] = "columns_match_list"
+    ge_name: ClassVar[str | None] = "expect_table_columns_to_match_ordered_list"
+
+    column_list: list[str] = Field(min_length=1, description="The expected columns, in order.")
+
+    @model_validator(mode="after")
+    def _no_mostly(self) -> ColumnsMatchListConfig:
+        _forbid_mostly(self, "the table's columns are judged as a whole")
+        return self
+
+
+class SqlPredicateConfig(TableCheckConfig):
+    """Every row satisfies the SQL `predicate`; rows where it is false are unexpected."""
+
+    key: ClassVar[str] = "sql_predicate"
+
+    name: str = Field(min_length=1, description="A name for the check in results and reports.")
+    predicate: str = Field(min_length=1, description="SQL condition over one row, e.g. 'a < b'.")
+
+    @field_validator("predicate")
+    @classmethod
+    def _one_expression(cls, value: str) -> str:
+        return _one_sql_expression(value)
+
+
+class AggregateBetweenConfig(ColumnCheckConfig):
+    """An aggregate of the non-NULL values of `column` lies between the bounds; no `mostly`."""
+
+    min_value: int | float | None = Field(None, description="Lower bound (None: no lower bound).")
+    max_value: int | float | None = Field(None, description="Upper bound (None: no upper bound).")
+    strict_min: bool = Field(False, description="True: an aggregate equal to min_value fails.")
+    strict_max: bool = Field(False, description="True: an aggregate equal to max_value fails.")
+
+    @model_validator(mode="after")
+    def _bounds_and_no_mostly(self) -> AggregateBetweenConfig:
+        _require_ordered_bounds(self.min_value, self.max_value)
+        _forbid_mostly(self, "the aggregate is one number, not a fraction of rows")
+        return self
+
+
+class MeanBetweenConfig(AggregateBetweenConfig):
+    """The mean of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "mean_between"
+    ge_name: ClassVar[str | None] = "expect_column_mean_to_be_between"
+
+
+class MedianBetweenConfig(AggregateBetweenConfig):
+    """The median of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "median_between"
+    ge_name: ClassVar[str | None] = "expect_column_median_to_be_between"
+
+
+class StdevBetweenConfig(AggregateBetweenConfig):
+    """The sample standard deviation of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "stdev_between"
+    ge_name: ClassVar[str | None] = "expect_column_stdev_to_be_between"
+
+
+class MinBetweenConfig(AggregateBetweenConfig):
+    """The smallest value of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "min_between"
+    ge_name: ClassVar[str | None] = "expect_column_min_to_be_between"
+
+
+class MaxBetweenConfig(AggregateBetweenConfig):
+    """The largest value of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "max_between"
+    ge_name: ClassVar[str | None] = "expect_column_max_to_be_between"
+
+
+class SumBetweenConfig(AggregateBetweenConfig):
+    """The sum of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "sum_between"
+    ge_name: ClassVar[str | None] = "expect_column_sum_to_be_between"
+
+
+class DistinctCountBetweenConfig(AggregateBetweenConfig):
+    """The number of distinct non-NULL values of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "distinct_count_between"
+    ge_name: ClassVar[str | None] = "expect_column_unique_value_count_to_be_between"
+
+
+class UniqueProportionBetweenConfig(AggregateBetweenConfig):
+    """Distinct non-NULL values over non-NULL values of `column` lies between the bounds."""
+
+    key: ClassVar[str] = "unique_proportion_between"
+    ge_name: ClassVar[str | None] = "expect_column_proportion_of_unique_values_to_be_between"
+
+
+class SqlMetricConfig(TableCheckConfig):
+    """The SQL aggregate `expression` over the table lies between the bounds; no `mostly`."""
+
+    key: ClassVar[str] = "sql_metric"
+
+    name: str = Field(min_length=1, description="A name for the check in results and reports.")
+    expression: str = Field(min_length=1, description="SQL aggregate, e.g. 'sum(a) / count(*)'.")
+    min_value: int | float | None = Field(None, description="Lower bound (None: no lower bound).")
+    max_value: int | float | None = Field(None, description="Upper bound (None: no upper bound).")
+
+    @field_validator("expression")
+    @classmethod
+    def _one_expression(cls, value: str) -> str:
+        return _one_sql_expression(value)
+
+    @model_validator(mode="after")
+    def _bounds_and_no_mostly(self) -> SqlMetricConfig:
+        _require_ordered_bounds(self.min_value, self.max_value)
+        _forbid_mostly(self, "the metric is one number, not a fraction of rows")
+        return self
+
+
 CHECK_CONFIGS: tuple[type[TableCheckConfig], ...] = (
     NotNullConfig,
     BetweenConfig,
@@ -126,6 +366,28 @@ CHECK_CONFIGS: tuple[type[TableCheckConfig], ...] = (
     RegexConfig,
     RowCountBetweenConfig,
     CompletenessConfig,
+    IsNullConfig,
+    NotInSetConfig,
+    LengthBetweenConfig,
+    NotRegexConfig,
+    MeanBetweenConfig,
+    MedianBetweenConfig,
+    StdevBetweenConfig,
+    MinBetweenConfig,
+    MaxBetweenConfig,
+    SumBetweenConfig,
+    DistinctCountBetweenConfig,
+    UniqueProportionBetweenConfig,
+    StrftimeFormatConfig,
+    JsonParseableConfig,
+    CompoundUniqueConfig,
+    PairGreaterConfig,
+    PairEqualConfig,
+    MulticolumnSumConfig,
+    ColumnsMatchSetConfig,
+    ColumnsMatchListConfig,
+    SqlPredicateConfig,
+    SqlMetricConfig,
 )
 
 
@@ -143,3 +405,9 @@ def _require_ordered_bounds(low: Any, high: Any) -> None:
 def _forbid_mostly(config: CheckConfig, why: str) -> None:
     if config.mostly is not None:
         raise ValueError(f"'{config.key}' takes no 'mostly': {why}")
+
+
+def _one_sql_expression(value: str) -> str:
+    if ";" in value:
+        raise ValueError("must be one SQL expression, without ';'")
+    return value

@@ -1,0 +1,226 @@
+"""The machinery every table check shares: results, outcomes and the `TableCheck` base.
+
+A check compiles to named SQL aggregates over the table (`aggregates_on`) and reads its verdict
+back from their values (`outcome`); `table.evaluate_checks` fuses the aggregates of all checks
+into one query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from typing import Any, Literal
+
+from sluiceway.core.spec import CheckConfig, Severity
+from sluiceway.engines.duckdb import quote_ident, quote_literal
+
+Status = Literal["passed", "failed", "error"]
+
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one table check on one table.
+
+    `observed_value` is an aggregate (a ratio or a row count); `unexpected_percent` is the
+    share of judged values that were unexpected. `error` is set when the check itself could
+    not be evaluated.
+    """
+
+    check_id: str
+    name: str
+    check: str
+    column: str | None
+    severity: Severity
+    success: bool
+    observed_value: float | int | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    rows_checked: int
+    message: str
+    error: str | None = None
+
+    @property
+    def status(self) -> Status:
+        """'error' when the check could not run, else 'passed' or 'failed'."""
+        if self.error is not None:
+            return "error"
+        return "passed" if self.success else "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain data, `status` included."""
+        return {**asdict(self), "status": self.status}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a check concluded from its aggregates."""
+
+    success: bool
+    observed_value: float | int | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    message: str
+
+
+def check_id(config: CheckConfig) -> str:
+    """A stable fingerprint of what a check measures and against which thresholds.
+
+    `name` and `severity` are left out: renaming a check or demoting it to a warning keeps
+    its metric history.
+    """
+    params = config.model_dump(mode="json", exclude_defaults=True, exclude={"name", "severity"})
+    blob = json.dumps({"check": config.key, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class TableCheck:
+    """One check compiled for a table: its aggregates in, its `CheckResult` out."""
+
+    def __init__(self, config: CheckConfig) -> None:
+        self.config = config
+
+    @property
+    def column(self) -> str | None:
+        """The column the check looks at, if any."""
+        column = getattr(self.config, "column", None)
+        return column if isinstance(column, str) else None
+
+    @property
+    def name(self) -> str:
+        """The configured name, else `key(column)` or `key`."""
+        if self.config.name:
+            return self.config.name
+        return f"{self.config.key}({self.column})" if self.column else self.config.key
+
+    def aggregates(self) -> dict[str, str]:
+        """Alias → SQL aggregate over the table; the row count is always there as `rows`."""
+        return {}
+
+    def aggregates_on(self, table: str) -> dict[str, str]:
+        """The aggregates over `table`; those that need its name (its columns) override this."""
+        return self.aggregates()
+
+    def outcome(self, values: dict[str, Any], rows: int) -> Outcome:
+        """The verdict from the aggregate `values` (by alias) and the table's row count."""
+        raise NotImplementedError
+
+    def result(self, values: dict[str, Any], rows: int) -> CheckResult:
+        """The `CheckResult` built from the aggregate values."""
+        outcome = self.outcome(values, rows)
+        return self._build(
+            success=outcome.success,
+            observed_value=outcome.observed_value,
+            unexpected_count=outcome.unexpected_count,
+            unexpected_percent=outcome.unexpected_percent,
+            rows_checked=rows,
+            message=outcome.message,
+        )
+
+    def error(self, table: str, reason: str) -> CheckResult:
+        """A result with status 'error': the check could not be evaluated."""
+        return self._build(
+            success=False,
+            observed_value=None,
+            unexpected_count=None,
+            unexpected_percent=None,
+            rows_checked=0,
+            message=f"{self.name} could not be evaluated on table '{table}': {reason}",
+            error=reason,
+        )
+
+    def _build(self, **fields: Any) -> CheckResult:
+        return CheckResult(
+            check_id=check_id(self.config),
+            name=self.name,
+            check=self.config.key,
+            column=self.column,
+            severity=self.config.severity,
+            **fields,
+        )
+
+
+class ColumnValuesCheck(TableCheck):
+    """A check that judges values of one column; subclasses say which are unexpected."""
+
+    subject = "non-NULL values"
+    verdict = "were not"
+
+    def predicate(self) -> str:
+        """What each value is expected to be, e.g. 'to be unique'."""
+        raise NotImplementedError
+
+    def unexpected_sql(self, column: str) -> str:
+        """An SQL condition true for an unexpected value (NULL for a NULL value)."""
+        raise NotImplementedError
+
+    def aggregates(self) -> dict[str, str]:
+        column = quote_ident(self._column)
+        return {
+            "judged": f"count({column})",
+            "unexpected": f"count(*) FILTER (WHERE {self.unexpected_sql(column)})",
+        }
+
+    def counts(self, values: dict[str, Any], rows: int) -> tuple[int, int]:
+        """(unexpected, judged) from the aggregates."""
+        return int(values["unexpected"]), int(values["judged"])
+
+    def outcome(self, values: dict[str, Any], rows: int) -> Outcome:
+        unexpected, judged = self.counts(values, rows)
+        required = 1.0 if self.config.mostly is None else self.config.mostly
+        quantifier = "all" if required >= 1 else f"at least {pct(required)} of the"
+        expected = (
+            f"Expected {quantifier} {self.subject} of {self.judged_text()} {self.predicate()}"
+        )
+        if judged == 0:
+            return Outcome(True, None, 0, None, f"{expected}; there were none to judge.")
+        share = unexpected / judged
+        return Outcome(
+            success=at_least(1 - share, required),
+            observed_value=1 - share,
+            unexpected_count=unexpected,
+            unexpected_percent=share * 100,
+            message=f"{expected}; {unexpected} of {judged} ({share:.2%}) {self.verdict}.",
+        )
+
+    def judged_text(self) -> str:
+        """What is judged, for messages: `column 'email'` unless a check says otherwise."""
+        return f"column '{self._column}'"
+
+    @property
+    def _column(self) -> str:
+        assert self.column is not None, f"{self.config.key} has no column"
+        return self.column
+
+
+def sql_literal(value: Any) -> str:
+    """An SQL literal for a configured threshold or allowed value."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"CAST('{value!r}' AS DOUBLE)"
+    if isinstance(value, datetime):
+        return f"TIMESTAMP {quote_literal(value.isoformat(sep=' '))}"
+    if isinstance(value, date):
+        return f"DATE {quote_literal(value.isoformat())}"
+    return quote_literal(str(value))
+
+
+def at_least(ratio: float, required: float) -> bool:
+    return ratio >= required - TOLERANCE
+
+
+def pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def bound_range(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f"at least {low}" if low is not None else f"at most {high}"
