@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 import time
 import uuid
@@ -23,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,7 +36,7 @@ from sluiceway.core import registry, rejects
 from sluiceway.core.accounting import RowAccounting
 from sluiceway.core.context import META_COLUMNS, RunContext, SourceRead, WriteRequest, WriteResult
 from sluiceway.core.events import EventBus, Subscriber
-from sluiceway.core.runstore import RunRecord, RunStore
+from sluiceway.core.runstore import RUN_METRICS, MetricPoint, RunRecord, RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import (
@@ -165,6 +166,7 @@ class _Runner:
         self.workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-seal")
         self.expected_rows = 0
         self.staged: pa.Table = pa.table({})
+        self.has_audited = False
 
     @property
     def pipeline(self) -> Pipeline:
@@ -191,6 +193,8 @@ class _Runner:
         finally:
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._record(self.result.status)
+            if self.has_audited and not self.options.is_replay:
+                self.store.save_metrics(self._metric_points())
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
         return self.result
@@ -599,6 +603,7 @@ class _Runner:
             else []
         )
         self.result.checks = results
+        self.has_audited = True
         self.ctx.events.emit(
             "checks_done",
             passed=sum(r.status == "passed" for r in results),
@@ -663,6 +668,30 @@ class _Runner:
                 rows=written.rows_written,
             )
 
+    def _metric_points(self) -> list[MetricPoint]:
+        """The run's numbers for the metric history: run-level counts and each evaluated
+        check's aggregates. Numbers only, never row values."""
+        run_level = {**self.accounting.to_dict(), "duration_s": self.result.duration_s}
+        series = [(RUN_METRICS, name, run_level.get(name)) for name in _RUN_METRIC_NAMES]
+        for check in self.result.checks:
+            if check.status != "error":
+                series += [(check.check_id, m, getattr(check, m)) for m in _CHECK_METRIC_NAMES]
+        recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        return [
+            MetricPoint(
+                run_id=self.ctx.run_id,
+                pipeline=self.pipeline.pipeline,
+                dataset="staged",
+                check_id=check_id,
+                metric=metric,
+                logical_date=str(self.ctx.logical_date),
+                value=float(value),
+                recorded_at=recorded_at,
+            )
+            for check_id, metric, value in series
+            if _is_number(value)
+        ]
+
     def _record(self, status: str) -> None:
         acc = self.accounting
         self.store.save(
@@ -695,3 +724,18 @@ class _Runner:
                 },
             )
         )
+
+
+_RUN_METRIC_NAMES = (
+    "rows_in",
+    "rows_written",
+    "rows_rejected",
+    "rows_deduplicated",
+    "rows_filtered",
+    "duration_s",
+)
+_CHECK_METRIC_NAMES = ("observed_value", "unexpected_count", "unexpected_percent", "rows_checked")
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,16 +1,20 @@
-"""The run store: SQLite in WAL mode, one row per run with its accounting and check results.
+"""The run store: SQLite in WAL mode, one row per run with its accounting and check results,
+and the metric history: one point per pipeline, check, metric and logical date.
 
 The lake is the ledger; this store is an index of runs for humans and tools (`sluice runs`,
-`sluice show`). One writer per process, short transactions.
+`sluice show`) and the training data of anomaly checks. One writer per process, short
+transactions.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,33 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    check_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    logical_date TEXT NOT NULL,
+    value REAL NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_series
+    ON metrics (pipeline, check_id, metric, logical_date);
 """
+
+RUN_METRICS = "__run__"
+"""The `check_id` of run-level metrics (rows_in, rows_written, ..., duration_s)."""
+
+_METRIC_COLUMNS = (
+    "run_id",
+    "pipeline",
+    "dataset",
+    "check_id",
+    "metric",
+    "logical_date",
+    "value",
+    "recorded_at",
+)
 
 
 @dataclass
@@ -59,6 +89,24 @@ class RunRecord:
     rows_warned: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One number a run measured: a check's metric, or a run-level count (`RUN_METRICS`).
+
+    `dataset` is the table the number is about ('staged' for the audited result, or a sink's
+    table); `logical_date` is an ISO date, `recorded_at` an ISO UTC timestamp.
+    """
+
+    run_id: str
+    pipeline: str
+    dataset: str
+    check_id: str
+    metric: str
+    logical_date: str
+    value: float
+    recorded_at: str
 
 
 class RunStore:
@@ -112,6 +160,70 @@ class RunStore:
         params: tuple[Any, ...] = (pipeline, limit) if pipeline else (limit,)
         with self._connect() as con:
             return [_record(r) for r in con.execute(sql, params).fetchall()]
+
+    def save_metrics(self, rows: Sequence[MetricPoint]) -> None:
+        """Store a run's metrics in one transaction, keeping one point per date.
+
+        A point replaces any stored point with the same (pipeline, logical_date, check_id,
+        metric): a rerun of a date overwrites that date's history instead of adding a second
+        point, so an anomaly check never trains on duplicates of one day.
+        """
+        keys = [(r.pipeline, r.logical_date, r.check_id, r.metric) for r in rows]
+        marks = ", ".join("?" for _ in _METRIC_COLUMNS)
+        with self._connect() as con:
+            con.executemany(
+                "DELETE FROM metrics WHERE pipeline = ? AND logical_date = ? AND check_id = ? "
+                "AND metric = ?",
+                keys,
+            )
+            con.executemany(
+                f"INSERT INTO metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({marks})",
+                [tuple(getattr(r, c) for c in _METRIC_COLUMNS) for r in rows],
+            )
+
+    def metric_history(
+        self,
+        pipeline: str,
+        check_id: str,
+        metric: str,
+        *,
+        before: str | None = None,
+        limit: int = 1000,
+    ) -> builtins.list[MetricPoint]:
+        """The points of one series, oldest first.
+
+        Args:
+            pipeline: the pipeline name.
+            check_id: a check's fingerprint, or `RUN_METRICS`.
+            metric: e.g. 'observed_value' or 'rows_written'.
+            before: an ISO date; only points of earlier dates are returned (the training
+                window of a check tested on that date).
+            limit: at most this many points: the most recent ones.
+
+        Returns:
+            The points ordered by logical_date ascending.
+        """
+        sql = (
+            f"SELECT {', '.join(_METRIC_COLUMNS)} FROM metrics "
+            "WHERE pipeline = ? AND check_id = ? AND metric = ?"
+            + (" AND logical_date < ?" if before is not None else "")
+            + " ORDER BY logical_date DESC LIMIT ?"
+        )
+        params: tuple[Any, ...] = (pipeline, check_id, metric)
+        params += (before, limit) if before is not None else (limit,)
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        return [MetricPoint(**dict(r)) for r in reversed(rows)]
+
+    def prune_metrics(self, *, keep_days: int) -> int:
+        """Delete points whose logical_date is more than `keep_days` days before today (UTC).
+
+        Returns:
+            The number of points deleted.
+        """
+        cutoff = (datetime.now(UTC).date() - timedelta(days=keep_days)).isoformat()
+        with self._connect() as con:
+            return con.execute("DELETE FROM metrics WHERE logical_date < ?", (cutoff,)).rowcount
 
 
 def _record(row: sqlite3.Row) -> RunRecord:
