@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sluiceway.checks.base import CheckResult
 from sluiceway.core.loader import load_spec
 from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
 from sluiceway.core.runstore import RunStore
@@ -52,19 +54,23 @@ def validate(specs: tuple[str, ...]) -> None:
             pipeline = load_spec(spec)
         except SpecError as exc:
             failed += 1
-            err_console.print(f"[bold red]✗ {spec}[/]: {len(exc.problems)} problem(s)")
-            for problem in exc.problems:
-                where = escape(problem.path or "<root>")
-                err_console.print(
-                    f"  {spec}:{problem.line or '?'}  [cyan]{where}[/]  {escape(problem.message)}",
-                    soft_wrap=True,
-                )
+            _print_problems(spec, exc)
             continue
         console.print(
             f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
             f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)"
         )
     sys.exit(1 if failed else 0)
+
+
+def _print_problems(spec: str, exc: SpecError) -> None:
+    err_console.print(f"[bold red]✗ {escape(spec)}[/]: {len(exc.problems)} problem(s)")
+    for problem in exc.problems:
+        where = escape(problem.path or "<root>")
+        err_console.print(
+            f"  {escape(spec)}:{problem.line or '?'}  [cyan]{where}[/]  {escape(problem.message)}",
+            soft_wrap=True,
+        )
 
 
 def _run_spec(
@@ -166,7 +172,7 @@ def print_summary(result: RunResult) -> None:
         top = ", ".join(f"{k}: {v}" for k, v in list(result.rejected_by_rule.items())[:8])
         console.print(f"rejected by rule: {top}", soft_wrap=True)
     if result.checks:
-        _print_checks(result)
+        _print_checks(result.checks, title="Checks (audited before publish)")
     for sink in result.sinks:
         state = "already committed, nothing written" if sink.skipped else f"version {sink.version}"
         console.print(f"table: {sink.uri} ({state})")
@@ -182,12 +188,12 @@ def print_summary(result: RunResult) -> None:
         console.print(f"[red]error:[/] {escape(result.error)}", soft_wrap=True)
 
 
-def _print_checks(result: RunResult) -> None:
-    table = Table(title="Checks (audited before publish)", header_style="bold")
+def _print_checks(results: Sequence[CheckResult], *, title: str) -> None:
+    table = Table(title=title, header_style="bold")
     for column in ("check", "severity", "status", "observed", "unexpected"):
         table.add_column(column)
     style = {"passed": "green", "failed": "red", "error": "magenta"}
-    for check in result.checks:
+    for check in results:
         observed = "" if check.observed_value is None else f"{check.observed_value:.4g}"
         unexpected = "" if check.unexpected_count is None else f"{check.unexpected_count:,}"
         table.add_row(
@@ -198,8 +204,40 @@ def _print_checks(result: RunResult) -> None:
             unexpected,
         )
     console.print(table)
-    passed = sum(c.status == "passed" for c in result.checks)
-    console.print(f"checks: {passed} passed, {len(result.checks) - passed} failed")
+    passed = sum(c.status == "passed" for c in results)
+    console.print(f"checks: {passed} passed, {len(results) - passed} failed")
+
+
+@main.command("check-data")
+@click.argument("checks_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--data",
+    help="A file, folder or glob (local or s3://) of CSV, JSON, Parquet or Avro "
+    "(default, for a pipeline spec: its primary source).",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def check_data_command(checks_file: str, data: str | None, fmt: str) -> None:
+    """Run the table checks of a spec or checks file on data, without a pipeline.
+
+    Exit 0: no error-level check failed; 1: one did; 2: bad spec or unreadable data.
+    """
+    from sluiceway.checks.standalone import check_data
+    from sluiceway.checks.table import blocking_failures
+
+    try:
+        results = check_data(Path(checks_file), data, base_dir=Path.cwd())
+    except SpecError as exc:
+        _print_problems(checks_file, exc)
+        sys.exit(2)
+    except SluicewayError as exc:
+        _fail(exc.message)
+    blocking = blocking_failures(results)
+    if fmt == "json":
+        report = {"ok": not blocking, "checks": [r.to_dict() for r in results]}
+        print(json.dumps(report, default=str))
+    else:
+        _print_checks(results, title=f"Checks on {data or checks_file}")
+    sys.exit(1 if blocking else 0)
 
 
 @main.command()

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sluiceway.core import registry
-from sluiceway.core.spec import Pipeline
+from sluiceway.core.spec import CheckConfig, ChecksFile, Pipeline
 from sluiceway.errors import SpecError, SpecProblem
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -66,20 +66,52 @@ def load_spec(path: str | Path, *, environ: Mapping[str, str] | None = None) -> 
     Raises:
         SpecError: with every problem found, each with YAML path and line.
     """
-    path = Path(path)
+    return parse_spec(_read_spec(path), source=str(path), environ=environ)
+
+
+def load_checks(path: str | Path, *, environ: Mapping[str, str] | None = None) -> list[CheckConfig]:
+    """Read and validate a checks file, `{version: 1, checks: [...]}`, as `load_spec` does.
+
+    Raises:
+        SpecError: with every problem found, each with YAML path, line and did-you-mean.
+    """
+    source = str(path)
+    data, located = _compose(_read_spec(path), source, environ)
+    built = dict(data) if isinstance(data, dict) else data
+    if isinstance(built, dict):
+        built["checks"] = _keyed_plugins(data.get("checks"), "checks", "check", located)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(
-            [SpecProblem("", f"cannot read the spec: {exc}")], source=str(path)
-        ) from exc
-    return parse_spec(text, source=str(path), environ=environ)
+        checks_file = ChecksFile.model_validate(built)
+    except ValidationError as exc:
+        _report(exc, (), located)
+        checks_file = None
+    _raise_problems(located, source)
+    assert checks_file is not None
+    return list(checks_file.checks)
 
 
 def parse_spec(
     text: str, *, source: str = "<spec>", environ: Mapping[str, str] | None = None
 ) -> Pipeline:
     """Validate a YAML spec given as text. See `load_spec`."""
+    data, located = _compose(text, source, environ)
+    pipeline = validate_data(data, located)
+    _raise_problems(located, source)
+    assert pipeline is not None
+    return pipeline
+
+
+def _read_spec(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(
+            [SpecProblem("", f"cannot read the spec: {exc}")], source=str(path)
+        ) from exc
+
+
+def _compose(text: str, source: str, environ: Mapping[str, str] | None) -> tuple[Any, _Located]:
+    """YAML text as plain data, with the line of every path; raises SpecError if not YAML."""
     located = _Located()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -91,13 +123,13 @@ def parse_spec(
         ) from exc
     if node is None:
         raise SpecError([SpecProblem("", "the spec is empty")], source=source)
-    data = _to_data(node, (), located, os.environ if environ is None else environ)
-    pipeline = validate_data(data, located)
+    return _to_data(node, (), located, os.environ if environ is None else environ), located
+
+
+def _raise_problems(located: _Located, source: str) -> None:
     if located.problems:
         problems = [replace(p, file=source) for p in located.problems]
         raise SpecError(sorted(problems, key=lambda p: (p.line or 0, p.path)), source=source)
-    assert pipeline is not None
-    return pipeline
 
 
 def pipeline_from_dict(data: Mapping[str, Any]) -> Pipeline:

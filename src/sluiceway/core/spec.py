@@ -129,6 +129,15 @@ class CheckConfig(Model):
     name: str | None = Field(None, description="A name for the check in results and reports.")
 
 
+class ChecksFile(Model):
+    """A checks file for `sluice check-data`: table checks without a pipeline."""
+
+    version: Literal[1] = Field(description="Checks file format version; 1 is the only one.")
+    checks: list[SerializeAsAny[CheckConfig]] = Field(
+        min_length=1, description="Table checks to evaluate on the data."
+    )
+
+
 class SinkConfig(Model):
     """Base of every sink config; `type` names the plug-in."""
 

@@ -151,7 +151,7 @@ class FilesSource:
             ctx.events.emit(
                 "progress", stage=f"opening {name}", done=index, total=len(uris), unit="files"
             )
-            local = self._localize(ctx, uri)
+            local = self.localize(ctx, uri)
             compression = ff.compression_of(uri, self.config.compression)
             located.append(
                 (uri, local, compression, ff.format_of(local, self.config.format, compression))
@@ -242,7 +242,9 @@ class FilesSource:
         )
         return read if shape is None else _shaped(ctx, read, shape)
 
-    def _localize(self, ctx: RunContext, uri: str) -> str:
+    def localize(self, ctx: RunContext, uri: str) -> str:
+        """A local path holding the file: `uri` itself, or a copy of a remote object in the
+        run's cache folder."""
         if not storage.is_remote(uri):
             return uri
         fs, path = storage.arrow_filesystem(uri, self.config.storage_options)

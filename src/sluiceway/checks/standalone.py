@@ -1,0 +1,196 @@
+"""Table checks without a pipeline: `sluice check-data CHECKS.yaml --data PATH`.
+
+The YAML file is a whole pipeline spec (its `checks:` are used; without `--data` its primary
+source is read) or a checks file, `{version: 1, checks: [...]}`, validated like a spec.
+
+The data is listed, fetched and sniffed by the `files` source, then read *typed* so that
+numeric checks compare numbers: Parquet and Avro keep their own types, CSV and JSON get
+DuckDB's type inference (`read_csv` / `read_json` with auto-detection) instead of the
+all-text read a pipeline types by its contract.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+from sluiceway.checks.table import CheckResult, evaluate_checks
+from sluiceway.core.context import META_COLUMNS, RunContext
+from sluiceway.core.events import EventBus
+from sluiceway.core.loader import load_checks, load_spec
+from sluiceway.core.spec import CheckConfig, Pipeline
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.errors import SluicewayError, SourceError, SpecError, SpecProblem
+from sluiceway.sources import file_formats as ff
+from sluiceway.sources.files import FilesSource, FilesSourceConfig
+
+__all__ = ["check_data"]
+
+_PIPELINE_KEYS = {"pipeline", "sources", "sinks"}
+_TABLE = "data"
+
+
+def check_data(checks_file: Path, data: str | None, *, base_dir: Path) -> list[CheckResult]:
+    """Evaluate the checks of `checks_file` on `data`, outside any pipeline.
+
+    Args:
+        checks_file: a pipeline spec or a checks file `{version: 1, checks: [...]}`.
+        data: a file, folder, glob (local or s3://) of CSV, JSON, NDJSON, Parquet or Avro;
+            None: the primary source of the pipeline spec.
+        base_dir: a relative `data` path resolves against it.
+
+    Returns:
+        One result per check, in order (see `evaluate_checks`).
+
+    Raises:
+        SpecError: the YAML file is not a valid spec or checks file, or holds no check.
+        SourceError: the data cannot be found or read, or no data is named.
+    """
+    checks, config, resolve_dir = _checks_and_source(checks_file, data, base_dir)
+    engine = DuckDBEngine(redact_values=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sluice-check-data-") as cache:
+            ctx = _context(engine, config, resolve_dir, Path(cache))
+            table = _read_typed(ctx, FilesSource(config))
+            return evaluate_checks(engine, table, checks)
+    finally:
+        engine.close()
+
+
+def _checks_and_source(
+    checks_file: Path, data: str | None, base_dir: Path
+) -> tuple[list[CheckConfig], FilesSourceConfig, Path]:
+    """The checks, the files to read, and the folder their relative paths resolve against."""
+    if not _is_pipeline_spec(checks_file):
+        if data is None:
+            raise SourceError(
+                f"{checks_file} is a checks file and names no data: pass --data PATH "
+                "(a file, folder or glob; local or s3://)"
+            )
+        return load_checks(checks_file), FilesSourceConfig(path=data), base_dir
+    pipeline = load_spec(checks_file)
+    if not pipeline.checks:
+        problem = SpecProblem("checks", "the pipeline has no checks: to run")
+        raise SpecError([problem], source=str(checks_file))
+    primary = pipeline.sources[pipeline.primary_source]
+    if data is not None:
+        update = {"path": data, "format": "auto", "incremental": False}
+        config = (
+            primary.model_copy(update=update)
+            if isinstance(primary, FilesSourceConfig)
+            else FilesSourceConfig(path=data)
+        )
+        return list(pipeline.checks), config, base_dir
+    if not isinstance(primary, FilesSourceConfig):
+        raise SourceError(
+            f"the primary source '{pipeline.primary_source}' is of type '{primary.type}'; "
+            "check-data reads files: pass --data PATH"
+        )
+    return list(pipeline.checks), primary, checks_file.resolve().parent
+
+
+def _is_pipeline_spec(path: Path) -> bool:
+    """True when the YAML mapping has pipeline keys; anything unreadable is left to the loader."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and bool(_PIPELINE_KEYS & set(data))
+
+
+def _context(
+    engine: DuckDBEngine, config: FilesSourceConfig, base_dir: Path, cache: Path
+) -> RunContext:
+    # The files source needs a run's context only to resolve paths and cache remote files.
+    pipeline = Pipeline.model_construct(
+        version=1, pipeline="check-data", sources={_TABLE: config}, sinks=[]
+    )
+    return RunContext(
+        pipeline=pipeline,
+        run_id="check-data",
+        logical_date=date.today(),
+        engine=engine,
+        base_dir=base_dir,
+        state_dir=cache,
+        events=EventBus("check-data", "check-data"),
+    )
+
+
+def _read_typed(ctx: RunContext, source: FilesSource) -> str:
+    """Every file of the source in one table `data`, typed; returns the table name."""
+    try:
+        selects = _typed_selects(ctx, source)
+        union = " UNION ALL BY NAME ".join(f"({select})" for select in selects)
+        return ctx.engine.create_table(_TABLE, union, purpose="read the data")
+    except SourceError:
+        raise
+    except SluicewayError as exc:
+        raise SourceError(f"cannot read the data: {_first_line(exc.message)}") from exc
+    except Exception as exc:
+        raise SourceError(f"cannot read the data: {_first_line(str(exc))}") from exc
+
+
+def _typed_selects(ctx: RunContext, source: FilesSource) -> list[str]:
+    """One SELECT per group of text files of one format and compression, one per other file."""
+    config = source.config
+    text_groups: dict[tuple[ff.Format, ff.Compression], list[str]] = {}
+    selects = []
+    for uri in source.list_files(ctx):
+        local = source.localize(ctx, uri)
+        compression = ff.compression_of(uri, config.compression)
+        fmt = ff.format_of(local, config.format, compression)
+        if fmt in _TEXT_READERS:
+            text_groups.setdefault((fmt, compression), []).append(local)
+        else:
+            selects.append(_binary_select(ctx.engine, fmt, local, uri, compression))
+    for (fmt, compression), paths in text_groups.items():
+        selects.append(_TEXT_READERS[fmt](paths, config, compression))
+    return selects
+
+
+def _binary_select(
+    engine: DuckDBEngine, fmt: ff.Format, local: str, uri: str, compression: ff.Compression
+) -> str:
+    read = ff.READERS[fmt](engine, local, uri, compression)
+    if read.rejects:
+        raise SourceError(f"cannot read '{uri}': {read.rejects[0]['reason']}")
+    meta = ", ".join(quote_ident(column) for column in META_COLUMNS)
+    return f"SELECT * EXCLUDE ({meta}) FROM ({read.select_sql})"
+
+
+def _csv_select(paths: list[str], config: FilesSourceConfig, compression: ff.Compression) -> str:
+    return (
+        f"SELECT * FROM read_csv({_list(paths)}, auto_detect=true, union_by_name=true, "
+        f"header={str(config.header).lower()}, delim={quote_literal(config.delimiter)}, "
+        f"quote={quote_literal(config.quote)}, escape={quote_literal(config.escape)}, "
+        f"compression={quote_literal(compression)})"
+    )
+
+
+def _json_select(layout: str) -> Callable[[list[str], FilesSourceConfig, ff.Compression], str]:
+    def select(paths: list[str], config: FilesSourceConfig, compression: ff.Compression) -> str:
+        return (
+            f"SELECT * FROM read_json({_list(paths)}, format={quote_literal(layout)}, "
+            f"union_by_name=true, compression={quote_literal(compression)})"
+        )
+
+    return select
+
+
+_TEXT_READERS: dict[ff.Format, Callable[[list[str], FilesSourceConfig, ff.Compression], str]] = {
+    "csv": _csv_select,
+    "ndjson": _json_select("newline_delimited"),
+    "json": _json_select("array"),
+}
+
+
+def _list(paths: list[str]) -> str:
+    return "[" + ", ".join(quote_literal(path) for path in paths) + "]"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
