@@ -36,6 +36,7 @@ from sluiceway.core import registry, rejects
 from sluiceway.core.accounting import RowAccounting
 from sluiceway.core.context import META_COLUMNS, RunContext, SourceRead, WriteRequest, WriteResult
 from sluiceway.core.events import EventBus, Subscriber
+from sluiceway.core.pii import PiiMasking
 from sluiceway.core.runstore import RUN_METRICS, MetricPoint, RunRecord, RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
@@ -63,10 +64,6 @@ class _Deferred:
     step: Any
     rows_before: int
     table: str
-
-
-PII_GUARD_SAMPLE = 2000
-PII_GUARD_MIN_VALUES = 20
 
 
 @dataclass
@@ -163,6 +160,7 @@ class _Runner:
         self.intermediates: list[str] = []
         self.deferred: list[_Deferred] = []
         self.valid_tables: dict[str, str] = {}
+        self.pii = PiiMasking(pipeline, self.keys, self.ctx.engine)
         self.workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-seal")
         self.expected_rows = 0
         self.staged: pa.Table = pa.table({})
@@ -237,7 +235,9 @@ class _Runner:
         staged = self._stage(table)
         self._verify_deferred(self.staged.num_rows)
         self._drop(table, *reversed(self.intermediates))
-        self._guard_renamed_pii(staged, valid)
+        if self.pipeline.pii and self.pipeline.steps:
+            self.ctx.events.emit("progress", stage="looking for PII under other names")
+            self.pii.guard_renamed(staged, valid)
         self.accounting.rows_written = self.staged.num_rows
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
@@ -376,84 +376,8 @@ class _Runner:
     def _payload_sql(self, columns: list[str]) -> str:
         if not columns:
             return "'{}'"
-        parts = [f"{quote_ident(c)} := {self._masked(c)}" for c in columns]
+        parts = [f"{quote_ident(c)} := {self.pii.masked(c)}" for c in columns]
         return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
-
-    def _masked(self, column: str, *, prefix: str = "") -> str:
-        """The SQL of `column`, masked when it is PII (matched as DuckDB matches names)."""
-        methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
-        method = methods.get(column.casefold())
-        ref = prefix + quote_ident(column)
-        return ref if method is None else masking.mask_sql(method, ref, self.keys)
-
-    def _guard_renamed_pii(self, table: str, valid: dict[str, str]) -> None:
-        """Fail when a column that will not be masked carries the values of a PII column.
-
-        Masking goes by output column name, so a step that renames or copies a PII column
-        (`SELECT email AS contact`) would publish it in clear. A sample of the result's rows
-        is taken; each unmasked text column whose sampled values are mostly values of a PII
-        column of a source is refused. Columns with fewer than PII_GUARD_MIN_VALUES distinct
-        sampled values are too coarse to tell and are let through.
-        """
-        if not self.pipeline.pii or not self.pipeline.steps:
-            return
-        self.ctx.events.emit("progress", stage="looking for PII under other names")
-        engine = self.ctx.engine
-        pii = {name.casefold() for name in self.pipeline.pii}
-        candidates = [
-            c
-            for c, kind in engine.columns(table)
-            if kind == "VARCHAR" and c.casefold() not in pii and c not in META_COLUMNS
-        ]
-        if not candidates:
-            return
-        sample = engine.create_table(
-            engine.new_name("pii_probe"),
-            " UNION ALL ".join(
-                f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)} AS v FROM "
-                f"(SELECT * FROM {quote_ident(table)} USING SAMPLE reservoir({PII_GUARD_SAMPLE} ROWS) REPEATABLE (7)) "
-                f"WHERE {quote_ident(c)} IS NOT NULL"
-                for c in candidates
-            ),
-            purpose="sample the result for PII",
-        )
-        try:
-            totals = dict(
-                engine.execute(
-                    f"SELECT col, count(*) FROM {quote_ident(sample)} GROUP BY col"
-                ).fetchall()
-            )
-            for source, source_table in valid.items():
-                for column, _ in engine.columns(source_table):
-                    if column.casefold() in pii:
-                        self._check_pii_copies(sample, totals, source, source_table, column)
-        finally:
-            engine.drop(sample)
-
-    def _check_pii_copies(
-        self, sample: str, totals: dict[str, int], source: str, source_table: str, column: str
-    ) -> None:
-        hits = self.ctx.engine.execute(
-            f"SELECT col, count(*) FROM {quote_ident(sample)} s SEMI JOIN {quote_ident(source_table)} p "
-            f"ON s.v = p.{quote_ident(column)}::VARCHAR GROUP BY col",
-            purpose="look for PII under another name",
-        ).fetchall()
-        leaking = sorted(
-            col
-            for col, found in hits
-            if totals.get(col, 0) >= PII_GUARD_MIN_VALUES and found * 2 >= totals[col]
-        )
-        if leaking:
-            raise TerminalError(
-                f"column(s) {', '.join(map(repr, leaking))} of the result carry the values of PII "
-                f"column '{column}' (source {source}) but are not masked; nothing was published. "
-                f"Declare them under pii: (e.g. pii: {{{leaking[0]}: {self._method_of(column)}}}) "
-                "or drop them in a step"
-            )
-
-    def _method_of(self, column: str) -> str:
-        methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
-        return methods.get(column.casefold(), "hmac")
 
     def _apply_steps(self, table: str, *, rows: int) -> str:
         """Run the steps; `rows` is how many rows `table` holds.
@@ -518,53 +442,11 @@ class _Runner:
         """
         columns = [c for c, _ in self.ctx.engine.columns(table) if c not in META_COLUMNS]
         self.ctx.events.emit("progress", stage="masking and staging")
-        maps = self._mask_maps(columns)
-        select = [self._staged_column(c, maps.get(c), index) for index, c in enumerate(columns)]
-        joins = "".join(
-            f" LEFT JOIN {quote_ident(m)} AS __sw_m{columns.index(c)} "
-            f"ON CAST(t.{quote_ident(c)} AS VARCHAR) = __sw_m{columns.index(c)}.v"
-            for c, m in maps.items()
-        )
-        self.staged = self.ctx.engine.fetch_arrow(
-            f"SELECT {', '.join(select)} FROM {quote_ident(table)} AS t{joins}",
-            purpose="stage the result",
-        )
-        self._drop(*maps.values())
-        return self.ctx.engine.register_view(self.ctx.engine.new_name("staged"), self.staged)
-
-    def _mask_maps(self, columns: list[str]) -> dict[str, str]:
-        """Masked values of each PII column, computed once per distinct value of the primary
-        source's column of the same name (PII values repeat: one user, many events).
-
-        A value the map lacks (a step made a new one) is masked row by row in staging, so
-        the maps only save work; they never decide what is masked.
-        """
-        methods = {name.casefold(): method for name, method in self.pipeline.pii.items()}
         source = self.valid_tables.get(self.pipeline.primary_source)
-        if source is None:
-            return {}
-        present = {c.casefold(): c for c, _ in self.ctx.engine.columns(source)}
-        maps: dict[str, str] = {}
-        for column in columns:
-            method = methods.get(column.casefold())
-            if method is None or method == "redact" or column.casefold() not in present:
-                continue
-            origin = quote_ident(present[column.casefold()])
-            maps[column] = self.ctx.engine.create_table(
-                self.ctx.engine.new_name("mask_map"),
-                f"SELECT v, {masking.mask_sql(method, 'v', self.keys)} AS m FROM "
-                f"(SELECT DISTINCT CAST({origin} AS VARCHAR) AS v FROM {quote_ident(source)} "
-                f"WHERE {origin} IS NOT NULL)",
-                purpose=f"mask the distinct values of {column}",
-            )
-        return maps
-
-    def _staged_column(self, column: str, mask_map: str | None, index: int) -> str:
-        masked = self._masked(column, prefix="t.")
-        if mask_map is None:
-            return f"{masked} AS {quote_ident(column)}"
-        alias = f"__sw_m{index}"
-        return f"CASE WHEN {alias}.m IS NOT NULL THEN {alias}.m ELSE {masked} END AS {quote_ident(column)}"
+        select, maps = self.pii.staging_select(table, columns, source)
+        self.staged = self.ctx.engine.fetch_arrow(select, purpose="stage the result")
+        self._drop(*maps)
+        return self.ctx.engine.register_view(self.ctx.engine.new_name("staged"), self.staged)
 
     def _drop(self, *tables: str) -> None:
         """Free intermediate tables; a source's valid rows stay (steps join them by name)."""

@@ -1,0 +1,151 @@
+"""PII in a run: the SQL that masks each declared column, the masked-value maps staging
+joins, and the guard against PII published under another column name.
+
+Columns match `pii:` names as DuckDB matches names (case-insensitively).
+"""
+
+from __future__ import annotations
+
+from sluiceway import masking
+from sluiceway.core.context import META_COLUMNS
+from sluiceway.core.spec import Pipeline
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.errors import TerminalError
+
+GUARD_SAMPLE_ROWS = 2000
+GUARD_MIN_VALUES = 20
+
+
+class PiiMasking:
+    """Masking of one run's PII columns.
+
+    Args:
+        pipeline: the spec (its `pii:` map).
+        keys: the masking keys.
+        engine: the run's engine.
+    """
+
+    def __init__(self, pipeline: Pipeline, keys: masking.MaskKeys, engine: DuckDBEngine) -> None:
+        self.methods = {name.casefold(): method for name, method in pipeline.pii.items()}
+        self.keys = keys
+        self.engine = engine
+
+    def method_of(self, column: str) -> str | None:
+        """The masking method of `column`, or None when it is not PII."""
+        return self.methods.get(column.casefold())
+
+    def masked(self, column: str, *, prefix: str = "") -> str:
+        """The SQL of `column`, masked when it is PII."""
+        method = self.method_of(column)
+        ref = prefix + quote_ident(column)
+        return ref if method is None else masking.mask_sql(method, ref, self.keys)
+
+    def staging_select(
+        self, table: str, columns: list[str], source: str | None
+    ) -> tuple[str, list[str]]:
+        """The SELECT that masks `columns` of `table`, and the map tables it joins (to drop).
+
+        Each PII column with a column of the same name in `source` (the primary source's
+        valid rows) is masked once per distinct value there (PII repeats: one user, many
+        events) and joined; values the map lacks (a step made a new one) are masked row by
+        row, so the maps only save work and never decide what is masked.
+        """
+        maps = self._maps(columns, source)
+        select = [self._column(c, maps.get(c), index) for index, c in enumerate(columns)]
+        joins = "".join(
+            f" LEFT JOIN {quote_ident(m)} AS __sw_m{columns.index(c)} "
+            f"ON CAST(t.{quote_ident(c)} AS VARCHAR) = __sw_m{columns.index(c)}.v"
+            for c, m in maps.items()
+        )
+        return f"SELECT {', '.join(select)} FROM {quote_ident(table)} AS t{joins}", list(
+            maps.values()
+        )
+
+    def _maps(self, columns: list[str], source: str | None) -> dict[str, str]:
+        if source is None:
+            return {}
+        present = {c.casefold(): c for c, _ in self.engine.columns(source)}
+        maps: dict[str, str] = {}
+        for column in columns:
+            method = self.method_of(column)
+            if method is None or method == "redact" or column.casefold() not in present:
+                continue
+            origin = quote_ident(present[column.casefold()])
+            maps[column] = self.engine.create_table(
+                self.engine.new_name("mask_map"),
+                f"SELECT v, {masking.mask_sql(method, 'v', self.keys)} AS m FROM "
+                f"(SELECT DISTINCT CAST({origin} AS VARCHAR) AS v FROM {quote_ident(source)} "
+                f"WHERE {origin} IS NOT NULL)",
+                purpose=f"mask the distinct values of {column}",
+            )
+        return maps
+
+    def _column(self, column: str, mask_map: str | None, index: int) -> str:
+        masked = self.masked(column, prefix="t.")
+        if mask_map is None:
+            return f"{masked} AS {quote_ident(column)}"
+        alias = f"__sw_m{index}"
+        return f"CASE WHEN {alias}.m IS NOT NULL THEN {alias}.m ELSE {masked} END AS {quote_ident(column)}"
+
+    def guard_renamed(self, table: str, valid: dict[str, str]) -> None:
+        """Fail when a column that will not be masked carries the values of a PII column.
+
+        Masking goes by output column name, so a step that renames or copies a PII column
+        (`SELECT email AS contact`) would publish it in clear. A seeded sample of the
+        result's rows is taken; each unmasked text column whose sampled values are mostly
+        values of a PII column of a source is refused. Columns with fewer than
+        GUARD_MIN_VALUES distinct sampled values are too coarse to tell and are let through.
+
+        Raises:
+            TerminalError: naming the columns and how to declare them.
+        """
+        candidates = [
+            c
+            for c, kind in self.engine.columns(table)
+            if kind == "VARCHAR" and self.method_of(c) is None and c not in META_COLUMNS
+        ]
+        if not self.methods or not candidates:
+            return
+        sample = self.engine.create_table(
+            self.engine.new_name("pii_probe"),
+            " UNION ALL ".join(
+                f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)} AS v FROM "
+                f"(SELECT * FROM {quote_ident(table)} USING SAMPLE reservoir({GUARD_SAMPLE_ROWS} ROWS) "
+                f"REPEATABLE (7)) WHERE {quote_ident(c)} IS NOT NULL"
+                for c in candidates
+            ),
+            purpose="sample the result for PII",
+        )
+        try:
+            totals = dict(
+                self.engine.execute(
+                    f"SELECT col, count(*) FROM {quote_ident(sample)} GROUP BY col"
+                ).fetchall()
+            )
+            for source, source_table in valid.items():
+                for column, _ in self.engine.columns(source_table):
+                    if self.method_of(column) is not None:
+                        self._refuse_copies(sample, totals, source, source_table, column)
+        finally:
+            self.engine.drop(sample)
+
+    def _refuse_copies(
+        self, sample: str, totals: dict[str, int], source: str, source_table: str, column: str
+    ) -> None:
+        hits = self.engine.execute(
+            f"SELECT col, count(*) FROM {quote_ident(sample)} s SEMI JOIN {quote_ident(source_table)} p "
+            f"ON s.v = p.{quote_ident(column)}::VARCHAR GROUP BY col",
+            purpose="look for PII under another name",
+        ).fetchall()
+        leaking = sorted(
+            col
+            for col, found in hits
+            if totals.get(col, 0) >= GUARD_MIN_VALUES and found * 2 >= totals[col]
+        )
+        if leaking:
+            raise TerminalError(
+                f"column(s) {', '.join(map(repr, leaking))} of the result carry the values of PII "
+                f"column '{column}' (source {source}) but are not masked; nothing was published. "
+                f"Declare them under pii: (e.g. pii: {{{leaking[0]}: {self.method_of(column)}}}) "
+                "or drop them in a step"
+            )
