@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import os
 import time
 import uuid
@@ -24,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,7 +36,8 @@ from sluiceway.core.accounting import RowAccounting
 from sluiceway.core.context import META_COLUMNS, RunContext, SourceRead, WriteRequest, WriteResult
 from sluiceway.core.events import EventBus, Subscriber
 from sluiceway.core.pii import PiiMasking
-from sluiceway.core.runstore import RUN_METRICS, MetricPoint, RunRecord, RunStore
+from sluiceway.core.results import RunResult
+from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import (
@@ -64,33 +64,6 @@ class _Deferred:
     step: Any
     rows_before: int
     table: str
-
-
-@dataclass
-class RunResult:
-    """What a run did: status, accounting, checks, where data and dead letters are."""
-
-    run_id: str
-    pipeline: str
-    logical_date: date
-    status: str
-    accounting: RowAccounting
-    checks: list[CheckResult] = field(default_factory=list)
-    sinks: list[WriteResult] = field(default_factory=list)
-    dead_letter_uri: str | None = None
-    dead_letter_rows: int = 0
-    rejected_by_rule: dict[str, int] = field(default_factory=dict)
-    sources: dict[str, dict[str, int]] = field(default_factory=dict)
-    staged_path: str | None = None
-    error: str | None = None
-    duration_s: float = 0.0
-    dead_letters: pa.Table | None = None
-    note: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the run succeeded."""
-        return self.status == "succeeded"
 
 
 @dataclass
@@ -192,7 +165,7 @@ class _Runner:
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._record(self.result.status)
             if self.has_audited and not self.options.is_replay:
-                self.store.save_metrics(self._metric_points())
+                self.store.save_metrics(self.result.metric_points())
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
         return self.result
@@ -550,74 +523,5 @@ class _Runner:
                 rows=written.rows_written,
             )
 
-    def _metric_points(self) -> list[MetricPoint]:
-        """The run's numbers for the metric history: run-level counts and each evaluated
-        check's aggregates. Numbers only, never row values."""
-        run_level = {**self.accounting.to_dict(), "duration_s": self.result.duration_s}
-        series = [(RUN_METRICS, name, run_level.get(name)) for name in _RUN_METRIC_NAMES]
-        for check in self.result.checks:
-            if check.status != "error":
-                series += [(check.check_id, m, getattr(check, m)) for m in _CHECK_METRIC_NAMES]
-        recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
-        return [
-            MetricPoint(
-                run_id=self.ctx.run_id,
-                pipeline=self.pipeline.pipeline,
-                dataset="staged",
-                check_id=check_id,
-                metric=metric,
-                logical_date=str(self.ctx.logical_date),
-                value=float(value),
-                recorded_at=recorded_at,
-            )
-            for check_id, metric, value in series
-            if _is_number(value)
-        ]
-
     def _record(self, status: str) -> None:
-        acc = self.accounting
-        self.store.save(
-            RunRecord(
-                run_id=self.ctx.run_id,
-                pipeline=self.pipeline.pipeline,
-                logical_date=str(self.ctx.logical_date),
-                status=status,
-                started_at=self.ctx.run_id[:15],
-                finished_at=None
-                if status == "running"
-                else datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
-                duration_s=self.result.duration_s or None,
-                spec_hash=self.pipeline.spec_hash(),
-                rows_in=acc.rows_in,
-                rows_written=acc.rows_written,
-                rows_rejected=acc.rows_rejected,
-                rows_deduplicated=acc.rows_deduplicated,
-                rows_filtered=acc.rows_filtered,
-                rows_warned=acc.rows_warned,
-                error=self.result.error,
-                details={
-                    "checks": [r.to_dict() for r in self.result.checks],
-                    "sinks": [vars(s) for s in self.result.sinks],
-                    "sources": self.result.sources,
-                    "dead_letter_uri": self.result.dead_letter_uri,
-                    "dead_letter_rows": self.result.dead_letter_rows,
-                    "rejected_by_rule": self.result.rejected_by_rule,
-                    "staged_path": self.result.staged_path,
-                },
-            )
-        )
-
-
-_RUN_METRIC_NAMES = (
-    "rows_in",
-    "rows_written",
-    "rows_rejected",
-    "rows_deduplicated",
-    "rows_filtered",
-    "duration_s",
-)
-_CHECK_METRIC_NAMES = ("observed_value", "unexpected_count", "unexpected_percent", "rows_checked")
-
-
-def _is_number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        self.store.save(self.result.to_record(status, spec_hash=self.pipeline.spec_hash()))

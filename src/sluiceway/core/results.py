@@ -1,0 +1,111 @@
+"""What a run did, and how it is recorded: the run record and the metric history points."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, TypeGuard
+
+import pyarrow as pa
+
+from sluiceway.checks.table import CheckResult
+from sluiceway.core.accounting import RowAccounting
+from sluiceway.core.context import WriteResult
+from sluiceway.core.runstore import RUN_METRICS, MetricPoint, RunRecord
+
+RUN_METRIC_NAMES = (
+    "rows_in",
+    "rows_written",
+    "rows_rejected",
+    "rows_deduplicated",
+    "rows_filtered",
+    "duration_s",
+)
+CHECK_METRIC_NAMES = ("observed_value", "unexpected_count", "unexpected_percent", "rows_checked")
+
+
+@dataclass
+class RunResult:
+    """What a run did: status, accounting, checks, where data and dead letters are."""
+
+    run_id: str
+    pipeline: str
+    logical_date: date
+    status: str
+    accounting: RowAccounting
+    checks: list[CheckResult] = field(default_factory=list)
+    sinks: list[WriteResult] = field(default_factory=list)
+    dead_letter_uri: str | None = None
+    dead_letter_rows: int = 0
+    rejected_by_rule: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    staged_path: str | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    dead_letters: pa.Table | None = None
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run succeeded."""
+        return self.status == "succeeded"
+
+    def to_record(self, status: str, *, spec_hash: str) -> RunRecord:
+        """The run as the run store keeps it."""
+        acc = self.accounting
+        finished = None if status == "running" else datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        return RunRecord(
+            run_id=self.run_id,
+            pipeline=self.pipeline,
+            logical_date=str(self.logical_date),
+            status=status,
+            started_at=self.run_id[:15],
+            finished_at=finished,
+            duration_s=self.duration_s or None,
+            spec_hash=spec_hash,
+            rows_in=acc.rows_in,
+            rows_written=acc.rows_written,
+            rows_rejected=acc.rows_rejected,
+            rows_deduplicated=acc.rows_deduplicated,
+            rows_filtered=acc.rows_filtered,
+            rows_warned=acc.rows_warned,
+            error=self.error,
+            details={
+                "checks": [r.to_dict() for r in self.checks],
+                "sinks": [vars(s) for s in self.sinks],
+                "sources": self.sources,
+                "dead_letter_uri": self.dead_letter_uri,
+                "dead_letter_rows": self.dead_letter_rows,
+                "rejected_by_rule": self.rejected_by_rule,
+                "staged_path": self.staged_path,
+            },
+        )
+
+    def metric_points(self) -> list[MetricPoint]:
+        """The run's numbers for the metric history: run-level counts and each evaluated
+        check's aggregates. Numbers only, never row values."""
+        run_level = {**self.accounting.to_dict(), "duration_s": self.duration_s}
+        series = [(RUN_METRICS, name, run_level.get(name)) for name in RUN_METRIC_NAMES]
+        for check in self.checks:
+            if check.status != "error":
+                series += [(check.check_id, m, getattr(check, m)) for m in CHECK_METRIC_NAMES]
+        recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        return [
+            MetricPoint(
+                run_id=self.run_id,
+                pipeline=self.pipeline,
+                dataset="staged",
+                check_id=check_id,
+                metric=metric,
+                logical_date=str(self.logical_date),
+                value=float(value),
+                recorded_at=recorded_at,
+            )
+            for check_id, metric, value in series
+            if _is_number(value)
+        ]
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
