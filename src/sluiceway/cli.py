@@ -136,6 +136,7 @@ def summary_data(result: RunResult) -> dict[str, Any]:
             "by_rule": result.rejected_by_rule,
         },
         "staged_path": result.staged_path,
+        "results_path": result.results_path,
         "error": result.error,
         "note": result.note,
         "duration_s": result.duration_s,
@@ -184,6 +185,8 @@ def print_summary(result: RunResult) -> None:
         console.print(f"note: {result.note}", soft_wrap=True)
     if result.staged_path:
         console.print(f"staged (unpublished) result: {result.staged_path}")
+    if result.results_path:
+        console.print(f"check results: {result.results_path}")
     if result.error:
         console.print(f"[red]error:[/] {escape(result.error)}", soft_wrap=True)
 

@@ -20,6 +20,8 @@ from sluiceway.engines.duckdb import quote_ident, quote_literal
 Status = Literal["passed", "failed", "error"]
 
 TOLERANCE = 1e-9
+SAMPLE_SIZE = 20
+SAMPLE_VALUE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,13 @@ class TableCheck:
         """The verdict from the aggregate `values` (by alias) and the table's row count."""
         raise NotImplementedError
 
+    def unexpected_sample_sql(self, table: str) -> str | None:
+        """A query for up to `SAMPLE_SIZE` distinct unexpected values of the column, as text.
+
+        None for a check with no single column's values to show (an aggregate, a row count).
+        """
+        return None
+
     def result(self, values: dict[str, Any], rows: int) -> CheckResult:
         """The `CheckResult` built from the aggregate values."""
         outcome = self.outcome(values, rows)
@@ -165,6 +174,10 @@ class ColumnValuesCheck(TableCheck):
             "unexpected": f"count(*) FILTER (WHERE {self.unexpected_sql(column)})",
         }
 
+    def unexpected_sample_sql(self, table: str) -> str | None:
+        column = quote_ident(self._column)
+        return sample_query(table, column, where=self.unexpected_sql(column))
+
     def counts(self, values: dict[str, Any], rows: int) -> tuple[int, int]:
         """(unexpected, judged) from the aggregates."""
         return int(values["unexpected"]), int(values["judged"])
@@ -210,6 +223,16 @@ def sql_literal(value: Any) -> str:
     if isinstance(value, date):
         return f"DATE {quote_literal(value.isoformat())}"
     return quote_literal(str(value))
+
+
+def sample_query(table: str, column: str, *, where: str, having: str | None = None) -> str:
+    """Distinct values of the quoted `column` of `table` where `where` holds, as text, sorted,
+    at most `SAMPLE_SIZE` of them; `having` filters the groups (e.g. repeats only)."""
+    group = f" GROUP BY {column} HAVING {having}" if having else ""
+    return (
+        f"SELECT DISTINCT CAST({column} AS VARCHAR) AS value FROM {quote_ident(table)} "
+        f"WHERE {where}{group} ORDER BY value LIMIT {SAMPLE_SIZE}"
+    )
 
 
 def at_least(ratio: float, required: float) -> bool:

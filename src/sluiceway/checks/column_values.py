@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluiceway.checks.base import ColumnValuesCheck, TableCheck, sql_literal
+from sluiceway.checks.base import ColumnValuesCheck, TableCheck, sample_query, sql_literal
 from sluiceway.checks.vocabulary import (
     CompoundUniqueConfig,
     IsNullConfig,
@@ -46,6 +46,10 @@ class IsNullCheck(ColumnValuesCheck):
 
     def aggregates(self) -> dict[str, str]:
         return {"non_null": f"count({quote_ident(self._column)})"}
+
+    def unexpected_sample_sql(self, table: str) -> str | None:
+        column = quote_ident(self._column)
+        return sample_query(table, column, where=f"{column} IS NOT NULL")
 
     def counts(self, values: dict[str, Any], rows: int) -> tuple[int, int]:
         return int(values["non_null"]), rows
@@ -143,6 +147,9 @@ class RowsCheck(ColumnValuesCheck):
             "judged": f"count(*) FILTER (WHERE {judged})",
             "unexpected": f"count(*) FILTER (WHERE ({judged}) AND ({self.unexpected_row_sql()}))",
         }
+
+    def unexpected_sample_sql(self, table: str) -> str | None:
+        return None
 
     def _columns_text(self, columns: list[str]) -> str:
         return "columns " + ", ".join(f"'{c}'" for c in columns)

@@ -20,6 +20,7 @@ from typing import Any
 
 from sluiceway.checks.aggregates import IMPLEMENTATIONS as AGGREGATE_CHECKS
 from sluiceway.checks.base import (
+    SAMPLE_VALUE_CHARS,
     CheckResult,
     ColumnValuesCheck,
     Outcome,
@@ -29,6 +30,7 @@ from sluiceway.checks.base import (
     bound_range,
     check_id,
     pct,
+    sample_query,
     sql_literal,
 )
 from sluiceway.checks.column_values import IMPLEMENTATIONS as COLUMN_VALUE_CHECKS
@@ -57,6 +59,7 @@ __all__ = [
     "check_id",
     "compile_check",
     "evaluate_checks",
+    "sample_unexpected",
     "sql_literal",
 ]
 
@@ -75,6 +78,9 @@ class NotNullCheck(ColumnValuesCheck):
     def aggregates(self) -> dict[str, str]:
         return {"non_null": f"count({quote_ident(self._column)})"}
 
+    def unexpected_sample_sql(self, table: str) -> str | None:
+        return None
+
     def counts(self, values: dict[str, Any], rows: int) -> tuple[int, int]:
         return rows - int(values["non_null"]), rows
 
@@ -90,6 +96,10 @@ class UniqueCheck(ColumnValuesCheck):
     def aggregates(self) -> dict[str, str]:
         column = quote_ident(self._column)
         return {"judged": f"count({column})", "distinct": f"count(DISTINCT {column})"}
+
+    def unexpected_sample_sql(self, table: str) -> str | None:
+        column = quote_ident(self._column)
+        return sample_query(table, column, where=f"{column} IS NOT NULL", having="count(*) > 1")
 
     def counts(self, values: dict[str, Any], rows: int) -> tuple[int, int]:
         judged = int(values["judged"])
@@ -229,6 +239,35 @@ def evaluate_checks(
         return _run_fused(engine, table, compiled)
     except StepError:
         return _run_one_by_one(engine, table, compiled)
+
+
+def sample_unexpected(
+    engine: DuckDBEngine,
+    table: str,
+    checks: Sequence[CheckConfig],
+    results: Sequence[CheckResult],
+) -> list[list[str]]:
+    """A few distinct unexpected values of each failed column-value check, as text.
+
+    One small query per failed check that can show values; passing checks cost nothing.
+    `table` is the staged table, so PII columns hold masked values only.
+
+    Returns:
+        One list per check, in order: empty unless the check failed and judges a column's
+        values; each value capped at `SAMPLE_VALUE_CHARS` characters.
+    """
+    return [
+        _sample(engine, table, compile_check(config)) if result.status == "failed" else []
+        for config, result in zip(checks, results, strict=True)
+    ]
+
+
+def _sample(engine: DuckDBEngine, table: str, check: TableCheck) -> list[str]:
+    sql = check.unexpected_sample_sql(table)
+    if sql is None:
+        return []
+    values = engine.fetch_arrow(sql, purpose=f"sample unexpected values of {check.name}")
+    return [str(value)[:SAMPLE_VALUE_CHARS] for value in values.column(0).to_pylist()]
 
 
 def blocking_failures(results: Sequence[CheckResult]) -> list[CheckResult]:

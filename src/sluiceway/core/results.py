@@ -24,6 +24,18 @@ RUN_METRIC_NAMES = (
 )
 CHECK_METRIC_NAMES = ("observed_value", "unexpected_count", "unexpected_percent", "rows_checked")
 
+RESULTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What auditing cost and showed: engine statements, seconds, unexpected values per check
+    (masked where the column is PII, since checks read the staged table)."""
+
+    statements: int
+    duration_s: float
+    samples: list[list[str]]
+
 
 @dataclass
 class RunResult:
@@ -41,6 +53,7 @@ class RunResult:
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     staged_path: str | None = None
+    results_path: str | None = None
     error: str | None = None
     duration_s: float = 0.0
     dead_letters: pa.Table | None = None
@@ -79,8 +92,25 @@ class RunResult:
                 "dead_letter_rows": self.dead_letter_rows,
                 "rejected_by_rule": self.rejected_by_rule,
                 "staged_path": self.staged_path,
+                "results_path": self.results_path,
             },
         )
+
+    def results_document(self, audit: AuditRecord) -> dict[str, Any]:
+        """The versioned check results of the run, as written to `results/<run_id>.json`."""
+        return {
+            "version": RESULTS_VERSION,
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "logical_date": str(self.logical_date),
+            "status": self.status,
+            "statements": audit.statements,
+            "duration_s": audit.duration_s,
+            "checks": [
+                {**check.to_dict(), "unexpected_sample": sample}
+                for check, sample in zip(self.checks, audit.samples, strict=True)
+            ],
+        }
 
     def metric_points(self) -> list[MetricPoint]:
         """The run's numbers for the metric history: run-level counts and each evaluated

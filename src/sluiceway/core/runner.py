@@ -30,13 +30,18 @@ import pyarrow.parquet as pq
 
 from sluiceway import masking
 from sluiceway.checks import contract as contract_mod
-from sluiceway.checks.table import CheckResult, blocking_failures, evaluate_checks
+from sluiceway.checks.table import (
+    CheckResult,
+    blocking_failures,
+    evaluate_checks,
+    sample_unexpected,
+)
 from sluiceway.core import registry, rejects
 from sluiceway.core.accounting import RowAccounting
 from sluiceway.core.context import META_COLUMNS, RunContext, SourceRead, WriteRequest, WriteResult
 from sluiceway.core.events import EventBus, Subscriber
 from sluiceway.core.pii import PiiMasking
-from sluiceway.core.results import RunResult
+from sluiceway.core.results import AuditRecord, RunResult
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
@@ -138,6 +143,7 @@ class _Runner:
         self.expected_rows = 0
         self.staged: pa.Table = pa.table({})
         self.has_audited = False
+        self.audit: AuditRecord | None = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -163,6 +169,7 @@ class _Runner:
             )
         finally:
             self.result.duration_s = round(time.monotonic() - self.started, 3)
+            self._write_results()
             self._record(self.result.status)
             if self.has_audited and not self.options.is_replay:
                 self.store.save_metrics(self.result.metric_points())
@@ -452,10 +459,14 @@ class _Runner:
 
     def _audit(self, staged: str) -> None:
         self.ctx.events.emit("progress", stage="auditing the staged result")
-        results = (
-            evaluate_checks(self.ctx.engine, staged, self.pipeline.checks)
-            if self.pipeline.checks
-            else []
+        engine, checks = self.ctx.engine, self.pipeline.checks
+        started, statements = time.monotonic(), engine.statements
+        results = evaluate_checks(engine, staged, checks) if checks else []
+        samples = sample_unexpected(engine, staged, checks, results)
+        self.audit = AuditRecord(
+            statements=engine.statements - statements,
+            duration_s=round(time.monotonic() - started, 3),
+            samples=samples,
         )
         self.result.checks = results
         self.has_audited = True
@@ -474,6 +485,16 @@ class _Runner:
                 f"The staged result and check results are in {self.result.staged_path}",
                 failed=names,
             )
+
+    def _write_results(self) -> None:
+        """Write the audited checks to results/<run_id>.json once the run's status is known."""
+        if self.audit is None:
+            return
+        path = self.ctx.state_dir / "results" / f"{self.ctx.run_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document = self.result.results_document(self.audit)
+        path.write_text(json.dumps(document, indent=2, default=str))
+        self.result.results_path = str(path)
 
     def _keep_staged(self, staged: str, results: list[CheckResult]) -> str:
         folder = self.ctx.state_dir / "staging" / self.ctx.run_id
