@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake.exceptions import DeltaError
 
-from sluiceway.errors import ConfigError
+from sluiceway.errors import ConfigError, SinkError
 
 S3_SCHEMES = ("s3", "s3a")
 DEFAULT_REGION = "us-east-1"
@@ -182,6 +183,30 @@ def is_storage_error(exc: BaseException) -> bool:
     """
     storage_types: tuple[type[BaseException], ...] = (DeltaError, pa.ArrowException, OSError)
     return isinstance(exc, storage_types) or type(exc) in (Exception, ValueError)
+
+
+@contextmanager
+def storage_errors(
+    what: str,
+    options: Mapping[str, str],
+    *,
+    advice: str | Callable[[BaseException], str],
+    context: Mapping[str, Any],
+) -> Iterator[None]:
+    """Turn a storage failure inside the block into a SinkError: "{what}: {summary}. {advice}".
+
+    The summary names no secret and no row value (`error_summary`); errors that are not
+    storage errors, and SinkErrors, pass through unchanged.
+    """
+    try:
+        yield
+    except SinkError:
+        raise
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        hint = advice(exc) if callable(advice) else advice
+        raise SinkError(f"{what}: {error_summary(exc, options)}. {hint}", context=context) from exc
 
 
 def error_summary(exc: BaseException, options: Mapping[str, str]) -> str:

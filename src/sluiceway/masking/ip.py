@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import socket
 
-import pyarrow as pa
-
-from sluiceway.masking.arrow import map_distinct
-
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_PATTERN = rf"({_OCTET}\.){{3}}{_OCTET}"
 _H = "[0-9A-Fa-f]{1,4}"
@@ -36,11 +32,6 @@ def truncate_ipv6(value: str) -> str | None:
     while hextets and hextets[-1] == 0:
         hextets.pop()
     return ":".join(f"{h:x}" for h in hextets) + "::"
-
-
-def truncate_ipv6_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Apply truncate_ipv6 to every non-null string of `values`; nulls stay null."""
-    return map_distinct(values, truncate_ipv6)
 
 
 def ipv6_48_sql(value: str) -> str:

@@ -11,7 +11,7 @@ kept only encrypted when the pipeline has PII (``raw_payload`` with ``raw_encryp
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from functools import reduce
 
 import pyarrow as pa
@@ -20,9 +20,8 @@ from deltalake import CommitProperties, DeltaTable, WriterProperties, write_delt
 
 from sluiceway.core.storage import (
     delta_storage_options,
-    error_summary,
-    is_storage_error,
     prepare_local,
+    storage_errors,
 )
 from sluiceway.engines.duckdb import quote_literal
 from sluiceway.errors import SinkError
@@ -163,21 +162,13 @@ class DeadLetterTable:
                     context={"uri": self.uri},
                 )
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except SinkError:
-            raise
-        except Exception as exc:
-            if not is_storage_error(exc):
-                raise
-            raise SinkError(
-                f"Could not {action} the dead-letter table {self.uri}: "
-                f"{error_summary(exc, self._spec_options)}. Check the dead_letter path and "
-                "storage_options (endpoint, region, credentials).",
-                context={"uri": self.uri},
-            ) from exc
+    def _errors(self, action: str) -> AbstractContextManager[None]:
+        return storage_errors(
+            f"Could not {action} the dead-letter table {self.uri}",
+            self._spec_options,
+            advice="Check the dead_letter path and storage_options (endpoint, region, credentials).",
+            context={"uri": self.uri},
+        )
 
 
 def conform(rows: pa.Table) -> pa.Table:

@@ -17,8 +17,8 @@ How each mode stays idempotent:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -35,10 +35,9 @@ from sluiceway.core.context import RunContext, WriteRequest, WriteResult
 from sluiceway.core.spec import SinkConfig
 from sluiceway.core.storage import (
     delta_storage_options,
-    error_summary,
-    is_storage_error,
     merge_positions,
     prepare_local,
+    storage_errors,
 )
 from sluiceway.engines.duckdb import quote_ident, quote_literal
 from sluiceway.errors import SinkError
@@ -212,21 +211,15 @@ class DeltaSink:
                 return {}
             return positions_from_history(table.history(), ctx.pipeline.pipeline)
 
-    @contextmanager
-    def _errors(self, action: str, uri: str) -> Iterator[None]:
-        try:
-            yield
-        except SinkError:
-            raise
-        except Exception as exc:
-            if not is_storage_error(exc):
-                raise
-            hint = next((h for kind, h in _HINTS if isinstance(exc, kind)), _DEFAULT_HINT)
-            summary = error_summary(exc, self.config.storage_options)
-            raise SinkError(
-                f"Delta sink could not {action} {uri} (mode {self.config.mode}): {summary}. {hint}",
-                context={"sink": "delta", "uri": uri},
-            ) from exc
+    def _errors(self, action: str, uri: str) -> AbstractContextManager[None]:
+        return storage_errors(
+            f"Delta sink could not {action} {uri} (mode {self.config.mode})",
+            self.config.storage_options,
+            advice=lambda exc: next(
+                (h for kind, h in _HINTS if isinstance(exc, kind)), _DEFAULT_HINT
+            ),
+            context={"sink": "delta", "uri": uri},
+        )
 
 
 def write_mode(mode: DeltaMode, request: WriteRequest) -> DeltaMode:

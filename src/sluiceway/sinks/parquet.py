@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
@@ -34,9 +34,8 @@ from sluiceway.core.context import RunContext, WriteRequest, WriteResult
 from sluiceway.core.spec import SinkConfig
 from sluiceway.core.storage import (
     arrow_filesystem,
-    error_summary,
-    is_storage_error,
     merge_positions,
+    storage_errors,
 )
 from sluiceway.errors import SinkError
 
@@ -155,21 +154,13 @@ class ParquetSink:
             existing_data_behavior=_BEHAVIOUR[mode],
         )
 
-    @contextmanager
-    def _errors(self, action: str, uri: str) -> Iterator[None]:
-        try:
-            yield
-        except SinkError:
-            raise
-        except Exception as exc:
-            if not is_storage_error(exc):
-                raise
-            summary = error_summary(exc, self.config.storage_options)
-            raise SinkError(
-                f"Parquet sink could not {action} {uri}: {summary}. "
-                "Check the path and storage_options (endpoint, region, credentials).",
-                context={"sink": "parquet", "uri": uri},
-            ) from exc
+    def _errors(self, action: str, uri: str) -> AbstractContextManager[None]:
+        return storage_errors(
+            f"Parquet sink could not {action} {uri}",
+            self.config.storage_options,
+            advice="Check the path and storage_options (endpoint, region, credentials).",
+            context={"sink": "parquet", "uri": uri},
+        )
 
 
 def file_key(idempotency_key: str) -> str:
