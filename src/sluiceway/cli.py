@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -36,6 +37,24 @@ def _state_dir(state_dir: str | None) -> Path:
 def _fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
+
+
+def entry() -> None:
+    """The `sluice` console script: run the command, then leave without the native exit
+    handlers. A reader thread that deltalake leaves behind for pyarrow datasets can abort
+    the process at interpreter exit ("terminate called without an active exception"),
+    turning a finished command into exit code 134; by then all output is flushed and every
+    commit is done, so nothing is lost by skipping them."""
+    code = 0
+    try:
+        main(standalone_mode=True)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
