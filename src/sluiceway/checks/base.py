@@ -10,12 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
-from datetime import date, datetime
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from sluiceway.core.spec import CheckConfig, Severity
 from sluiceway.engines.duckdb import quote_ident, quote_literal
+
+if TYPE_CHECKING:
+    from sluiceway.core.runstore import MetricPoint
 
 Status = Literal["passed", "failed", "error"]
 
@@ -58,6 +63,47 @@ class CheckResult:
         return {**asdict(self), "status": self.status}
 
 
+History = Callable[[str, str], "list[MetricPoint]"]
+
+
+@dataclass(frozen=True)
+class CheckEnv:
+    """What a check may know beyond its table: the run it audits and where its past is.
+
+    Attributes:
+        pipeline: the pipeline's name ('' outside a pipeline).
+        dataset: the audited dataset's name in the metric history.
+        logical_date: the run's logical date.
+        logical_time: the instant freshness is measured against: now for a run of today,
+            else the end of the logical date (UTC).
+        history: (check_id, metric) → the points recorded for that series by earlier runs of
+            earlier logical dates, oldest first; None when there is no run store.
+        state_dir: the `.sluice` folder (stored profiles live there); None outside a pipeline.
+        tables: other tables a check may name (a pipeline's sources) → engine table name.
+    """
+
+    pipeline: str = ""
+    dataset: str = "staged"
+    logical_date: date | None = None
+    logical_time: datetime | None = None
+    history: History | None = None
+    state_dir: Path | None = None
+    tables: Mapping[str, str] = field(default_factory=dict)
+
+    def as_of(self) -> datetime:
+        """`logical_time`, else now (UTC)."""
+        return self.logical_time or datetime.now(UTC)
+
+
+def logical_time_of(logical_date: date, now: datetime | None = None) -> datetime:
+    """The instant a run of `logical_date` measures freshness against: `now` when the date is
+    today (UTC) or later, else the end of that day (midnight after it, UTC)."""
+    now = now or datetime.now(UTC)
+    if logical_date >= now.date():
+        return now
+    return datetime.combine(logical_date, datetime.min.time(), UTC) + timedelta(days=1)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a check concluded from its aggregates."""
@@ -83,8 +129,9 @@ def check_id(config: CheckConfig) -> str:
 class TableCheck:
     """One check compiled for a table: its aggregates in, its `CheckResult` out."""
 
-    def __init__(self, config: CheckConfig) -> None:
+    def __init__(self, config: CheckConfig, env: CheckEnv | None = None) -> None:
         self.config = config
+        self.env = env or CheckEnv()
 
     @property
     def column(self) -> str | None:

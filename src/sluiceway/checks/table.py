@@ -21,6 +21,7 @@ from typing import Any
 from sluiceway.checks.aggregates import IMPLEMENTATIONS as AGGREGATE_CHECKS
 from sluiceway.checks.base import (
     SAMPLE_VALUE_CHARS,
+    CheckEnv,
     CheckResult,
     ColumnValuesCheck,
     Outcome,
@@ -51,6 +52,7 @@ from sluiceway.errors import StepError
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "CheckEnv",
     "CheckResult",
     "Outcome",
     "Status",
@@ -205,21 +207,24 @@ IMPLEMENTATIONS: dict[type[TableCheckConfig], type[TableCheck]] = {
 }
 
 
-def compile_check(config: CheckConfig) -> TableCheck:
+def compile_check(config: CheckConfig, env: CheckEnv | None = None) -> TableCheck:
     """The `TableCheck` for a config: a built-in one, else the registered implementation."""
     impl = IMPLEMENTATIONS.get(type(config)) if isinstance(config, TableCheckConfig) else None
     if impl is not None:
-        return impl(config)
+        return impl(config, env)
     plugin = registry.lookup("check", config.key)
     if plugin is None:
         raise StepError(f"No table check is registered as '{config.key}'.")
-    check = plugin.impl(config)
+    check = plugin.impl(config, env)
     assert isinstance(check, TableCheck), f"check '{config.key}' must build a TableCheck"
     return check
 
 
 def evaluate_checks(
-    engine: DuckDBEngine, table: str, checks: Sequence[CheckConfig]
+    engine: DuckDBEngine,
+    table: str,
+    checks: Sequence[CheckConfig],
+    env: CheckEnv | None = None,
 ) -> list[CheckResult]:
     """Evaluate every check on `table` in one fused aggregate query (one scan).
 
@@ -227,12 +232,13 @@ def evaluate_checks(
         engine: the engine holding `table`.
         table: the staged table or view to audit.
         checks: the table checks of the dataset.
+        env: the run the checks audit (logical time, metric history, other tables).
 
     Returns:
         One result per check, in order. If the fused query fails, each check runs on its own
         and only the broken ones report status 'error' with the reason.
     """
-    compiled = [compile_check(config) for config in checks]
+    compiled = [compile_check(config, env) for config in checks]
     if not compiled:
         return []
     try:
@@ -246,6 +252,7 @@ def sample_unexpected(
     table: str,
     checks: Sequence[CheckConfig],
     results: Sequence[CheckResult],
+    env: CheckEnv | None = None,
 ) -> list[list[str]]:
     """A few distinct unexpected values of each failed column-value check, as text.
 
@@ -257,7 +264,7 @@ def sample_unexpected(
         values; each value capped at `SAMPLE_VALUE_CHARS` characters.
     """
     return [
-        _sample(engine, table, compile_check(config)) if result.status == "failed" else []
+        _sample(engine, table, compile_check(config, env)) if result.status == "failed" else []
         for config, result in zip(checks, results, strict=True)
     ]
 

@@ -30,7 +30,9 @@ import pyarrow.parquet as pq
 
 from sluiceway import masking
 from sluiceway.checks import contract as contract_mod
+from sluiceway.checks.base import logical_time_of
 from sluiceway.checks.table import (
+    CheckEnv,
     CheckResult,
     blocking_failures,
     evaluate_checks,
@@ -144,6 +146,7 @@ class _Runner:
         self.staged: pa.Table = pa.table({})
         self.has_audited = False
         self.audit: AuditRecord | None = None
+        self.logical_time = logical_time_of(self.ctx.logical_date)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -198,6 +201,10 @@ class _Runner:
         engine = self.ctx.engine
         engine.run(
             f"CREATE OR REPLACE MACRO logical_date() AS DATE {quote_literal(str(self.ctx.logical_date))}"
+        )
+        engine.run(
+            "CREATE OR REPLACE MACRO logical_time() AS TIMESTAMPTZ "
+            f"{quote_literal(self.logical_time.isoformat())}"
         )
         sinks = [registry.lookup("sink", s.type).impl(s) for s in self.pipeline.sinks]  # type: ignore[union-attr]
         positions = sinks[0].committed_positions(self.ctx)
@@ -461,8 +468,9 @@ class _Runner:
         self.ctx.events.emit("progress", stage="auditing the staged result")
         engine, checks = self.ctx.engine, self.pipeline.checks
         started, statements = time.monotonic(), engine.statements
-        results = evaluate_checks(engine, staged, checks) if checks else []
-        samples = sample_unexpected(engine, staged, checks, results)
+        env = self._check_env()
+        results = evaluate_checks(engine, staged, checks, env) if checks else []
+        samples = sample_unexpected(engine, staged, checks, results, env)
         self.audit = AuditRecord(
             statements=engine.statements - statements,
             duration_s=round(time.monotonic() - started, 3),
@@ -485,6 +493,23 @@ class _Runner:
                 f"The staged result and check results are in {self.result.staged_path}",
                 failed=names,
             )
+
+    def _check_env(self) -> CheckEnv:
+        """What the checks may know: the logical time, the metric history of earlier dates
+        and the pipeline's sources by name."""
+        pipeline, before = self.pipeline.pipeline, str(self.ctx.logical_date)
+
+        def history(check_id: str, metric: str) -> list[Any]:
+            return self.store.metric_history(pipeline, check_id, metric, before=before)
+
+        return CheckEnv(
+            pipeline=pipeline,
+            logical_date=self.ctx.logical_date,
+            logical_time=self.logical_time,
+            history=history,
+            state_dir=self.ctx.state_dir,
+            tables=dict(self.valid_tables),
+        )
 
     def _write_results(self) -> None:
         """Write the audited checks to results/<run_id>.json once the run's status is known."""
