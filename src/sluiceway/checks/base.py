@@ -118,10 +118,11 @@ class Outcome:
 def check_id(config: CheckConfig) -> str:
     """A stable fingerprint of what a check measures and against which thresholds.
 
-    `name` and `severity` are left out: renaming a check or demoting it to a warning keeps
-    its metric history.
+    `name`, `severity` and `on_fail` are left out: renaming a check, demoting it to a warning
+    or routing its failing rows keeps its metric history.
     """
-    params = config.model_dump(mode="json", exclude_defaults=True, exclude={"name", "severity"})
+    exclude = {"name", "severity", "on_fail"}
+    params = config.model_dump(mode="json", exclude_defaults=True, exclude=exclude)
     blob = json.dumps({"check": config.key, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

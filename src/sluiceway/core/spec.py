@@ -30,6 +30,7 @@ ColumnFormat = Literal["email", "ipv4", "ipv6", "ip", "iso_timestamp", "iso_date
 OnViolation = Literal["dead_letter", "fail", "warn"]
 Evolution = Literal["evolve", "freeze", "discard_column"]
 Severity = Literal["error", "warn"]
+OnFail = Literal["fail", "warn", "dead_letter"]
 
 
 class Model(BaseModel):
@@ -127,6 +128,26 @@ class CheckConfig(Model):
         None, ge=0, le=1, description="Fraction of rows that must pass (1.0 when unset)."
     )
     name: str | None = Field(None, description="A name for the check in results and reports.")
+    on_fail: OnFail | None = Field(
+        None,
+        description=(
+            "fail: blocks publishing (severity error); warn: records only (severity warn); "
+            "dead_letter: rows that fail this row-level check go to the dead-letter table."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _on_fail_agrees_with_severity(self) -> CheckConfig:
+        implied = {"fail": "error", "warn": "warn"}.get(self.on_fail or "")
+        if implied is None:
+            return self
+        if "severity" in self.model_fields_set and self.severity != implied:
+            raise ValueError(
+                f"on_fail: {self.on_fail} contradicts severity: {self.severity}; "
+                f"keep one of them (on_fail: {self.on_fail} means severity: {implied})"
+            )
+        object.__setattr__(self, "severity", implied)
+        return self
 
 
 class ChecksFile(Model):
