@@ -368,6 +368,10 @@ def _cross_check(pipeline: Pipeline, located: _Located) -> None:
                 "but overwrite_partition would replace the rows earlier files put in the same "
                 "partition; use mode: append or merge",
             )
+    from sluiceway.core.routing import routing_problems
+
+    for index, message in routing_problems(pipeline.checks):
+        located.problem(("checks", index, "on_fail"), message)
     for name in pipeline.sources:
         if name == "input" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             located.problem(

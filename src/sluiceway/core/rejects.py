@@ -51,10 +51,16 @@ def parse_rejects_rows(
 
 
 def contract_rejects_table(
-    engine: DuckDBEngine, table: str, source: str, ctx: RejectContext
+    engine: DuckDBEngine,
+    table: str,
+    source: str,
+    ctx: RejectContext,
+    *,
+    stage: str = "contract",
 ) -> pa.Table:
-    """Dead-letter rows for records that broke the contract, built in SQL in one query; the
-    raw payload is still clear text: `seal` finishes them.
+    """Dead-letter rows for records that broke the contract (or, with `stage='check'`, a
+    check routing its failing rows), built in SQL in one query; the raw payload is still
+    clear text: `seal` finishes them.
 
     The dlq_id is the same hash `_row` computes for parse rejects.
     """
@@ -64,14 +70,14 @@ def contract_rejects_table(
             f"coalesce({ROW_FILE}, 'None')",
             "'None'",
             f"coalesce({ROW_NUMBER}::VARCHAR, 'None')",
-            "'contract'",
+            quote_literal(stage),
         ]
     )
     data = engine.fetch_arrow(
         f"SELECT left(sha256({identity}), 24) AS dlq_id, {quote_literal(ctx.pipeline)} AS pipeline, "
         f"{quote_literal(ctx.run_id)} AS run_id, {quote_literal(ctx.run_key)} AS run_key, "
         f"DATE {quote_literal(str(ctx.logical_date))} AS logical_date, {quote_literal(source)} AS source, "
-        f"{ROW_FILE} AS file, NULL::BIGINT AS line, {ROW_NUMBER} AS row, 'contract' AS stage, "
+        f"{ROW_FILE} AS file, NULL::BIGINT AS line, {ROW_NUMBER} AS row, {quote_literal(stage)} AS stage, "
         f"{ROW_ERRORS} AS errors, payload, raw FROM {quote_ident(table)} ORDER BY {ROW_FILE}, {ROW_NUMBER}",
         purpose="build dead-letter rows",
     )

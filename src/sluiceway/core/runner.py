@@ -44,6 +44,12 @@ from sluiceway.core.context import META_COLUMNS, RunContext, SourceRead, WriteRe
 from sluiceway.core.events import EventBus, Subscriber
 from sluiceway.core.pii import PiiMasking
 from sluiceway.core.results import AuditRecord, RunResult
+from sluiceway.core.routing import (
+    data_columns,
+    failed_rows_sql,
+    route_rows,
+    routing_checks,
+)
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
@@ -147,6 +153,7 @@ class _Runner:
         self.has_audited = False
         self.audit: AuditRecord | None = None
         self.logical_time = logical_time_of(self.ctx.logical_date)
+        self.routed_results: dict[int, CheckResult] = {}
 
     @property
     def pipeline(self) -> Pipeline:
@@ -219,6 +226,7 @@ class _Runner:
             valid[self.pipeline.primary_source],
             rows=self.accounting.rows_in - self.accounting.rows_rejected,
         )
+        table = self._route(table, run_key, dead_rows)
         staged = self._stage(table)
         self._verify_deferred(self.staged.num_rows)
         self._drop(table, *reversed(self.intermediates))
@@ -406,6 +414,43 @@ class _Runner:
             table = out.table
         return table
 
+    def _route(self, table: str, run_key: str, dead_rows: list[Future[pa.Table]]) -> str:
+        """Send the rows that fail an `on_fail: dead_letter` check to the dead letters."""
+        checks = self.pipeline.checks
+        if not routing_checks(checks):
+            return table
+        self.ctx.events.emit("progress", stage="routing rows that fail dead_letter checks")
+        engine = self.ctx.engine
+        routed = route_rows(engine, table, checks, self._check_env())
+        self.intermediates += [routed.failed, routed.kept]
+        self._verify_deferred(routed.rows_before)
+        self.expected_rows = routed.rows_before - routed.rows_routed
+        self.routed_results = routed.results
+        columns = [c for c, _ in engine.columns(routed.failed)]
+        data = data_columns(columns)
+        raw = (
+            f"to_json(struct_pack({', '.join(quote_ident(c) for c in data)}))::VARCHAR"
+            if data
+            else "'{}'"
+        )
+        rejected = engine.create_table(
+            engine.new_name("routed_rows"),
+            failed_rows_sql(routed, columns, self._payload_sql(data), raw),
+            purpose="collect rows that failed dead_letter checks",
+        )
+        rctx = self._reject_context(run_key)
+        built = rejects.contract_rejects_table(
+            engine, rejected, self.pipeline.primary_source, rctx, stage="check"
+        )
+        self._drop(rejected)
+        dead_rows.append(self.workers.submit(rejects.seal, built, rctx, DEAD_LETTER_SCHEMA))
+        self.accounting.rows_rejected += routed.rows_routed
+        if routed.rows_routed:
+            self.ctx.events.emit(
+                "rows_rejected", source="checks", rows=routed.rows_routed, stage="check"
+            )
+        return routed.kept
+
     def _verify_deferred(self, actual: int) -> None:
         """Check the row-count promises of the steps not counted yet against `actual`."""
         if actual != self.expected_rows:
@@ -469,8 +514,13 @@ class _Runner:
         engine, checks = self.ctx.engine, self.pipeline.checks
         started, statements = time.monotonic(), engine.statements
         env = self._check_env()
-        results = evaluate_checks(engine, staged, checks, env) if checks else []
-        samples = sample_unexpected(engine, staged, checks, results, env)
+        routed = self.routed_results
+        audited = [c for i, c in enumerate(checks) if i not in routed]
+        found = evaluate_checks(engine, staged, audited, env) if audited else []
+        sampled = iter(sample_unexpected(engine, staged, audited, found, env))
+        found_iter = iter(found)
+        results = [routed[i] if i in routed else next(found_iter) for i in range(len(checks))]
+        samples = [[] if i in routed else next(sampled) for i in range(len(checks))]
         self.audit = AuditRecord(
             statements=engine.statements - statements,
             duration_s=round(time.monotonic() - started, 3),
