@@ -12,10 +12,20 @@ import yaml
 from deltalake import DeltaTable
 
 from sluiceway.core.loader import load_spec, pipeline_from_dict
+from sluiceway.core.replay import replay
 from sluiceway.errors import SpecError
 from sluiceway.masking import decrypt_value
 
-from .test_batch_pipeline import CLEAR_PII, KEYS, base_spec, dead_letters, run, write_events
+from .test_batch_pipeline import (
+    CLEAR_PII,
+    KEYS,
+    base_spec,
+    dead_letters,
+    options,
+    run,
+    write_events,
+    write_spec,
+)
 
 # e1..e6 pass the contract except e3 (amount), e4 and e6 (event_type), e5 (user_id); e2 twice.
 ROUTED_EVENTS = (
@@ -203,3 +213,48 @@ def test_steps_that_drop_bookkeeping_columns_still_number_routed_rows(tmp_path: 
     letters = dead_letters(tmp_path).to_pylist()
     assert len({row["dlq_id"] for row in letters}) == 2
     assert all(row["row"] is not None for row in letters)
+
+
+def fixed_with_routing(step: str | None = None) -> dict[str, Any]:
+    fixed = base_spec()
+    fixed["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
+    fixed["checks"] = [
+        {
+            "sql_predicate": {
+                "predicate": "event_id <> 'e6'",
+                "name": "not_e6",
+                "on_fail": "dead_letter",
+            }
+        }
+    ]
+    if step is not None:
+        fixed["steps"] = [{"sql": step}]
+    return fixed
+
+
+def test_a_replayed_row_that_fails_a_routing_check_stays_in_the_dead_letters(tmp_path) -> None:
+    write_events(tmp_path)
+    first = run(tmp_path, base_spec())
+    fixed = load_spec(write_spec(tmp_path, fixed_with_routing()))
+
+    outcome = replay(fixed, first.run_id, options(tmp_path))
+
+    assert (outcome.passed, outcome.deleted) == (1, 1)
+    orders = DeltaTable(str(tmp_path / "lake" / "orders")).to_pyarrow_table()
+    assert sorted(orders["event_id"].to_pylist()) == ["e1", "e2", "e4"]
+    remaining = [json.loads(r["payload"])["event_id"] for r in dead_letters(tmp_path).to_pylist()]
+    assert "e6" in remaining and "e4" not in remaining
+
+
+def test_replay_refuses_routed_rows_it_cannot_match_to_their_dead_letters(tmp_path) -> None:
+    write_events(tmp_path)
+    first = run(tmp_path, base_spec())
+    before = sorted(dead_letters(tmp_path)["dlq_id"].to_pylist())
+    step = "SELECT event_id, user_id, event_type, amount, email, ip_address, logical_date() AS event_date FROM input"
+    fixed = load_spec(write_spec(tmp_path, fixed_with_routing(step)))
+
+    outcome = replay(fixed, first.run_id, options(tmp_path))
+
+    assert outcome.deleted == 0
+    assert outcome.run is not None and "cannot be matched" in (outcome.run.error or "")
+    assert sorted(dead_letters(tmp_path)["dlq_id"].to_pylist()) == before

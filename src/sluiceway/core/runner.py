@@ -445,6 +445,13 @@ class _Runner:
         self._drop(rejected)
         dead_rows.append(self.workers.submit(rejects.seal, built, rctx, DEAD_LETTER_SCHEMA))
         self.accounting.rows_rejected += routed.rows_routed
+        if self.options.is_replay and routed.rows_routed and not set(META_COLUMNS) <= set(columns):
+            raise TerminalError(
+                f"{routed.rows_routed} replayed row(s) failed on_fail: dead_letter checks, and the "
+                "steps drop the bookkeeping columns (__sw_file, __sw_row), so they cannot be matched "
+                "to their dead letters; nothing was replayed. Keep the columns in the SQL steps "
+                "(SELECT *, ...) or fix the rows first"
+            )
         if routed.rows_routed:
             self.ctx.events.emit(
                 "rows_rejected", source="checks", rows=routed.rows_routed, stage="check"
