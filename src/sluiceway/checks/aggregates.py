@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluiceway.checks.base import Outcome, TableCheck
+from sluiceway.checks.base import Outcome, TableCheck, sql_literal
 from sluiceway.checks.column_values import user_sql
 from sluiceway.checks.vocabulary import (
     AggregateBetweenConfig,
@@ -20,6 +20,8 @@ from sluiceway.checks.vocabulary import (
     MeanBetweenConfig,
     MedianBetweenConfig,
     MinBetweenConfig,
+    MostCommonValueInSetConfig,
+    QuantilesBetweenConfig,
     SqlMetricConfig,
     StdevBetweenConfig,
     SumBetweenConfig,
@@ -121,6 +123,92 @@ class SqlMetricCheck(BoundedMetricCheck):
         return f"the metric '{self.config.name}'"
 
 
+class QuantilesBetweenCheck(TableCheck):
+    """`quantiles_between`: each quantile (discrete: a value of the column) within its range.
+
+    `unexpected_count` is the number of quantiles outside their range; messages name the
+    quantile and the side, never its value.
+    """
+
+    config: QuantilesBetweenConfig
+
+    def aggregates(self) -> dict[str, str]:
+        ranges = self.config.quantile_ranges
+        quantiles = ", ".join(repr(float(q)) for q in ranges.quantiles)
+        column = quote_ident(self.config.column)
+        return {"quantiles": f"CAST(quantile_disc({column}, [{quantiles}]) AS DOUBLE[])"}
+
+    def outcome(self, values: dict[str, Any], rows: int) -> Outcome:
+        ranges = self.config.quantile_ranges
+        expected = (
+            f"Expected the {_quantile_names(ranges.quantiles)} quantiles of column "
+            f"'{self.config.column}' to lie in their ranges"
+        )
+        observed = values["quantiles"]
+        if observed is None:
+            return Outcome(False, None, None, None, f"{expected}; there was no value to judge.")
+        misses = [
+            f"the {q:g} quantile was {side}"
+            for q, value, bounds in zip(
+                ranges.quantiles, observed, ranges.value_ranges, strict=True
+            )
+            if (side := _side_of(value, bounds[0], bounds[1]))
+        ]
+        if not misses:
+            return Outcome(True, None, 0, None, f"{expected}; they did.")
+        return Outcome(False, None, len(misses), None, f"{expected}; {', '.join(misses)}.")
+
+
+def _quantile_names(quantiles: list[float]) -> str:
+    return ", ".join(f"{q:g}" for q in quantiles)
+
+
+def _side_of(value: float, low: float | None, high: float | None) -> str:
+    if low is not None and value < low:
+        return "below the minimum"
+    if high is not None and value > high:
+        return "above the maximum"
+    return ""
+
+
+class MostCommonValueInSetCheck(TableCheck):
+    """`most_common_value_in_set`: the most common non-NULL value is in the set.
+
+    The values tied for most common are found and compared with the set in SQL (a
+    `histogram` of the column, in the same scan), so no value leaves the engine: results
+    carry how many values tie and how many of them are in the set.
+    """
+
+    config: MostCommonValueInSetConfig
+
+    def aggregates(self) -> dict[str, str]:
+        counts = f"histogram({quote_ident(self.config.column)})"
+        modes = f"list_filter(map_entries({counts}), lambda e: e.value = list_max(map_values({counts})))"
+        allowed = ", ".join(sql_literal(v) for v in self.config.value_set)
+        return {
+            "modes": f"len({modes})",
+            "in_set": f"len(list_filter({modes}, lambda m: m.key IN ({allowed})))",
+            "top": f"list_max(map_values({counts}))",
+        }
+
+    def outcome(self, values: dict[str, Any], rows: int) -> Outcome:
+        ties = "ties okay" if self.config.ties_okay else "no ties"
+        expected = (
+            f"Expected the most common value of column '{self.config.column}' to be in the set "
+            f"of {len(self.config.value_set)} allowed values ({ties})"
+        )
+        if values["modes"] is None:
+            return Outcome(False, None, None, None, f"{expected}; there was no value to judge.")
+        modes, in_set, top = int(values["modes"]), int(values["in_set"]), int(values["top"])
+        success = in_set > 0 if self.config.ties_okay else modes == 1 and in_set == 1
+        found = (
+            f"{modes} values tied for most common ({top} rows each), {in_set} of them in the set"
+            if modes > 1
+            else f"the most common value ({top} rows) was {'' if in_set else 'not '}in the set"
+        )
+        return Outcome(success, None, modes - in_set, None, f"{expected}; {found}.")
+
+
 class TableColumnsCheck(TableCheck):
     """A check on the table's column names, read by a subquery of the fused query."""
 
@@ -208,4 +296,6 @@ IMPLEMENTATIONS: dict[type[TableCheckConfig], type[TableCheck]] = {
     ColumnsMatchSetConfig: ColumnsMatchSetCheck,
     ColumnsMatchListConfig: ColumnsMatchListCheck,
     SqlMetricConfig: SqlMetricCheck,
+    QuantilesBetweenConfig: QuantilesBetweenCheck,
+    MostCommonValueInSetConfig: MostCommonValueInSetCheck,
 }

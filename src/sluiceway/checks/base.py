@@ -2,7 +2,8 @@
 
 A check compiles to named SQL aggregates over the table (`aggregates_on`) and reads its verdict
 back from their values (`outcome`); `table.evaluate_checks` fuses the aggregates of all checks
-into one query.
+into one query. A check that compares a row with its neighbours adds window columns
+(`window_columns`), which the fused query computes in a subquery its aggregates read from.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ Status = Literal["passed", "failed", "error"]
 TOLERANCE = 1e-9
 SAMPLE_SIZE = 20
 SAMPLE_VALUE_CHARS = 200
+ROW_POSITION = "__sw_position"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class CheckEnv:
             earlier logical dates, oldest first; None when there is no run store.
         state_dir: the `.sluice` folder (stored profiles live there); None outside a pipeline.
         tables: other tables a check may name (a pipeline's sources) → engine table name.
+        base_dir: the folder relative file paths in checks resolve against (the spec's
+            folder); None: the working directory.
+        pii_columns: the columns the pipeline masks; None: unknown (outside a pipeline).
     """
 
     pipeline: str = ""
@@ -89,6 +94,8 @@ class CheckEnv:
     history: History | None = None
     state_dir: Path | None = None
     tables: Mapping[str, str] = field(default_factory=dict)
+    base_dir: Path | None = None
+    pii_columns: frozenset[str] | None = None
 
     def as_of(self) -> datetime:
         """`logical_time`, else now (UTC)."""
@@ -119,12 +126,19 @@ def check_id(config: CheckConfig) -> str:
     """A stable fingerprint of what a check measures and against which thresholds.
 
     `name`, `severity` and `on_fail` are left out: renaming a check, demoting it to a warning
-    or routing its failing rows keeps its metric history.
+    or routing its failing rows keeps its metric history. So are the fields a config lists in
+    `fingerprint_excludes` (an anomaly check's threshold and training window: tuning them
+    must not throw its history away).
     """
-    exclude = {"name", "severity", "on_fail"}
+    exclude = {"name", "severity", "on_fail", *getattr(config, "fingerprint_excludes", ())}
     params = config.model_dump(mode="json", exclude_defaults=True, exclude=exclude)
     blob = json.dumps({"check": config.key, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class NotEvaluable(Exception):
+    """Raised by `TableCheck.outcome` when the values show the check cannot judge this table
+    (e.g. a freshness check on a text column); the check reports status 'error'."""
 
 
 class TableCheck:
@@ -155,8 +169,28 @@ class TableCheck:
         """The aggregates over `table`; those that need its name (its columns) override this."""
         return self.aggregates()
 
+    def window_columns(self) -> dict[str, str]:
+        """Column name → SQL window expression the aggregates read as a column.
+
+        The expressions may order by `ROW_POSITION`, the row's position in the table's order.
+        Name the columns with `window_name` so that checks never clash.
+        """
+        return {}
+
+    def window_name(self, alias: str) -> str:
+        """A window column name of this check's own (identical checks share it)."""
+        return f"__sw_{check_id(self.config)}_{alias}"
+
+    def cannot_run(self) -> str | None:
+        """Why the check cannot be evaluated at all (e.g. an unknown other table), else None."""
+        return None
+
     def outcome(self, values: dict[str, Any], rows: int) -> Outcome:
-        """The verdict from the aggregate `values` (by alias) and the table's row count."""
+        """The verdict from the aggregate `values` (by alias) and the table's row count.
+
+        Raises:
+            NotEvaluable: the values show the check cannot judge this table.
+        """
         raise NotImplementedError
 
     def unexpected_sample_sql(self, table: str) -> str | None:
@@ -273,14 +307,38 @@ def sql_literal(value: Any) -> str:
     return quote_literal(str(value))
 
 
-def sample_query(table: str, column: str, *, where: str, having: str | None = None) -> str:
+def sample_query(
+    table: str,
+    column: str,
+    *,
+    where: str,
+    having: str | None = None,
+    windows: Mapping[str, str] | None = None,
+) -> str:
     """Distinct values of the quoted `column` of `table` where `where` holds, as text, sorted,
-    at most `SAMPLE_SIZE` of them; `having` filters the groups (e.g. repeats only)."""
+    at most `SAMPLE_SIZE` of them; `having` filters the groups (e.g. repeats only); `where`
+    may read the `windows` columns (see `table_relation`)."""
     group = f" GROUP BY {column} HAVING {having}" if having else ""
     return (
-        f"SELECT DISTINCT CAST({column} AS VARCHAR) AS value FROM {quote_ident(table)} "
+        f"SELECT DISTINCT CAST({column} AS VARCHAR) AS value "
+        f"FROM {table_relation(table, windows or {})} "
         f"WHERE {where}{group} ORDER BY value LIMIT {SAMPLE_SIZE}"
     )
+
+
+def table_relation(table: str, windows: Mapping[str, str]) -> str:
+    """What a check query reads FROM: `table` itself, or with `windows` (name → window
+    expression) a subquery that adds them as columns.
+
+    Rows are numbered in the table's order by `row_number() OVER ()` in the scan's own
+    subquery: DuckDB runs that as a streaming window, which keeps the scan's insertion order
+    (preserve_insertion_order, on by default), whatever the number of threads.
+    """
+    if not windows:
+        return quote_ident(table)
+    numbered = f"SELECT *, row_number() OVER () AS {ROW_POSITION} FROM {quote_ident(table)}"
+    added = ", ".join(f"{sql} AS {quote_ident(name)}" for name, sql in windows.items())
+    return f"(SELECT *, {added} FROM ({numbered})) AS {quote_ident(table)}"
 
 
 def at_least(ratio: float, required: float) -> bool:

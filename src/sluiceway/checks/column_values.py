@@ -6,14 +6,24 @@ one fused query; `mostly` applies to the share of judged rows.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from sluiceway.checks.base import ColumnValuesCheck, TableCheck, sample_query, sql_literal
+from sluiceway.checks.base import (
+    ROW_POSITION,
+    ColumnValuesCheck,
+    TableCheck,
+    sample_query,
+    sql_literal,
+)
 from sluiceway.checks.vocabulary import (
     CompoundUniqueConfig,
+    DateutilParseableConfig,
+    DecreasingConfig,
+    IncreasingConfig,
     IsNullConfig,
     JsonParseableConfig,
     LengthBetweenConfig,
+    MonotonicConfig,
     MulticolumnSumConfig,
     NotInSetConfig,
     NotRegexConfig,
@@ -24,6 +34,37 @@ from sluiceway.checks.vocabulary import (
     TableCheckConfig,
 )
 from sluiceway.engines.duckdb import quote_ident, quote_literal
+
+# The forms `dateutil_parseable` accepts beyond DuckDB's own casts (ISO 8601 and its
+# relatives, see docs/quality/checks.md). Month names are English, in any letter case.
+DATE_FORMATS: tuple[str, ...] = (
+    "%d.%m.%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y %H:%M:%S",
+    "%m/%d/%Y",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%d/%m/%Y",
+    "%d/%m/%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%d-%m-%Y",
+    "%Y%m%d",
+    "%b %d %Y",
+    "%b %d, %Y",
+    "%b %d %Y %H:%M:%S",
+    "%B %d %Y",
+    "%B %d, %Y",
+    "%d %b %Y",
+    "%d %b %Y %H:%M",
+    "%d %b %Y %H:%M:%S",
+    "%d %B %Y",
+    "%d %B %Y %H:%M",
+    "%d-%b-%Y",
+    "%a %b %d %H:%M:%S %Y",
+)
+# Kept apart: in one list with the formats above, a zoned format makes DuckDB roll an
+# impossible day over into the next month ('31.02.2024' became 2 March).
+ZONED_DATE_FORMATS: tuple[str, ...] = ("%a, %d %b %Y %H:%M:%S %z",)
 
 
 def _text(column: str) -> str:
@@ -126,6 +167,56 @@ class JsonParseableCheck(ColumnValuesCheck):
 
     def unexpected_sql(self, column: str) -> str:
         return f"NOT json_valid({_text(column)})"
+
+
+class DateutilParseableCheck(ColumnValuesCheck):
+    """`dateutil_parseable`: non-NULL values, as text, parse as a date or date and time."""
+
+    verdict = "did not parse as dates"
+
+    def predicate(self) -> str:
+        return "to parse as a date or date and time"
+
+    def unexpected_sql(self, column: str) -> str:
+        text = _text(column)
+        parsed = [f"try_cast({text} AS TIMESTAMPTZ)", f"try_cast({text} AS DATE)"] + [
+            f"try_strptime({text}, [{', '.join(quote_literal(f) for f in formats)}])"
+            for formats in (DATE_FORMATS, ZONED_DATE_FORMATS)
+        ]
+        return f"{column} IS NOT NULL AND " + " AND ".join(f"{p} IS NULL" for p in parsed)
+
+
+class MonotonicCheck(ColumnValuesCheck):
+    """`increasing` / `decreasing`: a value that goes back compared with the previous non-NULL
+    value (by `order_by`, ties and NULLs in table order) is unexpected; the first is not."""
+
+    config: MonotonicConfig
+    verdict = "were out of order"
+    went_back: ClassVar[dict[str, tuple[str, str]]] = {
+        "increasing": ("<", "<="),
+        "decreasing": (">", ">="),
+    }
+
+    def predicate(self) -> str:
+        strictly = "strictly " if self.config.strictly else ""
+        order = f"ordered by '{self.config.order_by}'" if self.config.order_by else "in table order"
+        return f"to be {strictly}{self.config.key} ({order})"
+
+    def window_columns(self) -> dict[str, str]:
+        order = f"{quote_ident(self.config.order_by)}, " if self.config.order_by else ""
+        previous = f"lag({quote_ident(self._column)} IGNORE NULLS)"
+        return {self.window_name("previous"): f"{previous} OVER (ORDER BY {order}{ROW_POSITION})"}
+
+    def unexpected_sql(self, column: str) -> str:
+        loose, strict = self.went_back[self.config.key]
+        op = strict if self.config.strictly else loose
+        return f"{column} {op} {quote_ident(self.window_name('previous'))}"
+
+    def unexpected_sample_sql(self, table: str) -> str | None:
+        column = quote_ident(self._column)
+        return sample_query(
+            table, column, where=self.unexpected_sql(column), windows=self.window_columns()
+        )
 
 
 class RowsCheck(ColumnValuesCheck):
@@ -268,6 +359,9 @@ class SqlPredicateCheck(RowsCheck):
 
 
 IMPLEMENTATIONS: dict[type[TableCheckConfig], type[TableCheck]] = {
+    DateutilParseableConfig: DateutilParseableCheck,
+    IncreasingConfig: MonotonicCheck,
+    DecreasingConfig: MonotonicCheck,
     IsNullConfig: IsNullCheck,
     NotInSetConfig: NotInSetCheck,
     LengthBetweenConfig: LengthBetweenCheck,

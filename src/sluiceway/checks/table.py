@@ -6,7 +6,10 @@ When that query fails (a bad regex, a missing column, a type that does not compa
 checks run one by one so only the broken one reports status 'error'.
 
 The shared machinery is in `base`; the first seven checks live here, the rest of the Great
-Expectations vocabulary in `column_values` (row-level) and `aggregates` (one number per table).
+Expectations vocabulary in `column_values` (row-level) and `aggregates` (one number per table),
+and the checks that look beyond the table's values (other tables, types, freshness) in
+`extra`. Checks that compare a row with the previous one add window columns; the fused query
+then reads from a subquery that computes them, still in one statement.
 
 Results carry counts, ratios and the configured thresholds only — never a value of a row —
 so they can go to logs, metrics and reports even when the table holds PII.
@@ -24,6 +27,7 @@ from sluiceway.checks.base import (
     CheckEnv,
     CheckResult,
     ColumnValuesCheck,
+    NotEvaluable,
     Outcome,
     Status,
     TableCheck,
@@ -33,8 +37,10 @@ from sluiceway.checks.base import (
     pct,
     sample_query,
     sql_literal,
+    table_relation,
 )
 from sluiceway.checks.column_values import IMPLEMENTATIONS as COLUMN_VALUE_CHECKS
+from sluiceway.checks.extra import IMPLEMENTATIONS as EXTRA_CHECKS
 from sluiceway.checks.vocabulary import (
     BetweenConfig,
     CompletenessConfig,
@@ -204,6 +210,7 @@ IMPLEMENTATIONS: dict[type[TableCheckConfig], type[TableCheck]] = {
     CompletenessConfig: CompletenessCheck,
     **COLUMN_VALUE_CHECKS,
     **AGGREGATE_CHECKS,
+    **EXTRA_CHECKS,
 }
 
 
@@ -283,20 +290,37 @@ def blocking_failures(results: Sequence[CheckResult]) -> list[CheckResult]:
 
 
 def _run_fused(engine: DuckDBEngine, table: str, checks: Sequence[TableCheck]) -> list[CheckResult]:
+    blocked = {i: reason for i, c in enumerate(checks) if (reason := c.cannot_run()) is not None}
+    live = [(i, c) for i, c in enumerate(checks) if i not in blocked]
     selects = {_ROWS: "count(*)"}
-    per_check = [check.aggregates_on(table) for check in checks]
-    for i, aggregates in enumerate(per_check):
-        selects.update({f"c{i}_{alias}": sql for alias, sql in aggregates.items()})
-    columns = ", ".join(f"{sql} AS {quote_ident(alias)}" for alias, sql in selects.items())
-    row = engine.fetch_one(
-        f"SELECT {columns} FROM {quote_ident(table)}", purpose=f"table checks on {table}"
-    )
-    values = dict(zip(selects, row, strict=True))
-    rows = int(values[_ROWS])
-    return [
-        check.result({alias: values[f"c{i}_{alias}"] for alias in aggregates}, rows)
-        for i, (check, aggregates) in enumerate(zip(checks, per_check, strict=True))
-    ]
+    windows: dict[str, str] = {}
+    per_check = {i: check.aggregates_on(table) for i, check in live}
+    for i, check in live:
+        selects.update({f"c{i}_{alias}": sql for alias, sql in per_check[i].items()})
+        windows.update(check.window_columns())
+    values: dict[str, Any] = {}
+    if live:
+        columns = ", ".join(f"{sql} AS {quote_ident(alias)}" for alias, sql in selects.items())
+        row = engine.fetch_one(
+            f"SELECT {columns} FROM {table_relation(table, windows)}",
+            purpose=f"table checks on {table}",
+        )
+        values = dict(zip(selects, row, strict=True))
+    results = []
+    for i, check in enumerate(checks):
+        if i in blocked:
+            results.append(check.error(table, blocked[i]))
+            continue
+        own = {alias: values[f"c{i}_{alias}"] for alias in per_check[i]}
+        results.append(_result(check, table, own, int(values[_ROWS])))
+    return results
+
+
+def _result(check: TableCheck, table: str, values: dict[str, Any], rows: int) -> CheckResult:
+    try:
+        return check.result(values, rows)
+    except NotEvaluable as exc:
+        return check.error(table, str(exc))
 
 
 def _run_one_by_one(
@@ -343,7 +367,7 @@ def _safe_reason(exc: StepError) -> str:
 
 def _register_builtins() -> None:
     for config, impl in IMPLEMENTATIONS.items():
-        aliases = (config.ge_name,) if config.ge_name else ()
+        aliases = ((config.ge_name,) if config.ge_name else ()) + config.also_known_as
         registry.register("check", config.key, config, impl, aliases=aliases)
 
 

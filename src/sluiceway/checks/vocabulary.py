@@ -4,9 +4,13 @@ Each check has a short YAML key (`not_null`) and, where one exists, the Great Ex
 name it answers to as well (`expect_column_values_to_not_be_null`), so GE suites carry over.
 `severity` (error | warn), `mostly` and `name` come from `CheckConfig`.
 
-Column-value checks follow GE: NULLs are not judged by `between`, `in_set`, `regex` and
-`unique` (they are neither expected nor unexpected); `not_null` and `completeness` are the
-checks about NULLs.
+Column-value checks follow GE: NULLs are not judged by `between`, `in_set`, `regex`,
+`unique` and the other value checks (they are neither expected nor unexpected); `not_null`,
+`is_null` and `completeness` are the checks about NULLs.
+
+The checks that reach beyond one table's values (`row_count_equal_other_table`,
+`values_exist_in`, `of_type`, `in_type_list`, `freshness`) keep their configs beside their
+implementations in `extra`.
 """
 
 from __future__ import annotations
@@ -16,16 +20,26 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from sluiceway.core.spec import CheckConfig
+from sluiceway.core.spec import CheckConfig, Model
 
 Bound = int | float | str | datetime | date
 SetValue = str | int | float | bool
 
 
 class TableCheckConfig(CheckConfig):
-    """Base of the built-in table checks; `ge_name` is the Great Expectations alias."""
+    """Base of the built-in table checks; `ge_name` is the Great Expectations alias,
+    `also_known_as` other names the check answers to, and `no_mostly` says why a check that
+    judges one number (not a fraction of rows) takes no `mostly`."""
 
     ge_name: ClassVar[str | None] = None
+    also_known_as: ClassVar[tuple[str, ...]] = ()
+    no_mostly: ClassVar[str | None] = None
+
+    @model_validator(mode="after")
+    def _mostly_applies(self) -> TableCheckConfig:
+        if self.no_mostly is not None:
+            forbid_mostly(self, self.no_mostly)
+        return self
 
 
 class ColumnCheckConfig(TableCheckConfig):
@@ -101,7 +115,7 @@ class RowCountBetweenConfig(TableCheckConfig):
     @model_validator(mode="after")
     def _has_a_bound_and_no_mostly(self) -> RowCountBetweenConfig:
         _require_ordered_bounds(self.min_value, self.max_value)
-        _forbid_mostly(self, "the row count is one number, not a fraction of rows")
+        forbid_mostly(self, "the row count is one number, not a fraction of rows")
         return self
 
 
@@ -112,10 +126,7 @@ class CompletenessConfig(ColumnCheckConfig):
 
     min: float = Field(ge=0, le=1, description="Smallest allowed ratio of non-NULL values (0..1).")
 
-    @model_validator(mode="after")
-    def _no_mostly(self) -> CompletenessConfig:
-        _forbid_mostly(self, "'min' already is the required ratio")
-        return self
+    no_mostly: ClassVar[str | None] = "'min' already is the required ratio"
 
 
 class IsNullConfig(ColumnCheckConfig):
@@ -231,10 +242,7 @@ class ColumnsMatchSetConfig(TableCheckConfig):
     column_set: list[str] = Field(min_length=1, description="The expected column names.")
     exact_match: bool = Field(True, description="False: other columns may exist too.")
 
-    @model_validator(mode="after")
-    def _no_mostly(self) -> ColumnsMatchSetConfig:
-        _forbid_mostly(self, "the table's columns are judged as a whole")
-        return self
+    no_mostly: ClassVar[str | None] = "the table's columns are judged as a whole"
 
 
 class ColumnsMatchListConfig(TableCheckConfig):
@@ -245,10 +253,7 @@ class ColumnsMatchListConfig(TableCheckConfig):
 
     column_list: list[str] = Field(min_length=1, description="The expected columns, in order.")
 
-    @model_validator(mode="after")
-    def _no_mostly(self) -> ColumnsMatchListConfig:
-        _forbid_mostly(self, "the table's columns are judged as a whole")
-        return self
+    no_mostly: ClassVar[str | None] = "the table's columns are judged as a whole"
 
 
 class SqlPredicateConfig(TableCheckConfig):
@@ -276,7 +281,7 @@ class AggregateBetweenConfig(ColumnCheckConfig):
     @model_validator(mode="after")
     def _bounds_and_no_mostly(self) -> AggregateBetweenConfig:
         _require_ordered_bounds(self.min_value, self.max_value)
-        _forbid_mostly(self, "the aggregate is one number, not a fraction of rows")
+        forbid_mostly(self, "the aggregate is one number, not a fraction of rows")
         return self
 
 
@@ -354,8 +359,112 @@ class SqlMetricConfig(TableCheckConfig):
     @model_validator(mode="after")
     def _bounds_and_no_mostly(self) -> SqlMetricConfig:
         _require_ordered_bounds(self.min_value, self.max_value)
-        _forbid_mostly(self, "the metric is one number, not a fraction of rows")
+        forbid_mostly(self, "the metric is one number, not a fraction of rows")
         return self
+
+
+class DateutilParseableConfig(ColumnCheckConfig):
+    """Non-NULL values of `column`, as text, parse as a date or a date and time.
+
+    The accepted forms are listed in `column_values.DATE_FORMATS` and in
+    docs/quality/checks.md; unlike Python's dateutil, a bare time or a free-text date is not.
+    """
+
+    key: ClassVar[str] = "dateutil_parseable"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_be_dateutil_parseable"
+    shorthand: ClassVar[str | None] = "column"
+
+
+class MonotonicConfig(ColumnCheckConfig):
+    """Non-NULL values of `column` never go back compared with the previous non-NULL value."""
+
+    strictly: bool = Field(
+        False, description="True: a value equal to the previous one is unexpected."
+    )
+    order_by: str | None = Field(
+        None,
+        min_length=1,
+        description="Column that orders the rows (ties and NULLs keep table order); "
+        "None: the table's row order.",
+    )
+
+
+class IncreasingConfig(MonotonicConfig):
+    """Each non-NULL value of `column` is at least the previous non-NULL value."""
+
+    key: ClassVar[str] = "increasing"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_be_increasing"
+
+
+class DecreasingConfig(MonotonicConfig):
+    """Each non-NULL value of `column` is at most the previous non-NULL value."""
+
+    key: ClassVar[str] = "decreasing"
+    ge_name: ClassVar[str | None] = "expect_column_values_to_be_decreasing"
+
+
+class QuantileRanges(Model):
+    """Quantiles of a column and the range each must lie in."""
+
+    quantiles: list[float] = Field(
+        min_length=1, description="The quantiles to compute, each between 0 and 1."
+    )
+    value_ranges: list[list[float | int | None]] = Field(
+        min_length=1,
+        description="[min, max] per quantile, in the same order; None: that side is open.",
+    )
+
+    @model_validator(mode="after")
+    def _one_range_per_quantile(self) -> QuantileRanges:
+        if any(not 0 <= q <= 1 for q in self.quantiles):
+            raise ValueError("quantiles must lie between 0 and 1")
+        if len(self.value_ranges) != len(self.quantiles):
+            raise ValueError(
+                f"value_ranges has {len(self.value_ranges)} ranges for "
+                f"{len(self.quantiles)} quantiles; give one [min, max] per quantile"
+            )
+        for low_high in self.value_ranges:
+            if len(low_high) != 2:
+                raise ValueError(f"each value range is [min, max]; got {low_high!r}")
+            low, high = low_high
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"value range {low_high!r} has min greater than max")
+        return self
+
+
+class QuantilesBetweenConfig(ColumnCheckConfig):
+    """Each listed quantile of the non-NULL values of `column` lies in its range; no `mostly`.
+
+    Quantiles are exact and discrete (a value of the column, `quantile_disc`), as with
+    Great Expectations on SQL databases.
+    """
+
+    key: ClassVar[str] = "quantiles_between"
+    ge_name: ClassVar[str | None] = "expect_column_quantile_values_to_be_between"
+
+    quantile_ranges: QuantileRanges = Field(
+        description="{quantiles: [0.25, 0.5, ...], value_ranges: [[min, max], ...]}."
+    )
+
+    no_mostly: ClassVar[str | None] = (
+        "quantiles are numbers of the whole column, not a fraction of rows"
+    )
+
+
+class MostCommonValueInSetConfig(ColumnCheckConfig):
+    """The most common non-NULL value of `column` is in `value_set`; no `mostly`."""
+
+    key: ClassVar[str] = "most_common_value_in_set"
+    ge_name: ClassVar[str | None] = "expect_column_most_common_value_to_be_in_set"
+
+    value_set: list[SetValue] = Field(min_length=1, description="The allowed most common values.")
+    ties_okay: bool = Field(
+        False,
+        description="True: passes when one of the values tied for most common is in the set; "
+        "False: there must be one most common value, and it must be in the set.",
+    )
+
+    no_mostly: ClassVar[str | None] = "the most common value is one value, not a fraction of rows"
 
 
 CHECK_CONFIGS: tuple[type[TableCheckConfig], ...] = (
@@ -388,6 +497,11 @@ CHECK_CONFIGS: tuple[type[TableCheckConfig], ...] = (
     ColumnsMatchListConfig,
     SqlPredicateConfig,
     SqlMetricConfig,
+    DateutilParseableConfig,
+    IncreasingConfig,
+    DecreasingConfig,
+    QuantilesBetweenConfig,
+    MostCommonValueInSetConfig,
 )
 
 
@@ -402,7 +516,8 @@ def _require_ordered_bounds(low: Any, high: Any) -> None:
         raise ValueError(f"min_value {low!r} is greater than max_value {high!r}")
 
 
-def _forbid_mostly(config: CheckConfig, why: str) -> None:
+def forbid_mostly(config: CheckConfig, why: str) -> None:
+    """Reject `mostly` on a check that judges one number, not a fraction of rows (`why`)."""
     if config.mostly is not None:
         raise ValueError(f"'{config.key}' takes no 'mostly': {why}")
 

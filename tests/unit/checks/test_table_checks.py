@@ -4,12 +4,14 @@ import importlib
 import sys
 import types
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from sluiceway.checks import table, vocabulary
+from sluiceway.checks import extra, table, vocabulary
+from sluiceway.checks.base import CheckEnv
 from sluiceway.checks.table import CheckResult, blocking_failures, evaluate_checks
 from sluiceway.checks.vocabulary import (
     BetweenConfig,
@@ -363,3 +365,104 @@ def test_every_check_field_has_a_description() -> None:
         if not field.description
     ]
     assert undocumented == []
+
+
+# --- every check kind in one statement -----------------------------------------------------
+
+EVERY_KIND_TABLE = {
+    "id": [1, 2, 3, 4, 5, 6],
+    "price": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    "status": ["a", "a", "b", "b", "a", None],
+    "nothing": pa.array([None] * 6, pa.string()),
+    "day": ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", None],
+    "doc": ['{"a": 1}', "[1]", "2", '"x"', "null", None],
+    "ts": [datetime(2024, 1, 1, h) for h in range(6)],
+    "lo": [0, 1, 2, 3, 4, 5],
+    "parent": [1, 1, 2, 2, 3, None],
+}
+NOW = datetime(2024, 1, 1, 6, tzinfo=UTC)
+
+
+@pytest.fixture
+def every_kind_engine() -> Iterator[DuckDBEngine]:
+    eng = DuckDBEngine()
+    eng.register_arrow("everything", pa.table(EVERY_KIND_TABLE))
+    eng.register_arrow("parents", pa.table({"id": [1, 2, 3, 4, 5, 6]}))
+    yield eng
+    eng.close()
+
+
+def every_kind_of_check() -> list[CheckConfig]:
+    """One passing check of each built-in kind, old and new."""
+    names = list(EVERY_KIND_TABLE)
+    return [
+        NotNullConfig(column="id"),
+        BetweenConfig(column="price", min_value=0, max_value=10),
+        InSetConfig(column="status", value_set=["a", "b"]),
+        UniqueConfig(column="id"),
+        RegexConfig(column="status", regex="[ab]"),
+        RowCountBetweenConfig(min_value=6, max_value=6),
+        CompletenessConfig(column="price", min=1.0),
+        vocabulary.IsNullConfig(column="nothing"),
+        vocabulary.NotInSetConfig(column="status", value_set=["z"]),
+        vocabulary.LengthBetweenConfig(column="status", max_value=1),
+        vocabulary.NotRegexConfig(column="status", regex="z+"),
+        vocabulary.StrftimeFormatConfig(column="day", strftime_format="%Y-%m-%d"),
+        vocabulary.JsonParseableConfig(column="doc"),
+        vocabulary.CompoundUniqueConfig(column_list=["id", "status"]),
+        vocabulary.PairGreaterConfig(column_A="id", column_B="lo"),
+        vocabulary.PairEqualConfig(column_A="id", column_B="id"),
+        vocabulary.MulticolumnSumConfig(column_list=["id", "lo"], sum_total=0, mostly=0.0),
+        vocabulary.SqlPredicateConfig(name="id above lo", predicate="id > lo"),
+        vocabulary.MeanBetweenConfig(column="price", min_value=3.5, max_value=3.5),
+        vocabulary.MedianBetweenConfig(column="price", max_value=10),
+        vocabulary.StdevBetweenConfig(column="price", max_value=10),
+        vocabulary.MinBetweenConfig(column="price", min_value=1),
+        vocabulary.MaxBetweenConfig(column="price", max_value=6),
+        vocabulary.SumBetweenConfig(column="price", min_value=21, max_value=21),
+        vocabulary.DistinctCountBetweenConfig(column="status", min_value=2, max_value=2),
+        vocabulary.UniqueProportionBetweenConfig(column="id", min_value=1),
+        vocabulary.ColumnsMatchSetConfig(column_set=names),
+        vocabulary.ColumnsMatchListConfig(column_list=names),
+        vocabulary.SqlMetricConfig(name="rows", expression="count(*)", min_value=6),
+        vocabulary.DateutilParseableConfig(column="day"),
+        vocabulary.IncreasingConfig(column="id", strictly=True),
+        vocabulary.DecreasingConfig(column="lo", order_by="ts", mostly=0.0),
+        vocabulary.QuantilesBetweenConfig(
+            column="price",
+            quantile_ranges={"quantiles": [0.0, 1.0], "value_ranges": [[1, 1], [6, None]]},
+        ),
+        vocabulary.MostCommonValueInSetConfig(column="status", value_set=["a"]),
+        extra.RowCountEqualOtherTableConfig(other_table_name="parents"),
+        extra.ValuesExistInConfig(column="parent", to_table="parents", to_column="id"),
+        extra.OfTypeConfig(column="id", type_="int64"),
+        extra.InTypeListConfig(column="price", type_list=["float64", "DECIMAL"]),
+        extra.FreshnessConfig(column="ts", max_age="1h"),
+    ]
+
+
+def test_the_every_kind_suite_covers_every_built_in_check() -> None:
+    assert {c.key for c in every_kind_of_check()} == {c.key for c in table.IMPLEMENTATIONS}
+
+
+def test_every_check_kind_together_sends_exactly_one_statement(
+    every_kind_engine: DuckDBEngine,
+) -> None:
+    env = CheckEnv(tables={"parents": "parents"}, logical_time=NOW)
+    before = every_kind_engine.statements
+    results = evaluate_checks(every_kind_engine, "everything", every_kind_of_check(), env)
+    assert every_kind_engine.statements - before == 1
+    assert [(r.check, r.status) for r in results if r.status != "passed"] == []
+
+
+def test_a_bad_regex_in_the_every_kind_suite_errors_only_itself(
+    every_kind_engine: DuckDBEngine,
+) -> None:
+    env = CheckEnv(tables={"parents": "parents"}, logical_time=NOW)
+    suite = every_kind_of_check()
+    good = evaluate_checks(every_kind_engine, "everything", suite, env)
+    bad = RegexConfig(column="status", regex="([ab]")
+    mixed = evaluate_checks(every_kind_engine, "everything", [*suite[:5], bad, *suite[5:]], env)
+    assert mixed[5].status == "error"
+    assert mixed[5].error is not None and "missing )" in mixed[5].error
+    assert mixed[:5] + mixed[6:] == good
