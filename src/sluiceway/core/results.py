@@ -114,12 +114,19 @@ class RunResult:
 
     def metric_points(self) -> list[MetricPoint]:
         """The run's numbers for the metric history: run-level counts and each evaluated
-        check's aggregates. Numbers only, never row values."""
+        check's aggregates. Numbers only, never row values.
+
+        The points of a failed check are flagged: the value broke its expectation (for an
+        anomaly check, it was judged an anomaly), so anomaly checks do not train on it.
+        """
         run_level = {**self.accounting.to_dict(), "duration_s": self.duration_s}
-        series = [(RUN_METRICS, name, run_level.get(name)) for name in RUN_METRIC_NAMES]
+        series = [(RUN_METRICS, name, run_level.get(name), False) for name in RUN_METRIC_NAMES]
         for check in self.checks:
             if check.status != "error":
-                series += [(check.check_id, m, getattr(check, m)) for m in CHECK_METRIC_NAMES]
+                flagged = check.status == "failed"
+                series += [
+                    (check.check_id, m, getattr(check, m), flagged) for m in CHECK_METRIC_NAMES
+                ]
         recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
         return [
             MetricPoint(
@@ -131,8 +138,9 @@ class RunResult:
                 logical_date=str(self.logical_date),
                 value=float(value),
                 recorded_at=recorded_at,
+                flagged=flagged,
             )
-            for check_id, metric, value in series
+            for check_id, metric, value, flagged in series
             if _is_number(value)
         ]
 

@@ -47,11 +47,15 @@ CREATE TABLE IF NOT EXISTS metrics (
     metric TEXT NOT NULL,
     logical_date TEXT NOT NULL,
     value REAL NOT NULL,
-    recorded_at TEXT NOT NULL
+    recorded_at TEXT NOT NULL,
+    flagged INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS metrics_by_series
     ON metrics (pipeline, check_id, metric, logical_date);
 """
+
+_ADDED_METRIC_COLUMNS = {"flagged": "INTEGER NOT NULL DEFAULT 0"}
+"""Columns of `metrics` added after its first version → their DDL, for `_migrate`."""
 
 RUN_METRICS = "__run__"
 """The `check_id` of run-level metrics (rows_in, rows_written, ..., duration_s)."""
@@ -65,6 +69,7 @@ _METRIC_COLUMNS = (
     "logical_date",
     "value",
     "recorded_at",
+    "flagged",
 )
 
 
@@ -96,7 +101,9 @@ class MetricPoint:
     """One number a run measured: a check's metric, or a run-level count (`RUN_METRICS`).
 
     `dataset` is the table the number is about ('staged' for the audited result, or a sink's
-    table); `logical_date` is an ISO date, `recorded_at` an ISO UTC timestamp.
+    table); `logical_date` is an ISO date, `recorded_at` an ISO UTC timestamp. `flagged` is
+    True when the check that measured it failed on it (an anomaly check's anomaly): anomaly
+    checks do not train on flagged points.
     """
 
     run_id: str
@@ -107,6 +114,7 @@ class MetricPoint:
     logical_date: str
     value: float
     recorded_at: str
+    flagged: bool = False
 
 
 class RunStore:
@@ -122,6 +130,7 @@ class RunStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            _migrate(con)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -213,7 +222,7 @@ class RunStore:
         params += (before, limit) if before is not None else (limit,)
         with self._connect() as con:
             rows = con.execute(sql, params).fetchall()
-        return [MetricPoint(**dict(r)) for r in reversed(rows)]
+        return [_point(r) for r in reversed(rows)]
 
     def prune_metrics(self, *, keep_days: int) -> int:
         """Delete points whose logical_date is more than `keep_days` days before today (UTC).
@@ -224,6 +233,26 @@ class RunStore:
         cutoff = (datetime.now(UTC).date() - timedelta(days=keep_days)).isoformat()
         with self._connect() as con:
             return con.execute("DELETE FROM metrics WHERE logical_date < ?", (cutoff,)).rowcount
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Bring a database created by an earlier version up to `_SCHEMA`: add the columns it
+    lacks (another process may add one at the same time)."""
+    columns = {row["name"] for row in con.execute("PRAGMA table_info(metrics)")}
+    for column, ddl in _ADDED_METRIC_COLUMNS.items():
+        if column in columns:
+            continue
+        try:
+            con.execute(f"ALTER TABLE metrics ADD COLUMN {column} {ddl}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+
+
+def _point(row: sqlite3.Row) -> MetricPoint:
+    data = dict(row)
+    data["flagged"] = bool(data["flagged"])
+    return MetricPoint(**data)
 
 
 def _record(row: sqlite3.Row) -> RunRecord:
