@@ -315,7 +315,7 @@ def checks_list(fmt: str) -> None:
     """Every table check: its name, its Great Expectations name, and its arguments."""
     from sluiceway.core import registry
 
-    common = {"severity", "mostly", "name"}
+    common = {"severity", "mostly", "name", "on_fail"}
     rows = [
         {
             "check": plugin.name,
@@ -332,7 +332,10 @@ def checks_list(fmt: str) -> None:
         print(json.dumps(rows, indent=2))
         return
     table = Table(
-        title=f"{len(rows)} table checks (each also takes severity: error|warn, name, and mostly where it applies)",
+        title=(
+            f"{len(rows)} table checks (each also takes severity: error|warn, on_fail: "
+            "fail|warn|dead_letter, name, and mostly where it applies)"
+        ),
         header_style="bold",
         show_lines=True,
     )
@@ -345,9 +348,11 @@ def checks_list(fmt: str) -> None:
 
 
 from sluiceway.cli_dlq import demo, dlq, replay  # noqa: E402
+from sluiceway.cli_gx import import_gx  # noqa: E402
+from sluiceway.cli_profile import profile, suggest  # noqa: E402
+from sluiceway.cli_report import report  # noqa: E402
 
-main.add_command(dlq)
-main.add_command(replay)
-main.add_command(demo)
+for command in (dlq, replay, demo, report, profile, suggest, import_gx):
+    main.add_command(command)
 
 __all__ = ["SluicewayError", "main"]

@@ -1,6 +1,6 @@
 """Imports every built-in plug-in so it registers itself (sources, steps, checks, sinks)."""
 
-from sluiceway.checks import table  # noqa: F401
+from sluiceway.checks import anomaly, drift, reconcile, table  # noqa: F401
 from sluiceway.sinks import delta, parquet  # noqa: F401
 from sluiceway.sources import files  # noqa: F401
 from sluiceway.transforms import dedup, filter, python, reshape, sql  # noqa: F401

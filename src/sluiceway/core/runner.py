@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from sluiceway import masking
 from sluiceway.checks import contract as contract_mod
 from sluiceway.checks.base import logical_time_of
+from sluiceway.checks.profile import store_run_profile
 from sluiceway.checks.table import (
     CheckEnv,
     CheckResult,
@@ -154,6 +155,7 @@ class _Runner:
         self.audit: AuditRecord | None = None
         self.logical_time = logical_time_of(self.ctx.logical_date)
         self.routed_results: dict[int, CheckResult] = {}
+        self.check_env: CheckEnv | None = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -238,6 +240,7 @@ class _Runner:
         self.accounting.verify()
         self._audit(staged)
         self._publish(sinks, staged, run_key, {name: r.position for name, r in reads.items()})
+        self._keep_profile(staged)
 
     def _skip_committed(self, sinks: list[Any], run_key: str) -> None:
         """These exact inputs already landed: touch neither the table nor the dead letters."""
@@ -550,6 +553,17 @@ class _Runner:
                 f"The staged result and check results are in {self.result.staged_path}",
                 failed=names,
             )
+        self.check_env = env
+
+    def _keep_profile(self, staged: str) -> None:
+        """Profile the published result: the baseline of the drift checks of later dates."""
+        if self.options.is_replay or self.check_env is None:
+            return
+        if any(c.key == "drift" for c in self.pipeline.checks):
+            self.ctx.events.emit("progress", stage="profiling the result for drift checks")
+            store_run_profile(
+                self.ctx.engine, staged, self.check_env, pii_columns=self.pipeline.pii
+            )
 
     def _check_env(self) -> CheckEnv:
         """What the checks may know: the logical time, the metric history of earlier dates
@@ -566,6 +580,8 @@ class _Runner:
             history=history,
             state_dir=self.ctx.state_dir,
             tables=dict(self.valid_tables),
+            base_dir=self.ctx.base_dir,
+            pii_columns=frozenset(self.pipeline.pii),
         )
 
     def _write_results(self) -> None:
