@@ -119,7 +119,8 @@ def demo(workdir: str, rows: int) -> None:
     )
     cli.print_summary(result)
     cli.console.print(
-        f"\nnext: sluice runs --state-dir {target / '.sluice'}   ·   "
-        f"sluice dlq {target / 'pipeline.yaml'}"
+        f"\nnext: sluice runs --state-dir {target / '.sluice'}\n"
+        f"      sluice dlq {target / 'pipeline.yaml'}\n"
+        f"      sluice report --state-dir {target / '.sluice'} --open"
     )
     sys.exit(0 if result.ok else 1)
