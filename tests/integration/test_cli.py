@@ -142,7 +142,7 @@ def test_validate_accepts_the_example(tmp_path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert "clickstream_batch" in done.stdout
-    assert "2 source(s), 2 step(s), 4 check(s), 1 sink(s)" in done.stdout
+    assert "2 source(s), 2 step(s), 6 check(s), 1 sink(s)" in done.stdout
 
 
 def test_run_with_json_logs_prints_one_json_event_per_line_and_a_json_summary(project) -> None:

@@ -10,10 +10,13 @@ The site is built from the run store (`<state_dir>/runs.db`) and the results fil
 - `trends/<pipeline>.html`: rows per logical date and every check's observed value and
   pass/fail over the most recent `runs_limit` runs, as inline SVG.
 
+This module reads the store and lays out the pages; the HTML pieces they are made of (page
+shell, CSS, tables, escaping) are in `report_html`, the SVG charts in `report_charts`.
+
 Pages are self-contained (inline CSS and SVG, no script, nothing fetched), so the report opens
 offline. Every stored text goes through `html.escape` on its way into a page (`_cell`,
-`_esc`). Results hold no row values except each check's capped sample of unexpected values,
-masked when it was written: the report shows it as given.
+`_esc` in `report_html`). Results hold no row values except each check's capped sample of
+unexpected values, masked when it was written: the report shows it as given.
 """
 
 from __future__ import annotations
@@ -22,16 +25,26 @@ import hashlib
 import json
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from sluiceway.core.runstore import RunRecord
 from sluiceway.errors import ConfigError
+from sluiceway.observability.report_charts import line_chart, status_strip
+from sluiceway.observability.report_html import (
+    Html,
+    _esc,
+    _facts,
+    _fmt,
+    _href,
+    _page,
+    _seconds,
+    _status,
+    _table,
+)
 
 __all__ = ["ReportSummary", "RunIndex", "build_report", "render_run"]
 
@@ -63,10 +76,6 @@ SELECT recent.run_id, json_extract(c.value, '$.check_id'), json_extract(c.value,
        json_extract(c.value, '$.status'), json_extract(c.value, '$.observed_value')
 FROM recent, json_each(recent.details, '$.checks') AS c
 """
-
-
-class Html(str):
-    """Text that is already HTML: `_cell` passes it through instead of escaping it."""
 
 
 @dataclass(frozen=True)
@@ -609,165 +618,3 @@ def _check_trend(check_id: str, dates: list[str], points: list[CheckPoint | None
         + line_chart(dates, {"observed value": observed})
         + status_strip(dates, statuses)
     )
-
-
-_WIDTH, _HEIGHT, _LEFT, _RIGHT, _TOP, _BOTTOM = 760, 200, 64, 12, 10, 24
-_COLOURS = ("#2563eb", "#16a34a", "#dc2626", "#9333ea")
-_STATUS_COLOURS = {"passed": "#16a34a", "succeeded": "#16a34a", "failed": "#dc2626"}
-_DOTS_UP_TO = 60
-
-
-def line_chart(labels: Sequence[str], series: Mapping[str, Sequence[float | None]]) -> str:
-    """An inline SVG line chart of one or more series over the same labels (logical dates),
-    evenly spaced; a missing value breaks its line."""
-    values = [float(v) for s in series.values() for v in s if v is not None]
-    if not values:
-        return '<p class="note">No values to chart.</p>'
-    low, high = min(0.0, *values), max(values)
-    high = high if high > low else low + 1
-    plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
-
-    def x(i: int) -> float:
-        return _LEFT + (i / (len(labels) - 1) if len(labels) > 1 else 0.5) * plot_w
-
-    def y(v: float) -> float:
-        return _TOP + (1 - (v - low) / (high - low)) * plot_h
-
-    parts = [_axes(labels, low, high)]
-    legend = []
-    for n, (name, points) in enumerate(series.items()):
-        colour = _COLOURS[n % len(_COLOURS)]
-        path, move = [], True
-        for i, v in enumerate(points):
-            if v is None:
-                move = True
-                continue
-            path.append(f"{'M' if move else 'L'}{x(i):.1f} {y(float(v)):.1f}")
-            move = False
-            if len(labels) <= _DOTS_UP_TO:
-                parts.append(
-                    f'<circle cx="{x(i):.1f}" cy="{y(float(v)):.1f}" r="2.5" fill="{colour}">'
-                    f"<title>{_esc(labels[i])}: {_esc(name)} {_fmt(v)}</title></circle>"
-                )
-        parts.insert(
-            1, f'<path d="{" ".join(path)}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
-        )
-        legend.append(f'<span style="color:{colour}">■</span> {_esc(name)}')
-    svg = f'<svg class="chart" viewBox="0 0 {_WIDTH} {_HEIGHT}" role="img">{"".join(parts)}</svg>'
-    return f'{svg}<p class="legend">{" ".join(legend)}</p>'
-
-
-def _axes(labels: Sequence[str], low: float, high: float) -> str:
-    bottom = _HEIGHT - _BOTTOM
-    text = 'font-size="11" fill="#555"'
-    parts = [
-        f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{bottom}" stroke="#999"/>',
-        f'<line x1="{_LEFT}" y1="{bottom}" x2="{_WIDTH - _RIGHT}" y2="{bottom}" stroke="#999"/>',
-        f'<text x="{_LEFT - 4}" y="{_TOP + 10}" text-anchor="end" {text}>{_fmt(high)}</text>',
-        f'<text x="{_LEFT - 4}" y="{bottom}" text-anchor="end" {text}>{_fmt(low)}</text>',
-    ]
-    if labels:
-        parts.append(f'<text x="{_LEFT}" y="{_HEIGHT - 6}" {text}>{_esc(labels[0])}</text>')
-    if len(labels) > 1:
-        parts.append(
-            f'<text x="{_WIDTH - _RIGHT}" y="{_HEIGHT - 6}" text-anchor="end" {text}>'
-            f"{_esc(labels[-1])}</text>"
-        )
-    return "".join(parts)
-
-
-def status_strip(labels: Sequence[str], statuses: Sequence[str]) -> str:
-    """An inline SVG strip, one cell per label: green passed, red failed, grey otherwise."""
-    if not labels:
-        return ""
-    plot_w = _WIDTH - _LEFT - _RIGHT
-    step = plot_w / len(labels)
-    cells = "".join(
-        f'<rect x="{_LEFT + i * step:.2f}" y="2" width="{max(step - 0.5, 0.5):.2f}" height="14" '
-        f'fill="{_STATUS_COLOURS.get(status, "#9ca3af")}">'
-        f"<title>{_esc(label)}: {_esc(status or 'not run')}</title></rect>"
-        for i, (label, status) in enumerate(zip(labels, statuses, strict=True))
-    )
-    return f'<svg class="strip" viewBox="0 0 {_WIDTH} 18" role="img">{cells}</svg>'
-
-
-# --- HTML pieces ------------------------------------------------------------------------------
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2937;margin:0;
-background:#f9fafb}main{max-width:1200px;margin:0 auto;padding:8px 24px 40px}
-header{background:#111827;padding:10px 24px}header a{color:#e5e7eb;margin-right:16px}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px}h3{font-size:14px}
-table{border-collapse:collapse;background:#fff;width:100%;margin:8px 0}
-th,td{border-bottom:1px solid #e5e7eb;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f4f6;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-td{white-space:pre-wrap;word-break:break-word}a{color:#1d4ed8}
-.passed,.succeeded{color:#15803d;font-weight:600}.failed,.error{color:#b91c1c;font-weight:600}
-.running{color:#6b7280;font-weight:600}.note{color:#6b7280}
-pre.error{background:#fef2f2;border:1px solid #fecaca;padding:8px;white-space:pre-wrap}
-code{background:#f3f4f6;padding:0 3px;border-radius:3px}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px}dt{color:#6b7280}dd{margin:0}
-.pager{margin:8px 0}.pager a{margin:0 6px}
-svg.chart{width:100%;max-width:760px;background:#fff;border:1px solid #e5e7eb}
-svg.strip{width:100%;max-width:760px;display:block}.legend{margin:2px 0 12px}
-"""
-
-
-def _page(title: str, body: str, *, root: str) -> str:
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f'<header><a href="{root}index.html">All runs</a></header>'
-        f"<main><h1>{_esc(title)}</h1>{body}</main></body></html>\n"
-    )
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Any = ()) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{_cell(v)}</td>' if i in numeric else f"<td>{_cell(v)}</td>"
-            for i, v in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _facts(pairs: Sequence[tuple[str, Any]]) -> str:
-    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_cell(v)}</dd>" for k, v in pairs) + "</dl>"
-
-
-def _cell(value: Any) -> str:
-    return value if isinstance(value, Html) else _esc(_fmt(value))
-
-
-def _status(status: str) -> Html:
-    return Html(f'<span class="{_esc(status)}">{_esc(status)}</span>')
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
-    return str(value)
-
-
-def _seconds(value: Any) -> str:
-    return f"{value:.2f} s" if isinstance(value, int | float) else ""
-
-
-def _esc(value: Any) -> str:
-    return escape(str(value), quote=True)
-
-
-def _href(name: str) -> str:
-    return quote(name, safe="")
