@@ -229,14 +229,11 @@ def _is_neutral(name: str, value: Any) -> bool:
 def full_match_regex(pattern: str) -> str:
     """A GE regex (a match anywhere in the value) as a whole-value regex.
 
-    `^` and `$` anchors become the ends of the value; an unanchored side matches anything.
+    The pattern is wrapped, not edited: `[\\s\\S]*` on each side matches anything, newlines
+    included, and the pattern's own `^`, `$` and alternations keep their meaning
+    (`^N/A$|@` still accepts `bob@x.com`).
     """
-    head = "" if pattern.startswith("^") else ".*"
-    body = pattern[1:] if pattern.startswith("^") else pattern
-    anchored_end = body.endswith("$") and not re.search(r"(?<!\\)(\\\\)*\\\$$", body)
-    tail = "" if anchored_end else ".*"
-    body = body[:-1] if anchored_end else body
-    return f"{head}(?:{body}){tail}"
+    return f"[\\s\\S]*(?:{pattern})[\\s\\S]*"
 
 
 def _regex_rewrite(kwargs: Kwargs) -> Kwargs:

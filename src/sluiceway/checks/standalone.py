@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import yaml
 
-from sluiceway.checks.table import CheckResult, evaluate_checks
+from sluiceway.checks.table import CheckEnv, CheckResult, evaluate_checks
 from sluiceway.core.context import META_COLUMNS, RunContext
 from sluiceway.core.events import EventBus
 from sluiceway.core.loader import load_checks, load_spec
@@ -56,7 +56,10 @@ def check_data(checks_file: Path, data: str | None, *, base_dir: Path) -> list[C
         with tempfile.TemporaryDirectory(prefix="sluice-check-data-") as cache:
             ctx = _context(engine, config, resolve_dir, Path(cache))
             table = _read_typed(ctx, FilesSource(config))
-            return evaluate_checks(engine, table, checks)
+            env = CheckEnv(
+                logical_date=datetime.now(UTC).date(), base_dir=checks_file.resolve().parent
+            )
+            return evaluate_checks(engine, table, checks, env)
     finally:
         engine.close()
 

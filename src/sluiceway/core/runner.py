@@ -424,6 +424,7 @@ class _Runner:
             return table
         self.ctx.events.emit("progress", stage="routing rows that fail dead_letter checks")
         engine = self.ctx.engine
+        kept_bookkeeping = set(META_COLUMNS) <= {c for c, _ in engine.columns(table)}
         routed = route_rows(engine, table, checks, self._check_env())
         self.intermediates += [routed.failed, routed.kept]
         self._verify_deferred(routed.rows_before)
@@ -448,7 +449,7 @@ class _Runner:
         self._drop(rejected)
         dead_rows.append(self.workers.submit(rejects.seal, built, rctx, DEAD_LETTER_SCHEMA))
         self.accounting.rows_rejected += routed.rows_routed
-        if self.options.is_replay and routed.rows_routed and not set(META_COLUMNS) <= set(columns):
+        if self.options.is_replay and routed.rows_routed and not kept_bookkeeping:
             raise TerminalError(
                 f"{routed.rows_routed} replayed row(s) failed on_fail: dead_letter checks, and the "
                 "steps drop the bookkeeping columns (__sw_file, __sw_row), so they cannot be matched "
@@ -556,8 +557,9 @@ class _Runner:
         self.check_env = env
 
     def _keep_profile(self, staged: str) -> None:
-        """Profile the published result: the baseline of the drift checks of later dates."""
-        if self.options.is_replay or self.check_env is None:
+        """Profile the published result: the baseline of the drift checks of later dates.
+        A run that published nothing leaves the previous baseline in place."""
+        if self.options.is_replay or self.check_env is None or self.staged.num_rows == 0:
             return
         if any(c.key == "drift" for c in self.pipeline.checks):
             self.ctx.events.emit("progress", stage="profiling the result for drift checks")

@@ -145,3 +145,24 @@ def test_a_file_whose_content_is_not_its_format_is_a_source_error(tmp_path) -> N
 
     with pytest.raises(SourceError, match="PARQUET"):
         check_data(checks, "fake.parquet", base_dir=tmp_path)
+
+
+def test_a_file_a_check_names_resolves_next_to_the_checks_file(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "quality"
+    folder.mkdir()
+    (folder / "orders.csv").write_text(ORDERS_CSV)
+    (folder / "known_orders.csv").write_text("order_id\n1\n2\n3\n")
+    checks = write(
+        folder / "checks.yaml",
+        """\
+        version: 1
+        checks:
+          - values_exist_in: {column: order_id, to_table: known_orders.csv}
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+
+    [result] = check_data(checks, str(folder / "orders.csv"), base_dir=tmp_path)
+
+    assert result.status == "failed", result.message
+    assert result.unexpected_count == 1
