@@ -7,7 +7,9 @@ fused check query:
 
 - PSI of a categorical column: the baseline's top values plus one "other" bucket;
 - PSI of a numeric column: bins between the baseline's distinct quantile edges,
-  (-inf, e0), [e0, e1), …, [e_last, +inf);
+  (-inf, e0), [e0, e1), …, [e_last-1, e_last), then e_last alone and (e_last, +inf) — the
+  edges span the baseline's minimum to its maximum, so values that move below the one or
+  above the other land in a bin of their own that the baseline left empty;
 - KS of a numeric column: max |F_current(e) - F_baseline(e)| over the baseline's distinct
   quantile edges e — the Kolmogorov–Smirnov statistic evaluated at those points, which is at
   most the full statistic and close to it when the edges are dense where the data is.
@@ -191,6 +193,12 @@ class DriftCheck(TableCheck):
         method = self.config.method
         if method == "auto":
             method = "ks" if column.kind == "numeric" else "psi"
+        if column.is_pii:
+            return _Plan(
+                problem=f"column '{column.name}' is declared PII, so its baseline profile "
+                "keeps counts only (no value, quantile or top value) and drift has nothing to "
+                "compare: drop this check (`completeness` still watches its NULLs)"
+            )
         if column.kind == "numeric" and not column.edges:
             return _Plan(
                 problem=f"the baseline profile has no finite value of column '{column.name}'"
@@ -210,8 +218,8 @@ class DriftCheck(TableCheck):
         if not column.top_values:
             return _Plan(
                 problem=f"the baseline profile keeps no top values of column '{column.name}' "
-                "(a PII column, or too many distinct values to be categorical), so PSI has "
-                "no buckets: drop this check or compare a coarser column"
+                "(too many distinct values to be categorical), so PSI has no buckets: drop "
+                "this check or compare a coarser column"
             )
         return "psi_categorical"
 
@@ -240,7 +248,7 @@ def _binned_sql(column: str, baseline: ColumnProfile) -> dict[str, str]:
     number, edges = f"CAST({column} AS DOUBLE)", [sql_literal(e) for e in baseline.edges or []]
     bins = [f"{number} < {edges[0]}"]
     bins += [f"{number} >= {low} AND {number} < {high}" for low, high in itertools.pairwise(edges)]
-    bins.append(f"{number} >= {edges[-1]}")
+    bins += [f"{number} = {edges[-1]}", f"{number} > {edges[-1]}"]
     counts = {f"b{i}": f"count(*) FILTER (WHERE {where})" for i, where in enumerate(bins)}
     return {"judged": f"count({column})", **counts}
 

@@ -115,10 +115,16 @@ class ColumnProfile:
         return self.nulls / rows if rows else None
 
     def histogram(self) -> list[int] | None:
-        """Counts per bin between the edges: (-inf, e0), [e0, e1), …, [e_last, +inf)."""
-        if self.edges is None or self.count_below is None:
+        """Counts per bin between the edges: (-inf, e0), [e0, e1), …, [e_last-1, e_last),
+        then e_last alone and (e_last, +inf).
+
+        The edges run from the minimum to the maximum, so the two outer bins are empty and
+        fill only when values leave the range; the maximum has a bin of its own so that
+        values moving above it are not lumped with it.
+        """
+        if self.edges is None or self.count_below is None or self.count_at_or_below is None:
             return None
-        below = [*self.count_below, self.count]
+        below = [*self.count_below, self.count_at_or_below[-1], self.count]
         return [below[0]] + [b - a for a, b in itertools.pairwise(below)]
 
     def quantile(self, probability: float, probabilities: Iterable[float]) -> Any:

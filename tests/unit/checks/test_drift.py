@@ -57,7 +57,8 @@ def numpy_binned_psi(base: np.ndarray, current: np.ndarray) -> float:
 
     def shares(x: np.ndarray) -> np.ndarray:
         bins = np.searchsorted(edges, x, side="right")  # bin i: edges[i-1] <= x < edges[i]
-        return np.bincount(bins, minlength=len(edges) + 1) / len(x)
+        bins = np.where(x > edges[-1], len(edges) + 1, bins)  # the maximum keeps bin n alone
+        return np.bincount(bins, minlength=len(edges) + 2) / len(x)
 
     return numpy_psi(shares(base), shares(current))
 
@@ -108,6 +109,31 @@ def test_binned_psi_equals_numpy_and_flags_a_shift(engine, tmp_path, current, dr
     assert result.status == ("failed" if drifted else "passed")
     assert (result.observed_value > 0.2) is drifted
     assert "PSI of column 'x' against the baseline profile of 2024-01-01" in result.message
+
+
+TIES_LOW = np.array([0.0] * 600 + [float(i % 4 + 1) for i in range(400)])
+TIES_HIGH = np.array([float(i % 4) for i in range(400)] + [100.0] * 600)
+
+
+@pytest.mark.parametrize(
+    ("base", "current"),
+    [
+        (np.full(500, 5.0), np.full(500, 4.0)),  # a constant moves below itself
+        (np.full(500, 5.0), np.full(500, 6.0)),  # … or above itself
+        (TIES_LOW, np.where(TIES_LOW == 0.0, -900.0, TIES_LOW)),  # ties at the minimum go lower
+        (TIES_HIGH, np.where(TIES_HIGH == 100.0, 900.0, TIES_HIGH)),  # ties at the max go higher
+    ],
+    ids=["constant_down", "constant_up", "ties_at_min_down", "ties_at_max_up"],
+)
+def test_binned_psi_sees_values_leave_the_baselines_range_at_either_end(
+    engine, tmp_path, base, current
+) -> None:
+    keep_baseline(engine, tmp_path, load(engine, "base", x=base))
+
+    result = drift(engine, load(engine, "now", x=current), tmp_path, column="x", method="psi")
+
+    assert result.observed_value == pytest.approx(numpy_binned_psi(base, current), rel=1e-9)
+    assert result.status == "failed", result.message
 
 
 @pytest.mark.parametrize(
@@ -281,7 +307,22 @@ def test_a_pii_column_has_no_buckets_and_says_so(engine, tmp_path) -> None:
     result = drift(engine, table, tmp_path, column="email")
 
     assert result.status == "error"
-    assert "keeps no top values of column 'email' (a PII column" in result.message
+    assert "column 'email' is declared PII, so its baseline profile keeps counts only" in (
+        result.message
+    )
+
+
+def test_a_numeric_pii_column_says_it_is_pii(engine, tmp_path) -> None:
+    table = load(engine, "t", salary=BASE)
+    keep_baseline(engine, tmp_path, table, pii_columns={"salary"})
+
+    result = drift(engine, table, tmp_path, column="salary", method="psi")
+
+    assert result.status == "error"
+    assert "column 'salary' is declared PII, so its baseline profile keeps counts only" in (
+        result.message
+    )
+    assert "finite" not in result.message
 
 
 def test_drift_checks_fuse_with_other_checks_in_one_statement(engine, tmp_path) -> None:

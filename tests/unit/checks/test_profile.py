@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from datetime import date
@@ -79,6 +80,18 @@ def test_numeric_edges_carry_exact_counts_below_and_at_or_below(engine, orders) 
     assert amount.count_at_or_below == [int((values <= e).sum()) for e in amount.edges]
     assert sum(amount.histogram()) == 5
     assert amount.histogram()[0] == 0  # nothing below the minimum
+    assert amount.histogram()[-1] == 0  # nothing above the maximum
+
+
+def test_the_histogram_gives_the_maximum_a_bin_of_its_own(engine) -> None:
+    sql = "SELECT CASE WHEN i < 400 THEN i % 4 ELSE 100 END AS x FROM range(1000) t(i)"
+    engine.run(f"CREATE TABLE capped AS {sql}")
+    x = compute_profile(engine, "capped").column("x")
+
+    values = np.array([i % 4 if i < 400 else 100 for i in range(1000)])
+    inner = [int(((values >= lo) & (values < hi)).sum()) for lo, hi in itertools.pairwise(x.edges)]
+    assert x.edges[-1] == 100
+    assert x.histogram() == [0, *inner, 600, 0]  # below the min, between edges, the max, above
 
 
 def test_text_temporal_and_boolean_columns_keep_range_and_top_values(engine, orders) -> None:
