@@ -84,6 +84,9 @@ class AnomalyConfig(CheckConfig):
     key: ClassVar[str] = "anomaly"
     ge_name: ClassVar[str | None] = None
     shorthand: ClassVar[str | None] = "metric"
+    # The series is the metric's identity: retuning a detector keeps its history, and tiers
+    # of one metric (warn at 3, error at 6) share one series, one point per date
+    # (`RunStore.save_metrics` merges their copies).
     fingerprint_excludes: ClassVar[tuple[str, ...]] = (
         "threshold",
         "max_relative_change",
@@ -145,6 +148,7 @@ class AnomalyConfig(CheckConfig):
                     f"'{name}' applies to method {method}, not {self.method}; remove it or set "
                     f"method: {method}"
                 )
+        _check_window_reaches_min_history(self)
         return self
 
     def rule(self) -> AnomalyRule:
@@ -268,6 +272,24 @@ def _check_metric(metric: str, column: str | None) -> None:
         raise ValueError(f"metric '{metric}' needs a 'column'")
     if not known.needs_column and column is not None:
         raise ValueError(f"metric '{metric}' takes no 'column'")
+
+
+def _check_window_reaches_min_history(config: AnomalyConfig) -> None:
+    """A window that can never hold `min_history` training points would never judge."""
+    days_per_point = 7 if config.seasonality == "day_of_week" else 1
+    if config.window_unit == "points":
+        most, needed = config.window, config.min_history
+    else:
+        most, needed = config.window // days_per_point, config.min_history * days_per_point
+    if most >= config.min_history:
+        return
+    bucket = " of the same weekday" if days_per_point == 7 else ""
+    lower = f" or min_history to at most {most}" if most >= 1 else ""
+    raise ValueError(
+        f"window {config.window} ({config.window_unit}) holds at most {most} point(s){bucket}, "
+        f"fewer than min_history {config.min_history}: the check would never judge. "
+        f"Set window to at least {needed}{lower}"
+    )
 
 
 def _range_text(verdict: Verdict) -> str:

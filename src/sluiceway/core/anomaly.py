@@ -1,9 +1,10 @@
 """Anomaly detection on a metric's history: pure functions, no I/O.
 
 A tested value is judged against a training set drawn from the earlier points of its series:
-points already flagged as anomalies, points of the tested logical date or later, and points
-of another seasonal bucket (another weekday, another hour) are left out, then the window
-keeps the last N points or the last N days. Fewer than `min_history` points left is
+of each logical date (and hour, with `hour_of_day`) only the latest recorded point counts; of
+those, points already flagged as anomalies, points of the tested logical date or later, and
+points of another seasonal bucket (another weekday, another hour) are left out, then the
+window keeps the last N points or the last N days. Fewer than `min_history` points left is
 "insufficient history", never an anomaly.
 
 Two methods:
@@ -132,15 +133,17 @@ def training_set(
 ) -> list[Observation]:
     """The points `tested` is judged against, oldest first.
 
-    Earlier than the tested logical date (or time), not flagged, of the same seasonal bucket,
-    then the last `window` of them (points) or those of the `window` days before the tested
+    Of each logical date (and hour, with `hour_of_day`) only the latest recorded point counts:
+    a date run again later in the day, or rerun on another day, is one point. Then the points
+    earlier than the tested logical date (or time), not flagged, of the same seasonal bucket,
+    and the last `window` of them (points) or those of the `window` days before the tested
     date.
     """
     bucket = BUCKETS[rule.seasonality]
     usable = sorted(
         (
             p
-            for p in history
+            for p in _latest_per_date(history, bucket)
             if p.logical < tested.logical and not p.is_flagged and bucket(p) == bucket(tested)
         ),
         key=lambda p: p.logical,
@@ -149,6 +152,23 @@ def training_set(
         start = tested.logical - timedelta(days=rule.window)
         return [p for p in usable if p.logical >= start]
     return usable[-rule.window :]
+
+
+def _latest_per_date(
+    history: Sequence[Observation], bucket: Callable[[Observation], int]
+) -> list[Observation]:
+    """The latest recorded point of each (logical date, bucket); of equal ones, the last."""
+    latest: dict[tuple[datetime, int], Observation] = {}
+    for point in history:
+        key = (point.logical, bucket(point))
+        kept = latest.get(key)
+        if kept is None or _recorded(point) >= _recorded(kept):
+            latest[key] = point
+    return list(latest.values())
+
+
+def _recorded(point: Observation) -> datetime:
+    return _as_utc(point.recorded_at) if point.recorded_at else point.logical
 
 
 def judge(tested: Observation, history: Sequence[Observation], rule: AnomalyRule) -> Verdict:

@@ -573,7 +573,9 @@ class _Runner:
         pipeline, before = self.pipeline.pipeline, str(self.ctx.logical_date)
 
         def history(check_id: str, metric: str) -> list[Any]:
-            return self.store.metric_history(pipeline, check_id, metric, before=before)
+            return self.store.metric_history(
+                pipeline, check_id, metric, before=before, limit=20_000
+            )
 
         return CheckEnv(
             pipeline=pipeline,

@@ -1,5 +1,5 @@
 """The run store: SQLite in WAL mode, one row per run with its accounting and check results,
-and the metric history: one point per pipeline, check, metric and logical date.
+and the metric history: one point per pipeline, check, metric, logical date and hour of day.
 
 The lake is the ledger; this store is an index of runs for humans and tools (`sluice runs`,
 `sluice show`) and the training data of anomaly checks. One writer per process, short
@@ -13,7 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -171,23 +171,31 @@ class RunStore:
             return [_record(r) for r in con.execute(sql, params).fetchall()]
 
     def save_metrics(self, rows: Sequence[MetricPoint]) -> None:
-        """Store a run's metrics in one transaction, keeping one point per date.
+        """Store a run's metrics in one transaction, keeping one point per date and hour.
 
-        A point replaces any stored point with the same (pipeline, logical_date, check_id,
-        metric): a rerun of a date overwrites that date's history instead of adding a second
-        point, so an anomaly check never trains on duplicates of one day.
+        Copies of one point in `rows` (two checks of one series, e.g. a warn tier and an
+        error tier of one metric) are merged into one, flagged when any copy is. A point
+        replaces any stored point with the same (pipeline, logical_date, check_id, metric)
+        recorded in the same hour of day (UTC): a rerun of a date in that hour overwrites it
+        instead of adding a duplicate, while a pipeline run every hour keeps one point per
+        hour for `hour_of_day` seasonality. A rerun in another hour adds a point; anomaly
+        checks train on the latest point of each date (`core.anomaly.training_set`).
         """
-        keys = [(r.pipeline, r.logical_date, r.check_id, r.metric) for r in rows]
+        points = _merge_copies(rows)
+        keys = [
+            (r.pipeline, r.logical_date, r.check_id, r.metric, _hour_of_day(r.recorded_at))
+            for r in points
+        ]
         marks = ", ".join("?" for _ in _METRIC_COLUMNS)
         with self._connect() as con:
             con.executemany(
                 "DELETE FROM metrics WHERE pipeline = ? AND logical_date = ? AND check_id = ? "
-                "AND metric = ?",
+                "AND metric = ? AND CAST(strftime('%H', recorded_at) AS INTEGER) = ?",
                 keys,
             )
             con.executemany(
                 f"INSERT INTO metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({marks})",
-                [tuple(getattr(r, c) for c in _METRIC_COLUMNS) for r in rows],
+                [tuple(getattr(r, c) for c in _METRIC_COLUMNS) for r in points],
             )
 
     def metric_history(
@@ -210,13 +218,14 @@ class RunStore:
             limit: at most this many points: the most recent ones.
 
         Returns:
-            The points ordered by logical_date ascending.
+            The points ordered by logical_date, then recorded_at, ascending; a date run in
+            several hours has one point per hour.
         """
         sql = (
             f"SELECT {', '.join(_METRIC_COLUMNS)} FROM metrics "
             "WHERE pipeline = ? AND check_id = ? AND metric = ?"
             + (" AND logical_date < ?" if before is not None else "")
-            + " ORDER BY logical_date DESC LIMIT ?"
+            + " ORDER BY logical_date DESC, recorded_at DESC LIMIT ?"
         )
         params: tuple[Any, ...] = (pipeline, check_id, metric)
         params += (before, limit) if before is not None else (limit,)
@@ -233,6 +242,26 @@ class RunStore:
         cutoff = (datetime.now(UTC).date() - timedelta(days=keep_days)).isoformat()
         with self._connect() as con:
             return con.execute("DELETE FROM metrics WHERE logical_date < ?", (cutoff,)).rowcount
+
+
+def _merge_copies(rows: Sequence[MetricPoint]) -> list[MetricPoint]:
+    """One point per (pipeline, dataset, check_id, metric, logical_date, hour): the last
+    copy's value, flagged when any copy is."""
+    merged: dict[tuple[str, str, str, str, str, int], MetricPoint] = {}
+    for row in rows:
+        hour = _hour_of_day(row.recorded_at)
+        key = (row.pipeline, row.dataset, row.check_id, row.metric, row.logical_date, hour)
+        earlier = merged.get(key)
+        merged[key] = replace(row, flagged=row.flagged or (earlier is not None and earlier.flagged))
+    return list(merged.values())
+
+
+def _hour_of_day(recorded_at: str) -> int:
+    """The UTC hour of an ISO timestamp (naive = UTC)."""
+    instant = datetime.fromisoformat(recorded_at)
+    if instant.tzinfo is not None:
+        instant = instant.astimezone(UTC)
+    return instant.hour
 
 
 def _migrate(con: sqlite3.Connection) -> None:

@@ -575,10 +575,12 @@ def _write_trends(index: RunIndex, pipeline: str, out_dir: Path, limit: int) -> 
     runs = _latest_per_date(index.run_points(pipeline, limit))
     dates = [run.logical_date for run in runs]
     by_run = {run.run_id: i for i, run in enumerate(runs)}
-    series: dict[str, list[CheckPoint | None]] = {}
+    # Tiers of one metric (warn at 3, error at 6) share a check id: the name tells them apart.
+    series: dict[tuple[str, str], list[CheckPoint | None]] = {}
     for point in index.check_points(pipeline, limit):
         if point.run_id in by_run:
-            series.setdefault(point.check_id, [None] * len(runs))[by_run[point.run_id]] = point
+            key = (point.check_id, point.name)
+            series.setdefault(key, [None] * len(runs))[by_run[point.run_id]] = point
     rows = {
         "in": [r.rows_in for r in runs],
         "written": [r.rows_written for r in runs],
@@ -592,8 +594,8 @@ def _write_trends(index: RunIndex, pipeline: str, out_dir: Path, limit: int) -> 
         "<h3>Run status</h3>",
         status_strip(dates, [r.status for r in runs]),
     ]
-    for check_id, points in series.items():
-        parts.append(_check_trend(check_id, dates, points))
+    for (check_id, name), points in series.items():
+        parts.append(_check_trend(check_id, name, dates, points))
     page = out_dir / "trends" / f"{file_name(pipeline)}.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(_page(f"Trends: {pipeline}", "".join(parts), root="../"), encoding="utf-8")
@@ -605,14 +607,16 @@ def _latest_per_date(runs: list[RunPoint]) -> list[RunPoint]:
     return [latest[day] for day in sorted(latest)]
 
 
-def _check_trend(check_id: str, dates: list[str], points: list[CheckPoint | None]) -> str:
+def _check_trend(
+    check_id: str, name: str, dates: list[str], points: list[CheckPoint | None]
+) -> str:
     last = next(p for p in reversed(points) if p is not None)
     what = " · ".join(_esc(v) for v in (last.check, last.column) if v)
     observed = [p.observed_value if p else None for p in points]
     statuses = [p.status if p else "" for p in points]
     failed = sum(s in ("failed", "error") for s in statuses)
     return (
-        f'<h2 id="check-{_esc(check_id)}">{_esc(last.name)}</h2>'
+        f'<h2 id="check-{_esc(check_id)}-{_esc(file_name(name))}">{_esc(name)}</h2>'
         f"<p>{what} · <code>{_esc(check_id)}</code> · failed on {failed} of "
         f"{sum(bool(s) for s in statuses)} date(s)</p>"
         + line_chart(dates, {"observed value": observed})

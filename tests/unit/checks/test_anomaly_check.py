@@ -327,3 +327,43 @@ def test_an_inconsistent_config_says_what_to_change(fields: dict[str, Any], mess
         AnomalyConfig.model_validate(fields)
 
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"window": 5}, "window 5 (points) holds at most 5 point(s), fewer than min_history 7"),
+        (
+            {"window": 30, "window_unit": "days", "seasonality": "day_of_week"},
+            "Set window to at least 49 or min_history to at most 4",
+        ),
+        (
+            {"window": 6, "window_unit": "days", "seasonality": "day_of_week", "min_history": 1},
+            "holds at most 0 point(s) of the same weekday",
+        ),
+        (
+            {"window": 5, "window_unit": "days", "seasonality": "hour_of_day"},
+            "Set window to at least 7 or min_history to at most 5",
+        ),
+    ],
+)
+def test_a_window_that_cannot_reach_min_history_says_the_window_needed(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        AnomalyConfig(metric="row_count", **fields)
+
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"window": 7},
+        {"window": 7, "window_unit": "days", "seasonality": "hour_of_day"},
+        {"window": 49, "window_unit": "days", "seasonality": "day_of_week"},
+        {"window": 12, "seasonality": "day_of_week", "min_history": 4},
+    ],
+)
+def test_a_window_that_can_hold_min_history_points_is_accepted(fields: dict[str, Any]) -> None:
+    assert AnomalyConfig(metric="row_count", **fields).rule().window == fields["window"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -200,6 +201,49 @@ def test_a_level_far_in_the_past_does_not_count_with_a_short_window() -> None:
     assert not judge(tested, history, AnomalyRule(window=10)).is_anomaly
 
 
+# --- several runs of one date -----------------------------------------------------------------
+
+
+def runs_of(
+    day: int, *values_and_hours: tuple[float, int], flagged: bool = False
+) -> list[Observation]:
+    """Points of the logical date START + `day`, each recorded at its hour of that date; the
+    last one flagged when `flagged`."""
+    logical = START + timedelta(days=day)
+    night = datetime.combine(logical, datetime.min.time(), UTC)
+    points = [
+        observation(value, logical.isoformat(), (night + timedelta(hours=hour)).isoformat())
+        for value, hour in values_and_hours
+    ]
+    if flagged:
+        points[-1] = replace(points[-1], is_flagged=True)
+    return points
+
+
+def test_a_date_run_again_in_another_hour_is_trained_on_once_with_its_latest_value() -> None:
+    history = [
+        point
+        for day, value in enumerate(around(100, days=10))
+        for point in runs_of(day, (value, 14), (5000.0, 2))  # the 02:00 run is stale by 14:00
+    ]
+    tested = current_observation(100.0, START + timedelta(days=10))
+
+    training = training_set(tested, history, AnomalyRule())
+
+    assert [p.value for p in training] == around(100, days=10)
+    assert judge(tested, history, AnomalyRule()).status == "normal"
+
+
+def test_a_date_whose_latest_run_is_flagged_is_left_out_not_replaced_by_an_earlier_run() -> None:
+    history = [p for day in range(8) for p in runs_of(day, (100.0 + day % 3, 9))]
+    history += runs_of(8, (100.0, 9), (900.0, 15), flagged=True)
+    tested = current_observation(100.0, START + timedelta(days=9))
+
+    training = training_set(tested, history, AnomalyRule())
+
+    assert [p.logical.date() for p in training] == [START + timedelta(days=d) for d in range(8)]
+
+
 # --- flagged points --------------------------------------------------------------------------
 
 
@@ -392,3 +436,35 @@ def test_a_database_created_before_flags_is_migrated_keeping_its_points(tmp_path
         ("r0", 10.0, False),
         ("run-2025-01-02", 99.0, True),
     ]
+
+
+def test_copies_of_one_point_in_a_run_are_stored_once_flagged_when_any_copy_is(
+    tmp_path: Path,
+) -> None:
+    """Two checks of one series (a warn tier and an error tier of one metric) report the same
+    point; only the warn tier judged it an anomaly."""
+    store = RunStore(tmp_path / "runs.db")
+    store.save_metrics(
+        [stored_point("2025-01-02", 40.0, flagged=True), stored_point("2025-01-02", 40.0)]
+    )
+
+    history = store.metric_history("orders", "abc123", "observed_value")
+
+    assert [(p.logical_date, p.value, p.flagged) for p in history] == [("2025-01-02", 40.0, True)]
+
+
+def test_a_rerun_in_the_same_hour_replaces_a_point_and_in_another_hour_adds_one(
+    tmp_path: Path,
+) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    at = "2025-01-02T{}:00+00:00".format
+    first = replace(stored_point("2025-01-02", 1.0), run_id="first", recorded_at=at("10:05"))
+    same_hour = replace(first, run_id="same-hour", value=2.0, recorded_at=at("10:55"))
+    next_hour = replace(first, run_id="next-hour", value=3.0, recorded_at=at("11:05"))
+
+    store.save_metrics([first])
+    store.save_metrics([same_hour])
+    store.save_metrics([next_hour])
+
+    history = store.metric_history("orders", "abc123", "observed_value")
+    assert [(p.run_id, p.value) for p in history] == [("same-hour", 2.0), ("next-hour", 3.0)]
