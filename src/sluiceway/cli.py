@@ -129,8 +129,39 @@ def _run_spec(
     help="json: one JSON event per line on stderr.",
 )
 @click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
-def run(spec: str, run_date: Any, log_format: str, state_dir: str | None) -> None:
-    """Run a pipeline once for a logical date."""
+@click.option(
+    "--max-batches", type=click.IntRange(min=1), help="Stream: stop after this many batches."
+)
+@click.option(
+    "--idle-exit",
+    type=click.FloatRange(min=0),
+    help="Stream: stop once no message arrived for this many seconds.",
+)
+def run(
+    spec: str,
+    run_date: Any,
+    log_format: str,
+    state_dir: str | None,
+    max_batches: int | None,
+    idle_exit: float | None,
+) -> None:
+    """Run a pipeline once for a logical date; a `mode: stream` pipeline runs until stopped
+    (SIGTERM / Ctrl-C finish the batch in hand, commit it and exit 0)."""
+    try:
+        pipeline = load_spec(spec)
+    except SpecError as exc:
+        _fail(str(exc))
+    if pipeline.mode == "stream":
+        from sluiceway.cli_stream import run_stream_command
+
+        run_stream_command(
+            pipeline,
+            spec,
+            log_format=log_format,
+            state_dir=_state_dir(state_dir),
+            max_batches=max_batches,
+            idle_exit=idle_exit,
+        )
     result = _run_spec(spec, run_date.date() if run_date else None, log_format, state_dir)
     if log_format == "json":
         print(json.dumps(summary_data(result), default=str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -50,6 +51,9 @@ class RunContext:
     state_dir: Path
     events: EventBus
     secrets: Any = None
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    """Called once every sink has committed the run (a step's state that must only move
+    forward with the data, e.g. the keys a streaming dedup has seen)."""
 
     def resolve(self, path: str) -> str:
         """A spec path made absolute against base_dir (URLs such as s3:// are kept)."""
@@ -124,6 +128,9 @@ class WriteRequest:
         positions: source positions committed in the same commit as the data.
         append_only: add rows, never replace a partition (replays of dead letters use it;
             a merge sink still merges).
+        transactions: (key, version) pairs a stream batch commits instead of the
+            idempotency key: one per source partition, the version being the batch sequence;
+            a sink that holds any of them at that version or later writes nothing.
     """
 
     data: pa.Table
@@ -131,6 +138,7 @@ class WriteRequest:
     metadata: dict[str, str]
     positions: dict[str, Any]
     append_only: bool = False
+    transactions: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

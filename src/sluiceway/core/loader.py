@@ -355,6 +355,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _path_parts(path: str) -> list[str | int]:
+    """`sinks[0].mode` → ['sinks', 0, 'mode']."""
+    parts: list[str | int] = []
+    for piece in path.split("."):
+        name, _, index = piece.partition("[")
+        parts.append(name)
+        if index:
+            parts.append(int(index.rstrip("]")))
+    return parts
+
+
 def _cross_check(pipeline: Pipeline, located: _Located) -> None:
     if pipeline.primary and pipeline.primary not in pipeline.sources:
         hint = registry.did_you_mean(pipeline.primary, list(pipeline.sources))
@@ -369,6 +380,11 @@ def _cross_check(pipeline: Pipeline, located: _Located) -> None:
                 "partition; use mode: append or merge",
             )
     from sluiceway.core.routing import routing_problems
+    from sluiceway.streaming.runner import stream_problems
+
+    if pipeline.mode == "stream":
+        for problem in stream_problems(pipeline):
+            located.problem(tuple(_path_parts(problem.path)), problem.message)
 
     for index, message in routing_problems(pipeline.checks):
         located.problem(("checks", index, "on_fail"), message)

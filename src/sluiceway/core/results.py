@@ -58,6 +58,8 @@ class RunResult:
     duration_s: float = 0.0
     dead_letters: pa.Table | None = None
     note: str | None = None
+    retryable: bool = False
+    """The run failed on a transient error (storage, broker): the same run may succeed later."""
 
     @property
     def ok(self) -> bool:

@@ -60,6 +60,7 @@ from sluiceway.errors import (
     GateFailed,
     SluicewayError,
     TerminalError,
+    TransientError,
 )
 from sluiceway.sinks.dead_letter import DEAD_LETTER_SCHEMA, DeadLetterTable
 
@@ -93,6 +94,9 @@ class RunOptions:
         source_override: replaces a source's read (used by replay).
         is_replay: a replay of dead letters: rows still failing stay where they are (no new
             dead letters), table checks only warn (they audited the full load), sinks append.
+        batch: set by the stream runner for each micro-batch: the positions to commit, the
+            run key and app transactions to commit under; the batch is not a run of its own
+            in the run store (the stream records its batches).
     """
 
     logical_date: date | None = None
@@ -103,6 +107,17 @@ class RunOptions:
     source_override: Callable[[RunContext, str], SourceRead | None] | None = None
     threads: int | None = None
     is_replay: bool = False
+    batch: StreamBatch | None = None
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    """What the stream runner fixes for one micro-batch (see `RunOptions.batch`)."""
+
+    run_key: str
+    positions: dict[str, Any]
+    transactions: tuple[tuple[str, int], ...]
+    run_id: str
 
 
 def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None) -> RunResult:
@@ -121,7 +136,11 @@ class _Runner:
         base_dir = (options.base_dir or Path.cwd()).resolve()
         environ = os.environ if options.environ is None else options.environ
         state_dir = options.state_dir or Path(environ.get("SLUICE_HOME") or Path.cwd() / ".sluice")
-        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        run_id = (
+            options.batch.run_id
+            if options.batch
+            else datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        )
         self.options = options
         self.keys = masking.MaskKeys.from_env(environ)
         self.ctx = RunContext(
@@ -167,7 +186,8 @@ class _Runner:
         except ConfigError:
             self.ctx.engine.close()
             raise
-        self._record("running")
+        if self.options.batch is None:
+            self._record("running")
         self.ctx.events.emit("run_started", logical_date=str(self.ctx.logical_date))
         try:
             self._run()
@@ -175,15 +195,17 @@ class _Runner:
             self.ctx.events.emit("run_succeeded", **self.accounting.to_dict())
         except SluicewayError as exc:
             self._failed(str(exc), type(exc).__name__)
+            self.result.retryable = isinstance(exc, TransientError)
         except Exception as exc:
             self._failed(
                 f"unexpected {type(exc).__name__}: {exc} (please report it)", type(exc).__name__
             )
         finally:
             self.result.duration_s = round(time.monotonic() - self.started, 3)
-            self._write_results()
-            self._record(self.result.status)
-            if self.has_audited and not self.options.is_replay:
+            if self.options.batch is None:
+                self._write_results()
+                self._record(self.result.status)
+            if self.has_audited and not self.options.is_replay and self.options.batch is None:
                 self.store.save_metrics(self.result.metric_points())
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
@@ -216,10 +238,11 @@ class _Runner:
             f"{quote_literal(self.logical_time.isoformat())}"
         )
         sinks = [registry.lookup("sink", s.type).impl(s) for s in self.pipeline.sinks]  # type: ignore[union-attr]
-        positions = sinks[0].committed_positions(self.ctx)
+        batch = self.options.batch
+        positions = batch.positions if batch else sinks[0].committed_positions(self.ctx)
         reads = self._read_sources(positions)
-        run_key = self._run_key(reads)
-        if all(sink.is_committed(self.ctx, run_key) for sink in sinks):
+        run_key = batch.run_key if batch else self._run_key(reads)
+        if batch is None and all(sink.is_committed(self.ctx, run_key) for sink in sinks):
             self._skip_committed(sinks, run_key)
             return
         dead_rows: list[Future[pa.Table]] = []
@@ -239,7 +262,10 @@ class _Runner:
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
         self._audit(staged)
-        self._publish(sinks, staged, run_key, {name: r.position for name, r in reads.items()})
+        committed = batch.positions if batch else {n: r.position for n, r in reads.items()}
+        self._publish(sinks, staged, run_key, committed)
+        for callback in self.ctx.after_commit:
+            callback()
         self._keep_profile(staged)
 
     def _skip_committed(self, sinks: list[Any], run_key: str) -> None:
@@ -633,6 +659,7 @@ class _Runner:
                 metadata=metadata,
                 positions=positions,
                 append_only=self.options.is_replay,
+                transactions=self.options.batch.transactions if self.options.batch else (),
             )
             try:
                 written = sink.write(self.ctx, request)

@@ -52,6 +52,23 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_by_series
     ON metrics (pipeline, check_id, metric, logical_date);
+CREATE TABLE IF NOT EXISTS stream_batches (
+    run_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    committed_at TEXT NOT NULL,
+    events_in INTEGER NOT NULL,
+    written INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    deduplicated INTEGER NOT NULL,
+    already_committed INTEGER NOT NULL,
+    batch_latency_s REAL NOT NULL,
+    e2e_p50_s REAL,
+    e2e_p99_s REAL,
+    lag INTEGER,
+    table_version INTEGER,
+    PRIMARY KEY (pipeline, batch)
+);
 """
 
 _ADDED_METRIC_COLUMNS = {"flagged": "INTEGER NOT NULL DEFAULT 0"}
@@ -117,6 +134,31 @@ class MetricPoint:
     flagged: bool = False
 
 
+@dataclass(frozen=True)
+class StreamBatchRecord:
+    """One committed micro-batch of a stream run: its counts, latencies and the lag after it.
+
+    `batch` is the batch sequence (the version of its Delta app transactions);
+    `already_committed` counts redelivered messages recognised as committed and only acked;
+    `e2e_*` are seconds from the broker's enqueue time to the commit.
+    """
+
+    run_id: str
+    pipeline: str
+    batch: int
+    committed_at: str
+    events_in: int
+    written: int
+    rejected: int
+    deduplicated: int
+    already_committed: int
+    batch_latency_s: float
+    e2e_p50_s: float | None = None
+    e2e_p99_s: float | None = None
+    lag: int | None = None
+    table_version: int | None = None
+
+
 class RunStore:
     """SQLite-backed store of runs.
 
@@ -150,6 +192,28 @@ class RunStore:
         marks = ", ".join(f":{k}" for k in data)
         with self._connect() as con:
             con.execute(f"INSERT OR REPLACE INTO runs ({columns}) VALUES ({marks})", data)
+
+    def save_batch(self, batch: StreamBatchRecord) -> None:
+        """Record one committed micro-batch of a stream run (a retried batch replaces)."""
+        data = asdict(batch)
+        columns = ", ".join(data)
+        marks = ", ".join(f":{k}" for k in data)
+        with self._connect() as con:
+            con.execute(f"INSERT OR REPLACE INTO stream_batches ({columns}) VALUES ({marks})", data)
+
+    def stream_batches(
+        self, pipeline: str, *, run_id: str | None = None, limit: int = 1000
+    ) -> builtins.list[StreamBatchRecord]:
+        """The most recent committed batches of a stream pipeline, oldest first."""
+        sql = "SELECT * FROM stream_batches WHERE pipeline = ?"
+        params: tuple[Any, ...] = (pipeline,)
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            params += (run_id,)
+        sql += " ORDER BY batch DESC LIMIT ?"
+        with self._connect() as con:
+            rows = con.execute(sql, (*params, limit)).fetchall()
+        return [StreamBatchRecord(**dict(row)) for row in reversed(rows)]
 
     def get(self, run_id: str) -> RunRecord | None:
         """A run by id, or by a unique prefix of it."""

@@ -179,6 +179,17 @@ class DeadLetterConfig(Model):
 PiiMethod = Literal["hash", "hmac", "truncate_ip", "email", "redact", "encrypt"]
 
 
+class StreamSettings(Model):
+    """How a `mode: stream` pipeline cuts the stream into micro-batches."""
+
+    max_batch_rows: int = Field(
+        50_000, ge=1, description="A batch closes when it holds this many messages."
+    )
+    max_batch_seconds: float = Field(
+        1.0, gt=0, description="A batch closes this long after its first message at the latest."
+    )
+
+
 class Pipeline(Model):
     """A whole pipeline: sources, contract, steps, PII masking, checks and sinks."""
 
@@ -189,6 +200,9 @@ class Pipeline(Model):
     owner: str | None = Field(None, description="Who answers for this pipeline.")
     description: str | None = Field(None, description="What the pipeline produces and for whom.")
     mode: Literal["batch", "stream"] = Field("batch", description="batch or stream.")
+    stream: StreamSettings = Field(
+        default_factory=StreamSettings, description="Micro-batch bounds of a stream pipeline."
+    )
     sources: dict[str, SerializeAsAny[SourceConfig]] = Field(
         min_length=1, description="Named sources."
     )

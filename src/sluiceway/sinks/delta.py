@@ -119,6 +119,15 @@ class _Job:
     app_id: str
     commit: CommitProperties
     logical_date: date
+    transactions: tuple[tuple[str, int], ...] = ()
+
+    def is_committed(self, table: DeltaTable) -> bool:
+        """True when the table already holds this write's app transaction(s)."""
+        if not self.transactions:
+            return table.transaction_version(self.app_id) is not None
+        return any(
+            (table.transaction_version(app) or -1) >= version for app, version in self.transactions
+        )
 
     def open(self) -> DeltaTable | None:
         return _open_table(self.uri, self.options)
@@ -184,6 +193,10 @@ class DeltaSink:
             app_id=app_id(ctx.pipeline.pipeline, request.idempotency_key),
             commit=_commit_properties(ctx, request),
             logical_date=ctx.logical_date,
+            transactions=tuple(
+                (app_id(ctx.pipeline.pipeline, key), version)
+                for key, version in request.transactions
+            ),
         )
         prepare_local(uri)
         with self._errors("write to", uri):
@@ -200,6 +213,17 @@ class DeltaSink:
                 table is not None
                 and table.transaction_version(app_id(ctx.pipeline.pipeline, idempotency_key))
                 is not None
+            )
+
+    def transaction_version(self, ctx: RunContext, key: str) -> int | None:
+        """The version committed for the app transaction `key` (a stream partition), if any."""
+        uri = ctx.resolve(self.config.path)
+        with self._errors("read", uri):
+            table = _open_table(uri, delta_storage_options(uri, self.config.storage_options))
+            return (
+                None
+                if table is None
+                else table.transaction_version(app_id(ctx.pipeline.pipeline, key))
             )
 
     def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
@@ -273,7 +297,7 @@ def replace_predicate(config: DeltaSinkConfig, data: pa.Table, logical_date: dat
 
 def _append(job: _Job) -> WriteResult:
     table = job.open()
-    if table is not None and table.transaction_version(job.app_id) is not None:
+    if table is not None and job.is_committed(table):
         return job.result(table.version(), skipped=True)
     _check_fits(table, job.data, job.uri)
     return job.result(job.write(table))
@@ -418,10 +442,12 @@ def _commit_properties(ctx: RunContext, request: WriteRequest) -> CommitProperti
         POSITIONS_KEY: positions,
         IDEMPOTENCY_KEY: request.idempotency_key,
     }
-    transaction = Transaction(
-        app_id=app_id(ctx.pipeline.pipeline, request.idempotency_key), version=1
-    )
-    return CommitProperties(custom_metadata=metadata, app_transactions=[transaction])
+    pipeline = ctx.pipeline.pipeline
+    transactions = [
+        Transaction(app_id=app_id(pipeline, key), version=version)
+        for key, version in request.transactions
+    ] or [Transaction(app_id=app_id(pipeline, request.idempotency_key), version=1)]
+    return CommitProperties(custom_metadata=metadata, app_transactions=transactions)
 
 
 def _open_table(uri: str, options: dict[str, str] | None) -> DeltaTable | None:

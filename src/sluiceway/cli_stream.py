@@ -1,0 +1,132 @@
+"""`sluice run` for `mode: stream` pipelines: the loop, its live status line and its summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from sluiceway.core.events import Event
+from sluiceway.core.runner import RunOptions
+from sluiceway.core.spec import Pipeline
+from sluiceway.errors import ConfigError, SpecError
+from sluiceway.observability.logs import json_logger
+from sluiceway.streaming.runner import StreamOptions, StreamResult, run_stream
+
+
+class StreamStatus:
+    """One live line: events/s, lag, last commit, rejected; retries as they happen."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live: Live | None = None
+        self.fields: dict[str, Any] = {}
+        self.last_commit: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        if event.name == "stream_status":
+            self.fields = dict(event.fields)
+            self.last_commit = time.monotonic()
+            self._show(event.pipeline)
+        elif event.name == "retrying":
+            f = event.fields
+            self.console.print(
+                f"[yellow]retrying[/] {f.get('what')}: attempt {f.get('attempt')}/{f.get('of')}, "
+                f"next in {f.get('delay_s')} s ({f.get('reason')})",
+                markup=True,
+                soft_wrap=True,
+            )
+
+    def _show(self, pipeline: str) -> None:
+        f = self.fields
+        lag = "?" if f.get("lag") is None else f"{f['lag']:,}"
+        line = Text.assemble(
+            (pipeline, "bold"),
+            f"  {f.get('events_per_s', 0):,} events/s  lag {lag}  ",
+            f"last commit v{f.get('version')} just now  ",
+            f"written {f.get('written', 0):,}  rejected {f.get('rejected', 0):,}",
+        )
+        if self.live is None:
+            self.live = Live(line, console=self.console, transient=True, auto_refresh=False)
+            self.live.start()
+        self.live.update(line, refresh=True)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def run_stream_command(
+    pipeline: Pipeline,
+    spec: str,
+    *,
+    log_format: str,
+    state_dir: Path,
+    max_batches: int | None,
+    idle_exit: float | None,
+) -> None:
+    """Run `pipeline` as a stream and exit 0 when it stopped cleanly, else 1."""
+    from sluiceway import cli
+
+    status = None if log_format == "json" else StreamStatus(cli.err_console)
+    subscribers: list[Any] = [json_logger()] if status is None else [status]
+    options = RunOptions(
+        base_dir=Path(spec).resolve().parent, state_dir=state_dir, subscribers=subscribers
+    )
+    try:
+        result = run_stream(
+            pipeline, options, StreamOptions(max_batches=max_batches, idle_exit_s=idle_exit)
+        )
+    except (SpecError, ConfigError) as exc:
+        cli._fail(str(exc))
+    finally:
+        if status is not None:
+            status.stop()
+    if log_format == "json":
+        print(json.dumps(stream_summary(result), default=str))
+    else:
+        _print(result)
+    sys.exit(0 if result.ok else 1)
+
+
+def stream_summary(result: StreamResult) -> dict[str, Any]:
+    """A stream run's outcome as plain data."""
+    return {
+        "run_id": result.run_id,
+        "pipeline": result.pipeline,
+        "mode": "stream",
+        "status": result.status,
+        "batches": result.batches,
+        "accounting": result.accounting.to_dict(),
+        "already_committed": result.already_committed,
+        "last_version": result.last_version,
+        "stopped_by": result.stopped_by,
+        "error": result.error,
+        "duration_s": result.duration_s,
+    }
+
+
+def _print(result: StreamResult) -> None:
+    from sluiceway import cli
+
+    acc = result.accounting
+    colour = "green" if result.ok else "red"
+    cli.console.print(
+        f"\n[bold {colour}]{result.status.upper()}[/] {result.pipeline} stream run "
+        f"{result.run_id}: {result.batches} batch(es) in {result.duration_s:.1f}s"
+        + (f", stopped by {result.stopped_by}" if result.stopped_by else "")
+    )
+    cli.console.print(
+        f"rows: in {acc.rows_in:,} = written {acc.rows_written:,} + rejected {acc.rows_rejected:,} "
+        f"+ deduplicated {acc.rows_deduplicated:,} + filtered {acc.rows_filtered:,}; "
+        f"{result.already_committed:,} redelivered message(s) were already committed"
+    )
+    if result.error:
+        cli.console.print(f"[red]error:[/] {result.error}", soft_wrap=True)

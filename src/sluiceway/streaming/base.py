@@ -1,0 +1,103 @@
+"""What a streaming source is: it fetches messages as Arrow and acknowledges them later.
+
+A stream source never parses messages one by one in Python: `fetch` returns the raw payloads
+as one Arrow table (`MESSAGE_SCHEMA`), and the stream runner parses them in bulk in DuckDB.
+Acknowledgement is separate from fetching: the runner acknowledges a batch only after its rows
+are committed to the sink together with the batch's positions, so a crash between the two
+redelivers messages that the runner then recognises as committed (their position is at or
+before the committed one) and acknowledges without writing them again.
+
+Positions are per partition (a Redis stream key, a NATS stream, a Kafka topic-partition) and
+are plain JSON values; `position_after(a, b)` orders them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import pyarrow as pa
+from pydantic import Field
+
+from sluiceway.core.spec import SourceConfig
+
+MESSAGE_SCHEMA = pa.schema(
+    [
+        pa.field("partition", pa.string(), nullable=False),
+        pa.field("msg_id", pa.string(), nullable=False),
+        pa.field("payload", pa.binary()),
+        pa.field("enqueued_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("deliveries", pa.int32()),
+    ]
+)
+"""One row per message: where it came from, its id there (the position it stands for, as
+text), its raw bytes, when the broker received it (None if unknown), and how many times it has
+been delivered (1 on first delivery; None if the broker does not say)."""
+
+
+class StreamSourceConfig(SourceConfig):
+    """Base of every streaming source config."""
+
+    streaming: ClassVar[bool] = True
+
+    max_deliveries: int = Field(
+        5,
+        ge=1,
+        description="A message delivered more than this many times goes to the dead letters "
+        "instead of blocking the stream.",
+    )
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A batch of messages and what acknowledging it needs."""
+
+    messages: pa.Table
+    """`MESSAGE_SCHEMA` rows, in broker order within each partition."""
+    handle: Any = None
+    """Whatever the source needs to acknowledge exactly these messages later."""
+
+    @property
+    def count(self) -> int:
+        return self.messages.num_rows
+
+
+class StreamSource(Protocol):
+    """A streaming source: one consumer of a broker, owned by one stream runner."""
+
+    def open(self) -> None:
+        """Connect, and create the consumer group / durable consumer if it does not exist.
+
+        Raises:
+            TransientError: the broker cannot be reached (the runner retries with backoff).
+            SourceError: the configuration is wrong (an unknown stream, a bad credential).
+        """
+        ...
+
+    def fetch(self, max_messages: int, timeout_s: float) -> Fetched:
+        """Up to `max_messages` messages, waiting at most `timeout_s` for the first one.
+
+        Messages delivered before and never acknowledged (a crash, another consumer that died)
+        come first. Returns an empty batch on timeout.
+        """
+        ...
+
+    def ack(self, fetched: Fetched) -> None:
+        """Acknowledge every message of `fetched` (committed, or recognised as committed)."""
+        ...
+
+    def positions(self, fetched: Fetched) -> dict[str, str]:
+        """The last position of each partition in `fetched` (partition → msg_id)."""
+        ...
+
+    def position_after(self, msg_id: str, committed: str) -> bool:
+        """True when `msg_id` comes after the `committed` position of the same partition."""
+        ...
+
+    def lag(self) -> int | None:
+        """Messages waiting in the broker for this consumer, if the broker says."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect; never raises."""
+        ...

@@ -1,0 +1,83 @@
+"""Messages to rows, in bulk: the JSON payloads of a micro-batch parsed by DuckDB.
+
+A batch arrives as one Arrow table (`MESSAGE_SCHEMA`). One statement decodes every payload,
+judges it (delivered too often, not UTF-8, not JSON, not a JSON object) and another extracts
+the contract's fields as text, so the contract then types them exactly as it types a CSV
+file. Messages that cannot become rows are parse rejects: dead letters with their raw bytes.
+
+Each row is identified by `<partition>#<message id>` (in `__sw_file`), so a dead letter says
+which message it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, SourceRead
+from sluiceway.core.spec import Contract
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+
+
+def parse_messages(
+    engine: DuckDBEngine, messages: pa.Table, contract: Contract, *, max_deliveries: int
+) -> SourceRead:
+    """The rows of `messages` with the contract's columns as text, and the parse rejects.
+
+    Args:
+        engine: the batch's engine.
+        messages: `MESSAGE_SCHEMA` rows.
+        contract: names the JSON fields to extract (top-level keys of each object).
+        max_deliveries: a message delivered more often than this is rejected, whatever it holds.
+    """
+    arrived = engine.register_arrow(engine.new_name("messages"), messages)
+    judged = engine.create_table(
+        engine.new_name("judged"),
+        f"""
+        SELECT partition || '#' || msg_id AS {ROW_FILE},
+               (row_number() OVER ())::BIGINT AS {ROW_NUMBER},
+               payload, text,
+               CASE
+                 WHEN deliveries > {int(max_deliveries)}
+                   THEN 'delivered ' || deliveries || ' times (max_deliveries: {int(max_deliveries)})'
+                 WHEN payload IS NULL THEN 'the message has no payload'
+                 WHEN text IS NULL THEN 'the payload is not valid UTF-8'
+                 WHEN NOT json_valid(text) THEN 'the payload is not valid JSON'
+                 WHEN json_type(text) <> 'OBJECT'
+                   THEN 'the payload is a JSON ' || lower(json_type(text)) || ', not an object'
+               END AS reason
+        FROM (SELECT *, TRY(decode(payload)) AS text FROM {quote_ident(arrived)})
+        """,
+        purpose="judge the messages of a batch",
+    )
+    engine.drop(arrived)
+    rejects = engine.fetch_arrow(
+        f"SELECT {ROW_FILE} AS file, {ROW_NUMBER} AS line, payload AS raw, reason "
+        f"FROM {quote_ident(judged)} WHERE reason IS NOT NULL ORDER BY {ROW_NUMBER}",
+        purpose="collect unparseable messages",
+    ).cast(PARSE_REJECT_SCHEMA)
+    fields = [
+        f"json_extract_string(text, {quote_literal(_json_path(name))}) AS {quote_ident(name)}"
+        for name in contract.columns
+    ]
+    rows = engine.create_table(
+        engine.new_name("parsed"),
+        f"SELECT {', '.join([*fields, ROW_FILE, ROW_NUMBER])} "
+        f"FROM {quote_ident(judged)} WHERE reason IS NULL",
+        purpose="extract the contract's fields",
+    )
+    engine.drop(judged)
+    first, last = (messages.column("msg_id")[i].as_py() for i in (0, -1))
+    fingerprint = hashlib.sha256(f"{first}|{last}|{messages.num_rows}".encode()).hexdigest()[:20]
+    return SourceRead(
+        table=rows,
+        rows_in=messages.num_rows,
+        parse_rejects=rejects,
+        fingerprint=fingerprint,
+    )
+
+
+def _json_path(field: str) -> str:
+    """A JSON path to a top-level key, quoted so dots and spaces in the key are literal."""
+    return '$."' + field.replace("\\", "\\\\").replace('"', '\\"') + '"'

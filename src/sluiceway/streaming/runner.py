@@ -1,0 +1,517 @@
+"""The stream runner: micro-batches from a broker into Delta, exactly once.
+
+Each micro-batch (bounded by `stream.max_batch_rows` and `stream.max_batch_seconds`) goes
+through the batch runner unchanged — contract, steps, routing, masking, checks, dead letters,
+row accounting — and is committed to the Delta sink with:
+- the source positions after the batch (`sluice.positions`), and
+- one Delta app transaction per partition in the batch, `stream:<source>:<partition>`, whose
+  version is the batch sequence; a sink already holding that version writes nothing.
+
+Only then are the messages acknowledged. After a crash the broker redelivers what was not
+acknowledged; the runner reads the committed positions back from the table and acknowledges
+the messages at or before them without writing them again (they are counted as
+`already_committed`), so the table holds every message exactly once. Dead letters are written
+under the batch's run key `stream:<source>:<sequence>`, replaced when that batch is retried.
+
+SIGTERM or SIGINT finishes the batch in hand — commit, then acknowledge — and stops.
+Broker and storage errors are retried with exponential backoff and jitter, a bounded number
+of times; the broker is reopened after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sluiceway.core import registry
+from sluiceway.core.accounting import RowAccounting
+from sluiceway.core.context import RunContext, SourceRead
+from sluiceway.core.events import EventBus
+from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
+from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
+from sluiceway.core.spec import Pipeline
+from sluiceway.errors import ConfigError, SluicewayError, SpecError, SpecProblem, TransientError
+from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSource
+from sluiceway.streaming.parse import parse_messages
+
+FAULT_ENV = "SLUICE_STREAM_FAULT"
+"""Fault injection for crash tests: `<point>:<batch>` kills the process with SIGKILL at that
+point of that batch sequence; points: before_write, after_dead_letters, after_commit."""
+
+
+@dataclass
+class StreamOptions:
+    """When a stream run stops (besides SIGTERM / SIGINT).
+
+    Attributes:
+        max_batches: stop after committing this many batches.
+        idle_exit_s: stop once no message has arrived for this long.
+        retries: attempts for a broker or storage operation before the run fails.
+        backoff_s: first retry delay; doubles per attempt, with jitter, up to `backoff_cap_s`.
+    """
+
+    max_batches: int | None = None
+    idle_exit_s: float | None = None
+    retries: int = 8
+    backoff_s: float = 0.2
+    backoff_cap_s: float = 5.0
+
+
+@dataclass
+class StreamResult:
+    """What a stream run did, in total."""
+
+    run_id: str
+    pipeline: str
+    status: str = "running"
+    batches: int = 0
+    accounting: RowAccounting = field(default_factory=RowAccounting)
+    already_committed: int = 0
+    last_version: int | None = None
+    error: str | None = None
+    stopped_by: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+def run_stream(
+    pipeline: Pipeline, options: RunOptions | None = None, stream: StreamOptions | None = None
+) -> StreamResult:
+    """Run a `mode: stream` pipeline until it is stopped or a limit is reached.
+
+    Raises:
+        SpecError: the pipeline is not a stream pipeline it can run.
+        ConfigError: a key the pipeline needs is missing from the environment.
+    """
+    return _StreamRunner(pipeline, options or RunOptions(), stream or StreamOptions()).run()
+
+
+def stream_problems(pipeline: Pipeline) -> list[SpecProblem]:
+    """What keeps a pipeline from running as a stream (empty when it can)."""
+    problems = []
+    name = pipeline.primary_source
+    config = pipeline.sources[name]
+    if not getattr(config, "streaming", False):
+        problems.append(
+            SpecProblem(
+                f"sources.{name}.type",
+                f"mode: stream needs a streaming primary source (redis_streams, nats, kafka); "
+                f"'{config.type}' is a batch source",
+            )
+        )
+    elif config.contract is None:
+        problems.append(
+            SpecProblem(
+                f"sources.{name}.contract",
+                "a streaming source needs a contract: its columns name the JSON fields to read",
+            )
+        )
+    sink = pipeline.sinks[0]
+    if sink.type != "delta" or getattr(sink, "mode", "append") != "append":
+        problems.append(
+            SpecProblem(
+                "sinks[0]",
+                "mode: stream commits each batch to a Delta sink with mode: append "
+                f"(found type {sink.type}, mode {getattr(sink, 'mode', '-')})",
+            )
+        )
+    return problems
+
+
+class _Stop(Exception):
+    """Raised inside the loop to end the run with a reason."""
+
+
+class _StreamRunner:
+    def __init__(self, pipeline: Pipeline, options: RunOptions, stream: StreamOptions) -> None:
+        problems = stream_problems(pipeline)
+        if problems:
+            raise SpecError(problems, source=pipeline.pipeline)
+        self.pipeline, self.options, self.stream = pipeline, options, stream
+        self.name = pipeline.primary_source
+        self.config = pipeline.sources[self.name]
+        environ = os.environ if options.environ is None else options.environ
+        self.state_dir = Path(
+            options.state_dir or environ.get("SLUICE_HOME") or Path.cwd() / ".sluice"
+        ).resolve()
+        self.run_id = (
+            datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8] + "-stream"
+        )
+        self.result = StreamResult(self.run_id, pipeline.pipeline)
+        self.store = RunStore(self.state_dir / "runs.db")
+        self.events = EventBus(pipeline.pipeline, self.run_id)
+        for subscriber in options.subscribers:
+            self.events.subscribe(subscriber)
+        plugin = registry.lookup("source", self.config.type)
+        assert plugin is not None, "the loader validated the source type"
+        self.source: StreamSource = plugin.impl(self.config)
+        sink_plugin = registry.lookup("sink", pipeline.sinks[0].type)
+        assert sink_plugin is not None, "the loader validated the sink type"
+        self.sink = sink_plugin.impl(pipeline.sinks[0])
+        self.stopping: str | None = None
+        self.committed: dict[str, str] = {}
+        self.sequence = 0
+        self.started = time.monotonic()
+        self.fault = _fault(environ.get(FAULT_ENV))
+
+    def run(self) -> StreamResult:
+        self._save("running")
+        self.events.emit("run_started", logical_date=str(datetime.now(UTC).date()))
+        try:
+            with _signals(self._request_stop):
+                self._retrying("connect to the broker", self.source.open)
+                self._load_committed()
+                self._loop()
+            self.result.status = "succeeded"
+        except _Stop as stop:
+            self.result.status = "failed"
+            self.result.error = str(stop)
+        except SluicewayError as exc:
+            self.result.status = "failed"
+            self.result.error = str(exc)
+        finally:
+            self.source.close()
+            self.result.duration_s = round(time.monotonic() - self.started, 3)
+            self._save(self.result.status)
+            self.events.emit(
+                "run_succeeded" if self.result.ok else "run_failed",
+                error=self.result.error,
+                batches=self.result.batches,
+            )
+        return self.result
+
+    def _request_stop(self, reason: str) -> None:
+        self.stopping = reason
+
+    def _load_committed(self) -> None:
+        ctx = self._ctx()
+        positions = self._retrying(
+            "read the committed positions", lambda: self.sink.committed_positions(ctx)
+        )
+        self.committed = dict(positions.get(self.name, {}))
+        versions = [
+            self.sink.transaction_version(ctx, _app_key(self.name, partition)) or 0
+            for partition in self.committed
+        ]
+        self.sequence = max(versions, default=0)
+        self.events.emit("stream_resumed", positions=len(self.committed), batch=self.sequence)
+
+    def _loop(self) -> None:
+        last_message = time.monotonic()
+        while self.stopping is None:
+            batch = self._collect()
+            if not batch:
+                idle = time.monotonic() - last_message
+                if self.stream.idle_exit_s is not None and idle >= self.stream.idle_exit_s:
+                    self.result.stopped_by = "idle"
+                    return
+                continue
+            last_message = time.monotonic()
+            self._handle(batch)
+            limit = self.stream.max_batches
+            if limit is not None and self.result.batches >= limit:
+                self.result.stopped_by = "max_batches"
+                return
+        self.result.stopped_by = self.stopping
+
+    def _collect(self) -> list[Fetched]:
+        """Fetch until the batch is full, its time is up, or the stream is idle."""
+        settings = self.pipeline.stream
+        fetched: list[Fetched] = []
+        count, deadline = 0, None
+        while count < settings.max_batch_rows and self.stopping is None:
+            wait = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
+            if deadline is not None and wait == 0:
+                break
+            want = settings.max_batch_rows - count
+            got = self._retrying(
+                "fetch from the broker", lambda n=want, w=wait: self.source.fetch(n, w)
+            )
+            if got.count == 0:
+                if fetched:
+                    break
+                return []
+            if deadline is None:
+                deadline = time.monotonic() + settings.max_batch_seconds
+            fetched.append(got)
+            count += got.count
+        return fetched
+
+    def _handle(self, batch: list[Fetched]) -> None:
+        started = time.monotonic()
+        messages = pa.concat_tables([f.messages for f in batch]).cast(MESSAGE_SCHEMA)
+        fresh = self._not_committed(messages)
+        stale = messages.num_rows - fresh.num_rows
+        counts = self._commit(fresh) if fresh.num_rows else None
+        self._fault_at("after_commit")
+        for fetched in batch:
+            self._retrying("acknowledge the batch", lambda f=fetched: self.source.ack(f))
+        self.result.already_committed += stale
+        if counts is not None:
+            self._record_batch(fresh, counts, stale, started)
+        elif stale:
+            self.events.emit("already_committed", messages=stale)
+
+    def _not_committed(self, messages: pa.Table) -> pa.Table:
+        """The messages after the committed position of their partition."""
+        if not self.committed:
+            return messages
+        partitions = messages.column("partition").to_pylist()
+        ids = messages.column("msg_id").to_pylist()
+        keep = [
+            p not in self.committed or self.source.position_after(i, self.committed[p])
+            for p, i in zip(partitions, ids, strict=True)
+        ]
+        return messages.filter(pa.array(keep, pa.bool_()))
+
+    def _commit(self, messages: pa.Table) -> RowAccounting:
+        """Run the batch through the pipeline and commit it; its row accounting."""
+        self.sequence += 1
+        sequence = self.sequence
+        partitions = sorted(set(messages.column("partition").to_pylist()))
+        last = _last_positions(messages)
+        positions = {self.name: {**self.committed, **last}}
+        batch = StreamBatch(
+            run_key=f"stream:{self.name}:{sequence}",
+            positions=positions,
+            transactions=tuple((_app_key(self.name, p), sequence) for p in partitions),
+            run_id=self.run_id,
+        )
+        contract, limit = self.config.contract, self.config.max_deliveries  # type: ignore[attr-defined]
+
+        def override(ctx: RunContext, name: str) -> SourceRead | None:
+            if name != self.name:
+                return None
+            self._fault_at("before_write")
+            return parse_messages(ctx.engine, messages, contract, max_deliveries=limit)
+
+        options = replace(
+            self.options,
+            source_override=override,
+            batch=batch,
+            logical_date=datetime.now(UTC).date(),
+            subscribers=[self._fault_subscriber, *self.options.subscribers],
+        )
+        for attempt in range(1, self.stream.retries + 1):
+            result = run_pipeline(self.pipeline, options)
+            if result.ok:
+                break
+            if not result.retryable or attempt == self.stream.retries:
+                raise _Stop(
+                    f"batch {sequence} failed; its messages stay unacknowledged: {result.error}"
+                )
+            self._sleep(attempt, f"commit batch {sequence}", result.error or "")
+        written = result.sinks[0] if result.sinks else None
+        if written is not None and written.skipped:
+            raise _Stop(
+                f"batch {sequence} is already in the table: another runner is consuming "
+                f"'{self.name}' with the same pipeline; stopping this one"
+            )
+        self.committed = positions[self.name]
+        acc = self.result.accounting
+        for term in (
+            "rows_in",
+            "rows_written",
+            "rows_rejected",
+            "rows_deduplicated",
+            "rows_filtered",
+        ):
+            setattr(acc, term, getattr(acc, term) + getattr(result.accounting, term))
+        self.result.batches += 1
+        self.result.last_version = written.version if written else None
+        self.events.emit(
+            "batch_committed",
+            batch=sequence,
+            rows=result.accounting.rows_written,
+            rejected=result.accounting.rows_rejected,
+            version=self.result.last_version,
+        )
+        return result.accounting
+
+    def _fault_subscriber(self, event: Any) -> None:
+        if event.name == "dead_letter_written":
+            self._fault_at("after_dead_letters")
+
+    def _fault_at(self, point: str) -> None:
+        if self.fault == (point, self.sequence):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _record_batch(
+        self, messages: pa.Table, counts: RowAccounting, stale: int, started: float
+    ) -> None:
+        now = datetime.now(UTC)
+        latencies = _e2e_latencies(messages, now)
+        lag = self._lag()
+        self.store.save_batch(
+            StreamBatchRecord(
+                run_id=self.run_id,
+                pipeline=self.pipeline.pipeline,
+                batch=self.sequence,
+                committed_at=now.isoformat(timespec="milliseconds"),
+                events_in=counts.rows_in,
+                written=counts.rows_written,
+                rejected=counts.rows_rejected,
+                deduplicated=counts.rows_deduplicated,
+                already_committed=stale,
+                batch_latency_s=round(time.monotonic() - started, 4),
+                e2e_p50_s=latencies[0],
+                e2e_p99_s=latencies[1],
+                lag=lag,
+                table_version=self.result.last_version,
+            )
+        )
+        acc = self.result.accounting
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        self.events.emit(
+            "stream_status",
+            events_per_s=round(acc.rows_in / elapsed),
+            written=acc.rows_written,
+            rejected=acc.rows_rejected,
+            lag=lag,
+            version=self.result.last_version,
+            e2e_p99_s=latencies[1],
+        )
+
+    def _lag(self) -> int | None:
+        try:
+            return self.source.lag()
+        except SluicewayError:
+            return None
+
+    def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
+        for attempt in range(1, self.stream.retries + 1):
+            try:
+                return action()
+            except TransientError as exc:
+                if attempt == self.stream.retries:
+                    raise _Stop(f"could not {what} after {attempt} attempts: {exc}") from exc
+                self._sleep(attempt, what, str(exc))
+                if what != "connect to the broker":
+                    self._reopen()
+        raise AssertionError("unreachable")
+
+    def _reopen(self) -> None:
+        with suppress(TransientError):
+            self.source.open()
+
+    def _sleep(self, attempt: int, what: str, reason: str) -> None:
+        delay = min(self.stream.backoff_cap_s, self.stream.backoff_s * 2 ** (attempt - 1))
+        delay *= 0.5 + random.random() / 2
+        self.events.emit(
+            "retrying",
+            what=what,
+            attempt=attempt,
+            of=self.stream.retries,
+            delay_s=round(delay, 2),
+            reason=reason.splitlines()[0] if reason else "",
+        )
+        time.sleep(delay)
+
+    def _ctx(self) -> RunContext:
+        return RunContext(
+            pipeline=self.pipeline,
+            run_id=self.run_id,
+            logical_date=datetime.now(UTC).date(),
+            engine=None,  # type: ignore[arg-type]
+            base_dir=(self.options.base_dir or Path.cwd()).resolve(),
+            state_dir=self.state_dir,
+            events=self.events,
+        )
+
+    def _save(self, status: str) -> None:
+        acc = self.result.accounting
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.store.save(
+            RunRecord(
+                run_id=self.run_id,
+                pipeline=self.pipeline.pipeline,
+                logical_date=str(datetime.now(UTC).date()),
+                status=status,
+                started_at=getattr(self, "_started_at", now),
+                finished_at=None if status == "running" else now,
+                duration_s=self.result.duration_s or None,
+                spec_hash=self.pipeline.spec_hash(),
+                rows_in=acc.rows_in,
+                rows_written=acc.rows_written,
+                rows_rejected=acc.rows_rejected,
+                rows_deduplicated=acc.rows_deduplicated,
+                rows_filtered=acc.rows_filtered,
+                details={
+                    "mode": "stream",
+                    "batches": self.result.batches,
+                    "already_committed": self.result.already_committed,
+                    "stopped_by": self.result.stopped_by,
+                },
+                error=self.result.error,
+            )
+        )
+        self._started_at = getattr(self, "_started_at", now)
+
+
+def _app_key(source: str, partition: str) -> str:
+    return f"stream:{source}:{partition}"
+
+
+def _last_positions(messages: pa.Table) -> dict[str, str]:
+    """The last message id of each partition (messages are in broker order per partition)."""
+    last: dict[str, str] = {}
+    for partition, msg_id in zip(
+        messages.column("partition").to_pylist(), messages.column("msg_id").to_pylist(), strict=True
+    ):
+        last[partition] = msg_id
+    return last
+
+
+def _e2e_latencies(messages: pa.Table, now: datetime) -> tuple[float | None, float | None]:
+    """p50 and p99 of the seconds from enqueue to commit."""
+    enqueued = messages.column("enqueued_at").drop_null()
+    if len(enqueued) == 0:
+        return None, None
+    now_ms = int(now.timestamp() * 1000)
+    ages = pc.divide(
+        pc.subtract(pa.scalar(now_ms, pa.int64()), enqueued.cast(pa.int64())).cast(pa.float64()),
+        1000.0,
+    )
+    p50, p99 = pc.quantile(ages, q=[0.5, 0.99]).to_pylist()
+    return round(p50, 3), round(p99, 3)
+
+
+def _fault(spec: str | None) -> tuple[str, int] | None:
+    if not spec:
+        return None
+    point, _, batch = spec.partition(":")
+    if point not in ("before_write", "after_dead_letters", "after_commit") or not batch.isdigit():
+        raise ConfigError(
+            f"{FAULT_ENV}={spec!r}: expected <point>:<batch> with point one of before_write, "
+            "after_dead_letters, after_commit"
+        )
+    return point, int(batch)
+
+
+@contextmanager
+def _signals(stop: Callable[[str], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT ask the loop to stop after the batch in hand."""
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: stop(signal.Signals(signum).name))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

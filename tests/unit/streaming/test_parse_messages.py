@@ -1,0 +1,64 @@
+"""Messages of a micro-batch parsed in bulk: rows for JSON objects, reasons for the rest."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from sluiceway.core.spec import Contract
+from sluiceway.streaming.base import MESSAGE_SCHEMA
+from sluiceway.streaming.parse import parse_messages
+
+CONTRACT = Contract.model_validate(
+    {"columns": {"id": {"type": "string"}, "a.b": {"type": "integer"}, 'q"x': {"type": "string"}}}
+)
+
+
+def batch(payloads: list[bytes | None], deliveries: list[int] | None = None) -> pa.Table:
+    n = len(payloads)
+    return pa.table(
+        {
+            "partition": ["s"] * n,
+            "msg_id": [f"1-{i}" for i in range(n)],
+            "payload": payloads,
+            "enqueued_at": [datetime(2025, 1, 1, tzinfo=UTC)] * n,
+            "deliveries": deliveries or [1] * n,
+        },
+        schema=MESSAGE_SCHEMA,
+    )
+
+
+def test_json_objects_become_text_rows_named_by_message(engine) -> None:
+    read = parse_messages(
+        engine,
+        batch([b'{"id": "x", "a.b": 5, "q\\"x": "y"}', b'{"id": 7, "extra": true}']),
+        CONTRACT,
+        max_deliveries=3,
+    )
+
+    rows = engine.fetch_arrow(f"SELECT * FROM {read.table} ORDER BY __sw_row").to_pylist()
+    assert [(r["id"], r["a.b"], r['q"x'], r["__sw_file"]) for r in rows] == [
+        ("x", "5", "y", "s#1-0"),
+        ("7", None, None, "s#1-1"),
+    ]
+    assert read.rows_in == 2 and read.parse_rejects.num_rows == 0
+
+
+def test_every_message_that_cannot_be_a_row_is_a_reject_with_its_reason(engine) -> None:
+    payloads = [b"[1, 2]", b"not json", b"\xff\xfe", None, b'{"id": "late"}', b'{"id": "ok"}']
+    read = parse_messages(
+        engine, batch(payloads, deliveries=[1, 1, 1, 1, 4, 1]), CONTRACT, max_deliveries=3
+    )
+
+    rejects = read.parse_rejects.to_pylist()
+    assert [(r["file"], r["reason"]) for r in rejects] == [
+        ("s#1-0", "the payload is a JSON array, not an object"),
+        ("s#1-1", "the payload is not valid JSON"),
+        ("s#1-2", "the payload is not valid UTF-8"),
+        ("s#1-3", "the message has no payload"),
+        ("s#1-4", "delivered 4 times (max_deliveries: 3)"),
+    ]
+    assert rejects[2]["raw"] == b"\xff\xfe"
+    assert engine.count(read.table) == 1
+    assert read.rows_in == 6
