@@ -26,7 +26,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -394,20 +394,20 @@ class _StreamRunner:
             return None
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
+        """`action`, retried on transient errors with backoff; after a failure the source is
+        reopened first (a reopen that fails counts as a failed attempt)."""
+        reopen = False
         for attempt in range(1, self.stream.retries + 1):
             try:
+                if reopen:
+                    self.source.open()
                 return action()
             except TransientError as exc:
                 if attempt == self.stream.retries:
                     raise _Stop(f"could not {what} after {attempt} attempts: {exc}") from exc
                 self._sleep(attempt, what, str(exc))
-                if what != "connect to the broker":
-                    self._reopen()
+                reopen = what != "connect to the broker"
         raise AssertionError("unreachable")
-
-    def _reopen(self) -> None:
-        with suppress(TransientError):
-            self.source.open()
 
     def _sleep(self, attempt: int, what: str, reason: str) -> None:
         delay = min(self.stream.backoff_cap_s, self.stream.backoff_s * 2 ** (attempt - 1))
