@@ -7,6 +7,7 @@ restart) on a free port, next to the shared one the other tests use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -76,10 +77,8 @@ class PrivateRedis:
         )
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(redis.exceptions.ConnectionError):
             redis.Redis.from_url(self.url).shutdown()
-        except redis.exceptions.ConnectionError:
-            pass
 
 
 @pytest.mark.integration
@@ -101,7 +100,7 @@ def test_a_redis_restart_mid_run_loses_and_duplicates_nothing(tmp_path) -> None:
         server.stop()
         time.sleep(1.5)
         server.start()
-        out, err = run.communicate(timeout=120)
+        _, err = run.communicate(timeout=120)
 
         assert run.returncode == 0, err.decode()[-2000:]
         events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]

@@ -185,6 +185,18 @@ class TableCheck:
         """Why the check cannot be evaluated at all (e.g. an unknown other table), else None."""
         return None
 
+    def missing_other_column(self, columns_of: Callable[[str], list[str]]) -> str | None:
+        """Why a column the check reads from another table is not there, else None.
+
+        Asked only after the check's query failed, to name the cause (an engine binds a
+        column missing from a subquery's table to confusing effect).
+
+        Args:
+            columns_of: the column names of what a query reads FROM (SQL such as
+                `extra.other_table` gives).
+        """
+        return None
+
     def outcome(self, values: dict[str, Any], rows: int) -> Outcome:
         """The verdict from the aggregate `values` (by alias) and the table's row count.
 
@@ -293,7 +305,8 @@ class ColumnValuesCheck(TableCheck):
 
 
 def sql_literal(value: Any) -> str:
-    """An SQL literal for a configured threshold or allowed value."""
+    """An SQL literal for a configured threshold or allowed value; a datetime with a zone
+    is a TIMESTAMPTZ (an instant), one without a TIMESTAMP."""
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
@@ -301,7 +314,8 @@ def sql_literal(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else f"CAST('{value!r}' AS DOUBLE)"
     if isinstance(value, datetime):
-        return f"TIMESTAMP {quote_literal(value.isoformat(sep=' '))}"
+        kind = "TIMESTAMP" if value.tzinfo is None else "TIMESTAMPTZ"
+        return f"{kind} {quote_literal(value.isoformat(sep=' '))}"
     if isinstance(value, date):
         return f"DATE {quote_literal(value.isoformat())}"
     return quote_literal(str(value))

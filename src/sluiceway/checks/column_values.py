@@ -62,8 +62,10 @@ DATE_FORMATS: tuple[str, ...] = (
     "%d-%b-%Y",
     "%a %b %d %H:%M:%S %Y",
 )
-# Kept apart: in one list with the formats above, a zoned format makes DuckDB roll an
-# impossible day over into the next month ('31.02.2024' became 2 March).
+# Kept apart and tried one by one: given in a list, even on its own, a zoned format makes
+# DuckDB (seen on 2.0.1) roll an impossible day over into the next month ('Fri, 31 Feb 2024
+# 10:00:00 +0000' became 2 March; in one list with the formats above, '31.02.2024' did).
+# The list of the formats above does not: each impossible date there was checked.
 ZONED_DATE_FORMATS: tuple[str, ...] = ("%a, %d %b %Y %H:%M:%S %z",)
 
 
@@ -179,9 +181,12 @@ class DateutilParseableCheck(ColumnValuesCheck):
 
     def unexpected_sql(self, column: str) -> str:
         text = _text(column)
-        parsed = [f"try_cast({text} AS TIMESTAMPTZ)", f"try_cast({text} AS DATE)"] + [
-            f"try_strptime({text}, [{', '.join(quote_literal(f) for f in formats)}])"
-            for formats in (DATE_FORMATS, ZONED_DATE_FORMATS)
+        formats = ", ".join(quote_literal(f) for f in DATE_FORMATS)
+        parsed = [
+            f"try_cast({text} AS TIMESTAMPTZ)",
+            f"try_cast({text} AS DATE)",
+            f"try_strptime({text}, [{formats}])",
+            *(f"try_strptime({text}, {quote_literal(f)})" for f in ZONED_DATE_FORMATS),
         ]
         return f"{column} IS NOT NULL AND " + " AND ".join(f"{p} IS NULL" for p in parsed)
 
@@ -335,8 +340,10 @@ class MulticolumnSumCheck(RowsCheck):
         return self._any_non_null(self.config.column_list)
 
     def unexpected_row_sql(self) -> str:
-        total = " + ".join(f"coalesce({quote_ident(c)}, 0)" for c in self.config.column_list)
-        return f"{total} <> {sql_literal(self.config.sum_total)}"
+        # list_sum adds in a wide type (HUGEINT for integers, DECIMAL(38, s) for decimals),
+        # where `a + b` of two INTEGERs overflows, and skips NULLs (NULL counts as 0).
+        columns = ", ".join(quote_ident(c) for c in self.config.column_list)
+        return f"list_sum([{columns}]) <> {sql_literal(self.config.sum_total)}"
 
 
 class SqlPredicateCheck(RowsCheck):

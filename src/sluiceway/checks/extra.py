@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Callable
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,6 +119,9 @@ class RowCountEqualOtherTableCheck(TableCheck):
         return Outcome(rows == other, rows, abs(rows - other), None, message)
 
 
+OTHER = "__sw_other"
+
+
 class ValuesExistInCheck(ColumnValuesCheck):
     """`values_exist_in`: a non-NULL value absent from the other table's column is unexpected."""
 
@@ -137,9 +141,25 @@ class ValuesExistInCheck(ColumnValuesCheck):
 
     def unexpected_sql(self, column: str) -> str:
         source, _ = other_table(self.config.to_table, self.env)
-        to = quote_ident(self.to_column)
-        # NULLs of the other column are left out: one would make every NOT IN unknown.
-        return f"{column} NOT IN (SELECT {to} FROM {source} WHERE {to} IS NOT NULL)"
+        # Qualified: unqualified, a column the other table lacks binds to the audited table's
+        # own (a correlated subquery) and every value "exists". NULLs of the other column are
+        # left out: one would make every NOT IN unknown.
+        to = f"{OTHER}.{quote_ident(self.to_column)}"
+        return f"{column} NOT IN (SELECT {to} FROM {source} AS {OTHER} WHERE {to} IS NOT NULL)"
+
+    def missing_other_column(self, columns_of: Callable[[str], list[str]]) -> str | None:
+        source, problem = other_table(self.config.to_table, self.env)
+        if problem is not None:
+            return None
+        columns = columns_of(source)
+        if self.to_column.lower() in {c.lower() for c in columns}:
+            return None
+        table, hint = self.config.to_table, registry.did_you_mean(self.to_column, columns)
+        return (
+            f"column '{self.to_column}' not found in table '{table}'.{hint} Its columns: "
+            f"{', '.join(columns)}. Set to_column to the column of '{table}' that holds the "
+            f"values of '{self.config.column}'."
+        )
 
 
 # --- types ---------------------------------------------------------------------------------

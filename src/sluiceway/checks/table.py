@@ -11,13 +11,14 @@ and the checks that look beyond the table's values (other tables, types, freshne
 `extra`. Checks that compare a row with the previous one add window columns; the fused query
 then reads from a subquery that computes them, still in one statement.
 
-Results carry counts, ratios and the configured thresholds only — never a value of a row —
-so they can go to logs, metrics and reports even when the table holds PII.
+Results carry counts, ratios, the configured thresholds and aggregates of a column (a
+minimum, a median, a sum: of masked values for a masked column) — never a value of a row read
+as such, nor one quoted by an engine error — so they can go to logs, metrics and reports even
+when the table holds PII.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,7 @@ from sluiceway.checks.vocabulary import (
 )
 from sluiceway.core import registry
 from sluiceway.core.spec import CheckConfig
-from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal, redact_row_values
 from sluiceway.errors import StepError
 
 __all__ = [
@@ -329,7 +330,7 @@ def _run_one_by_one(
     known = _columns(engine, table)
     results = []
     for check in checks:
-        missing = _missing_column(check, table, known)
+        missing = _missing_column(check, table, known) or _missing_other_column(engine, check)
         if missing:
             results.append(check.error(table, missing))
             continue
@@ -355,14 +356,24 @@ def _missing_column(check: TableCheck, table: str, known: list[str] | None) -> s
     return f"column '{column}' not found in table '{table}'.{hint} Columns: {', '.join(known)}."
 
 
-def _safe_reason(exc: StepError) -> str:
-    """The engine's reason, first line only, with quoted strings blanked.
+def _missing_other_column(engine: DuckDBEngine, check: TableCheck) -> str | None:
+    def columns_of(source: str) -> list[str]:
+        return engine.columns_of(f"SELECT * FROM {source}")
 
-    DuckDB quotes the offending value in conversion errors ("Could not convert string
-    'alice@example.com' to INT32"); that value may be PII.
+    try:
+        return check.missing_other_column(columns_of)
+    except StepError:
+        return None
+
+
+def _safe_reason(exc: StepError) -> str:
+    """The engine's reason, first line only, without the values of rows it quotes.
+
+    DuckDB names the offending value in data errors ("Could not convert string
+    'alice@example.com' to INT32", "Overflow in addition of INT32 (2000000123 + …)"); that
+    value may be PII. See `redact_row_values`.
     """
-    text = str(exc.__cause__ or exc.message).strip().splitlines()[0]
-    return re.sub(r"'(?:[^']|'')*'", "'…'", text)
+    return redact_row_values(str(exc.__cause__ or exc.message).strip().splitlines()[0])
 
 
 def _register_builtins() -> None:

@@ -20,6 +20,37 @@ from sluiceway.errors import StepError
 # Masking puts keys and salts in SQL as hex blobs; DuckDB quotes values and SQL in messages.
 _HEX_RUN = re.compile(r"[0-9A-Fa-f]{32,}")
 _QUOTED_VALUE = re.compile(r"'(?:[^']|'')*'")
+# Errors about the query or its files, not the data: they double-quote names and paths.
+_QUERY_ERROR = re.compile(r"^(?:[^'\"\n]* failed: )?(?:Binder|Catalog|Parser|IO) Error:")
+# In a data error a value may be quoted either way, hold quotes of its own ('"a": "b"'), or
+# be a bare number: a quote is blanked up to the last of its kind on the line, and numbers
+# apart from type names and their widths (INT32, DECIMAL(18,3)).
+_ROW_VALUE = re.compile(
+    r"(?P<type>\b[A-Z]+\(\d+(?:,\s*\d+)*\))"
+    r"|(?P<quote>['\"]).*(?P=quote)"
+    r"|(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\w)"
+)
+
+
+def redact_row_values(message: str) -> str:
+    """An engine error message without the values of rows it may quote.
+
+    A data error ("Could not convert string 'alice@example.com' to INT32", "Malformed JSON
+    ... Input: \"{...}\"", "Overflow in addition of INT32 (2000000123 + 2000000456)") loses
+    every quoted text and bare number; an error about the query itself (Binder, Catalog,
+    Parser) or a file it reads (IO) keeps its double-quoted names and paths and loses its
+    single-quoted literals only.
+    """
+    if _QUERY_ERROR.match(message):
+        return _QUOTED_VALUE.sub("'…'", message)
+    return _ROW_VALUE.sub(_blank_value, message)
+
+
+def _blank_value(match: re.Match[str]) -> str:
+    if match["type"]:
+        return match[0]
+    quote = match["quote"]
+    return f"{quote}…{quote}" if quote else "…"
 
 
 def quote_ident(name: str) -> str:
@@ -38,7 +69,8 @@ class DuckDBEngine:
     Args:
         threads: worker threads DuckDB may use (None: DuckDB's default).
         memory_limit: e.g. '8GB' (None: DuckDB's default).
-        redact_values: hide quoted values in error messages (the data holds PII).
+        redact_values: hide the values of rows in error messages (the data holds PII);
+            see `redact_row_values`.
     """
 
     def __init__(
@@ -75,7 +107,7 @@ class DuckDBEngine:
         """A StepError that never carries a secret (hex blobs) nor, when asked, a data value."""
         message = _HEX_RUN.sub("…", str(exc))
         if self.redact_values:
-            message = _QUOTED_VALUE.sub("'…'", message)
+            message = redact_row_values(message)
         return StepError(
             f"{purpose} failed: {message}", context={"sql": _clip(_HEX_RUN.sub("…", sql))}
         )

@@ -783,3 +783,21 @@ def test_a_pipeline_checks_references_into_its_other_source(tmp_path: Path) -> N
         "freshness": ("passed", pytest.approx(12 * 3600)),  # 12:00 to the end of the day
     }
     assert result.status == "failed" and "values_exist_in" in (result.error or "")
+
+
+def test_values_exist_in_names_the_other_tables_columns_when_to_column_is_not_there(
+    shop: DuckDBEngine,
+) -> None:
+    check = ValuesExistInConfig(column="customer", to_table="customers", to_column="idd")
+    (result,) = evaluate_checks(shop, "orders", [check], SHOP)
+    assert result.status == "error"
+    assert "column 'idd' not found in table 'customers'. Did you mean 'id'?" in result.message
+    assert "Set to_column" in (result.error or "")
+
+
+@pytest.mark.parametrize(
+    "text", ["Fri, 31 Feb 2024 10:00:00 +0000", "Tue, 31 Apr 2024 10:00:00 +0200"]
+)
+def test_dateutil_parseable_rejects_an_impossible_zoned_date(duck: DuckDBEngine, text: str) -> None:
+    result = run_on(duck, {"d": [text]}, DateutilParseableConfig(column="d"))
+    assert (result.status, result.unexpected_count) == ("failed", 1)

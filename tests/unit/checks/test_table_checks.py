@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from sluiceway.checks import extra, table, vocabulary
-from sluiceway.checks.base import CheckEnv
+from sluiceway.checks.base import CheckEnv, sql_literal
 from sluiceway.checks.table import CheckResult, blocking_failures, evaluate_checks
 from sluiceway.checks.vocabulary import (
     BetweenConfig,
@@ -24,7 +24,8 @@ from sluiceway.checks.vocabulary import (
 )
 from sluiceway.core import registry
 from sluiceway.core.spec import CheckConfig
-from sluiceway.engines.duckdb import DuckDBEngine
+from sluiceway.engines.duckdb import DuckDBEngine, redact_row_values
+from sluiceway.errors import StepError
 
 ROWS = 100
 EMAILS = [f"user{i}@example.com" for i in range(ROWS - 2)] + ["not-an-email", "alice at home"]
@@ -268,6 +269,65 @@ def test_an_engine_error_quoting_a_row_value_is_redacted(engine: DuckDBEngine) -
     assert result.error is not None and "Could not convert string" in result.error
     assert "example.com" not in result.message
     assert "example.com" not in (result.error or "")
+
+
+@pytest.mark.parametrize(
+    ("message", "redacted"),
+    [
+        (
+            "Conversion Error: Type INT64 with value 4111111111111111 can't be cast because "
+            "the value is out of range for the destination type INT32",
+            "Conversion Error: Type INT64 with value … can't be cast because "
+            "the value is out of range for the destination type INT32",
+        ),
+        (
+            "Invalid Input Error: Malformed JSON at byte 24 of input: unexpected character.  "
+            'Input: "{"name": "alice smith", x"',
+            "Invalid Input Error: Malformed JSON at byte … of input: unexpected character.  "
+            'Input: "…"',
+        ),
+        (
+            'Conversion Error: Casting value "12.5" to type DECIMAL(3,2) failed',
+            'Conversion Error: Casting value "…" to type DECIMAL(3,2) failed',
+        ),
+        (
+            "Out of Range Error: Overflow in addition of INT32 (2000000123 + -2000000456)!",
+            "Out of Range Error: Overflow in addition of INT32 (… + …)!",
+        ),
+        (
+            "Conversion Error: Date out of range: 2024-2-31",
+            "Conversion Error: Date out of range: …-…-…",
+        ),
+        (
+            'Binder Error: Referenced column "amount2" not found in FROM clause! '
+            "Candidate bindings: \"amount\" 'x'",
+            'Binder Error: Referenced column "amount2" not found in FROM clause! '
+            "Candidate bindings: \"amount\" '…'",
+        ),
+    ],
+)
+def test_redaction_blanks_values_of_rows_but_keeps_names_of_columns(
+    message: str, redacted: str
+) -> None:
+    assert redact_row_values(message) == redacted
+
+
+def test_an_engine_asked_to_redact_keeps_row_values_out_of_its_errors() -> None:
+    engine = DuckDBEngine(redact_values=True)
+    engine.run("CREATE TABLE t AS SELECT 2000000123::INTEGER AS a, 'alice' AS b")
+    with pytest.raises(StepError) as raised:
+        engine.run("SELECT a + a FROM t", purpose="add")
+    with pytest.raises(StepError) as cast:
+        engine.run("SELECT b::INTEGER FROM t", purpose="cast")
+    assert "2000000123" not in str(raised.value)
+    assert "alice" not in str(cast.value)
+    assert "add failed: Out of Range Error: Overflow in addition of INT32" in str(raised.value)
+
+
+def test_a_zoned_datetime_bound_is_an_instant_and_a_naive_one_is_not() -> None:
+    zoned = datetime(2024, 1, 1, 10, tzinfo=UTC)
+    assert sql_literal(zoned) == "TIMESTAMPTZ '2024-01-01 10:00:00+00:00'"
+    assert sql_literal(datetime(2024, 1, 1, 10)) == "TIMESTAMP '2024-01-01 10:00:00'"
 
 
 # --- identity and vocabulary ---------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 import sys
 import types
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pyarrow as pa
 import pytest
@@ -167,6 +168,19 @@ def test_nulls_are_left_out_of_the_judged_rows_where_great_expectations_ignores_
     result = run_one(engine, check)
     assert result.unexpected_count is not None and result.unexpected_percent is not None
     assert result.unexpected_count / judged * 100 == pytest.approx(result.unexpected_percent)
+
+
+def test_multicolumn_sum_adds_decimals_exactly_and_counts_null_as_zero() -> None:
+    # As doubles 0.10 + 0.20 is 0.30000000000000004, not 0.3.
+    engine = DuckDBEngine()
+    a = pa.array([Decimal("0.10"), Decimal("0.20"), None], pa.decimal128(18, 2))
+    b = pa.array([Decimal("0.20"), Decimal("0.10"), Decimal("0.30")], pa.decimal128(18, 2))
+    engine.register_arrow("cents", pa.table({"a": a, "b": b}))
+    check = MulticolumnSumConfig(column_list=["a", "b"], sum_total=0.3)
+
+    (result,) = evaluate_checks(engine, "cents", [check])
+
+    assert (result.status, result.unexpected_count) == ("passed", 0)
 
 
 def test_mostly_lets_is_null_pass_at_the_ratio_and_fail_above_it(engine: DuckDBEngine) -> None:
