@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install sluiceway with its test tools into .venv, start the services the integration
-# tests need (an S3-compatible server, Redis), lint, and run the whole test suite.
+# tests need (an S3-compatible server, Redis, NATS JetStream), lint, and run the whole test suite.
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'is ignored' || true
 bash scripts/services/moto.sh start
 bash scripts/services/redis.sh start
+bash scripts/services/nats.sh start
 export SLUICE_TEST_S3_ENDPOINT="http://127.0.0.1:${MOTO_PORT:-5000}"
 .venv/bin/ruff check src tests bench
 .venv/bin/pytest "$@"
