@@ -199,7 +199,9 @@ def test_ge_arguments_carry_over_with_their_meaning(tmp_path: Path) -> None:
     assert data["checks"][2] == {
         "between": {"mostly": 0.75, "column": "amount", "min_value": 0, "max_value": 1000}
     }
-    assert data["checks"][4] == {"regex": {"column": "email", "regex": "[\\s\\S]*(?:@example\\.)[\\s\\S]*"}}
+    assert data["checks"][4] == {
+        "regex": {"column": "email", "regex": "[\\s\\S]*(?:@example\\.)[\\s\\S]*"}
+    }
     assert data["checks"][6] == {"row_count_between": {"min_value": 5, "max_value": 5}}
     assert data["checks"][7] == {
         "columns_match_set": {"column_set": ["status"], "exact_match": False}
