@@ -27,7 +27,7 @@ from sluiceway.checks.base import (
     sql_literal,
 )
 from sluiceway.checks.vocabulary import ColumnCheckConfig, TableCheckConfig
-from sluiceway.core import registry
+from sluiceway.core import durations, registry
 from sluiceway.engines.duckdb import quote_ident, quote_literal
 
 # --- other tables --------------------------------------------------------------------------
@@ -301,35 +301,10 @@ class TypeCheck(TableCheck):
 
 # --- freshness -----------------------------------------------------------------------------
 
-_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_SHORT = re.compile(r"(?:\d+(?:\.\d+)?[wdhms])+")
-_SHORT_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
-_ISO = re.compile(
-    r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
-    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
-)
-
 
 def parse_duration(text: str) -> timedelta:
-    """A duration from '90s', '30m', '2h', '1d', '1w', combinations ('1d12h') or ISO 8601
-    ('PT2H', 'P1DT12H'; no years or months, whose length varies).
-
-    Raises:
-        ValueError: `text` is none of these, or is zero.
-    """
-    value = text.strip()
-    seconds: float | None = None
-    if _SHORT.fullmatch(value.lower()):
-        seconds = sum(float(n) * _UNITS[u] for n, u in _SHORT_PART.findall(value.lower()))
-    elif (iso := _ISO.fullmatch(value.upper())) and value.upper() not in ("P", "PT"):
-        parts = iso.groupdict()
-        seconds = sum(float(parts[u] or 0) * _UNITS[u.lower()] for u in parts)
-    if not seconds:
-        raise ValueError(
-            f"max_age '{text}' is not a positive duration: write e.g. '90s', '30m', '2h', "
-            "'1d', '1d12h' or ISO 8601 'PT2H'"
-        )
-    return timedelta(seconds=seconds)
+    """`max_age` as a duration (see `core.durations`)."""
+    return durations.parse_duration(text, what="max_age")
 
 
 class FreshnessConfig(ColumnCheckConfig):

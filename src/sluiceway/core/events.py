@@ -23,6 +23,13 @@ EventName = Literal[
     "run_succeeded",
     "run_failed",
     "progress",
+    "enrich_misses",
+    "dedup_state_unsaved",
+    "stream_resumed",
+    "batch_committed",
+    "already_committed",
+    "stream_status",
+    "retrying",
 ]
 
 

@@ -1,15 +1,29 @@
-"""The `dedup` step: one row per key, the first or last by an order column."""
+"""The `dedup` step: one row per key, the first or last by an order column.
+
+In a `mode: stream` pipeline with a `window`, a key seen in an earlier committed batch within
+the window is a duplicate too. The seen keys live in `window_state`; the step computes the
+next state while the batch runs and hands it to `ctx.after_commit`, so the state moves
+forward only with committed data.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Literal, cast
 
-from pydantic import Field
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
 
 from sluiceway.core import registry
 from sluiceway.core.context import ROW_FILE, ROW_NUMBER, RunContext, StepOutput
+from sluiceway.core.events import EventName
 from sluiceway.core.spec import StepConfig
-from sluiceway.engines.duckdb import quote_ident
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.errors import StepError
+from sluiceway.transforms.window_state import SEEN_AT, KeyState, key_state, parse_window
+
+_STATE_UNSAVED = cast(EventName, "dedup_state_unsaved")
 
 
 class DedupStepConfig(StepConfig):
@@ -21,10 +35,30 @@ class DedupStepConfig(StepConfig):
     order_by: str | None = Field(
         None, description="Column that orders duplicates (default: arrival order: file, then row)."
     )
-    keep: Literal["first", "last"] = Field("first", description="Which duplicate to keep.")
-    window: str | None = Field(
-        None, description="Time window for streams (batch runs dedup the whole run)."
+    keep: Literal["first", "last"] = Field(
+        "first", description="Which duplicate to keep within a batch (across batches: the first)."
     )
+    window: str | None = Field(
+        None,
+        description="Streams only: a key seen in an earlier committed batch within this long "
+        "('5m', '1h', '1d') is a duplicate too. Batch runs dedup the whole run and ignore it.",
+    )
+    time_column: str | None = Field(
+        None,
+        description="Event-time column the window is measured on (default: arrival time).",
+    )
+    max_keys: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most keys the window remembers; beyond it the oldest are forgotten first.",
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _window_is_a_duration(cls, window: str | None) -> str | None:
+        if window is not None:
+            parse_window(window)
+        return window
 
 
 class DedupStep:
@@ -32,14 +66,30 @@ class DedupStep:
 
     def __init__(self, config: DedupStepConfig) -> None:
         self.config = config
+        self.keys_sql = ", ".join(quote_ident(k) for k in config.keys)
 
     def apply(self, ctx: RunContext, table: str, *, rows_in: int | None = None) -> StepOutput:
         """Keep the first (or last) row of every key.
 
         The result is a view (the window runs once, when the result is staged); the number
-        of rows it keeps is the number of distinct keys, counted by an aggregate.
+        of rows it keeps is the number of distinct keys, counted by an aggregate. With a
+        `window` in a stream, keys of earlier committed batches count as seen (see
+        `_apply_windowed`).
         """
         engine = ctx.engine
+        in_batch = self._dedup_view(engine, table)
+        before = engine.count(table) if rows_in is None else rows_in
+        if self.config.window is not None and ctx.pipeline.mode == "stream":
+            return self._apply_windowed(ctx, table, in_batch, before)
+        kept = int(
+            engine.fetch_one(
+                f"SELECT count(*) FROM (SELECT DISTINCT {self.keys_sql} FROM {quote_ident(table)})",
+                purpose="count distinct keys",
+            )[0]
+        )
+        return StepOutput(in_batch, deduplicated=before - kept, rows=kept)
+
+    def _dedup_view(self, engine: DuckDBEngine, table: str) -> str:
         direction = "ASC" if self.config.keep == "first" else "DESC"
         order = (
             [f"{quote_ident(self.config.order_by)} {direction} NULLS LAST"]
@@ -48,21 +98,113 @@ class DedupStep:
         )
         present = {c for c, _ in engine.columns(table)}
         order += [f"{c} {direction}" for c in (ROW_FILE, ROW_NUMBER) if c in present]
-        keys = ", ".join(quote_ident(k) for k in self.config.keys)
-        over = f"PARTITION BY {keys}" + (f" ORDER BY {', '.join(order)}" if order else "")
-        out = engine.create_view(
+        over = f"PARTITION BY {self.keys_sql}" + (f" ORDER BY {', '.join(order)}" if order else "")
+        return engine.create_view(
             engine.new_name("dedup"),
             f"SELECT * FROM {quote_ident(table)} QUALIFY row_number() OVER ({over}) = 1",
             purpose="dedup step",
         )
-        before = engine.count(table) if rows_in is None else rows_in
-        kept = int(
-            engine.fetch_one(
-                f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM {quote_ident(table)})",
-                purpose="count distinct keys",
-            )[0]
+
+    def _apply_windowed(
+        self, ctx: RunContext, table: str, in_batch: str, before: int
+    ) -> StepOutput:
+        """Drop the keys seen in earlier committed batches within the window.
+
+        The seen keys older than the window (measured back from the newest time seen) are
+        evicted; the batch's new keys, with the time of their first row, are added; past
+        `max_keys` the oldest go. That next state is handed to `ctx.after_commit`: a batch
+        that never commits leaves the state as it was.
+        """
+        engine = ctx.engine
+        state = key_state(ctx.state_dir, ctx.pipeline.pipeline, self.config.keys)
+        row_time, watermark = self._row_time(engine, table, state.table)
+        cutoff = _timestamp(watermark - parse_window(self.config.window or ""))
+        first_seen = (
+            f"SELECT {self.keys_sql}, min({row_time}) AS {SEEN_AT} "
+            f"FROM {quote_ident(table)} GROUP BY ALL"
         )
-        return StepOutput(out, deduplicated=before - kept, rows=kept)
+        seen = None
+        if state.table is not None:
+            arrow = engine.register_view(engine.new_name("dedup_state"), state.table)
+            seen = engine.create_view(
+                engine.new_name("dedup_seen"),
+                f"SELECT * FROM {quote_ident(arrow)} WHERE {SEEN_AT} >= {cutoff}",
+                purpose="keys seen within the window",
+            )
+            first_seen = self._anti_join(first_seen, seen)
+            in_batch = engine.create_view(
+                engine.new_name("dedup"),
+                self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen),
+                purpose="drop keys seen in earlier batches",
+            )
+        fresh = engine.create_table(
+            engine.new_name("dedup_fresh"), first_seen, purpose="new keys of the batch"
+        )
+        kept = engine.count(fresh)
+        next_state = self._next_state(engine, seen, fresh, cutoff)
+        engine.drop(fresh)
+        ctx.after_commit.append(lambda: _save(ctx, state, next_state))
+        return StepOutput(in_batch, deduplicated=before - kept, rows=kept)
+
+    def _row_time(
+        self, engine: DuckDBEngine, table: str, seen: pa.Table | None
+    ) -> tuple[str, datetime]:
+        """The SQL time of a row and the newest time known (the window ends there)."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        column = self.config.time_column
+        if column is None:
+            return _timestamp(now), now
+        if column not in {c for c, _ in engine.columns(table)}:
+            raise StepError(
+                f"dedup time_column '{column}' is not a column of the step's input: name the "
+                "event-time column, or leave time_column out to use arrival time"
+            )
+        event_time = f"CAST({quote_ident(column)} AS TIMESTAMP)"
+        newest = engine.fetch_one(
+            f"SELECT max({event_time}) FROM {quote_ident(table)}", purpose="newest event time"
+        )[0]
+        known = [t for t in (newest, _newest(seen)) if t is not None]
+        watermark = max(known) if known else now
+        return f"coalesce({event_time}, {_timestamp(newest or watermark)})", watermark
+
+    def _anti_join(self, select: str, seen: str) -> str:
+        on = " AND ".join(
+            f"b.{quote_ident(k)} IS NOT DISTINCT FROM s.{quote_ident(k)}" for k in self.config.keys
+        )
+        return f"SELECT b.* FROM ({select}) b ANTI JOIN {quote_ident(seen)} s ON {on}"
+
+    def _next_state(
+        self, engine: DuckDBEngine, seen: str | None, fresh: str, cutoff: str
+    ) -> pa.Table:
+        """Keys seen within the window plus the new ones, the newest `max_keys` of them."""
+        parts = [f"SELECT * FROM {quote_ident(fresh)} WHERE {SEEN_AT} >= {cutoff}"]
+        if seen is not None:
+            parts.insert(0, f"SELECT * FROM {quote_ident(seen)}")
+        union = " UNION ALL BY NAME ".join(parts)
+        table = engine.fetch_arrow(union, purpose="next dedup state")
+        if table.num_rows <= self.config.max_keys:
+            return table
+        newest_first = pc.sort_indices(table, sort_keys=[(SEEN_AT, "descending")])
+        return table.take(newest_first[: self.config.max_keys])
+
+
+def _save(ctx: RunContext, state: KeyState, table: pa.Table) -> None:
+    """Commit the next state; a file that cannot be written is reported, not raised (the
+    batch is already committed, and the next commit writes the whole state again)."""
+    try:
+        state.commit(table)
+    except OSError as exc:
+        ctx.events.emit(_STATE_UNSAVED, path=str(state.path), error=str(exc), keys=table.num_rows)
+
+
+def _newest(seen: pa.Table | None) -> datetime | None:
+    if seen is None or seen.num_rows == 0:
+        return None
+    return cast(datetime | None, pc.max(seen.column(SEEN_AT)).as_py())
+
+
+def _timestamp(value: datetime | timedelta) -> str:
+    return f"TIMESTAMP {quote_literal(str(value))}"
 
 
 registry.register("step", "dedup", DedupStepConfig, DedupStep)

@@ -1,0 +1,40 @@
+"""Durations written in a spec: '500ms', '90s', '30m', '2h', '1d', '1w', combinations
+('1d12h') or ISO 8601 ('PT2H', 'P1DT12H'; no years or months, whose length varies)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_UNITS = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_SHORT = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|[wdhms]))+")
+_SHORT_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|[wdhms])")
+_ISO = re.compile(
+    r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
+)
+
+
+def parse_duration(text: str, *, what: str = "duration") -> timedelta:
+    """The positive duration `text` stands for.
+
+    Args:
+        text: e.g. '90s', '5m', '1h30m', '250ms', 'PT2H'.
+        what: the setting's name, for the error ('max_age', 'window').
+
+    Raises:
+        ValueError: `text` is none of these forms, or is zero.
+    """
+    value = text.strip()
+    seconds = 0.0
+    if _SHORT.fullmatch(value.lower()):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _SHORT_PART.findall(value.lower()))
+    elif (iso := _ISO.fullmatch(value.upper())) and value.upper() not in ("P", "PT"):
+        parts = iso.groupdict()
+        seconds = sum(float(parts[u] or 0) * _UNITS[u.lower()] for u in parts)
+    if seconds <= 0:
+        raise ValueError(
+            f"{what} '{text}' is not a positive duration: write e.g. '90s', '30m', '2h', "
+            "'1d', '1d12h' or ISO 8601 'PT2H'"
+        )
+    return timedelta(seconds=seconds)

@@ -1,0 +1,244 @@
+"""Dedup across the batches of a stream within a window: the state moves with the commits."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pydantic
+import pytest
+
+from sluiceway.core.context import RunContext
+from sluiceway.errors import StepError
+from sluiceway.transforms import window_state
+from sluiceway.transforms.dedup import DedupStep, DedupStepConfig
+
+T0 = datetime(2024, 1, 2, 10, 0)
+StreamContext = Callable[[], RunContext]
+
+
+@pytest.fixture(autouse=True)
+def fresh_process() -> Iterator[None]:
+    window_state.forget_loaded()
+    yield
+    window_state.forget_loaded()
+
+
+@pytest.fixture
+def stream_ctx(make_ctx: Callable[..., RunContext]) -> StreamContext:
+    """A new RunContext per batch (its own after_commit list) of a `mode: stream` pipeline."""
+
+    def build() -> RunContext:
+        ctx = make_ctx(pipeline="clicks")
+        return dataclasses.replace(ctx, pipeline=ctx.pipeline.model_copy(update={"mode": "stream"}))
+
+    return build
+
+
+def run_batch(ctx: RunContext, step: DedupStep, rows: list[dict[str, Any]]) -> list[dict]:
+    """Apply the step to `rows`; the rows it keeps, after checking its accounting."""
+    engine = ctx.engine
+    table = engine.register_arrow(engine.new_name("batch"), pa.Table.from_pylist(rows))
+    out = step.apply(ctx, table, rows_in=len(rows))
+    kept = engine.fetch_arrow(f"SELECT * FROM {out.table}").to_pylist()
+    assert out.rows == len(kept)
+    assert out.rows + out.deduplicated == len(rows)
+    assert out.filtered == 0
+    return kept
+
+
+def commit(ctx: RunContext) -> None:
+    for callback in ctx.after_commit:
+        callback()
+
+
+def ids(rows: list[dict]) -> list[Any]:
+    return sorted((r["event_id"] for r in rows), key=str)
+
+
+def windowed(**options: Any) -> DedupStep:
+    return DedupStep(DedupStepConfig(keys=["event_id"], **options))
+
+
+def test_key_seen_in_an_earlier_committed_batch_is_a_duplicate(stream_ctx: StreamContext):
+    step = windowed(window="5m")
+    first = stream_ctx()
+    kept = run_batch(first, step, [{"event_id": i} for i in (1, 2, 2, 3, None)])
+    assert ids(kept) == [1, 2, 3, None]
+    commit(first)
+
+    second = stream_ctx()
+    rows = [{"event_id": i} for i in (3, 4, 4, 5, None, 1)]
+    table = second.engine.register_arrow("second", pa.Table.from_pylist(rows))
+    out = step.apply(second, table, rows_in=len(rows))
+    kept = second.engine.fetch_arrow(f"SELECT * FROM {out.table}").to_pylist()
+    assert ids(kept) == [4, 5]
+    assert (out.rows, out.deduplicated) == (2, 4)
+
+
+def test_batch_that_never_committed_does_not_dedup_the_next(stream_ctx: StreamContext):
+    step = windowed(window="5m")
+    failed = stream_ctx()
+    run_batch(failed, step, [{"event_id": i} for i in (1, 2)])
+    assert len(failed.after_commit) == 1
+
+    retried = stream_ctx()
+    assert ids(run_batch(retried, step, [{"event_id": i} for i in (1, 2)])) == [1, 2]
+    assert not list((retried.state_dir / "stream_state").rglob("*.parquet"))
+    commit(retried)
+
+    after = stream_ctx()
+    assert run_batch(after, step, [{"event_id": i} for i in (1, 2)]) == []
+
+
+def test_batch_runs_ignore_the_window(make_ctx: Callable[..., RunContext]):
+    step = windowed(window="5m")
+    for _ in range(2):
+        ctx = make_ctx()
+        assert ids(run_batch(ctx, step, [{"event_id": i} for i in (1, 1, 2)])) == [1, 2]
+        assert ctx.after_commit == []
+        commit(ctx)
+
+
+def test_keys_older_than_the_event_time_window_are_evicted(stream_ctx: StreamContext):
+    step = windowed(window="5m", time_column="ts")
+    first = stream_ctx()
+    run_batch(
+        first,
+        step,
+        [{"event_id": "a", "ts": T0}, {"event_id": "b", "ts": T0 + timedelta(minutes=4)}],
+    )
+    commit(first)
+
+    later = T0 + timedelta(minutes=6)
+    second = stream_ctx()
+    kept = run_batch(
+        second,
+        step,
+        [{"event_id": key, "ts": later} for key in ("a", "b", "c")],
+    )
+    assert ids(kept) == ["a", "c"]
+    commit(second)
+
+    state = window_state.key_state(second.state_dir, "clicks", ["event_id"]).table
+    assert state is not None
+    seen = dict(zip(*state.to_pydict().values(), strict=True))
+    assert seen == {"a": later, "b": T0 + timedelta(minutes=4), "c": later}
+
+
+def test_event_time_with_a_time_zone_is_remembered_in_utc(stream_ctx: StreamContext):
+    step = windowed(window="5m", time_column="ts")
+    first = stream_ctx()
+    paris = datetime(2024, 1, 2, 11, 0, tzinfo=UTC).astimezone()
+    run_batch(first, step, [{"event_id": "a", "ts": paris}])
+    commit(first)
+    state = window_state.key_state(first.state_dir, "clicks", ["event_id"]).table
+    assert state is not None
+    assert state.column(window_state.SEEN_AT).to_pylist() == [datetime(2024, 1, 2, 11, 0)]
+
+
+def test_rows_without_event_time_count_as_the_batch_newest(stream_ctx: StreamContext):
+    step = windowed(window="5m", time_column="ts")
+    first = stream_ctx()
+    run_batch(first, step, [{"event_id": "a", "ts": T0}, {"event_id": "b", "ts": None}])
+    commit(first)
+    state = window_state.key_state(first.state_dir, "clicks", ["event_id"]).table
+    assert state is not None
+    assert sorted(state.column(window_state.SEEN_AT).to_pylist()) == [T0, T0]
+
+
+def test_keys_older_than_the_arrival_time_window_are_evicted(stream_ctx: StreamContext):
+    step = windowed(window="300ms")
+    first = stream_ctx()
+    run_batch(first, step, [{"event_id": "x"}])
+    commit(first)
+    soon = stream_ctx()
+    assert run_batch(soon, step, [{"event_id": "x"}]) == []
+    time.sleep(0.4)
+    late = stream_ctx()
+    assert ids(run_batch(late, step, [{"event_id": "x"}])) == ["x"]
+
+
+def test_max_keys_forgets_the_oldest_keys_first(stream_ctx: StreamContext):
+    step = windowed(window="1d", time_column="ts", max_keys=3)
+    first = stream_ctx()
+    rows = [{"event_id": f"k{i}", "ts": T0 + timedelta(seconds=i)} for i in range(1, 6)]
+    run_batch(first, step, rows)
+    commit(first)
+    state = window_state.key_state(first.state_dir, "clicks", ["event_id"]).table
+    assert state is not None
+    assert sorted(state.column("event_id").to_pylist()) == ["k3", "k4", "k5"]
+
+    second = stream_ctx()
+    now = T0 + timedelta(seconds=10)
+    kept = run_batch(second, step, [{"event_id": k, "ts": now} for k in ("k1", "k2", "k5")])
+    assert ids(kept) == ["k1", "k2"]
+
+
+def test_restart_reloads_the_state_from_its_file(stream_ctx: StreamContext):
+    step = windowed(window="1h")
+    first = stream_ctx()
+    run_batch(first, step, [{"event_id": i} for i in range(100)])
+    commit(first)
+    folder = first.state_dir / "stream_state" / "clicks"
+    digest = window_state.keys_hash(["event_id"])
+    assert sorted(p.name for p in folder.iterdir()) == [f"dedup-{digest}.parquet"]
+
+    window_state.forget_loaded()
+    restarted = stream_ctx()
+    kept = run_batch(restarted, step, [{"event_id": i} for i in range(95, 105)])
+    assert ids(kept) == list(range(100, 105))
+
+
+def test_state_file_that_cannot_be_written_is_reported_not_raised(stream_ctx: StreamContext):
+    step = windowed(window="1h")
+    first = stream_ctx()
+    run_batch(first, step, [{"event_id": 1}])
+    digest = window_state.keys_hash(["event_id"])
+    (first.state_dir / "stream_state" / "clicks" / f"dedup-{digest}.parquet").mkdir(parents=True)
+    commit(first)
+    unsaved = [e for e in first.events.history if e.name == "dedup_state_unsaved"]
+    assert [e.fields["keys"] for e in unsaved] == [1]
+    assert [p.name for p in (first.state_dir / "stream_state" / "clicks").iterdir()] == [
+        f"dedup-{digest}.parquet"
+    ]
+
+    second = stream_ctx()
+    assert run_batch(second, step, [{"event_id": 1}, {"event_id": 2}]) == [{"event_id": 2}]
+
+
+def test_dedup_on_several_keys_across_batches(stream_ctx: StreamContext):
+    step = DedupStep(DedupStepConfig(keys=["tenant", "event_id"], window="5m"))
+    first = stream_ctx()
+    run_batch(first, step, [{"tenant": "t1", "event_id": 1}, {"tenant": "t2", "event_id": 1}])
+    commit(first)
+    second = stream_ctx()
+    kept = run_batch(
+        second,
+        step,
+        [{"tenant": "t1", "event_id": 1}, {"tenant": "t1", "event_id": 2}],
+    )
+    assert kept == [{"tenant": "t1", "event_id": 2}]
+
+
+def test_unknown_time_column_names_the_column(stream_ctx: StreamContext):
+    step = windowed(window="5m", time_column="event_time")
+    with pytest.raises(StepError, match="time_column 'event_time'"):
+        run_batch(stream_ctx(), step, [{"event_id": 1}])
+
+
+@pytest.mark.parametrize("window", ["5 minutes", "0s", "m5", ""])
+def test_window_must_be_a_positive_duration(window: str):
+    with pytest.raises(pydantic.ValidationError, match="is not a positive duration"):
+        DedupStepConfig(keys=["event_id"], window=window)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25)]
+)
+def test_window_durations(text: str, seconds: float):
+    assert window_state.parse_window(text).total_seconds() == seconds
