@@ -21,19 +21,31 @@ from sluiceway.streaming.runner import StreamOptions, StreamResult, run_stream
 
 
 class StreamStatus:
-    """One live line: events/s, lag, last commit, rejected; retries as they happen."""
+    """One live line: events/s over the last batches, lag, age of the last commit, totals;
+    retries are printed as they happen."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.live: Live | None = None
         self.fields: dict[str, Any] = {}
+        self.pipeline = ""
         self.last_commit: float | None = None
+        self.recent: list[tuple[float, int]] = []
 
     def __call__(self, event: Event) -> None:
         if event.name == "stream_status":
             self.fields = dict(event.fields)
+            self.pipeline = event.pipeline
             self.last_commit = time.monotonic()
-            self._show(event.pipeline)
+            self.recent = [*self.recent[-9:], (self.last_commit, int(self.fields.get("events", 0)))]
+            if self.live is None:
+                self.live = Live(
+                    get_renderable=self._line,
+                    console=self.console,
+                    transient=True,
+                    refresh_per_second=2,
+                )
+                self.live.start()
         elif event.name == "retrying":
             f = event.fields
             self.console.print(
@@ -43,19 +55,23 @@ class StreamStatus:
                 soft_wrap=True,
             )
 
-    def _show(self, pipeline: str) -> None:
+    def _rate(self) -> int:
+        if len(self.recent) < 2:
+            return int(self.fields.get("events_per_s", 0))
+        span = self.recent[-1][0] - self.recent[0][0]
+        events = sum(count for _, count in self.recent[1:])
+        return int(events / span) if span > 0 else 0
+
+    def _line(self) -> Text:
         f = self.fields
         lag = "?" if f.get("lag") is None else f"{f['lag']:,}"
-        line = Text.assemble(
-            (pipeline, "bold"),
-            f"  {f.get('events_per_s', 0):,} events/s  lag {lag}  ",
-            f"last commit v{f.get('version')} just now  ",
+        age = 0.0 if self.last_commit is None else time.monotonic() - self.last_commit
+        return Text.assemble(
+            (self.pipeline, "bold"),
+            f"  {self._rate():,} events/s  lag {lag}  ",
+            f"last commit v{f.get('version')} {age:.0f}s ago  ",
             f"written {f.get('written', 0):,}  rejected {f.get('rejected', 0):,}",
         )
-        if self.live is None:
-            self.live = Live(line, console=self.console, transient=True, auto_refresh=False)
-            self.live.start()
-        self.live.update(line, refresh=True)
 
     def stop(self) -> None:
         if self.live is not None:

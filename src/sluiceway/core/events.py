@@ -30,6 +30,7 @@ EventName = Literal[
     "already_committed",
     "stream_status",
     "retrying",
+    "runs_interrupted",
 ]
 
 

@@ -81,6 +81,12 @@ class _Deferred:
     table: str
 
 
+_LOOKUP_REJECTS_WRITTEN: set[tuple[str, str]] = set()
+"""(dead-letter uri, lookup key) written by this process: a stream's micro-batches read the
+same lookup source again and again; its rejects are written once (and replaced, never
+duplicated, by a later process)."""
+
+
 @dataclass
 class RunOptions:
     """How to run: the date, where state lives, what to watch.
@@ -175,6 +181,7 @@ class _Runner:
         self.logical_time = logical_time_of(self.ctx.logical_date)
         self.routed_results: dict[int, CheckResult] = {}
         self.check_env: CheckEnv | None = None
+        self.lookup_dead_rows: dict[str, list[Future[pa.Table]]] = {}
 
     @property
     def pipeline(self) -> Pipeline:
@@ -322,11 +329,17 @@ class _Runner:
         self, reads: dict[str, SourceRead], run_key: str, dead_rows: list[Future[pa.Table]]
     ) -> dict[str, str]:
         valid: dict[str, str] = {}
-        rctx = self._reject_context(run_key)
         for name, read in reads.items():
+            key, rows = run_key, dead_rows
+            if self.options.batch is not None and name != self.pipeline.primary_source:
+                # A lookup source is read again by every micro-batch: its rejects are kept
+                # once per content, not once per batch.
+                key = f"lookup:{name}:{read.fingerprint}"
+                rows = self.lookup_dead_rows.setdefault(key, [])
+            rctx = self._reject_context(key)
             parse_rows = rejects.parse_rejects_rows(read.parse_rejects, name, rctx)
-            dead_rows.append(_done(rejects.to_table(parse_rows, DEAD_LETTER_SCHEMA)))
-            table, rejected = self._apply_contract(name, read, rctx, dead_rows)
+            rows.append(_done(rejects.to_table(parse_rows, DEAD_LETTER_SCHEMA)))
+            table, rejected = self._apply_contract(name, read, rctx, rows)
             counts = {
                 "rows_in": read.rows_in,
                 "rows_rejected": read.parse_rejects.num_rows + rejected,
@@ -541,6 +554,16 @@ class _Runner:
         self.result.dead_letter_uri = uri
         self.result.dead_letter_rows = data.num_rows
         self.result.rejected_by_rule = rejects.rule_counts(data)
+        for key, parts in self.lookup_dead_rows.items():
+            lookup = rejects.combine([part.result() for part in parts], DEAD_LETTER_SCHEMA)
+            if lookup.num_rows and (uri, key) not in _LOOKUP_REJECTS_WRITTEN:
+                _LOOKUP_REJECTS_WRITTEN.add((uri, key))
+                table.write(
+                    lookup,
+                    pipeline=self.pipeline.pipeline,
+                    run_key=key,
+                    metadata={"sluice.run_id": self.ctx.run_id},
+                )
         if data.num_rows:
             self.ctx.events.emit("dead_letter_written", rows=data.num_rows, uri=uri)
         if self.contract_failure is not None:

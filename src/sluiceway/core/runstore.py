@@ -215,6 +215,25 @@ class RunStore:
             rows = con.execute(sql, (*params, limit)).fetchall()
         return [StreamBatchRecord(**dict(row)) for row in reversed(rows)]
 
+    def mark_interrupted(self, pipeline: str, *, mode: str) -> builtins.list[str]:
+        """Mark the `running` runs of `pipeline` in `mode` as `interrupted` (a process that
+        died without finishing them); returns their ids. Call it only when no other process
+        can be running them (one stream runner per pipeline)."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT run_id FROM runs WHERE pipeline = ? AND status = 'running' "
+                "AND json_extract(details, '$.mode') = ?",
+                (pipeline, mode),
+            ).fetchall()
+            ids = [row["run_id"] for row in rows]
+            con.executemany(
+                "UPDATE runs SET status = 'interrupted', error = 'the process stopped without "
+                "finishing the run (killed or crashed); its committed batches are in the table' "
+                "WHERE run_id = ?",
+                [(i,) for i in ids],
+            )
+        return ids
+
     def get(self, run_id: str) -> RunRecord | None:
         """A run by id, or by a unique prefix of it."""
         with self._connect() as con:

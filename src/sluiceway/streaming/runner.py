@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -121,6 +122,15 @@ def stream_problems(pipeline: Pipeline) -> list[SpecProblem]:
                 "a streaming source needs a contract: its columns name the JSON fields to read",
             )
         )
+    if len(pipeline.sinks) != 1:
+        problems.append(
+            SpecProblem(
+                "sinks",
+                f"mode: stream writes one Delta sink (found {len(pipeline.sinks)}): the batch "
+                "positions live in its commits, so a second sink could miss a batch after a "
+                "crash; run a second pipeline that reads the table for other destinations",
+            )
+        )
     sink = pipeline.sinks[0]
     if sink.type != "delta" or getattr(sink, "mode", "append") != "append":
         problems.append(
@@ -135,6 +145,11 @@ def stream_problems(pipeline: Pipeline) -> list[SpecProblem]:
 
 class _Stop(Exception):
     """Raised inside the loop to end the run with a reason."""
+
+
+class _Stopped(Exception):
+    """A stop was requested while waiting to retry: the run ends cleanly, nothing is lost
+    (unacknowledged messages are redelivered and recognised)."""
 
 
 class _StreamRunner:
@@ -164,12 +179,16 @@ class _StreamRunner:
         assert sink_plugin is not None, "the loader validated the sink type"
         self.sink = sink_plugin.impl(pipeline.sinks[0])
         self.stopping: str | None = None
+        self.wake = threading.Event()
         self.committed: dict[str, str] = {}
         self.sequence = 0
         self.started = time.monotonic()
         self.fault = _fault(environ.get(FAULT_ENV))
 
     def run(self) -> StreamResult:
+        interrupted = self.store.mark_interrupted(self.pipeline.pipeline, mode="stream")
+        if interrupted:
+            self.events.emit("runs_interrupted", runs=interrupted)
         self._save("running")
         self.events.emit("run_started", logical_date=str(datetime.now(UTC).date()))
         try:
@@ -178,12 +197,18 @@ class _StreamRunner:
                 self._load_committed()
                 self._loop()
             self.result.status = "succeeded"
+        except _Stopped:
+            self.result.status = "succeeded"
+            self.result.stopped_by = self.stopping
         except _Stop as stop:
             self.result.status = "failed"
             self.result.error = str(stop)
         except SluicewayError as exc:
             self.result.status = "failed"
             self.result.error = str(exc)
+        except Exception as exc:
+            self.result.status = "failed"
+            self.result.error = f"unexpected {type(exc).__name__}: {exc} (please report it)"
         finally:
             self.source.close()
             self.result.duration_s = round(time.monotonic() - self.started, 3)
@@ -197,6 +222,7 @@ class _StreamRunner:
 
     def _request_stop(self, reason: str) -> None:
         self.stopping = reason
+        self.wake.set()
 
     def _load_committed(self) -> None:
         ctx = self._ctx()
@@ -254,18 +280,19 @@ class _StreamRunner:
 
     def _handle(self, batch: list[Fetched]) -> None:
         started = time.monotonic()
-        messages = pa.concat_tables([f.messages for f in batch]).cast(MESSAGE_SCHEMA)
+        messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
         fresh = self._not_committed(messages)
         stale = messages.num_rows - fresh.num_rows
-        counts = self._commit(fresh) if fresh.num_rows else None
+        if fresh.num_rows:
+            counts = self._commit(fresh)
+            self._record_batch(fresh, counts, stale, started)
+            self._save("running")
+        elif stale:
+            self.events.emit("already_committed", messages=stale)
         self._fault_at("after_commit")
         for fetched in batch:
             self._retrying("acknowledge the batch", lambda f=fetched: self.source.ack(f))
         self.result.already_committed += stale
-        if counts is not None:
-            self._record_batch(fresh, counts, stale, started)
-        elif stale:
-            self.events.emit("already_committed", messages=stale)
 
     def _not_committed(self, messages: pa.Table) -> pa.Table:
         """The messages after the committed position of their partition."""
@@ -284,7 +311,7 @@ class _StreamRunner:
         self.sequence += 1
         sequence = self.sequence
         partitions = sorted(set(messages.column("partition").to_pylist()))
-        last = _last_positions(messages)
+        last = self._newest_positions(messages)
         positions = {self.name: {**self.committed, **last}}
         batch = StreamBatch(
             run_key=f"stream:{self.name}:{sequence}",
@@ -343,6 +370,19 @@ class _StreamRunner:
         )
         return result.accounting
 
+    def _newest_positions(self, messages: pa.Table) -> dict[str, str]:
+        """The newest message id of each partition (a batch made of several fetches, e.g.
+        new entries then reclaimed older ones, is not in id order)."""
+        newest: dict[str, str] = {}
+        for partition, msg_id in zip(
+            messages.column("partition").to_pylist(),
+            messages.column("msg_id").to_pylist(),
+            strict=True,
+        ):
+            if partition not in newest or self.source.position_after(msg_id, newest[partition]):
+                newest[partition] = msg_id
+        return newest
+
     def _fault_subscriber(self, event: Any) -> None:
         if event.name == "dead_letter_written":
             self._fault_at("after_dead_letters")
@@ -379,6 +419,7 @@ class _StreamRunner:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         self.events.emit(
             "stream_status",
+            events=counts.rows_in,
             events_per_s=round(acc.rows_in / elapsed),
             written=acc.rows_written,
             rejected=acc.rows_rejected,
@@ -420,7 +461,8 @@ class _StreamRunner:
             delay_s=round(delay, 2),
             reason=reason.splitlines()[0] if reason else "",
         )
-        time.sleep(delay)
+        if self.wake.wait(delay):
+            raise _Stopped()
 
     def _ctx(self) -> RunContext:
         return RunContext(
@@ -467,14 +509,18 @@ def _app_key(source: str, partition: str) -> str:
     return f"stream:{source}:{partition}"
 
 
-def _last_positions(messages: pa.Table) -> dict[str, str]:
-    """The last message id of each partition (messages are in broker order per partition)."""
-    last: dict[str, str] = {}
-    for partition, msg_id in zip(
+def _first_of_each(messages: pa.Table) -> pa.Table:
+    """`messages` (cast to MESSAGE_SCHEMA) without repeats of a (partition, msg_id): a fetch
+    after a reconnect may hand out again what the batch already holds."""
+    messages = messages.cast(MESSAGE_SCHEMA)
+    seen: set[tuple[str, str]] = set()
+    keep = []
+    for key in zip(
         messages.column("partition").to_pylist(), messages.column("msg_id").to_pylist(), strict=True
     ):
-        last[partition] = msg_id
-    return last
+        keep.append(key not in seen)
+        seen.add(key)
+    return messages if all(keep) else messages.filter(pa.array(keep, pa.bool_()))
 
 
 def _e2e_latencies(messages: pa.Table, now: datetime) -> tuple[float | None, float | None]:
