@@ -57,14 +57,17 @@ def parse_messages(
         f"FROM {quote_ident(judged)} WHERE reason IS NOT NULL ORDER BY {ROW_NUMBER}",
         purpose="collect unparseable messages",
     ).cast(PARSE_REJECT_SCHEMA)
+    # One call extracts every field (the payload is parsed once, not once per field).
+    paths = ", ".join(quote_literal(_json_path(name)) for name in contract.columns)
     fields = [
-        f"json_extract_string(text, {quote_literal(_json_path(name))}) AS {quote_ident(name)}"
-        for name in contract.columns
+        f"__sw_fields[{index}] AS {quote_ident(name)}"
+        for index, name in enumerate(contract.columns, start=1)
     ]
     rows = engine.create_table(
         engine.new_name("parsed"),
-        f"SELECT {', '.join([*fields, ROW_FILE, ROW_NUMBER])} "
-        f"FROM {quote_ident(judged)} WHERE reason IS NULL",
+        f"SELECT {', '.join([*fields, ROW_FILE, ROW_NUMBER])} FROM ("
+        f"SELECT json_extract_string(text, [{paths}]) AS __sw_fields, {ROW_FILE}, {ROW_NUMBER} "
+        f"FROM {quote_ident(judged)} WHERE reason IS NULL)",
         purpose="extract the contract's fields",
     )
     engine.drop(judged)
