@@ -257,6 +257,43 @@ def test_ack_returns_after_the_server_has_every_ack(
     assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == 3000
 
 
+def test_a_batch_fetched_before_a_reopen_is_acknowledged_after_it(
+    nats_url: str, stream: str, make_source: Callable[..., NatsSource]
+) -> None:
+    """The runner reopens after a failed fetch or ack and acknowledges the batch in hand
+    afterwards; the old connection is gone by then, the new one carries the acks."""
+    publish(nats_url, f"{stream}.click", events(5))
+    source = make_source(stream, ack_wait_s=1.0)
+    fetched = source.fetch(10, 2.0)
+    assert fetched.count == 5
+
+    source.open()
+    source.ack(fetched)
+
+    info = asyncio.run(_admin(nats_url, lambda js: js.consumer_info(stream, "sluiceway")))
+    assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == 5
+    time.sleep(1.6)  # past ack_wait and the hold open() puts on fetches
+    assert source.fetch(10, 0.5).count == 0
+    source.ack(fetched)  # a second ack of the same batch is still harmless
+
+
+def test_a_stream_whose_subject_another_stream_holds_is_a_source_error_naming_both(
+    nats_url: str, stream: str
+) -> None:
+    name = f"T{uuid.uuid4().hex[:12]}"
+    config = NatsSourceConfig(url=nats_url, stream=name, subject=f"{stream}.>", create_stream=True)
+    source = NatsSource(config)
+    try:
+        with pytest.raises(SourceError) as caught:
+            source.open()
+    finally:
+        source.close()
+    message = str(caught.value)
+    assert "overlap" in message
+    assert f"'{name}'" in message and f"'{stream}.>'" in message
+    assert f"set `stream` to '{stream}'" in message
+
+
 def test_missing_stream_is_a_source_error_naming_it(nats_url: str) -> None:
     name = f"missing{uuid.uuid4().hex[:8]}"
     source = NatsSource(NatsSourceConfig(url=nats_url, stream=name, subject=f"{name}.>"))

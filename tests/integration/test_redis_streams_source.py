@@ -157,12 +157,14 @@ def test_unacked_messages_come_back_first_after_a_restart(
 def test_stale_messages_of_another_consumer_are_claimed(
     redis_client: redis.Redis, stream: str
 ) -> None:
+    """Entries another consumer leaves pending after this one opened (a second runner on
+    the group, which is not supported) are claimed once idle for `claim_idle_ms`."""
     ids = produce(redis_client, stream, 5)
+    taker = make_source(stream, consumer="taker", claim_idle_ms=200)
     dead = make_source(stream, consumer="dead-one")
     assert dead.fetch(100, 0.5).count == 5
     dead.close()
 
-    taker = make_source(stream, consumer="taker", claim_idle_ms=200)
     try:
         assert taker.fetch(100, 0).count == 0
         time.sleep(0.3)
@@ -178,6 +180,58 @@ def test_stale_messages_of_another_consumer_are_claimed(
         assert pending_count(redis_client, stream) == 0
     finally:
         taker.close()
+
+
+def test_entries_pending_for_a_renamed_consumer_come_first_in_id_order(
+    redis_client: redis.Redis, stream: str
+) -> None:
+    """A consumer renamed between runs (`consumer: ${HOSTNAME}`) takes over on open what the
+    old name left pending, and delivers it before any newer entry."""
+    old = produce(redis_client, stream, 5)
+    crashed = make_source(stream, consumer="pod-a")
+    assert crashed.fetch(3, 0.5).count == 3
+    assert crashed.fetch(2, 0.5).count == 2
+    crashed.close()
+    new = produce(redis_client, stream, 4, start=5)
+
+    renamed = make_source(stream, consumer="pod-b")
+    try:
+        owners = {
+            row["consumer"]
+            for row in redis_client.xpending_range(stream, "sluiceway", "-", "+", 10)
+        }
+        assert owners == {b"pod-b"}
+        batches = drain(renamed, 3)
+        got = [i for b in batches for i in b.messages.column("msg_id").to_pylist()]
+        assert got == [*old, *new]
+        deliveries = [d for b in batches for d in b.messages.column("deliveries").to_pylist()]
+        assert deliveries == [2] * 5 + [1] * 4
+        assert pending_count(redis_client, stream) == 0
+    finally:
+        renamed.close()
+
+
+def test_entries_of_the_batch_in_hand_are_not_claimed_again_while_unacknowledged(
+    redis_client: redis.Redis, stream: str
+) -> None:
+    ids = produce(redis_client, stream, 5)
+    source = make_source(stream, consumer="filling", claim_idle_ms=100)
+    try:
+        first = source.fetch(100, 0.2)
+        assert first.messages.column("msg_id").to_pylist() == ids
+        time.sleep(0.3)
+        later = produce(redis_client, stream, 1, start=5)
+        second = source.fetch(100, 0.2)
+        assert second.messages.column("msg_id").to_pylist() == later
+        time.sleep(0.3)
+        assert source.fetch(100, 0.1).count == 0
+        source.ack(first)
+        source.ack(second)
+        time.sleep(0.3)
+        assert source.fetch(100, 0.1).count == 0
+        assert pending_count(redis_client, stream) == 0
+    finally:
+        source.close()
 
 
 def test_several_streams_are_read_with_one_position_each(
@@ -231,6 +285,7 @@ def test_closed_port_raises_transient_error_naming_the_start_script(stream: str)
     assert f"127.0.0.1:{port}" in message
     assert stream in message
     assert "bash scripts/services/redis.sh" in message
+    assert ".." not in message, message
 
 
 def test_a_broker_restart_is_survived_by_reopening(tmp_path: Path, stream: str) -> None:

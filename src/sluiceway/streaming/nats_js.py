@@ -43,6 +43,7 @@ from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
 T = TypeVar("T")
 
 START_HINT = "start it with `bash scripts/services/nats.sh`"
+_ACK = b"+ACK"
 _CALL_MARGIN_S = 10.0
 _MIN_FETCH_TIMEOUT_S = 0.05
 _REDELIVERY_MARGIN_S = 0.5
@@ -105,9 +106,13 @@ class NatsSource:
         self._held_until = 0.0
 
     @property
+    def address(self) -> str:
+        """host:port of the server, without credentials."""
+        return urlsplit(self.config.url).netloc.rpartition("@")[2] or self.config.url
+
+    @property
     def where(self) -> str:
-        address = urlsplit(self.config.url).netloc.rpartition("@")[2] or self.config.url
-        return f"{address}, stream {self.config.stream!r}, consumer {self.config.durable!r}"
+        return f"{self.address}, stream {self.config.stream!r}, consumer {self.config.durable!r}"
 
     def open(self) -> None:
         """Connect, check or create the stream, and create or update the durable consumer.
@@ -138,7 +143,14 @@ class NatsSource:
         return Fetched(messages=self._to_table(msgs), handle=msgs)
 
     def ack(self, fetched: Fetched) -> None:
-        """Acknowledge every message of `fetched`; returns once the server has them all."""
+        """Acknowledge every message of `fetched`; returns once the server has them all.
+
+        The acknowledgements go through the current connection, so a batch fetched before
+        a reopen is acknowledged after it too.
+
+        Raises:
+            TransientError: the server cannot be reached (the runner reopens and retries).
+        """
         if fetched.handle:
             self._call(self._ack_async(fetched.handle), timeout_s=self.config.connect_timeout_s)
 
@@ -193,6 +205,20 @@ class NatsSource:
                 f"{START_HINT}, or check `url`.",
                 context={"source": "nats", "stream": self.config.stream},
             ) from exc
+        except nats.js.errors.APIError as exc:
+            raise self._refused("a JetStream request", exc) from exc
+
+    def _refused(self, what: str, exc: nats.js.errors.APIError, hint: str = "") -> SourceError:
+        """A JetStream API refusal as a SourceError saying what was refused, where, and why."""
+        hint = hint or (
+            "Check the stream and consumer with `nats stream info` / `nats consumer info`."
+        )
+        return SourceError(
+            f"NATS JetStream at {self.address} refused {what} for stream "
+            f"{self.config.stream!r}, subject {self.config.subject!r}: "
+            f"{exc.description or exc} (code {exc.code}, err_code {exc.err_code}). {hint}",
+            context={"source": "nats", "stream": self.config.stream},
+        )
 
     async def _open_async(self, credentials: dict[str, str]) -> None:
         seen: deque[Exception] = deque(maxlen=20)
@@ -246,13 +272,23 @@ class NatsSource:
                     "create it (nats stream add) or set `create_stream: true`.",
                     context={"source": "nats", "stream": self.config.stream},
                 ) from None
-        await js.add_stream(
-            StreamConfig(
-                name=self.config.stream,
-                subjects=[self.config.subject],
-                storage=StorageType.FILE,
-            )
+        stream = StreamConfig(
+            name=self.config.stream, subjects=[self.config.subject], storage=StorageType.FILE
         )
+        try:
+            await js.add_stream(stream)
+        except nats.js.errors.APIError as exc:
+            if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                raise
+            holder = "the stream that holds it"
+            with contextlib.suppress(Exception):
+                holder = repr(await js.find_stream_name_by_subject(self.config.subject))
+            raise self._refused(
+                "to create the stream (create_stream: true)",
+                exc,
+                f"A subject belongs to one stream only: to read it, set `stream` to {holder} "
+                "and `create_stream: false`; otherwise pick another `subject`.",
+            ) from exc
 
     async def _ensure_consumer(self, js: Any) -> ConsumerInfo:
         consumer = ConsumerConfig(
@@ -266,13 +302,14 @@ class NatsSource:
         )
         try:
             return await js.add_consumer(self.config.stream, consumer)
-        except nats.js.errors.BadRequestError as exc:
-            raise SourceError(
-                f"NATS refused consumer {self.config.durable!r} with subject "
-                f"{self.config.subject!r} on {self.where}: {exc.description}. The subject must "
-                "be one the stream holds; an existing consumer may only change editable "
-                "settings (delete it to change others).",
-                context={"source": "nats", "stream": self.config.stream},
+        except nats.js.errors.APIError as exc:
+            if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                raise
+            raise self._refused(
+                f"to create or update consumer {self.config.durable!r}",
+                exc,
+                "The subject must be one the stream holds; an existing consumer may only "
+                "change editable settings (delete it to change others).",
             ) from exc
 
     async def _fetch_async(self, max_messages: int, timeout_s: float) -> list[Msg]:
@@ -289,15 +326,22 @@ class NatsSource:
         info: ConsumerInfo = await self._js.consumer_info(self.config.stream, self.config.durable)
         return info
 
-    @staticmethod
-    async def _ack_async(msgs: list[Msg]) -> None:
-        # nats-py raises on a second ack; a batch acknowledged again is a no-op here.
+    async def _ack_async(self, msgs: list[Msg]) -> None:
+        # An ack is a publish to the message's reply subject, valid from any connection;
+        # sending it through the current one (not `msg.ack()`, bound to the connection the
+        # message came on) keeps a batch fetched before a reopen acknowledgeable after it.
+        # A message already acknowledged is skipped: a batch acknowledged again is a no-op.
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise nats.errors.ConnectionClosedError
         pending = [m for m in msgs if not m._ackd]
         if not pending:
             return
         for msg in pending[:-1]:
-            await msg.ack()
-        await pending[-1].ack_sync()
+            await nc.publish(msg.reply, _ACK)
+        await nc.request(pending[-1].reply, _ACK, timeout=self.config.connect_timeout_s)
+        for msg in pending:
+            msg._ackd = True
 
     async def _close_async(self) -> None:
         nc, self._nc, self._js, self._puller = self._nc, None, None, None

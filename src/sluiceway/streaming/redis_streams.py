@@ -1,10 +1,12 @@
 """The `redis_streams` source: entries of Redis streams, read through a consumer group.
 
-A fetch returns, in this order of preference, one kind of entry: this consumer's own pending
-entries (delivered before and never acknowledged: a crash, a lost reply), then entries other
-consumers left pending longer than `claim_idle_ms` (XAUTOCLAIM), then new entries. Kinds are
-never mixed in one batch, so each batch is in id order within each stream. Entries are
-acknowledged (XACK) only when the runner says they are committed.
+One runner reads a group. On open it takes over every entry pending in the group, whichever
+consumer name it was delivered to (a crash, a renamed consumer), so they come back before any
+new entry and in id order: the runner's committed position stays sound. A fetch then returns,
+in this order of preference, one kind of entry: this consumer's pending entries, entries other
+consumers left pending longer than `claim_idle_ms` since (XAUTOCLAIM, only while nothing
+fetched is unacknowledged), then new entries. Entries are acknowledged (XACK) only when the
+runner says they are committed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ START_SCRIPT = "bash scripts/services/redis.sh"
 _ENTRY_ID = re.compile(r"^(\d+)(?:-(\d+))?$")
 _RAW_REPLY_COMMANDS = ("XREADGROUP", "XAUTOCLAIM", "XPENDING")
 _SCAN_DONE = b"0-0"
+_TAKEOVER_COUNT = 1000
 
 
 class RedisStreamsSourceConfig(StreamSourceConfig):
@@ -130,7 +133,13 @@ class RedisStreamsSource:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Connect and create the group on every stream (MKSTREAM) if missing; re-entrant.
+        """Connect, create the group on every stream (MKSTREAM) if missing, and take over
+        every entry pending in the group; re-entrant.
+
+        The takeover makes the entries other consumer names left unacknowledged (a renamed
+        consumer, `consumer: ${HOSTNAME}`) this consumer's pending ones, delivered first and
+        in id order. Had they been claimed later, after newer entries were committed, the
+        runner would take them for committed. It assumes one runner per group.
 
         Reopening forgets what was delivered in flight: the next fetches start again with
         this consumer's pending entries, so nothing delivered but unacknowledged is skipped.
@@ -146,6 +155,7 @@ class RedisStreamsSource:
             client.ping()
             for key in self._keys:
                 self._create_group(client, key)
+                self._take_over_pending(client, key)
         self._client = client
         self._pending_from = dict.fromkeys(self._keys, b"0")
         self._claim_from = dict.fromkeys(self._keys, _SCAN_DONE)
@@ -193,6 +203,23 @@ class RedisStreamsSource:
             if not str(exc).startswith("BUSYGROUP"):
                 raise
 
+    def _take_over_pending(self, client: redis.Redis, key: str) -> None:
+        """Make every entry pending in the group on `key` this consumer's.
+
+        JUSTID leaves the delivery counts alone; reading them from the pending list counts
+        the delivery.
+        """
+        cfg = self.config
+        cursor = b"0-0"
+        while True:
+            reply = client.execute_command(
+                "XAUTOCLAIM", key, cfg.group, cfg.consumer, 0, cursor,
+                "COUNT", _TAKEOVER_COUNT, "JUSTID",
+            )  # fmt: skip
+            cursor = reply[0]
+            if cursor == _SCAN_DONE:
+                return
+
     # -- fetch -------------------------------------------------------------------------------
 
     def fetch(self, max_messages: int, timeout_s: float) -> Fetched:
@@ -210,7 +237,7 @@ class RedisStreamsSource:
             return _empty()
         with self._broker_errors("fetching"):
             chunks = self._read_pending(max_messages)
-            if not chunks and time.monotonic() >= self._next_claim_at:
+            if not chunks and self._may_claim():
                 chunks = self._claim_stale(max_messages)
             if not chunks:
                 chunks = self._read_new(max_messages, timeout_s)
@@ -218,10 +245,31 @@ class RedisStreamsSource:
         self._unacked += fetched.count
         return fetched
 
+    def _may_claim(self) -> bool:
+        """Whether to look for stale entries of other consumers now.
+
+        Not before this consumer's own pending entries are all read, and not while entries
+        it fetched are unacknowledged: XAUTOCLAIM would take those in-flight entries from
+        this very consumer once they are idle long enough, and deliver them twice.
+        """
+        return (
+            not self._pending_from
+            and self._unacked == 0
+            and time.monotonic() >= self._next_claim_at
+        )
+
     def _read_pending(self, max_messages: int) -> list[_Chunk]:
-        """This consumer's pending entries after the cursor, with their delivery counts."""
-        if not self._pending_from:
-            return []
+        """This consumer's pending entries after the cursor, with their delivery counts.
+
+        Empty only once every pending entry was read: a page holding nothing but deleted
+        entries is skipped, so no newer entry overtakes the pending ones.
+        """
+        chunks: list[_Chunk] = []
+        while self._pending_from and not chunks:
+            chunks = self._read_pending_page(max_messages)
+        return chunks
+
+    def _read_pending_page(self, max_messages: int) -> list[_Chunk]:
         keys = list(self._pending_from)[:max_messages]
         count = max(1, max_messages // len(keys))
         ids = [self._pending_from[k] for k in keys]
@@ -372,13 +420,14 @@ class RedisStreamsSource:
             yield
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
             raise SourceError(
-                f"Redis refused the credentials while {doing} stream {self._where()}: {exc}. "
+                f"Redis refused the credentials while {doing} stream {self._where()}: "
+                f"{_reason(exc)}. "
                 "Check the user in `url` and the variable named by `password_env`.",
                 context=context,
             ) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TransientError(
-                f"Redis unreachable while {doing} stream {self._where()}: {exc}. "
+                f"Redis unreachable while {doing} stream {self._where()}: {_reason(exc)}. "
                 f"Is it running? Start it with `{START_SCRIPT}`, or fix `url`.",
                 context=context,
             ) from exc
@@ -391,7 +440,8 @@ class RedisStreamsSource:
                     context=context,
                 ) from exc
             raise SourceError(
-                f"Redis refused a command while {doing} stream {self._where()}: {exc}. "
+                f"Redis refused a command while {doing} stream {self._where()}: "
+                f"{_reason(exc)}. "
                 "Check that every key is a stream (or absent).",
                 context=context,
             ) from exc
@@ -411,6 +461,11 @@ class _Chunk:
 
 def _raw_reply(response: Any, **_options: Any) -> Any:
     return response
+
+
+def _reason(exc: Exception) -> str:
+    """redis-py's message without its closing period (ours follows it)."""
+    return str(exc).strip().rstrip(".")
 
 
 def _field_value(fields: list[bytes], field: bytes) -> bytes | None:
