@@ -1,5 +1,6 @@
-"""The S3-compatible server the integration tests use (start it with
-`bash scripts/services/moto.sh`; endpoint: SLUICE_TEST_S3_ENDPOINT)."""
+"""Services the integration tests share: the S3-compatible server (start it with
+`bash scripts/services/moto.sh`; endpoint: SLUICE_TEST_S3_ENDPOINT) and PostgreSQL
+(`bash scripts/services/postgres.sh`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
+import psycopg
 import pytest
 
 S3_ENDPOINT = os.environ.get("SLUICE_TEST_S3_ENDPOINT", "http://127.0.0.1:5000")
@@ -52,3 +54,29 @@ def make_bucket(s3_client: Any) -> Callable[[str], str]:
         return name
 
     return create
+
+
+PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test server (the test fails, never skips)."""
+    try:
+        conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL not reachable on 127.0.0.1:5432 ({exc}): start it with "
+            "`bash scripts/services/postgres.sh`"
+        )
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def schema(pg: psycopg.Connection[Any]) -> Iterator[str]:
+    """A schema of this test's own, dropped afterwards."""
+    name = f"sw_test_{uuid.uuid4().hex[:10]}"
+    pg.execute(f"CREATE SCHEMA {name}")
+    yield name
+    pg.execute(f"DROP SCHEMA {name} CASCADE")

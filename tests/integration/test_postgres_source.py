@@ -5,8 +5,6 @@ and lag, credentials, and a full incremental pipeline into Delta."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,26 +25,6 @@ from sluiceway.sources.postgres import PostgresSource, PostgresSourceConfig
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 START = "bash scripts/services/postgres.sh"
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to the test server (the test fails, never skips)."""
-    try:
-        conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL not reachable on 127.0.0.1:5432 ({exc}): start it with `{START}`")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def schema(pg: psycopg.Connection[Any]) -> Iterator[str]:
-    """A schema of this test's own, dropped afterwards."""
-    name = f"sw_src_{uuid.uuid4().hex[:10]}"
-    pg.execute(f"CREATE SCHEMA {name}")
-    yield name
-    pg.execute(f"DROP SCHEMA {name} CASCADE")
 
 
 def source(**config: Any) -> PostgresSource:

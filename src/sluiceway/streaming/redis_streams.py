@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sluiceway.connectors.redis import check_url
 from sluiceway.core import registry
 from sluiceway.errors import ConfigError, SourceError, TransientError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
@@ -86,15 +87,7 @@ class RedisStreamsSourceConfig(StreamSourceConfig):
     @field_validator("url")
     @classmethod
     def _url_has_no_password(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("url must start with redis://, rediss:// or unix://")
-        if parts.password is not None:
-            raise ValueError(
-                "url must not contain a password: put it in an environment variable and "
-                "name that variable in password_env"
-            )
-        return url
+        return check_url(url)
 
     @field_validator("start_id")
     @classmethod

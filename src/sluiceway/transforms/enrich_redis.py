@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sluiceway.connectors.redis import check_url
 from sluiceway.core import registry
 from sluiceway.core.context import RunContext, StepOutput
 from sluiceway.core.events import EventName
@@ -75,15 +76,7 @@ class EnrichRedisStepConfig(StepConfig):
     @field_validator("url")
     @classmethod
     def _url_has_no_password(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("url must start with redis://, rediss:// or unix://")
-        if parts.password is not None:
-            raise ValueError(
-                "url must not contain a password: put it in an environment variable and "
-                "name that variable in password_env"
-            )
-        return url
+        return check_url(url)
 
     @field_validator("key_template")
     @classmethod
