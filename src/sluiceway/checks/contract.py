@@ -34,7 +34,7 @@ _FORMATS: dict[str, str] = {
     ),
     "ipv4": r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
     "ipv6": IPV6_PATTERN,
-    "iso_timestamp": r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?",
+    "iso_timestamp": r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?",
     "iso_date": r"\d{4}-\d{2}-\d{2}",
     "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     "url": r"https?://[^\s/$.?#].[^\s]*",
@@ -198,7 +198,10 @@ def _format_rule(column: str, fmt: str, src: str, shown: str) -> Rule:
         cond = f"NOT regexp_full_match({src}::VARCHAR, {quote_literal(_FORMATS[fmt])})"
         if fmt in ("iso_timestamp", "iso_date"):
             target = "TIMESTAMPTZ" if fmt == "iso_timestamp" else "DATE"
-            cond = f"({cond} OR TRY_CAST({src}::VARCHAR AS {target}) IS NULL)"
+            # NULL is judged by `nullable`, not by the format.
+            cond = (
+                f"({cond} OR ({src} IS NOT NULL AND TRY_CAST({src}::VARCHAR AS {target}) IS NULL))"
+            )
     return Rule("format", column, cond, f"{shown} || ' is not a valid {fmt}'")
 
 

@@ -674,3 +674,30 @@ def test_a_strftime_format_with_a_quote_still_builds_its_reason(engine: DuckDBEn
         errors[0]["__sw_errors"][0]["reason"]
         == "value 'noon' is not a timestamp_ntz in format %H o'clock %Y-%m-%d"
     )
+
+
+def test_a_null_is_not_a_format_violation_and_typed_timestamps_pass_iso(engine) -> None:
+    from sluiceway.checks.contract import apply_contract
+    from sluiceway.core.spec import Contract
+
+    engine.run(
+        "CREATE TABLE fmt AS SELECT * FROM (VALUES "
+        "('2024-01-05T10:00:00Z', TIMESTAMPTZ '2024-01-05 10:00:00+00', '2024-01-05'), "
+        "(NULL, NULL, NULL), ('yesterday', TIMESTAMPTZ '2024-01-06 11:00:00+00', '05/01/2024')"
+        ") t(ts_text, ts_typed, day)"
+    )
+    engine.run("ALTER TABLE fmt ADD COLUMN __sw_file VARCHAR DEFAULT 'f'")
+    engine.run("ALTER TABLE fmt ADD COLUMN __sw_row BIGINT DEFAULT 1")
+    contract = Contract.model_validate(
+        {
+            "columns": {
+                "ts_text": {"type": "string", "format": "iso_timestamp"},
+                "ts_typed": {"type": "timestamp", "format": "iso_timestamp"},
+                "day": {"type": "string", "format": "iso_date"},
+            }
+        }
+    )
+
+    result = apply_contract(engine, "fmt", contract, pii={}, masked_payload=lambda c: "'{}'")
+
+    assert (result.rows_valid, result.rows_rejected) == (2, 1)
