@@ -183,6 +183,7 @@ class _StreamRunner:
         self.committed: dict[str, str] = {}
         self.sequence = 0
         self.started = time.monotonic()
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.fault = _fault(environ.get(FAULT_ENV))
 
     def run(self) -> StreamResult:
@@ -484,7 +485,7 @@ class _StreamRunner:
                 pipeline=self.pipeline.pipeline,
                 logical_date=str(datetime.now(UTC).date()),
                 status=status,
-                started_at=getattr(self, "_started_at", now),
+                started_at=self.started_at,
                 finished_at=None if status == "running" else now,
                 duration_s=self.result.duration_s or None,
                 spec_hash=self.pipeline.spec_hash(),
@@ -502,7 +503,6 @@ class _StreamRunner:
                 error=self.result.error,
             )
         )
-        self._started_at = getattr(self, "_started_at", now)
 
 
 def _app_key(source: str, partition: str) -> str:
