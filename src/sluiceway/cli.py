@@ -383,8 +383,12 @@ from sluiceway.cli_gx import import_gx  # noqa: E402
 from sluiceway.cli_profile import profile, suggest  # noqa: E402
 from sluiceway.cli_report import report  # noqa: E402
 from sluiceway.cli_serve import export, serve  # noqa: E402
+from sluiceway.cli_storage import history, optimize, restore, vacuum  # noqa: E402
 
-for command in (dlq, replay, demo, report, profile, suggest, import_gx, serve, export):
+for command in (
+    *(dlq, replay, demo, report, profile, suggest, import_gx, serve, export),
+    *(optimize, vacuum, history, restore),
+):
     main.add_command(command)
 
 __all__ = ["SluicewayError", "main"]

@@ -257,12 +257,23 @@ def app_id(pipeline: str, idempotency_key: str) -> str:
 
 
 def positions_from_history(history: list[dict[str, Any]], pipeline: str) -> dict[str, Any]:
-    """Merge the positions of `pipeline`'s commits, oldest first; other pipelines are ignored."""
+    """Merge the positions of `pipeline`'s commits, oldest first; other pipelines are ignored.
+
+    A RESTORE to version V undoes the positions of the commits after V (their data is gone,
+    so what they had read must be read again).
+    """
     positions: dict[str, Any] = {}
+    after: dict[int, dict[str, Any]] = {}
     for commit in sorted(history, key=lambda c: int(c.get("version", 0))):
+        version = int(commit.get("version", 0))
+        restored = (commit.get("operationParameters") or {}).get("version")
+        if commit.get("operation") == "RESTORE" and restored is not None:
+            earlier = [v for v in after if v <= int(restored)]
+            positions = after[max(earlier)] if earlier else {}
         raw = commit.get(POSITIONS_KEY)
         if commit.get(PIPELINE_KEY) == pipeline and raw:
             positions = merge_positions(positions, json.loads(raw))
+        after[version] = positions
     return positions
 
 
