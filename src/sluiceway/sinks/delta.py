@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal, Self
@@ -334,7 +334,19 @@ def _overwrite_partition(job: _Job) -> WriteResult:
         ) from exc
 
 
+CHANGE_OP = "__sw_op"
+"""Column of change rows (from a change-capture source): r, i, u or d."""
+CHANGE_ORDER = "__sw_order"
+"""Column ordering change rows: the last change of a key wins."""
+CHANGE_UNCHANGED = "__sw_unchanged"
+"""Column naming the columns a change left as they were (unchanged TOAST values), as
+',a,b,' (',' for none): the table keeps its values for them."""
+CHANGE_COLUMNS = (CHANGE_OP, CHANGE_ORDER, CHANGE_UNCHANGED)
+
+
 def _merge(job: _Job) -> WriteResult:
+    if CHANGE_OP in job.data.column_names:
+        return _apply_changes(job)
     keys = job.config.merge_keys
     _reject_bad_keys(job.data, keys, job.uri)
     table = job.open()
@@ -359,6 +371,62 @@ def _merge(job: _Job) -> WriteResult:
         .execute()
     )
     return job.result(table.version())
+
+
+def _apply_changes(job: _Job) -> WriteResult:
+    """Apply change rows: the last change of each key wins; `d` deletes, others upsert; a
+    column listed in `__sw_unchanged` keeps the table's value."""
+    keys = job.config.merge_keys
+    last = _last_change_per_key(job.data, keys)
+    columns = [c for c in last.column_names if c not in CHANGE_COLUMNS]
+    if CHANGE_UNCHANGED not in last.column_names:
+        last = last.append_column(CHANGE_UNCHANGED, pa.repeat(pa.scalar(","), last.num_rows))
+    table = job.open()
+    if table is not None and job.transactions and job.is_committed(table):
+        return job.result(table.version(), skipped=True)
+    if table is None:
+        rows = last.filter(pc.not_equal(last[CHANGE_OP], "d")).select(columns)
+        return job.result(replace(job, data=rows).write(None))
+    _check_fits(table, last.select(columns), job.uri)
+    predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
+    kept = {
+        c: f"CASE WHEN strpos(coalesce(s.{CHANGE_UNCHANGED}, ','), {_literal(',' + c + ',')}) > 0 "
+        f"THEN t.{quote_ident(c)} ELSE s.{quote_ident(c)} END"
+        for c in columns
+    }
+    (
+        table.merge(
+            last,
+            predicate=predicate,
+            source_alias="s",
+            target_alias="t",
+            merge_schema=False,
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=job.commit,
+        )
+        .when_matched_delete(predicate=f"s.{CHANGE_OP} = 'd'")
+        .when_matched_update(updates=kept, predicate=f"s.{CHANGE_OP} <> 'd'")
+        .when_not_matched_insert(
+            updates={c: f"s.{quote_ident(c)}" for c in columns},
+            predicate=f"s.{CHANGE_OP} <> 'd'",
+        )
+        .execute()
+    )
+    return job.result(table.version())
+
+
+def _last_change_per_key(data: pa.Table, keys: list[str]) -> pa.Table:
+    """One row per key: the one with the highest `__sw_order` (or the last one)."""
+    order = (
+        data[CHANGE_ORDER] if CHANGE_ORDER in data.column_names else pa.array(range(data.num_rows))
+    )
+    indexed = data.append_column("__sw_index", pa.array(range(data.num_rows), pa.int64()))
+    indexed = indexed.append_column("__sw_rank", order.cast(pa.int64()))
+    newest = indexed.group_by(keys).aggregate([("__sw_rank", "max")])
+    joined = indexed.join(newest, keys=keys)
+    winners = joined.filter(pc.equal(joined["__sw_rank"], joined["__sw_rank_max"]))
+    winners = winners.sort_by("__sw_index")
+    return winners.select(data.column_names)
 
 
 _WRITERS: dict[DeltaMode, Callable[[_Job], WriteResult]] = {

@@ -39,6 +39,10 @@ class StreamSourceConfig(SourceConfig):
     """Base of every streaming source config."""
 
     streaming: ClassVar[bool] = True
+    change_capture: ClassVar[bool] = False
+    """True for a source of row changes: payloads carry `__op` (r, i, u, d) and may carry
+    `__unchanged` (columns the change left as they were); the runner applies them to a
+    Delta `merge` sink instead of appending."""
 
     max_deliveries: int = Field(
         5,

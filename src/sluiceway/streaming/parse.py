@@ -19,9 +19,17 @@ from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, So
 from sluiceway.core.spec import Contract
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 
+CHANGE_FIELDS = {"__sw_op": "string", "__sw_order": "bigint", "__sw_unchanged": "string"}
+"""Columns a change-capture batch carries to the sink (see `sinks.delta.CHANGE_COLUMNS`)."""
+
 
 def parse_messages(
-    engine: DuckDBEngine, messages: pa.Table, contract: Contract, *, max_deliveries: int
+    engine: DuckDBEngine,
+    messages: pa.Table,
+    contract: Contract,
+    *,
+    max_deliveries: int,
+    change_capture: bool = False,
 ) -> SourceRead:
     """The rows of `messages` with the contract's columns as text, and the parse rejects.
 
@@ -30,6 +38,8 @@ def parse_messages(
         messages: `MESSAGE_SCHEMA` rows.
         contract: names the JSON fields to extract (top-level keys of each object).
         max_deliveries: a message delivered more often than this is rejected, whatever it holds.
+        change_capture: the payloads are row changes: `__op` becomes `__sw_op`, the batch
+            order `__sw_order`, and `__unchanged` (a JSON list) `__sw_unchanged` as ',a,b,'.
     """
     arrived = engine.register_arrow(engine.new_name("messages"), messages)
     judged = engine.create_table(
@@ -58,15 +68,23 @@ def parse_messages(
         purpose="collect unparseable messages",
     ).cast(PARSE_REJECT_SCHEMA)
     # One call extracts every field (the payload is parsed once, not once per field).
-    paths = ", ".join(quote_literal(_json_path(name)) for name in contract.columns)
+    names = [name for name in contract.columns if name not in CHANGE_FIELDS]
+    paths = ", ".join(quote_literal(_json_path(name)) for name in names)
     fields = [
-        f"__sw_fields[{index}] AS {quote_ident(name)}"
-        for index, name in enumerate(contract.columns, start=1)
+        f"__sw_fields[{index}] AS {quote_ident(name)}" for index, name in enumerate(names, start=1)
     ]
+    if change_capture:
+        op, unchanged = quote_literal(_json_path("__op")), quote_literal(_json_path("__unchanged"))
+        fields += [
+            f"json_extract_string(text, {op}) AS __sw_op",
+            f"{ROW_NUMBER} AS __sw_order",
+            "',' || coalesce(array_to_string(CAST(json_extract_string("
+            f"text, {unchanged}) AS VARCHAR[]), ','), '') || ',' AS __sw_unchanged",
+        ]
     rows = engine.create_table(
         engine.new_name("parsed"),
         f"SELECT {', '.join([*fields, ROW_FILE, ROW_NUMBER])} FROM ("
-        f"SELECT json_extract_string(text, [{paths}]) AS __sw_fields, {ROW_FILE}, {ROW_NUMBER} "
+        f"SELECT json_extract_string(text, [{paths}]) AS __sw_fields, text, {ROW_FILE}, {ROW_NUMBER} "
         f"FROM {quote_ident(judged)} WHERE reason IS NULL)",
         purpose="extract the contract's fields",
     )

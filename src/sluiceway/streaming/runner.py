@@ -42,10 +42,10 @@ from sluiceway.core.context import RunContext, SourceRead
 from sluiceway.core.events import EventBus
 from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
-from sluiceway.core.spec import Pipeline
+from sluiceway.core.spec import ColumnContract, Pipeline
 from sluiceway.errors import ConfigError, SluicewayError, SpecError, SpecProblem, TransientError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSource
-from sluiceway.streaming.parse import parse_messages
+from sluiceway.streaming.parse import CHANGE_FIELDS, parse_messages
 
 FAULT_ENV = "SLUICE_STREAM_FAULT"
 """Fault injection for crash tests: `<point>:<batch>` kills the process with SIGKILL at that
@@ -132,12 +132,14 @@ def stream_problems(pipeline: Pipeline) -> list[SpecProblem]:
             )
         )
     sink = pipeline.sinks[0]
-    if sink.type != "delta" or getattr(sink, "mode", "append") != "append":
+    mode = "merge" if getattr(config, "change_capture", False) else "append"
+    if sink.type != "delta" or getattr(sink, "mode", "append") != mode:
         problems.append(
             SpecProblem(
                 "sinks[0]",
-                "mode: stream commits each batch to a Delta sink with mode: append "
-                f"(found type {sink.type}, mode {getattr(sink, 'mode', '-')})",
+                f"mode: stream commits each batch to a Delta sink with mode: {mode}"
+                + (" (merge_keys: the table's primary key)" if mode == "merge" else "")
+                + f" (found type {sink.type}, mode {getattr(sink, 'mode', '-')})",
             )
         )
     return problems
@@ -160,6 +162,10 @@ class _StreamRunner:
         self.pipeline, self.options, self.stream = pipeline, options, stream
         self.name = pipeline.primary_source
         self.config = pipeline.sources[self.name]
+        self.change_capture = bool(getattr(self.config, "change_capture", False))
+        if self.change_capture:
+            self.pipeline = _with_change_columns(pipeline, self.name)
+            self.config = self.pipeline.sources[self.name]
         environ = os.environ if options.environ is None else options.environ
         self.state_dir = Path(
             options.state_dir or environ.get("SLUICE_HOME") or Path.cwd() / ".sluice"
@@ -326,7 +332,13 @@ class _StreamRunner:
             if name != self.name:
                 return None
             self._fault_at("before_write")
-            return parse_messages(ctx.engine, messages, contract, max_deliveries=limit)
+            return parse_messages(
+                ctx.engine,
+                messages,
+                contract,
+                max_deliveries=limit,
+                change_capture=self.change_capture,
+            )
 
         options = replace(
             self.options,
@@ -503,6 +515,23 @@ class _StreamRunner:
                 error=self.result.error,
             )
         )
+
+
+def _with_change_columns(pipeline: Pipeline, source: str) -> Pipeline:
+    """`pipeline` with the change columns (op, order, unchanged) in `source`'s contract, so
+    they pass the contract and reach the merge sink."""
+    config = pipeline.sources[source]
+    assert config.contract is not None, "stream_problems requires a contract"
+    columns = {
+        **config.contract.columns,
+        **{
+            name: ColumnContract(type=kind)  # type: ignore[arg-type]
+            for name, kind in CHANGE_FIELDS.items()
+        },
+    }
+    contract = config.contract.model_copy(update={"columns": columns})
+    sources = {**pipeline.sources, source: config.model_copy(update={"contract": contract})}
+    return pipeline.model_copy(update={"sources": sources})
 
 
 def _app_key(source: str, partition: str) -> str:
