@@ -185,6 +185,7 @@ class _StreamRunner:
         assert sink_plugin is not None, "the loader validated the sink type"
         self.sink = sink_plugin.impl(pipeline.sinks[0])
         self.stopping: str | None = None
+        self.batch_started = time.monotonic()
         self.wake = threading.Event()
         self.committed: dict[str, str] = {}
         self.sequence = 0
@@ -272,6 +273,7 @@ class _StreamRunner:
             if deadline is not None and wait == 0:
                 break
             want = settings.max_batch_rows - count
+            asked = time.monotonic()
             got = self._retrying(
                 "fetch from the broker", lambda n=want, w=wait: self.source.fetch(n, w)
             )
@@ -280,13 +282,14 @@ class _StreamRunner:
                     break
                 return []
             if deadline is None:
+                self.batch_started = asked  # the batch's latency includes reading it
                 deadline = time.monotonic() + settings.max_batch_seconds
             fetched.append(got)
             count += got.count
         return fetched
 
     def _handle(self, batch: list[Fetched]) -> None:
-        started = time.monotonic()
+        started = self.batch_started
         messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
         fresh = self._not_committed(messages)
         stale = messages.num_rows - fresh.num_rows
