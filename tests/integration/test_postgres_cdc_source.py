@@ -429,9 +429,30 @@ def test_the_stream_runner_applies_the_snapshot_and_the_changes_to_delta(
     pg.execute(f"DELETE FROM {table} WHERE id = 2")
     pg.execute(f"INSERT INTO {table} VALUES (3, 'c', 3, 'z')")
     pg.execute(f"UPDATE {table} SET name = 'c2' WHERE id = 3")
+    pg.execute(f"UPDATE {table} SET id = 30 WHERE id = 3")  # the key moves
     run()
     assert delta_rows(tmp_path) == source_rows(pg, table)
-    assert [r[0] for r in delta_rows(tmp_path)] == [1, 3]
+    assert [r[0] for r in delta_rows(tmp_path)] == [1, 30]
+
+
+def test_a_truncate_becomes_a_dead_letter_saying_what_to_do(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x')")
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+    run_stream(pipeline_from_dict(cdc_spec(table)), options, StreamOptions(idle_exit_s=1.5))
+    pg.execute(f"TRUNCATE {table}")
+
+    result = run_stream(
+        pipeline_from_dict(cdc_spec(table)), options, StreamOptions(idle_exit_s=1.5)
+    )
+
+    assert result.ok, result.error
+    letters = DeltaTable(str(tmp_path / "lake" / "dead_letter")).to_pyarrow_table().to_pylist()
+    reasons = [e["reason"] for row in letters for e in row["errors"]]
+    assert any("TRUNCATE of the source table" in r for r in reasons), reasons
+    assert result.accounting.rows_rejected == 1
 
 
 def test_killed_at_every_point_the_cdc_table_equals_the_source(

@@ -341,7 +341,9 @@ CHANGE_ORDER = "__sw_order"
 CHANGE_UNCHANGED = "__sw_unchanged"
 """Column naming the columns a change left as they were (unchanged TOAST values), as
 ',a,b,' (',' for none): the table keeps its values for them."""
-CHANGE_COLUMNS = (CHANGE_OP, CHANGE_ORDER, CHANGE_UNCHANGED)
+CHANGE_OLD_KEY = "__sw_old_key"
+"""Column holding, for an update that changed the key, the old key as a JSON object."""
+CHANGE_COLUMNS = (CHANGE_OP, CHANGE_ORDER, CHANGE_UNCHANGED, CHANGE_OLD_KEY)
 
 
 def _merge(job: _Job) -> WriteResult:
@@ -377,7 +379,7 @@ def _apply_changes(job: _Job) -> WriteResult:
     """Apply change rows: the last change of each key wins; `d` deletes, others upsert; a
     column listed in `__sw_unchanged` keeps the table's value."""
     keys = job.config.merge_keys
-    last = _last_change_per_key(job.data, keys)
+    last = _last_change_per_key(_with_old_key_deletes(job.data, keys), keys)
     columns = [c for c in last.column_names if c not in CHANGE_COLUMNS]
     if CHANGE_UNCHANGED not in last.column_names:
         last = last.append_column(CHANGE_UNCHANGED, pa.repeat(pa.scalar(","), last.num_rows))
@@ -413,6 +415,32 @@ def _apply_changes(job: _Job) -> WriteResult:
         .execute()
     )
     return job.result(table.version())
+
+
+def _with_old_key_deletes(data: pa.Table, keys: list[str]) -> pa.Table:
+    """`data` plus a delete for the old key of every update that changed the key."""
+    if CHANGE_OLD_KEY not in data.column_names:
+        return data
+    moved = data.filter(pc.is_valid(data[CHANGE_OLD_KEY]))
+    if moved.num_rows == 0:
+        return data
+    old_keys = [json.loads(text) for text in moved[CHANGE_OLD_KEY].to_pylist()]
+    columns = {}
+    for name in data.column_names:
+        field = data.schema.field(name)
+        if name in keys:
+            values = pa.array(
+                [str(k.get(name)) if k.get(name) is not None else None for k in old_keys]
+            )
+            columns[name] = values.cast(field.type)
+        elif name == CHANGE_OP:
+            columns[name] = pa.array(["d"] * moved.num_rows, field.type)
+        elif name in (CHANGE_ORDER,):
+            columns[name] = moved[name]
+        else:
+            columns[name] = pa.nulls(moved.num_rows, field.type)
+    deletes = pa.table(columns, schema=data.schema)
+    return pa.concat_tables([deletes, data])
 
 
 def _last_change_per_key(data: pa.Table, keys: list[str]) -> pa.Table:

@@ -19,7 +19,12 @@ from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, So
 from sluiceway.core.spec import Contract
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 
-CHANGE_FIELDS = {"__sw_op": "string", "__sw_order": "bigint", "__sw_unchanged": "string"}
+CHANGE_FIELDS = {
+    "__sw_op": "string",
+    "__sw_order": "bigint",
+    "__sw_unchanged": "string",
+    "__sw_old_key": "string",
+}
 """Columns a change-capture batch carries to the sink (see `sinks.delta.CHANGE_COLUMNS`)."""
 
 
@@ -56,6 +61,7 @@ def parse_messages(
                  WHEN NOT json_valid(text) THEN 'the payload is not valid JSON'
                  WHEN json_type(text) <> 'OBJECT'
                    THEN 'the payload is a JSON ' || lower(json_type(text)) || ', not an object'
+                 {_TRUNCATE if change_capture else ""}
                END AS reason
         FROM (SELECT *, TRY(decode(payload)) AS text FROM {quote_ident(arrived)})
         """,
@@ -80,6 +86,7 @@ def parse_messages(
             f"{ROW_NUMBER} AS __sw_order",
             "',' || coalesce(array_to_string(CAST(json_extract_string("
             f"text, {unchanged}) AS VARCHAR[]), ','), '') || ',' AS __sw_unchanged",
+            f"json_extract(text, {quote_literal(_json_path('__old_key'))})::VARCHAR AS __sw_old_key",
         ]
     rows = engine.create_table(
         engine.new_name("parsed"),
@@ -97,6 +104,14 @@ def parse_messages(
         parse_rejects=rejects,
         fingerprint=fingerprint,
     )
+
+
+_TRUNCATE = (
+    "WHEN json_extract_string(text, '$.\"__op\"') = 't' THEN 'a TRUNCATE of the source table: "
+    "the Delta table was not emptied; to follow it, restore or recreate the table and take a "
+    "new snapshot (reset the slot)'"
+)
+"""A change source's TRUNCATE becomes a dead letter with what to do, never a silent skip."""
 
 
 def _json_path(field: str) -> str:
