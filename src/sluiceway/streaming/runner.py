@@ -111,7 +111,7 @@ def stream_problems(pipeline: Pipeline) -> list[SpecProblem]:
         problems.append(
             SpecProblem(
                 f"sources.{name}.type",
-                f"mode: stream needs a streaming primary source (redis_streams, nats, kafka, postgres_cdc); "
+                f"mode: stream needs a streaming primary source (redis_streams, nats, kafka, postgres_cdc, mysql_cdc); "
                 f"'{config.type}' is a batch source",
             )
         )
