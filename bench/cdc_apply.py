@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import random
 import shutil
-import sqlite3
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import duckdb
 import numpy as np
-import psutil
 import psycopg
 import pyarrow as pa
 import yaml
@@ -61,17 +57,6 @@ STATUSES = "ARRAY['open','active','frozen','closed']"
 
 
 @dataclass
-class SluiceRun:
-    summary: dict[str, Any]
-    events: list[dict[str, Any]]
-    batches: list[dict[str, Any]]
-    seconds: float
-    peak_rss: int
-    cpu_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class Changes:
     inserted: int = 0
     updated: int = 0
@@ -84,15 +69,35 @@ class Changes:
         return self.inserted + self.updated + self.deleted
 
 
-def stage_times(events: list[dict[str, Any]]) -> dict[str, float]:
-    """`stream_redis.stage_times`: seconds between consecutive run events, by stage."""
+def _stream_bench() -> ModuleType:
+    """bench/stream_redis.py, whose sluice runner, stage timing and time parsing this
+    benchmark shares."""
     spec = importlib.util.spec_from_file_location("bench_stream_redis", HERE / "stream_redis.py")
     assert spec is not None and spec.loader is not None
-    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
     if spec.name not in sys.modules:
+        module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-    return module.stage_times(events)
+    return sys.modules[spec.name]
+
+
+def run_sluice(workdir: Path, env: dict[str, str], name: str, *, on_ready: Any = None) -> Any:
+    """`sluice run` until idle (3 s); its events go to `workdir/events-<name>.jsonl`."""
+    return _stream_bench().run_sluice(
+        workdir,
+        {**env, "BENCH_IDLE_EXIT": "3"},
+        on_ready=on_ready,
+        events_log=f"events-{name}.jsonl",
+    )
+
+
+def stage_times(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds between consecutive run events, by stage (`stream_redis.stage_times`)."""
+    return _stream_bench().stage_times(events)  # type: ignore[no-any-return]
+
+
+def _epoch(iso: str) -> float:
+    return _stream_bench()._epoch(iso)  # type: ignore[no-any-return]
 
 
 def create_table(pg: psycopg.Connection[Any], schema: str, rows: int) -> float:
@@ -211,65 +216,6 @@ def write_spec(workdir: Path, schema: str, args: argparse.Namespace) -> Path:
     return path
 
 
-def run_sluice(workdir: Path, env: dict[str, str], name: str, *, on_ready: Any = None) -> SluiceRun:
-    """`sluice run` until idle; calls `on_ready` once the stream has resumed. Its events go
-    to `workdir/events-<name>.jsonl`."""
-    command = [SLUICE, "run", "pipeline.yaml", "--idle-exit", "3", "--log-format", "json"]
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    peak = [0, 0.0]
-    sampler = threading.Thread(target=_sample, args=(proc.pid, peak), daemon=True)
-    sampler.start()
-    events: list[dict[str, Any]] = []
-    assert proc.stderr is not None and proc.stdout is not None
-    for line in proc.stderr:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            sys.stderr.write(line.decode(errors="replace"))
-            continue
-        events.append(event)
-        if event.get("event") == "stream_resumed" and on_ready is not None:
-            on_ready()
-    out = proc.stdout.read().decode()
-    proc.wait()
-    seconds = time.perf_counter() - started
-    sampler.join(timeout=2)
-    if proc.returncode != 0:
-        raise SystemExit(f"sluice failed ({proc.returncode}): {out[-2000:]}")
-    summary = json.loads(out.strip().splitlines()[-1])
-    with sqlite3.connect(workdir / ".sluice" / "runs.db") as con:
-        con.row_factory = sqlite3.Row
-        batches = [
-            dict(r)
-            for r in con.execute(
-                "SELECT * FROM stream_batches WHERE run_id = ? ORDER BY batch", (summary["run_id"],)
-            )
-        ]
-    with open(workdir / f"events-{name}.jsonl", "w") as log:
-        log.writelines(json.dumps(event) + "\n" for event in events)
-    return SluiceRun(summary, events, batches, seconds, int(peak[0]), peak[1])
-
-
-def _sample(pid: int, peak: list[float]) -> None:
-    """Peak RSS and the last CPU time (user + system) seen of the process."""
-    try:
-        process = psutil.Process(pid)
-        while process.is_running():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            cpu = process.cpu_times()
-            peak[1] = cpu.user + cpu.system
-            time.sleep(0.05)
-    except psutil.Error:
-        return
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
-
-
 def commit_span(batches: list[dict[str, Any]]) -> tuple[int, float]:
     """Events of batches 2..n and the seconds between the first and the last commit."""
     if len(batches) < 2:
@@ -331,7 +277,7 @@ def compare(pg: psycopg.Connection[Any], schema: str, lake: Path) -> tuple[int, 
     return source.num_rows, landed.num_rows, only_src, only_dst
 
 
-def report_run(title: str, run: SluiceRun, count: int) -> None:
+def report_run(title: str, run: Any, count: int) -> None:
     batches = run.batches
     events, span = commit_span(batches)
     acc = run.summary.get("accounting", {})

@@ -184,9 +184,15 @@ def raw_rate(url: str, stream: str, count: int, total: int) -> tuple[float, np.n
 
 
 def run_sluice(
-    workdir: Path, env: dict[str, str], *, profile: bool, on_ready: Any = None
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    profile: bool = False,
+    on_ready: Any = None,
+    events_log: str = "events.jsonl",
 ) -> SluiceRun:
-    """`sluice run` until idle, sampling its RSS; calls `on_ready` once it has resumed."""
+    """`sluice run` until idle (`BENCH_IDLE_EXIT` seconds), sampling its RSS; calls
+    `on_ready` once it has resumed; its events go to `workdir/events_log`."""
     command = [
         "run",
         "pipeline.yaml",
@@ -232,7 +238,7 @@ def run_sluice(
                 "SELECT * FROM stream_batches WHERE run_id = ? ORDER BY batch", (summary["run_id"],)
             )
         ]
-    with open(workdir / "events.jsonl", "w") as log:
+    with open(workdir / events_log, "w") as log:
         log.writelines(json.dumps(event) + "\n" for event in events)
     return SluiceRun(summary, events, batches, int(peak[0]), peak[1], seconds)
 
