@@ -19,6 +19,7 @@ from sluiceway.checks.base import CheckResult
 from sluiceway.core.loader import load_spec
 from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
 from sluiceway.core.runstore import RunStore
+from sluiceway.core.spec import Pipeline
 from sluiceway.errors import ConfigError, SluicewayError, SpecError
 from sluiceway.observability.logs import json_logger
 from sluiceway.observability.progress import ConsoleProgress
@@ -93,12 +94,13 @@ def _print_problems(spec: str, exc: SpecError) -> None:
 
 
 def _run_spec(
-    spec: str, run_date: date | None, log_format: str, state_dir: str | None, **extra: Any
+    pipeline: Pipeline,
+    spec: str,
+    run_date: date | None,
+    log_format: str,
+    state_dir: str | None,
+    **extra: Any,
 ) -> RunResult:
-    try:
-        pipeline = load_spec(spec)
-    except SpecError as exc:
-        _fail(str(exc))
     subscribers = [json_logger()] if log_format == "json" else [ConsoleProgress(err_console)]
     options = RunOptions(
         logical_date=run_date,
@@ -162,7 +164,7 @@ def run(
             max_batches=max_batches,
             idle_exit=idle_exit,
         )
-    result = _run_spec(spec, run_date.date() if run_date else None, log_format, state_dir)
+    result = _run_spec(pipeline, spec, run_date.date() if run_date else None, log_format, state_dir)
     if log_format == "json":
         print(json.dumps(summary_data(result), default=str))
     else:

@@ -169,6 +169,12 @@ class TableCheck:
         """The aggregates over `table`; those that need its name (its columns) override this."""
         return self.aggregates()
 
+    def row_condition(self) -> str | None:
+        """An SQL condition true for a row this check finds unexpected, when it judges rows
+        one by one (what `on_fail: dead_letter` routes); None for a check about the table as
+        a whole (an aggregate, a uniqueness or an order check)."""
+        return None
+
     def window_columns(self) -> dict[str, str]:
         """Column name → SQL window expression the aggregates read as a column.
 
@@ -260,6 +266,14 @@ class ColumnValuesCheck(TableCheck):
     def unexpected_sql(self, column: str) -> str:
         """An SQL condition true for an unexpected value (NULL for a NULL value)."""
         raise NotImplementedError
+
+    def row_condition(self) -> str | None:
+        if self.window_columns():
+            return None
+        try:
+            return f"coalesce({self.unexpected_sql(quote_ident(self._column))}, FALSE)"
+        except NotImplementedError:
+            return None
 
     def aggregates(self) -> dict[str, str]:
         column = quote_ident(self._column)

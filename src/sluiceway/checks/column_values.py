@@ -84,6 +84,9 @@ class IsNullCheck(ColumnValuesCheck):
     subject = "values"
     verdict = "were not NULL"
 
+    def row_condition(self) -> str | None:
+        return f"{quote_ident(self._column)} IS NOT NULL"
+
     def predicate(self) -> str:
         return "to be NULL"
 
@@ -236,6 +239,12 @@ class RowsCheck(ColumnValuesCheck):
     def unexpected_row_sql(self) -> str:
         """An SQL condition true for an unexpected row among the judged ones."""
         raise NotImplementedError
+
+    def row_condition(self) -> str | None:
+        try:
+            return f"coalesce(({self.judged_sql()}) AND ({self.unexpected_row_sql()}), FALSE)"
+        except NotImplementedError:
+            return None
 
     def aggregates(self) -> dict[str, str]:
         judged = self.judged_sql()

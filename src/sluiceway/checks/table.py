@@ -81,6 +81,9 @@ class NotNullCheck(ColumnValuesCheck):
     subject = "values"
     verdict = "were NULL"
 
+    def row_condition(self) -> str | None:
+        return f"{quote_ident(self._column)} IS NULL"
+
     def predicate(self) -> str:
         return "to be non-NULL"
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from sluiceway.checks.column_values import RowsCheck
 from sluiceway.checks.table import (
     CheckEnv,
     CheckResult,
-    ColumnValuesCheck,
-    TableCheck,
     compile_check,
     evaluate_checks,
 )
@@ -36,36 +33,12 @@ def routing_checks(checks: Sequence[CheckConfig]) -> list[int]:
     return [i for i, c in enumerate(checks) if c.on_fail == "dead_letter"]
 
 
-def row_condition(check: TableCheck) -> str | None:
-    """An SQL condition true for a row the check finds unexpected; None for a check that
-    does not judge rows one by one (an aggregate, a uniqueness or an order check)."""
-    if getattr(check, "window_columns", None) and check.window_columns():  # type: ignore[attr-defined]
-        return None
-    column = quote_ident(check.column) if check.column else None
-    kind = type(check).__name__
-    if kind == "NotNullCheck" and column:
-        return f"{column} IS NULL"
-    if kind == "IsNullCheck" and column:
-        return f"{column} IS NOT NULL"
-    if isinstance(check, RowsCheck):
-        try:
-            return f"coalesce(({check.judged_sql()}) AND ({check.unexpected_row_sql()}), FALSE)"
-        except NotImplementedError:
-            return None
-    if isinstance(check, ColumnValuesCheck) and column:
-        try:
-            return f"coalesce({check.unexpected_sql(column)}, FALSE)"
-        except NotImplementedError:
-            return None
-    return None
-
-
 def routing_problems(checks: Sequence[CheckConfig]) -> list[tuple[int, str]]:
     """(index, message) for each `on_fail: dead_letter` on a check that cannot route rows."""
     problems = []
     for index in routing_checks(checks):
         config = checks[index]
-        if row_condition(compile_check(config)) is None:
+        if compile_check(config).row_condition() is None:
             problems.append(
                 (
                     index,
@@ -105,7 +78,7 @@ def route_rows(
     indexes = routing_checks(checks)
     structs = []
     for check in (compile_check(checks[i], env) for i in indexes):
-        condition = row_condition(check)
+        condition = check.row_condition()
         assert condition is not None, "routing_problems rejects these at load time"
         reason = quote_literal(f"failed check {check.name}")
         column = quote_literal(check.column) if check.column else "NULL"
