@@ -11,7 +11,18 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+
+from sluiceway.core.durations import parse_duration
+from sluiceway.core.spec_meta import (
+    Compliance,
+    CostTargets,
+    Inventory,
+    Layer,
+    QualityTargets,
+    RetryPolicy,
+    Sla,
+)
 
 ColumnType = Literal[
     "string",
@@ -101,6 +112,9 @@ class SourceConfig(Model):
 
     type: str = Field(description="The source plug-in, e.g. 'files'.")
     contract: Contract | None = Field(None, description="The data contract of this source.")
+    inventory: Inventory | None = Field(
+        None, description="Volume, freshness, owner and access pattern of the source."
+    )
 
 
 class StepConfig(Model):
@@ -222,6 +236,31 @@ class Pipeline(Model):
     dead_letter: DeadLetterConfig | None = Field(
         None, description="Dead-letter table (default: .sluice/dead_letter/<pipeline>)."
     )
+
+    layer: Layer | None = Field(
+        None, description="Medallion layer of the tables it writes: bronze, silver or gold."
+    )
+    sla: Sla | None = Field(None, description="Latency, freshness and availability targets.")
+    quality: QualityTargets | None = Field(
+        None, description="Quality standard: completeness and pass rate."
+    )
+    compliance: Compliance | None = Field(
+        None, description="Retention, data-subject key and regulations."
+    )
+    cost: CostTargets | None = Field(None, description="Monthly budget and growth.")
+    retries: RetryPolicy | None = Field(
+        None, description="Retry policy of a batch run (transient errors only)."
+    )
+    timeout: str | None = Field(
+        None, description="Longest a batch run may take, e.g. '2h'; a longer run fails."
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value, what="timeout")
+        return value
 
     @property
     def primary_source(self) -> str:

@@ -32,7 +32,9 @@ from pydantic import Field, model_validator
 
 from sluiceway.core import registry
 from sluiceway.core.context import RunContext, WriteRequest, WriteResult
+from sluiceway.core.durations import parse_duration
 from sluiceway.core.spec import SinkConfig
+from sluiceway.core.spec_meta import TierConfig
 from sluiceway.core.storage import (
     delta_storage_options,
     merge_positions,
@@ -87,6 +89,40 @@ class DeltaSinkConfig(SinkConfig):
         gt=0,
         description="Target size in bytes of the data files written (delta-rs default when unset).",
     )
+
+    zorder_by: list[str] = Field(
+        default_factory=list, description="Columns `sluice optimize` clusters files by (Z-order)."
+    )
+    tiers: list[TierConfig] = Field(
+        default_factory=list,
+        description="Colder storage tiers, in order of age; `sluice tier` moves partitions "
+        "older than each tier's `after` there. Readers see one table across tiers.",
+    )
+    tier_by: str | None = Field(
+        default=None,
+        description="Date partition column that ages partitions (default: the first of "
+        "partition_by).",
+    )
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> Self:
+        if not self.tiers:
+            if self.tier_by:
+                raise ValueError("tier_by only applies when tiers are declared")
+            return self
+        if not self.partition_by:
+            raise ValueError("tiers move whole partitions: declare partition_by (a date column)")
+        if self.tier_by and self.tier_by not in self.partition_by:
+            raise ValueError(
+                f"tier_by '{self.tier_by}' is not one of partition_by {self.partition_by}"
+            )
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names) or "hot" in names:
+            raise ValueError(f"tier names must be unique and not 'hot' (got {names})")
+        ages = [parse_duration(tier.after) for tier in self.tiers]
+        if ages != sorted(ages) or len(set(ages)) != len(ages):
+            raise ValueError("tiers must be listed from youngest to oldest `after`")
+        return self
 
     @model_validator(mode="after")
     def _check_mode_options(self) -> Self:

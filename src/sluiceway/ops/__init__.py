@@ -1,0 +1,1 @@
+"""Table and data operations: tiering, cost, retention, erasure, the audit log."""
