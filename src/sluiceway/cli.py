@@ -17,7 +17,7 @@ from rich.table import Table
 
 from sluiceway.checks.base import CheckResult
 from sluiceway.core.loader import load_spec
-from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
+from sluiceway.core.runner import RunOptions, RunResult
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.errors import ConfigError, SluicewayError, SpecError
@@ -109,8 +109,10 @@ def _run_spec(
         subscribers=subscribers,
         **extra,
     )
+    from sluiceway.core.retry import run_with_policy
+
     try:
-        return run_pipeline(pipeline, options)
+        return run_with_policy(pipeline, options)
     except ConfigError as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
@@ -139,6 +141,17 @@ def _run_spec(
     type=click.FloatRange(min=0),
     help="Stream: stop once no message arrived for this many seconds.",
 )
+@click.option(
+    "--env",
+    default=lambda: os.environ.get("SLUICE_ENV", "dev"),
+    show_default="$SLUICE_ENV or dev",
+    help="Environment; prod refuses a spec that fails `sluice check`.",
+)
+@click.option(
+    "--override-review",
+    metavar="REASON",
+    help="Run in prod although the review fails; the reason goes to the audit log.",
+)
 def run(
     spec: str,
     run_date: Any,
@@ -146,6 +159,8 @@ def run(
     state_dir: str | None,
     max_batches: int | None,
     idle_exit: float | None,
+    env: str,
+    override_review: str | None,
 ) -> None:
     """Run a pipeline once for a logical date; a `mode: stream` pipeline runs until stopped
     (SIGTERM / Ctrl-C finish the batch in hand, commit it and exit 0)."""
@@ -153,6 +168,7 @@ def run(
         pipeline = load_spec(spec)
     except SpecError as exc:
         _fail(str(exc))
+    _enforce_review(pipeline, spec, env, override_review, state_dir)
     if pipeline.mode == "stream":
         from sluiceway.cli_stream import run_stream_command
 
@@ -170,6 +186,29 @@ def run(
     else:
         print_summary(result)
     sys.exit(0 if result.ok else 1)
+
+
+def _enforce_review(
+    pipeline: Pipeline, spec: str, env: str, reason: str | None, state_dir: str | None
+) -> None:
+    if reason is not None and not reason.strip():
+        _fail("--override-review needs a reason, e.g. --override-review 'hotfix INC-123'")
+    if env != "prod":
+        return
+    from sluiceway.gates.review import enforce_review
+
+    try:
+        enforced = enforce_review(
+            pipeline, spec, env=env, override_reason=reason, state_dir=_state_dir(state_dir)
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
+    if enforced is not None and enforced.has_failed:
+        err_console.print(
+            f"[yellow]review failed, overridden ({escape(reason or '')}); recorded in the "
+            "audit log[/]",
+            soft_wrap=True,
+        )
 
 
 def summary_data(result: RunResult) -> dict[str, Any]:
@@ -192,6 +231,8 @@ def summary_data(result: RunResult) -> dict[str, Any]:
         "error": result.error,
         "note": result.note,
         "duration_s": result.duration_s,
+        "attempt": result.attempt,
+        "max_attempts": result.max_attempts,
     }
 
 
@@ -199,9 +240,10 @@ def print_summary(result: RunResult) -> None:
     """Render a run's outcome: accounting, checks, where things are."""
     acc = result.accounting
     colour = "green" if result.ok else "red"
+    attempt = f", attempt {result.attempt}/{result.max_attempts}" if result.max_attempts > 1 else ""
     console.print(
         f"\n[bold {colour}]{result.status.upper()}[/] {result.pipeline} run {result.run_id} "
-        f"for {result.logical_date} in {result.duration_s:.1f}s"
+        f"for {result.logical_date} in {result.duration_s:.1f}s{attempt}"
     )
     rows = Table(title="Rows", show_header=True, header_style="bold")
     for name in ("in", "written", "rejected", "deduplicated", "filtered"):

@@ -60,6 +60,9 @@ class RunResult:
     note: str | None = None
     retryable: bool = False
     """The run failed on a transient error (storage, broker): the same run may succeed later."""
+    attempt: int = 1
+    """Which attempt of the retry policy this run was (1 without a policy)."""
+    max_attempts: int = 1
 
     @property
     def ok(self) -> bool:

@@ -53,6 +53,7 @@ from sluiceway.core.routing import (
 )
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
+from sluiceway.core.watchdog import Watchdog
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import (
     AccountingError,
@@ -103,6 +104,9 @@ class RunOptions:
         batch: set by the stream runner for each micro-batch: the positions to commit, the
             run key and app transactions to commit under; the batch is not a run of its own
             in the run store (the stream records its batches).
+        deadline: time.monotonic() by which the run must have published (the spec's
+            `timeout`, set by `run_with_policy`); past it the running query is interrupted
+            and the run fails before publishing.
     """
 
     logical_date: date | None = None
@@ -114,6 +118,7 @@ class RunOptions:
     threads: int | None = None
     is_replay: bool = False
     batch: StreamBatch | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,8 @@ class _Runner:
         self.routed_results: dict[int, CheckResult] = {}
         self.check_env: CheckEnv | None = None
         self.lookup_dead_rows: dict[str, list[Future[pa.Table]]] = {}
+        self.has_published = False
+        self.watchdog = Watchdog(options.deadline, self.ctx.engine.con.interrupt)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -201,13 +208,17 @@ class _Runner:
             self.result.status = "succeeded"
             self.ctx.events.emit("run_succeeded", **self.accounting.to_dict())
         except SluicewayError as exc:
-            self._failed(str(exc), type(exc).__name__)
-            self.result.retryable = isinstance(exc, TransientError)
+            if not self._timed_out():
+                self._failed(str(exc), type(exc).__name__)
+                self.result.retryable = isinstance(exc, TransientError)
         except Exception as exc:
-            self._failed(
-                f"unexpected {type(exc).__name__}: {exc} (please report it)", type(exc).__name__
-            )
+            if not self._timed_out():
+                self._failed(
+                    f"unexpected {type(exc).__name__}: {exc} (please report it)",
+                    type(exc).__name__,
+                )
         finally:
+            self.watchdog.cancel()
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             if self.options.batch is None:
                 self._write_results()
@@ -217,6 +228,23 @@ class _Runner:
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
         return self.result
+
+    def _timed_out(self) -> bool:
+        """After a failure: when the deadline stopped the run, say so (it is retryable)."""
+        if not (self.watchdog.has_fired or self.watchdog.is_past()) or self.has_published:
+            return False
+        self._failed(
+            f"the run exceeded its timeout ({self.pipeline.timeout}) and was stopped before "
+            "publishing; nothing was written to the sinks. Raise `timeout:` in the spec or "
+            "make the run cheaper.",
+            "RunTimeout",
+        )
+        self.result.retryable = True
+        return True
+
+    def _check_deadline(self) -> None:
+        if self.watchdog.is_past():
+            raise TransientError(f"timeout {self.pipeline.timeout} passed")
 
     def _failed(self, message: str, error_type: str) -> None:
         self.result.status = "failed"
@@ -270,6 +298,8 @@ class _Runner:
         self.accounting.verify()
         self._audit(staged)
         committed = batch.positions if batch else {n: r.position for n, r in reads.items()}
+        self._check_deadline()
+        self.has_published = True
         self._publish(sinks, staged, run_key, committed)
         for callback in self.ctx.after_commit:
             callback()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,6 +38,13 @@ class ConsoleProgress:
             )
         elif event.name in ("run_succeeded", "run_failed"):
             self._stop()
+        elif event.name == "retrying":
+            fields = event.fields
+            self.console.print(
+                f"[yellow]{event.pipeline}: attempt {fields['attempt']}/{fields['max_attempts']}, "
+                f"next in {fields['next_in_s']:.0f} s[/] (after: {escape(fields['error'])})",
+                soft_wrap=True,
+            )
 
     def _start(self, pipeline: str) -> None:
         self.progress = Progress(
