@@ -16,7 +16,6 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from pydantic import Field
 
 from sluiceway.cli_storage import COMMANDS, optimize_table, resolve_target
 from sluiceway.core.loader import load_spec
@@ -138,10 +137,7 @@ def test_optimize_zorders_by_the_given_columns(lake: Lake) -> None:
 
 
 def test_optimize_zorders_by_a_sinks_declared_zorder_by(lake: Lake) -> None:
-    class ZOrderedSink(DeltaSinkConfig):
-        zorder_by: list[str] = Field(default_factory=list, description="Z-order columns.")
-
-    sink = ZOrderedSink(path="lake/orders", zorder_by=["amount"])
+    sink = DeltaSinkConfig(path="lake/orders", zorder_by=["amount"])
     pipeline = load_spec(lake.spec).model_copy(update={"sinks": [sink]})
     target = resolve_target(pipeline, lake.folder)
 
