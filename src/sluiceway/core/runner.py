@@ -39,7 +39,7 @@ from sluiceway.checks.table import (
     evaluate_checks,
     sample_unexpected,
 )
-from sluiceway.core import registry, rejects
+from sluiceway.core import leases, registry, rejects
 from sluiceway.core.accounting import RowAccounting
 from sluiceway.core.context import META_COLUMNS, RunContext, SourceRead, WriteRequest, WriteResult
 from sluiceway.core.events import EventBus, Subscriber
@@ -201,7 +201,7 @@ class _Runner:
             self.ctx.engine.close()
             raise
         if self.options.batch is None:
-            self._record("running")
+            self._take_lease()
         self.ctx.events.emit("run_started", logical_date=str(self.ctx.logical_date))
         try:
             self._run()
@@ -223,11 +223,33 @@ class _Runner:
             if self.options.batch is None:
                 self._write_results()
                 self._record(self.result.status)
+                self._release_lease()
             if self.has_audited and not self.options.is_replay and self.options.batch is None:
                 self.store.save_metrics(self.result.metric_points())
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
         return self.result
+
+    def _take_lease(self) -> None:
+        """Mark runs whose process died as crashed, then hold a lease on this one."""
+        environ = dict(os.environ if self.options.environ is None else self.options.environ)
+        ttl = leases.lease_ttl(environ)
+        crashed = leases.mark_crashed(self.store.path, self.pipeline.pipeline, ttl_s=ttl)
+        if crashed:
+            self.ctx.events.emit("runs_interrupted", runs=[c.run_id for c in crashed])
+        self._record("running")
+        self.lease = leases.Lease(
+            self.store.path, self.ctx.run_id, self.pipeline.pipeline, ttl_s=ttl
+        )
+
+    def _release_lease(self) -> None:
+        self.lease.release()
+        environ = os.environ if self.options.environ is None else self.options.environ
+        leases.prune_daily(
+            self.store.path,
+            keep_days=int(environ.get("SLUICE_RUNS_KEEP_DAYS") or leases.DEFAULT_KEEP_DAYS),
+            keep_runs=int(environ.get("SLUICE_RUNS_KEEP") or leases.DEFAULT_KEEP_RUNS),
+        )
 
     def _timed_out(self) -> bool:
         """After a failure: when the deadline stopped the run, say so (it is retryable)."""

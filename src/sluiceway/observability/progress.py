@@ -38,6 +38,13 @@ class ConsoleProgress:
             )
         elif event.name in ("run_succeeded", "run_failed"):
             self._stop()
+        elif event.name == "runs_interrupted":
+            runs = ", ".join(event.fields.get("runs", []))
+            self.console.print(
+                f"[yellow]{event.pipeline}: earlier run(s) {runs} stopped without finishing "
+                "(process killed or crashed); marked crashed. See `sluice show RUN`.[/]",
+                soft_wrap=True,
+            )
         elif event.name == "retrying":
             fields = event.fields
             self.console.print(

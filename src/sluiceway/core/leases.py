@@ -1,0 +1,180 @@
+"""Leases of running batch runs, and pruning of the run store.
+
+A run that starts takes a lease in the run store and renews it from a heartbeat thread
+every third of its time to live. A process that dies (SIGKILL, a lost machine) stops
+renewing; the next run of the same pipeline finds the run still `running` with an expired
+lease and marks it `crashed`, naming the command that resumes it (rerunning the same date is
+safe: every sink is idempotent). A run without a lease row (written before leases existed)
+is judged by its start time.
+
+Pruning keeps the store small: finished runs older than `keep_days`, and those beyond the
+newest `keep_runs` of their pipeline, are deleted with their metric points and stream
+batches ($SLUICE_RUNS_KEEP_DAYS, $SLUICE_RUNS_KEEP; checked once a day at the end of a run).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sluiceway.errors import ConfigError
+
+DEFAULT_TTL_S = 60.0
+DEFAULT_KEEP_DAYS = 365
+DEFAULT_KEEP_RUNS = 10_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@contextmanager
+def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+    con = sqlite3.connect(path, timeout=30)
+    con.row_factory = sqlite3.Row
+    try:
+        with con:
+            con.executescript(_SCHEMA)
+            yield con
+    finally:
+        con.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def lease_ttl(environ: dict[str, str] | None = None) -> float:
+    """The lease time to live: $SLUICE_LEASE_SECONDS, else 60 s."""
+    value = (environ if environ is not None else os.environ).get("SLUICE_LEASE_SECONDS")
+    try:
+        return float(value) if value else DEFAULT_TTL_S
+    except ValueError:
+        raise ConfigError(
+            f"SLUICE_LEASE_SECONDS={value!r} is not a number of seconds; unset it or write "
+            "e.g. SLUICE_LEASE_SECONDS=60"
+        ) from None
+
+
+class Lease:
+    """A running run's claim on its pipeline, renewed until `release`."""
+
+    def __init__(self, db: Path, run_id: str, pipeline: str, *, ttl_s: float) -> None:
+        self.db, self.run_id, self.pipeline, self.ttl_s = db, run_id, pipeline, ttl_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._renew()
+        self._thread = threading.Thread(target=self._beat, name="sluice-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        expires = (_now() + timedelta(seconds=self.ttl_s)).isoformat()
+        with _connect(self.db) as con:
+            con.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                (self.run_id, self.pipeline, self.holder, expires),
+            )
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self._renew()
+            except sqlite3.Error:
+                continue
+
+    def release(self) -> None:
+        """Stop the heartbeat and drop the lease (the run is finished)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with _connect(self.db) as con:
+            con.execute("DELETE FROM leases WHERE run_id = ?", (self.run_id,))
+
+
+@dataclass(frozen=True)
+class CrashedRun:
+    """A run found `running` with its lease expired."""
+
+    run_id: str
+    logical_date: str
+    holder: str
+
+
+def mark_crashed(db: Path, pipeline: str, *, ttl_s: float) -> list[CrashedRun]:
+    """Mark the `running` batch runs of `pipeline` whose lease expired as `crashed`."""
+    now = _now()
+    cutoff = (now - timedelta(seconds=ttl_s)).isoformat()
+    with _connect(db) as con:
+        rows = con.execute(
+            "SELECT r.run_id, r.logical_date, l.holder, l.expires_at, r.started_at FROM runs r "
+            "LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.pipeline = ? AND "
+            "r.status = 'running' AND coalesce(json_extract(r.details, '$.mode'), 'batch') "
+            "= 'batch'",
+            (pipeline,),
+        ).fetchall()
+        crashed = [
+            CrashedRun(row["run_id"], row["logical_date"], row["holder"] or "unknown")
+            for row in rows
+            if (row["expires_at"] or "") < now.isoformat()
+            and (row["expires_at"] is not None or row["started_at"] < cutoff)
+        ]
+        for run in crashed:
+            con.execute(
+                "UPDATE runs SET status = 'crashed', error = ? WHERE run_id = ?",
+                (_crash_message(run), run.run_id),
+            )
+            con.execute("DELETE FROM leases WHERE run_id = ?", (run.run_id,))
+    return crashed
+
+
+def _crash_message(run: CrashedRun) -> str:
+    return (
+        f"the process running it ({run.holder}) stopped renewing its lease (killed or "
+        "crashed); nothing it had not committed is visible. Resume with "
+        f"`sluice run SPEC --date {run.logical_date}` (reruns are idempotent)."
+    )
+
+
+def prune(
+    db: Path, *, keep_days: int = DEFAULT_KEEP_DAYS, keep_runs: int = DEFAULT_KEEP_RUNS
+) -> int:
+    """Delete finished runs older than `keep_days`, and those beyond the newest `keep_runs`
+    of their pipeline, with their metric points and stream batches; returns the runs
+    deleted."""
+    cutoff = (_now() - timedelta(days=keep_days)).isoformat()
+    with _connect(db) as con:
+        doomed = [
+            row[0]
+            for row in con.execute(
+                "SELECT run_id FROM (SELECT run_id, started_at, status, row_number() OVER "
+                "(PARTITION BY pipeline ORDER BY started_at DESC) AS newest FROM runs) "
+                "WHERE status != 'running' AND (started_at < ? OR newest > ?)",
+                (cutoff, keep_runs),
+            )
+        ]
+        for table in ("metrics", "stream_batches", "runs"):
+            con.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(i,) for i in doomed])
+        con.execute(
+            "INSERT OR REPLACE INTO store_meta VALUES ('pruned_at', ?)", (_now().isoformat(),)
+        )
+    return len(doomed)
+
+
+def prune_daily(db: Path, *, keep_days: int, keep_runs: int) -> int | None:
+    """`prune` at most once a day (cheap to call at the end of every run)."""
+    with _connect(db) as con:
+        row = con.execute("SELECT value FROM store_meta WHERE key = 'pruned_at'").fetchone()
+    if row and row[0] > (_now() - timedelta(days=1)).isoformat():
+        return None
+    return prune(db, keep_days=keep_days, keep_runs=keep_runs)
