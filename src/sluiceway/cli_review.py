@@ -1,9 +1,95 @@
-"""Placeholder; replaced by the module's implementation."""
+"""`sluice check SPEC...`: the pre-flight review of pipeline specs, as a table or JSON.
+
+Exit 0 when no spec fails (warnings alone pass), 1 when a spec fails a check, 2 when a spec
+does not load.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
 
 import click
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sluiceway.errors import SpecError
+from sluiceway.gates.findings import Review
+from sluiceway.gates.review import review_file
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+EXIT_PASSED, EXIT_FAILED, EXIT_UNLOADABLE = 0, 1, 2
 
 
 @click.command("check")
-def check() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="json: one review object for one spec, a list of them for several.",
+)
+def check(specs: tuple[str, ...], fmt: str) -> None:
+    """Review specs before production: 5 readiness checks and 5 production gates.
+
+    Exit 0: no spec fails (warnings allowed); 1: a spec fails a check; 2: a spec does not load.
+    """
+    reviews: list[Review] = []
+    unloadable = False
+    for spec in specs:
+        try:
+            _, result = review_file(spec)
+        except SpecError as exc:
+            unloadable = True
+            print_problems(spec, exc)
+            continue
+        reviews.append(result)
+        if fmt == "table":
+            print_review(spec, result)
+    if fmt == "json" and (reviews or len(specs) > 1):
+        data = [r.to_data() for r in reviews]
+        print(json.dumps(data[0] if len(specs) == 1 else data, indent=2))
+    failed = any(r.has_failed for r in reviews)
+    sys.exit(EXIT_UNLOADABLE if unloadable else EXIT_FAILED if failed else EXIT_PASSED)
+
+
+def print_problems(spec: str, exc: SpecError) -> None:
+    """Every problem of a spec that does not load, as `sluice validate` prints them."""
+    err_console.print(f"[bold red]✗ {escape(spec)}[/]: {len(exc.problems)} problem(s)")
+    for problem in exc.problems:
+        where = escape(problem.path or "<root>")
+        err_console.print(
+            f"  {escape(spec)}:{problem.line or '?'}  [cyan]{where}[/]  {escape(problem.message)}",
+            soft_wrap=True,
+        )
+
+
+def print_review(spec: str, result: Review) -> None:
+    """One table row per finding, then the summary line."""
+    table = Table(
+        title=f"Pre-flight review of {escape(spec)} (pipeline '{escape(result.pipeline)}')",
+        box=box.SIMPLE_HEAVY,
+        show_lines=True,
+    )
+    for column in ("check", "group", "status", "reason", "fix"):
+        table.add_column(column, overflow="fold")
+    for found in result.findings:
+        table.add_row(
+            escape(found.check),
+            found.group,
+            f"[{STATUS_STYLE[found.status]}]{found.status}[/]",
+            escape(found.reason),
+            escape(found.fix),
+        )
+    console.print(table)
+    counts = {s: len(result.of(s)) for s in ("pass", "warn", "fail")}
+    verdict = "[bold red]FAILED[/]" if result.has_failed else "[green]ready[/]"
+    console.print(
+        f"{escape(spec)}: {verdict} — {counts['pass']} passed, {counts['warn']} warning(s), "
+        f"{counts['fail']} failed"
+    )

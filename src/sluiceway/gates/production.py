@@ -1,0 +1,377 @@
+"""The production gates of the pre-flight review: is the pipeline safe to run in production?
+Data quality, idempotency, cost, observability, reliability.
+
+Like the readiness checks, each gate returns its findings, or one pass finding saying what
+it verified.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from sluiceway.core.spec import Pipeline, SinkConfig
+from sluiceway.core.spec_meta import parse_volume
+from sluiceway.gates.findings import Finding, Status
+from sluiceway.gates.readiness import contract_missing, sources_without_contract
+
+ROWS_NEED_PARTITIONS = 1_000_000
+BYTES_NEED_PARTITIONS = 1e9
+BYTES_NEED_TIERS = 1e12
+DAYS_PER_YEAR = 365
+
+
+def finding(check: str, status: Status, reason: str, fix: str = "", where: str = "") -> Finding:
+    """A gate finding."""
+    return Finding("gate", check, status, reason, fix if status != "pass" else "", where)
+
+
+def verdict(check: str, problems: list[Finding], passed: str) -> list[Finding]:
+    """`problems`, or one pass finding saying what was verified when there are none."""
+    return problems or [finding(check, "pass", passed)]
+
+
+def gate_findings(pipeline: Pipeline) -> list[Finding]:
+    """The findings of the five production gates, in `GATES` order."""
+    return [
+        *data_quality(pipeline),
+        *idempotency(pipeline),
+        *cost(pipeline),
+        *observability(pipeline),
+        *reliability(pipeline),
+    ]
+
+
+def data_quality(pipeline: Pipeline) -> list[Finding]:
+    """Contracts everywhere, an error-level table check, and bad rows routed."""
+    check = "data quality"
+    problems: list[Finding] = []
+    if bare := sources_without_contract(pipeline):
+        problems.append(contract_missing(check, bare, finding))
+    blocking = [c for c in pipeline.checks if c.severity == "error"]
+    if not blocking:
+        # A failing error check stops a stream (the batch is retried, unacknowledged), so
+        # streams usually keep warn-level checks and rely on the contract's dead letters.
+        status: Status = "warn" if pipeline.mode == "stream" else "fail"
+        problems.append(
+            finding(
+                check,
+                status,
+                f"checks: none of the {len(pipeline.checks)} table check(s) has severity error; "
+                "nothing blocks a bad batch from being published",
+                "add a blocking check, e.g. checks: [{not_null: {column: id}}] "
+                "(severity error is the default)",
+                "checks",
+            )
+        )
+    for name, source in pipeline.sources.items():
+        if source.contract is not None and source.contract.on_violation != "dead_letter":
+            problems.append(_violation_routing(name, source.contract.on_violation))
+    return verdict(
+        check,
+        problems,
+        f"every source has a contract routing bad rows to dead letters; {len(blocking)} "
+        "error-level table check(s) guard publishing",
+    )
+
+
+def _violation_routing(source: str, on_violation: str) -> Finding:
+    where = f"sources.{source}.contract.on_violation"
+    if on_violation == "warn":
+        return finding(
+            "data quality",
+            "fail",
+            f"{where} is warn: rows breaking the contract would be published",
+            f"set {where}: dead_letter",
+            where,
+        )
+    return finding(
+        "data quality",
+        "warn",
+        f"{where} is fail: one bad row stops the whole pipeline",
+        f"set {where}: dead_letter (bad rows go to the dead-letter table, the rest publish)",
+        where,
+    )
+
+
+def idempotency(pipeline: Pipeline) -> list[Finding]:
+    """Every sink makes a rerun safe."""
+    check = "idempotency"
+    problems: list[Finding] = []
+    safe: list[str] = []
+    for index, sink in enumerate(pipeline.sinks):
+        judge = _SINK_JUDGES.get(sink.type)
+        result = judge(pipeline, sink, f"sinks[{index}]") if judge else None
+        if result is None:
+            safe.append(f"sinks[{index}] ({sink.type}, {getattr(sink, 'mode', '')})")
+        else:
+            problems.append(result)
+    return verdict(check, problems, f"reruns are safe: {', '.join(safe)}")
+
+
+def _delta_sink(pipeline: Pipeline, sink: Any, where: str) -> Finding | None:
+    if sink.mode == "merge":
+        return _merge_keys_nullable(pipeline, sink.merge_keys, f"{where}.merge_keys")
+    if sink.mode == "append":
+        return _append(pipeline, where)
+    return None
+
+
+def _parquet_sink(pipeline: Pipeline, sink: Any, where: str) -> Finding | None:
+    return _append(pipeline, where) if sink.mode == "append" else None
+
+
+def _postgres_sink(pipeline: Pipeline, sink: Any, where: str) -> Finding | None:
+    if not sink.keys:
+        return finding(
+            "idempotency",
+            "fail",
+            f"{where} (postgres {sink.table}, mode {sink.mode}) has no keys: a rerun inserts "
+            "the rows again",
+            f"set {where}.mode: upsert and {where}.keys: [id] (the columns identifying a row)",
+            f"{where}.keys",
+        )
+    if sink.mode == "append":
+        return _append(pipeline, where)
+    return _merge_keys_nullable(pipeline, sink.keys, f"{where}.keys")
+
+
+_SINK_JUDGES: dict[str, Callable[[Pipeline, Any, str], Finding | None]] = {
+    "delta": _delta_sink,
+    "parquet": _parquet_sink,
+    "postgres": _postgres_sink,
+}
+
+
+def _append(pipeline: Pipeline, where: str) -> Finding | None:
+    if pipeline.mode == "stream":
+        return None  # each batch commits once, keyed by an app transaction
+    full = [name for name, source in pipeline.sources.items() if not reads_incrementally(source)]
+    if full:
+        return finding(
+            "idempotency",
+            "fail",
+            f"{where}.mode is append on a batch pipeline whose source(s) {', '.join(full)} "
+            "re-read everything each run: blind append, every run adds the rows again",
+            f"set {where}.mode: overwrite_partition (with partition_by) or merge (with "
+            f"merge_keys), or read sources.{full[0]} incrementally",
+            f"{where}.mode",
+        )
+    return finding(
+        "idempotency",
+        "warn",
+        f"{where}.mode is append; every source reads incrementally, so a rerun only adds "
+        "what is new, but a reset position or a backfill would duplicate rows",
+        f"prefer {where}.mode: merge with merge_keys for reruns that converge",
+        f"{where}.mode",
+    )
+
+
+def reads_incrementally(source: Any) -> bool:
+    """True when the source only reads what no earlier run committed."""
+    incremental = getattr(source, "incremental", None)
+    if getattr(source, "mode", None) == "incremental" or incremental not in (None, False):
+        return True
+    return bool(getattr(source, "streaming", False))
+
+
+def _merge_keys_nullable(pipeline: Pipeline, keys: list[str], where: str) -> Finding | None:
+    strict = {
+        column.casefold()
+        for source in pipeline.sources.values()
+        if source.contract is not None
+        for column, rules in source.contract.columns.items()
+        if not rules.nullable
+    }
+    loose = [key for key in keys if key.casefold() not in strict]
+    if not loose:
+        return None
+    return finding(
+        "idempotency",
+        "warn",
+        f"{where} {loose} not declared nullable: false in a contract: rows with a NULL key "
+        "never match and are inserted again on each rerun",
+        f"declare {loose[0]}: {{nullable: false}} in the source contract",
+        where,
+    )
+
+
+def cost(pipeline: Pipeline) -> list[Finding]:
+    """Large tables are partitioned, very large ones tiered; streams get compacted."""
+    check = "cost"
+    rows, size = bytes_per_day(pipeline)
+    growth = pipeline.cost.growth_per_year if pipeline.cost else None
+    yearly = projected_year_bytes(size, growth)
+    deltas = [(i, s) for i, s in enumerate(pipeline.sinks) if s.type == "delta"]
+    problems: list[Finding] = []
+    if rows > ROWS_NEED_PARTITIONS or size > BYTES_NEED_PARTITIONS:
+        problems += [
+            finding(
+                check,
+                "fail",
+                f"sinks[{i}].partition_by is empty while the sources declare {rows:,.0f} "
+                f"rows/day ({size / 1e9:.2f} GB/day): every read and rewrite scans the table",
+                f"add sinks[{i}].partition_by: [event_date] (a date column)",
+                f"sinks[{i}].partition_by",
+            )
+            for i, sink in deltas
+            if not _attr(sink, "partition_by")
+        ]
+    if yearly > BYTES_NEED_TIERS:
+        problems += [
+            finding(
+                check,
+                "warn",
+                f"sinks[{i}] grows to about {yearly / 1e12:.1f} TB in a year with no tiers",
+                f"add sinks[{i}].tiers: [{{name: cold, path: s3://archive/..., after: 90d}}]",
+                f"sinks[{i}].tiers",
+            )
+            for i, sink in deltas
+            if not _attr(sink, "tiers")
+        ]
+    if pipeline.mode == "stream":
+        problems += [
+            finding(
+                check,
+                "warn",
+                f"sinks[{i}] is a Delta table written in micro-batches: many small files",
+                f"schedule `sluice optimize <spec> --sink {i}` (e.g. hourly); set "
+                f"sinks[{i}].zorder_by for clustering",
+                f"sinks[{i}]",
+            )
+            for i, _ in deltas
+        ]
+    return verdict(
+        check,
+        problems,
+        f"declared {rows:,.0f} rows/day, {size / 1e9:.2f} GB/day, about "
+        f"{yearly / 1e12:.2f} TB in a year; tables are partitioned and tiered as needed",
+    )
+
+
+def _attr(sink: SinkConfig, name: str) -> Any:
+    return getattr(sink, name, None)
+
+
+def projected_year_bytes(bytes_per_day: float, growth_per_year: float | None) -> float:
+    """Bytes landing over the next year when the daily volume grows by `growth_per_year`
+    (a multiplier) continuously: the daily volume integrated over 365 days."""
+    if not growth_per_year or math.isclose(growth_per_year, 1.0):
+        return bytes_per_day * DAYS_PER_YEAR
+    return bytes_per_day * DAYS_PER_YEAR * (growth_per_year - 1) / math.log(growth_per_year)
+
+
+def observability(pipeline: Pipeline) -> list[Finding]:
+    """Someone answers for the pipeline, it says what it is, and staleness is detected."""
+    check = "observability"
+    problems: list[Finding] = []
+    if not pipeline.owner:
+        problems.append(
+            finding(
+                check,
+                "fail",
+                "owner is not declared: nobody is alerted when it breaks",
+                "add owner: team@example.com",
+                "owner",
+            )
+        )
+    if not pipeline.description:
+        problems.append(
+            finding(
+                check,
+                "warn",
+                "description is not declared",
+                "add description: What the pipeline produces and for whom",
+                "description",
+            )
+        )
+    has_freshness_check = any(c.key == "freshness" for c in pipeline.checks)
+    if not (pipeline.sla and pipeline.sla.freshness) and not has_freshness_check:
+        problems.append(
+            finding(
+                check,
+                "warn",
+                "neither sla.freshness nor a freshness check: stale data goes unnoticed",
+                "add sla.freshness: 1d, or checks: [{freshness: {column: updated_at, "
+                "max_age: 1d}}]",
+                "sla.freshness",
+            )
+        )
+    watch = pipeline.sla.freshness if pipeline.sla and pipeline.sla.freshness else None
+    return verdict(
+        check,
+        problems,
+        f"owner {pipeline.owner}; described; staleness watched by "
+        + (f"sla.freshness {watch}" if watch else "a freshness check"),
+    )
+
+
+def reliability(pipeline: Pipeline) -> list[Finding]:
+    """Failed runs are retried and bounded; poison messages and bad rows have somewhere to go."""
+    check = "reliability"
+    problems = _batch_bounds(pipeline) if pipeline.mode == "batch" else []
+    unrouted = [
+        name
+        for name, source in pipeline.sources.items()
+        if source.contract is None or source.contract.on_violation != "dead_letter"
+    ]
+    if unrouted:
+        problems.append(
+            finding(
+                check,
+                "warn",
+                f"source(s) {', '.join(unrouted)} have no dead-letter route for bad rows",
+                f"set sources.{unrouted[0]}.contract.on_violation: dead_letter",
+                f"sources.{unrouted[0]}.contract.on_violation",
+            )
+        )
+    deliveries = {
+        name: getattr(source, "max_deliveries", None)
+        for name, source in pipeline.sources.items()
+        if getattr(source, "streaming", False)
+    }
+    passed = (
+        f"retries {pipeline.retries.max_attempts} attempt(s), timeout {pipeline.timeout}"
+        if pipeline.mode == "batch" and pipeline.retries
+        else "redeliveries bounded: "
+        + ", ".join(f"{n} max_deliveries {d}" for n, d in deliveries.items())
+    )
+    return verdict(check, problems, f"{passed}; every contract routes bad rows to dead letters")
+
+
+def _batch_bounds(pipeline: Pipeline) -> list[Finding]:
+    out: list[Finding] = []
+    if pipeline.retries is None:
+        out.append(
+            finding(
+                "reliability",
+                "fail",
+                "retries is not declared: a transient error (network, throttling) fails the run",
+                "add retries: {max_attempts: 3, backoff: 30s}",
+                "retries",
+            )
+        )
+    if pipeline.timeout is None:
+        out.append(
+            finding(
+                "reliability",
+                "warn",
+                "timeout is not declared: a hung run holds its slot forever",
+                "add timeout: 2h",
+                "timeout",
+            )
+        )
+    return out
+
+
+def bytes_per_day(pipeline: Pipeline) -> tuple[float, float]:
+    """(rows per day, stored bytes per day) summed over the sources with a declared volume."""
+    rows = size = 0.0
+    for source in pipeline.sources.values():
+        if source.inventory is None or source.inventory.volume is None:
+            continue
+        volume = parse_volume(source.inventory.volume)
+        rows += volume.rows_per_day or 0.0
+        size += volume.stored_bytes_per_day(source.inventory.row_bytes)
+    return rows, size
