@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sluiceway.core import registry
+from sluiceway.core.project import Project
 from sluiceway.core.spec import CheckConfig, ChecksFile, Pipeline
 from sluiceway.errors import SpecError, SpecProblem
 
@@ -88,6 +89,24 @@ def load_checks(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     _raise_problems(located, source)
     assert checks_file is not None
     return list(checks_file.checks)
+
+
+def load_project(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Project:
+    """Read and validate a project file (`sluice.yaml`), as `load_spec` does.
+
+    Raises:
+        SpecError: with every problem found, each with YAML path, line and did-you-mean.
+    """
+    source = str(path)
+    data, located = _compose(_read_spec(path), source, environ)
+    try:
+        project = Project.model_validate(data)
+    except ValidationError as exc:
+        _report(exc, (), located)
+        project = None
+    _raise_problems(located, source)
+    assert project is not None
+    return project
 
 
 def parse_spec(

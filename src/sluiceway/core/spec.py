@@ -21,6 +21,7 @@ from sluiceway.core.spec_meta import (
     Layer,
     QualityTargets,
     RetryPolicy,
+    Schedule,
     Sla,
 )
 
@@ -254,6 +255,24 @@ class Pipeline(Model):
     timeout: str | None = Field(
         None, description="Longest a batch run may take, e.g. '2h'; a longer run fails."
     )
+
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="Pipelines that must succeed first (for --all, --downstream, backfills).",
+    )
+    schedule: Schedule | None = Field(
+        None, description="Cron schedule for `sluice scheduler`: '0 2 * * *' or {cron, ...}."
+    )
+    range_capable: bool = Field(
+        False,
+        description="A backfill may run one run over the whole date range instead of one "
+        "run per date (the steps use logical_date() ranges themselves).",
+    )
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_object(cls, value: object) -> object:
+        return {"cron": value} if isinstance(value, str) else value
 
     @field_validator("timeout")
     @classmethod

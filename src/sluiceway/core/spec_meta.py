@@ -253,3 +253,43 @@ class TierConfig(_Model):
     def _after_parses(cls, value: str) -> str:
         parse_duration(value, what="after")
         return value
+
+
+class Schedule(_Model):
+    """When `sluice scheduler` starts runs of the pipeline."""
+
+    cron: str = Field(description="Cron expression, e.g. '0 2 * * *' (minute hour dom mon dow).")
+    timezone: str | None = Field(
+        None, description="IANA time zone of the cron (default: the project's, else UTC)."
+    )
+    catchup: Literal["none", "latest", "all"] = Field(
+        "latest",
+        description="Missed runs after downtime: none skips them, latest runs the newest "
+        "missed one, all runs every missed date in order.",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(
+                f"'{value}' is not a cron expression: write five fields, minute hour "
+                "day-of-month month day-of-week, e.g. '0 2 * * *' (02:00 every day)"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone '{value}': use an IANA name such as 'Europe/Paris'"
+                ) from None
+        return value
