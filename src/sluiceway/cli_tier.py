@@ -1,15 +1,222 @@
-"""Placeholder; replaced by the module's implementation."""
+"""`sluice tier` (move old partitions of a Delta sink to colder tiers) and `sluice cost`
+(storage, compute and projected cost of a pipeline's tables)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
+from rich import box
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from sluiceway.core.loader import load_spec
+from sluiceway.core.spec import Pipeline
+from sluiceway.errors import ConfigError, SluicewayError, SpecError
+from sluiceway.ops.audit import AuditLog
+from sluiceway.ops.cost import CostReport, cost_report
+from sluiceway.ops.pricing import load_prices
+from sluiceway.ops.tiering import (
+    Move,
+    MoveOutcome,
+    TierLayout,
+    declare_tiers,
+    execute_move,
+    plan_moves,
+    recover_manifests,
+    tier_layout,
+    tier_lock,
+)
+from sluiceway.sinks.delta import DeltaSinkConfig
+
+_SUMMARY_COLUMNS = ("partition", "from", "to", "rows", "bytes")
+
+
+def _cli() -> Any:
+    from sluiceway import cli
+
+    return cli
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    _cli().err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    sys.exit(code)
+
+
+def _load(spec: str) -> Pipeline:
+    try:
+        return load_spec(spec)
+    except SpecError as exc:
+        _cli()._print_problems(spec, exc)
+        sys.exit(2)
+
+
+def _tiered_sink(pipeline: Pipeline, index: int | None) -> DeltaSinkConfig:
+    tiered = [i for i, s in enumerate(pipeline.sinks) if isinstance(s, DeltaSinkConfig) and s.tiers]
+    if index is None:
+        if not tiered:
+            raise ConfigError(
+                f"pipeline '{pipeline.pipeline}' has no delta sink with `tiers:`; declare "
+                "tiers on a delta sink (see docs/tiering-and-cost.md)."
+            )
+        index = tiered[0]
+    if index not in tiered:
+        raise ConfigError(
+            f"--sink {index} is not a delta sink with tiers; sinks with tiers: {tiered}."
+        )
+    sink = pipeline.sinks[index]
+    assert isinstance(sink, DeltaSinkConfig)
+    return sink
 
 
 @click.command("tier")
-def tier() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--sink", type=click.IntRange(min=0), help="Index of the sink (default: the first with tiers)."
+)
+@click.option(
+    "--as-of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Age partitions relative to this date (default: today, UTC).",
+)
+@click.option("--dry-run", is_flag=True, help="List the partitions that would move; move none.")
+@click.option("--state-dir", help="The state folder (default: $SLUICE_HOME or ./.sluice).")
+def tier(
+    spec: str, sink: int | None, as_of: datetime | None, dry_run: bool, state_dir: str | None
+) -> None:
+    """Move partitions older than each tier's `after` to that tier (safe to rerun)."""
+    pipeline = _load(spec)
+    state = _cli()._state_dir(state_dir)
+    day = as_of.date() if as_of else datetime.now(UTC).date()
+    try:
+        layout = tier_layout(_tiered_sink(pipeline, sink), Path(spec).resolve().parent)
+        with tier_lock(state, layout.hot.uri):
+            done = _run_tier(layout, day, is_dry_run=dry_run)
+    except SluicewayError as exc:
+        _fail(exc.message, 2 if isinstance(exc, ConfigError) else 1)
+    _summary(layout, done, is_dry_run=dry_run)
+    AuditLog(state).append(
+        "tier",
+        pipeline=pipeline.pipeline,
+        tables=[loc.uri for loc in layout.locations],
+        rows_affected=0 if dry_run else sum(rows for _, rows in done),
+        details={
+            "as_of": day.isoformat(),
+            "dry_run": dry_run,
+            "moves": [_move_row(layout, move, rows) for move, rows in done],
+        },
+    )
+
+
+def _run_tier(layout: TierLayout, as_of: date, *, is_dry_run: bool) -> list[tuple[Move, int]]:
+    if is_dry_run:
+        return [(move, move.rows) for move in plan_moves(layout, as_of)]
+    declare_tiers(layout)
+    recover_manifests(layout)
+    moves = plan_moves(layout, as_of)
+    done: list[tuple[Move, int]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=_cli().err_console, transient=True) as progress:
+        task = progress.add_task("moving partitions", total=len(moves))
+        for move in moves:
+            outcome: MoveOutcome | None = execute_move(layout, move)
+            if outcome is not None:
+                done.append((move, outcome.rows))
+            progress.advance(task)
+    return done
+
+
+def _move_row(layout: TierLayout, move: Move, rows: int) -> dict[str, Any]:
+    return {
+        "partition": str(move.value),
+        "from": layout.locations[move.source].name,
+        "to": layout.locations[move.dest].name,
+        "rows": rows,
+        "bytes": move.bytes,
+    }
+
+
+def _summary(layout: TierLayout, done: list[tuple[Move, int]], *, is_dry_run: bool) -> None:
+    console = _cli().console
+    verb = "would move (dry run)" if is_dry_run else "moved"
+    if not done:
+        console.print(f"{layout.hot.uri}: no partition to move.", soft_wrap=True, markup=False)
+        return
+    out = Table(title=escape(f"{len(done)} partition(s) {verb}"), box=box.SIMPLE)
+    for column in _SUMMARY_COLUMNS:
+        out.add_column(column, justify="right" if column in ("rows", "bytes") else "left")
+    for move, rows in done:
+        out.add_row(*(str(v) for v in _move_row(layout, move, rows).values()))
+    console.print(out, soft_wrap=True)
 
 
 @click.command("cost")
-def cost() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--prices", type=click.Path(exists=True, dir_okay=False), help="Price table (YAML/JSON)."
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--fail-over-budget", is_flag=True, help="Exit 1 when a pipeline is over budget.")
+@click.option("--state-dir", help="The state folder (default: $SLUICE_HOME or ./.sluice).")
+def cost(
+    specs: tuple[str, ...],
+    prices: str | None,
+    fmt: str,
+    fail_over_budget: bool,
+    state_dir: str | None,
+) -> None:
+    """Storage, compute and 12-month projected cost of each pipeline's tables."""
+    state = _cli()._state_dir(state_dir)
+    reports = []
+    for spec in specs:
+        pipeline = _load(spec)
+        try:
+            table = load_prices(pipeline, prices)
+            reports.append(cost_report(pipeline, Path(spec).resolve().parent, state, table))
+        except SluicewayError as exc:
+            _fail(exc.message, 2 if isinstance(exc, ConfigError) else 1)
+    is_over = any(report.is_over_budget for report in reports)
+    if fmt == "json":
+        print(json.dumps({"pipelines": [r.as_dict() for r in reports], "over_budget": is_over}))
+    else:
+        for report in reports:
+            _print_report(report)
+    if is_over and fail_over_budget:
+        sys.exit(1)
+
+
+def _print_report(report: CostReport) -> None:
+    console = _cli().console
+    out = Table(title=escape(f"{report.pipeline} ({report.currency})"), box=box.SIMPLE)
+    for column in ("table", "tier", "bytes", "files", "per month", "bytes/day", "in 12 months"):
+        out.add_column(column, justify="left" if column in ("table", "tier") else "right")
+    for row in report.tables:
+        out.add_row(
+            escape(row.label),
+            row.tier,
+            f"{row.bytes:,}",
+            str(row.files),
+            f"{row.storage_per_month:.4f}",
+            f"{row.bytes_per_day:,.0f}",
+            f"{row.projected_storage_per_month:.4f}",
+        )
+    console.print(out, soft_wrap=True)
+    console.print(
+        f"compute: {report.compute_hours_30d:.2f} h in 30 days = {report.compute_per_month:.4f}"
+        f"/month; total {report.monthly_total:.4f}/month, projected in 12 months "
+        f"{report.projected_monthly:.4f}/month",
+        soft_wrap=True,
+        markup=False,
+    )
+    if report.is_over_budget:
+        console.print(
+            f"[yellow]warning: {escape(report.pipeline)} is projected at "
+            f"{report.projected_monthly:.2f} {report.currency}/month, over its budget of "
+            f"{report.budget_per_month:.2f}[/]",
+            soft_wrap=True,
+        )

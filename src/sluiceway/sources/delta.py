@@ -6,6 +6,11 @@ fingerprint (same version → same run key, so an append sink skips a rerun) and
 position. Reading only the versions after the committed one (incremental, through the
 table's change data feed) is not built yet: every run reads the whole table version.
 
+A table tiered by `sluice tier` (its hot table records the colder tiers in the property
+``sluice.tiers``) reads as ONE table: the hot rows plus the rows whose moves completed (see
+`sluiceway.ops.tier_read`). A pinned version pins the hot tier; the colder tiers are read as
+they were when that version was committed.
+
 Rows stream into DuckDB as Arrow record batches with their Delta types (`typed=True`);
 ``__sw_file`` is ``<uri>@v<version>`` and ``__sw_row`` numbers the rows of the read from 1.
 """
@@ -28,6 +33,7 @@ from sluiceway.core.spec import SourceConfig
 from sluiceway.core.storage import delta_storage_options, error_summary, is_storage_error
 from sluiceway.engines.duckdb import quote_ident, quote_literal
 from sluiceway.errors import SourceError, StepError
+from sluiceway.ops.tier_read import HOT, TierLocation, declared_tiers, read_tiers
 
 BATCH_ROWS = 128 * 1024
 
@@ -104,15 +110,43 @@ class DeltaSource:
         version = table.version()
         self._check_columns(table, name, uri)
         target = ctx.engine.new_name(f"src_{name}")
-        self._load(ctx, table, name, f"{uri}@v{version}", target)
+        tiers = declared_tiers(table, self.config.storage_options)
+        if tiers:
+            reader, version, label = self._tiered(table, tiers, uri, name)
+        else:
+            reader, label = self._scan(table, name, f"{uri}@v{version}"), f"{uri}@v{version}"
+        self._load(ctx, reader, name, label, target)
         return SourceRead(
             table=target,
             rows_in=ctx.engine.count(target),
             parse_rejects=PARSE_REJECT_SCHEMA.empty_table(),
             position={"version": version},
             typed=True,
-            fingerprint=self._fingerprint(uri, version),
+            fingerprint=self._fingerprint(label if tiers else uri, version),
         )
+
+    def _tiered(
+        self, table: DeltaTable, tiers: list[TierLocation], uri: str, name: str
+    ) -> tuple[pa.RecordBatchReader, int, str]:
+        """The rows of every storage tier (see ops.tier_read), as one table."""
+        is_pinned = self.config.version is not None or self.config.timestamp is not None
+        hot = TierLocation(HOT, uri, self.config.storage_options)
+        with self._errors(name, uri, "read the tiers of"):
+            read = read_tiers(
+                hot,
+                tiers,
+                version=table.version() if is_pinned else None,
+                columns=self.config.columns,
+            )
+        version = read.versions[HOT]
+        stamp = "+".join(f"{tier}@v{v}" for tier, v in sorted(read.versions.items()))
+        return _numbered(read.reader), version, f"{uri}@v{version} ({stamp})"
+
+    def _scan(self, table: DeltaTable, name: str, label: str) -> pa.RecordBatchReader:
+        with self._errors(name, label, "read"):
+            dataset = table.to_pyarrow_dataset()
+            scanner = dataset.scanner(columns=self.config.columns, batch_size=BATCH_ROWS)
+            return _numbered(scanner.to_reader())
 
     def _open(self, uri: str, name: str) -> DeltaTable:
         options = delta_storage_options(uri, self.config.storage_options)
@@ -165,12 +199,10 @@ class DeltaSource:
                 context={"source": name},
             )
 
-    def _load(self, ctx: RunContext, table: DeltaTable, name: str, label: str, target: str) -> None:
-        """Stream the rows into DuckDB table `target`, numbered, with their label."""
-        with self._errors(name, label, "read"):
-            dataset = table.to_pyarrow_dataset()
-            scanner = dataset.scanner(columns=self.config.columns, batch_size=BATCH_ROWS)
-            stream = _numbered(scanner.to_reader())
+    def _load(
+        self, ctx: RunContext, stream: pa.RecordBatchReader, name: str, label: str, target: str
+    ) -> None:
+        """Stream the numbered rows into DuckDB table `target`, with their label."""
         view = f"__delta_{target}"
         ctx.engine.con.register(view, stream)
         columns = ", ".join(quote_ident(c) for c in stream.schema.names if c != ROW_NUMBER)
@@ -189,8 +221,8 @@ class DeltaSource:
         finally:
             ctx.engine.con.unregister(view)
 
-    def _fingerprint(self, uri: str, version: int) -> str:
-        blob = f"{uri}|{version}|{self.config.columns}"
+    def _fingerprint(self, label: str, version: int) -> str:
+        blob = f"{label}|{version}|{self.config.columns}"
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _errors(self, name: str, uri: str, action: str) -> _SourceErrors:

@@ -1,0 +1,411 @@
+"""`sluice forget`: erase one data subject from every table of the pipelines given.
+
+For each Delta table (delta sinks, their tiers, the dead-letter table) the rows whose
+subject column holds the subject's value — raw, or masked as that pipeline masks it
+(hash, hmac, email, encrypt are deterministic; redact and truncate_ip cannot identify
+anyone) — are deleted; dead letters whose payload or decrypted raw payload holds it too.
+Every touched table is then vacuumed with retention 0 (time travel to the erased versions
+is gone) and its Delta log is cut at a fresh checkpoint (the log's statistics and delete
+predicates held the value). Finally every file under every table folder is scanned.
+
+The value itself is never printed, logged or audited: only `subject_fingerprint`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+from deltalake import CommitProperties
+
+from sluiceway import masking
+from sluiceway.cli_storage import TableTarget
+from sluiceway.connectors import postgres as pgc
+from sluiceway.core.spec import Pipeline
+from sluiceway.core.storage import arrow_filesystem
+from sluiceway.engines.duckdb import quote_ident, quote_literal
+from sluiceway.errors import ConfigError, SluicewayError
+from sluiceway.ops.audit import AuditLog, subject_fingerprint
+from sluiceway.ops.forget_scan import ScanResult, SubjectForms, pipeline_forms, scan_table
+from sluiceway.ops.retention import GovernedTable, governed_tables, open_table, other_sinks
+from sluiceway.sinks.dead_letter import DeadLetterTable
+
+_METADATA_KEY = "sluice.forget_subject"
+
+
+@dataclass
+class TableErasure:
+    """What forget did to one table."""
+
+    table: GovernedTable
+    rows_deleted: int = 0
+    files_rewritten: int = 0
+    scan: ScanResult | None = None
+    problem: str | None = None
+
+    @property
+    def is_clean(self) -> bool:
+        return self.problem is None and self.scan is not None and self.scan.is_clean
+
+
+@dataclass
+class ForgetReport:
+    """What forget did: per table, the notes on masking, and what it could not handle."""
+
+    fingerprint: str
+    column: str
+    tables: list[TableErasure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unhandled: list[str] = field(default_factory=list)
+
+    @property
+    def rows_deleted(self) -> int:
+        return sum(t.rows_deleted for t in self.tables)
+
+    @property
+    def is_clean(self) -> bool:
+        return not self.unhandled and all(t.is_clean for t in self.tables)
+
+
+def forget_subject(
+    pipelines: Sequence[tuple[Pipeline, Path]],
+    column: str,
+    value: str,
+    *,
+    state_dir: Path | None,
+    environ: Mapping[str, str] | None = None,
+    is_dry_run: bool = False,
+) -> ForgetReport:
+    """Erase the subject `column = value` from every table of `pipelines`, then verify.
+
+    Args:
+        pipelines: each spec with its folder (relative paths resolve against it).
+        column: the subject column.
+        value: the subject's value (never shown anywhere).
+        state_dir: the state folder (audit log, default dead-letter table).
+        environ: where the masking keys are read (default: os.environ).
+        is_dry_run: count the rows only; delete, vacuum and scan nothing.
+
+    Returns:
+        The report; `is_clean` only when every table verified clean.
+
+    Raises:
+        ConfigError: the column is in no table, or a needed key is not set.
+    """
+    keys = masking.MaskKeys.from_env(os.environ if environ is None else environ)
+    report = ForgetReport(subject_fingerprint(column, value), column)
+    plan = _plan(pipelines, column, value, keys, state_dir, report)
+    everything = SubjectForms(
+        column,
+        frozenset(f for forms, _ in plan for f in forms),
+        _number(value),
+        keys.encryption_key,
+    )
+    touched: dict[str, GovernedTable] = {}
+    for forms, tables in plan:
+        subject = SubjectForms(column, frozenset(forms), _number(value), keys.encryption_key)
+        for table in tables:
+            erasure = _erase(table, subject, report.fingerprint, is_dry_run, everything)
+            report.tables.append(erasure)
+            if erasure.rows_deleted and not is_dry_run and table.kind != "postgres":
+                touched[table.target.uri] = table
+    if not is_dry_run:
+        _seal(touched, report, everything)
+        _verify(report, everything)
+        _audit(report, pipelines, state_dir)
+    return report
+
+
+def _plan(
+    pipelines: Sequence[tuple[Pipeline, Path]],
+    column: str,
+    value: str,
+    keys: masking.MaskKeys,
+    state_dir: Path | None,
+    report: ForgetReport,
+) -> list[tuple[list[str], list[GovernedTable]]]:
+    plan: list[tuple[list[str], list[GovernedTable]]] = []
+    has_column = False
+    for pipeline, base_dir in pipelines:
+        forms, note = pipeline_forms(pipeline, column, value, keys)
+        if note:
+            report.notes.append(note)
+        if pipeline.pii and keys.encryption_key is None:
+            raise ConfigError(
+                f"pipeline '{pipeline.pipeline}' has PII, so its dead letters' raw payloads "
+                "are encrypted: set SLUICE_ENCRYPTION_KEY to the key its runs used."
+            )
+        unhandled = other_sinks(pipeline, ("delta", "postgres"))
+        report.unhandled += [f"{pipeline.pipeline} {s}" for s in unhandled]
+        tables = governed_tables(pipeline, base_dir, state_dir) + postgres_tables(pipeline)
+        has_column = has_column or any(_column_of(t, column) for t in tables)
+        plan.append((forms, tables))
+    if not has_column:
+        raise ConfigError(
+            f"column '{column}' is in no table of the pipeline(s) given "
+            f"({', '.join(p.pipeline for p, _ in pipelines)}); pass the subject column as "
+            "--subject COLUMN=VALUE, or run the pipelines first."
+        )
+    return plan
+
+
+def _column_of(table: GovernedTable, column: str) -> str | None:
+    if table.kind == "dead_letter":
+        return None
+    if table.kind == "postgres":
+        return postgres_column(table, column)
+    delta = open_table(table.target)
+    if delta is None:
+        return None
+    names = delta.schema().to_arrow().names
+    return next((n for n in names if n.casefold() == column.casefold()), None)
+
+
+def _erase(
+    table: GovernedTable,
+    forms: SubjectForms,
+    fingerprint: str,
+    is_dry_run: bool,
+    everything: SubjectForms,
+) -> TableErasure:
+    erasure = TableErasure(table)
+    try:
+        _ERASERS[table.kind](erasure, forms, fingerprint, is_dry_run)
+    except SluicewayError as exc:
+        erasure.problem = _scrub(exc.message, everything)
+    return erasure
+
+
+def _erase_rows(
+    erasure: TableErasure, forms: SubjectForms, fingerprint: str, is_dry_run: bool
+) -> None:
+    target = erasure.table.target
+    column = _column_of(erasure.table, forms.column)
+    delta = open_table(target)
+    if column is None or delta is None:
+        return
+    values = pa.array(sorted(forms.values))
+    matching = ds.field(column).cast(pa.string()).isin(values)
+    erasure.rows_deleted = delta.to_pyarrow_dataset().count_rows(filter=matching)
+    if is_dry_run or not erasure.rows_deleted:
+        return
+    listed = ", ".join(quote_literal(v) for v in sorted(forms.values))
+    with target.errors("delete the subject's rows from"):
+        metrics = delta.delete(
+            f"CAST({quote_ident(column)} AS VARCHAR) IN ({listed})",
+            commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: fingerprint}),
+        )
+    erasure.rows_deleted = int(metrics.get("num_deleted_rows", erasure.rows_deleted))
+    erasure.files_rewritten = int(metrics.get("num_removed_files", 0))
+
+
+def _erase_dead_letters(
+    erasure: TableErasure, forms: SubjectForms, fingerprint: str, is_dry_run: bool
+) -> None:
+    target = erasure.table.target
+    letters = DeadLetterTable(target.uri, target.spec_options)
+    rows = letters.read(pipeline=erasure.table.pipeline)
+    ids = []
+    for row in rows.select(["dlq_id", "payload", "raw_payload"]).to_pylist():
+        in_raw = forms.in_raw_payload(row["raw_payload"])
+        if in_raw is None:
+            raise ConfigError(
+                f"dead letter {row['dlq_id']}: its raw payload cannot be decrypted with "
+                "SLUICE_ENCRYPTION_KEY; set the key the run used."
+            )
+        if in_raw or forms.in_raw_payload((row["payload"] or "").encode()):
+            ids.append(row["dlq_id"])
+    erasure.rows_deleted = len(ids)
+    if is_dry_run or not ids:
+        return
+    before = len(open_table(target).file_uris())  # type: ignore[union-attr]
+    letters.delete(ids, metadata={_METADATA_KEY: fingerprint})
+    after = open_table(target)
+    erasure.files_rewritten = max(before - len(after.file_uris()), 0) if after else 0
+
+
+def _erase_postgres(
+    erasure: TableErasure, forms: SubjectForms, fingerprint: str, is_dry_run: bool
+) -> None:
+    column = postgres_column(erasure.table, forms.column)
+    if column is None:
+        erasure.scan = ScanResult()
+        return
+    erasure.rows_deleted, left = erase_postgres_rows(
+        erasure.table, column, sorted(forms.values), is_dry_run=is_dry_run
+    )
+    erasure.scan = ScanResult(dirty=[f"{left} row(s) still match"] if left else [])
+
+
+_ERASERS = {
+    "sink": _erase_rows,
+    "tier": _erase_rows,
+    "dead_letter": _erase_dead_letters,
+    "postgres": _erase_postgres,
+}
+
+
+def _seal(
+    touched: Mapping[str, GovernedTable], report: ForgetReport, everything: SubjectForms
+) -> None:
+    """Vacuum every touched table with retention 0, then cut its log at a checkpoint."""
+    for uri, table in touched.items():
+        try:
+            delta = table.target.open()
+            with table.target.errors("vacuum"):
+                delta.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+            _cut_log(table)
+        except SluicewayError as exc:
+            for erasure in report.tables:
+                if erasure.table.target.uri == uri:
+                    erasure.problem = _scrub(exc.message, everything)
+
+
+def _cut_log(table: GovernedTable) -> None:
+    """Checkpoint the latest version, then delete every log file older than it: the old
+    commits' statistics (minValues/maxValues) and delete predicates hold the value."""
+    target = table.target
+    delta = target.open()
+    version = delta.version()
+    with target.errors("checkpoint"):
+        delta.create_checkpoint()
+        filesystem, root = arrow_filesystem(target.uri, target.spec_options)
+        log = f"{root}/_delta_log"
+        for info in filesystem.get_file_info(pafs.FileSelector(log)):
+            name = info.base_name
+            head = name.split(".", 1)[0]
+            if info.type == pafs.FileType.File and head.isdigit() and int(head) < version:
+                filesystem.delete_file(info.path)
+
+
+def _verify(report: ForgetReport, everything: SubjectForms) -> None:
+    scans: dict[str, ScanResult] = {}
+    for erasure in report.tables:
+        target = erasure.table.target
+        if erasure.table.kind == "postgres":
+            continue
+        if open_table(target) is None:
+            erasure.scan = ScanResult()
+            continue
+        if target.uri not in scans:
+            try:
+                scans[target.uri] = scan_table(target.uri, target.spec_options, everything)
+            except SluicewayError as exc:
+                erasure.problem = _scrub(exc.message, everything)
+                continue
+        erasure.scan = scans[target.uri]
+
+
+def _audit(
+    report: ForgetReport, pipelines: Sequence[tuple[Pipeline, Path]], state_dir: Path | None
+) -> None:
+    if state_dir is None:
+        return
+    log = AuditLog(state_dir)
+    for pipeline, _ in pipelines:
+        if pipeline.compliance is not None and not pipeline.compliance.audit:
+            continue
+        mine = [t for t in report.tables if t.table.pipeline == pipeline.pipeline]
+        log.append(
+            "forget",
+            pipeline=pipeline.pipeline,
+            tables=[t.table.target.uri for t in mine],
+            rows_affected=sum(t.rows_deleted for t in mine),
+            details=_details(report, mine),
+        )
+
+
+def _details(report: ForgetReport, mine: list[TableErasure]) -> dict[str, Any]:
+    return {
+        "subject": report.fingerprint,
+        "column": report.column,
+        "verified": all(t.is_clean for t in mine),
+        "per_table": {
+            t.table.target.uri: {
+                "rows_deleted": t.rows_deleted,
+                "files_rewritten": t.files_rewritten,
+                "verified": t.is_clean,
+            }
+            for t in mine
+        },
+        "not_handled": report.unhandled,
+    }
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _scrub(text: str, forms: SubjectForms) -> str:
+    for value in sorted(forms.values, key=len, reverse=True):
+        text = text.replace(value, "<subject>")
+    return text
+
+
+def postgres_tables(pipeline: Pipeline) -> list[GovernedTable]:
+    """The pipeline's postgres sinks, as tables forget erases from with DELETE."""
+    tables = []
+    for index, sink in enumerate(pipeline.sinks):
+        if sink.type == "postgres":
+            schema, name = sink.schema_and_name()  # type: ignore[attr-defined]
+            where = f"postgres {sink.where()}/{schema}.{name}"  # type: ignore[attr-defined]
+            target = TableTarget(f"sinks[{index}] (postgres)", where, {})
+            tables.append(GovernedTable(pipeline.pipeline, target, "postgres", config=sink))
+    return tables
+
+
+def postgres_column(table: GovernedTable, column: str) -> str | None:
+    """The table's column named `column` (case-insensitively), or None.
+
+    Raises:
+        TransientError, ConfigError: the server cannot be reached or refused the login.
+    """
+    schema, name = table.config.schema_and_name()
+    with pgc.connect(table.config, role=f"sink {schema}.{name}") as conn:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = $2",
+            (schema, name),
+        )
+        names = [row[0] for row in cursor.fetchall()]
+    return next((n for n in names if n.casefold() == column.casefold()), None)
+
+
+def erase_postgres_rows(
+    table: GovernedTable, column: str, forms: list[str], *, is_dry_run: bool
+) -> tuple[int, int]:
+    """DELETE the rows whose `column` (as text) is one of `forms`, in one transaction; the
+    values travel as a bound parameter, never in the SQL text.
+
+    Returns:
+        (rows deleted or, dry run, matching; rows still matching afterwards).
+    """
+    schema, name = table.config.schema_and_name()
+    relation = f"{quote_ident(schema)}.{quote_ident(name)}"
+    match = f"{quote_ident(column)}::text = ANY($1)"
+    with pgc.connect(table.config, role=f"sink {schema}.{name}") as conn:
+        cursor = conn.cursor()
+        if is_dry_run:
+            cursor.execute(f"SELECT count(*) FROM {relation} WHERE {match}", (forms,))
+            return int(cursor.fetchone()[0]), 0
+        cursor.execute(
+            f"WITH gone AS (DELETE FROM {relation} WHERE {match} RETURNING 1) "
+            "SELECT count(*) FROM gone",
+            (forms,),
+        )
+        deleted = int(cursor.fetchone()[0])
+        conn.commit()
+        cursor.execute(f"SELECT count(*) FROM {relation} WHERE {match}", (forms,))
+        return deleted, int(cursor.fetchone()[0])

@@ -1,0 +1,288 @@
+"""What a data subject looks like in stored data, and the scan that proves it is gone.
+
+`SubjectForms` holds every form of the subject's value that may be stored: the raw value
+and its deterministic masked forms. `scan_table` reads every file under a table's folder —
+data files no longer in the table included, and the Delta log — and names each file that
+still holds one of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from sluiceway import masking
+from sluiceway.core.spec import Pipeline
+from sluiceway.core.storage import arrow_filesystem, storage_errors
+from sluiceway.engines.duckdb import quote_literal
+from sluiceway.errors import ConfigError
+from sluiceway.masking import decrypt_value
+
+_STATS_KEYS = ("minValues", "maxValues", "partitionValues")
+RAW_PAYLOAD = "raw_payload"  # dead letters: the original bytes, encrypted when there is PII
+IDENTIFYING_METHODS = ("hash", "hmac", "email", "encrypt")
+
+
+@dataclass(frozen=True, repr=False)
+class SubjectForms:
+    """The forms of one subject's value to look for. The repr never shows them.
+
+    Attributes:
+        column: the subject column.
+        values: the raw value and every deterministic masked form of it.
+        number: the raw value as a number when it is one (matched in numeric columns).
+        encryption_key: decrypts encrypted raw payloads of dead letters.
+    """
+
+    column: str
+    values: frozenset[str]
+    number: float | None = None
+    encryption_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"SubjectForms(column={self.column!r}, forms={len(self.values)})"
+
+    def holds(self, value: Any) -> bool:
+        """True when the scalar `value` is one of the forms."""
+        if isinstance(value, bool) or value is None:
+            return False
+        if isinstance(value, int | float):
+            return self.number is not None and float(value) == self.number
+        return str(value) in self.values
+
+    def in_record(self, record: Any) -> bool:
+        """True when a JSON record holds the subject: under its column, or any value that is
+        one of the forms."""
+        if isinstance(record, dict):
+            return any(self.in_record(v) for v in record.values())
+        if isinstance(record, list):
+            return any(self.in_record(v) for v in record)
+        return self.holds(record)
+
+    def in_raw_payload(self, raw: bytes | None) -> bool | None:
+        """True/False when the (decrypted) raw payload holds the subject; None when it is
+        encrypted and no key can open it."""
+        if raw is None:
+            return False
+        if any(value.encode() == raw for value in self.values):
+            return True
+        record = _json(raw)
+        if record is None and self.encryption_key is not None:
+            try:
+                record = _json(decrypt_value(raw, self.encryption_key))
+            except Exception:
+                record = None
+        if record is None:
+            return None if raw.strip()[:1] not in (b"{", b"[") else False
+        return self.in_record(record)
+
+
+def masked_forms(method: str, value: str, keys: masking.MaskKeys) -> list[str]:
+    """The stored forms of `value` under `method`, computed with the runner's own SQL.
+
+    Returns:
+        The masked value (empty for methods that cannot identify a subject).
+
+    Raises:
+        ConfigError: the method's key is not set.
+    """
+    if method not in IDENTIFYING_METHODS:
+        return []
+    con = duckdb.connect()
+    try:
+        masking.register_functions(con, keys)
+        row = con.execute(f"SELECT {masking.mask_sql(method, quote_literal(value), keys)}")
+        masked = row.fetchone()
+    finally:
+        con.close()
+    return [] if masked is None or masked[0] is None else [str(masked[0])]
+
+
+def pipeline_forms(
+    pipeline: Pipeline, column: str, value: str, keys: masking.MaskKeys
+) -> tuple[list[str], str | None]:
+    """The forms of the subject in `pipeline`'s tables, and a note on its masking.
+
+    Raises:
+        ConfigError: the column is masked with a keyed method whose key is not set.
+    """
+    method = {k.casefold(): m for k, m in pipeline.pii.items()}.get(column.casefold())
+    if method is None:
+        return [value], None
+    try:
+        forms = [value, *masked_forms(method, value, keys)]
+    except ConfigError as exc:
+        raise ConfigError(
+            f"pipeline '{pipeline.pipeline}' masks '{column}' with {method}: forget needs the "
+            f"key its runs used to find the masked rows.\n{exc.message}"
+        ) from None
+    if method in IDENTIFYING_METHODS:
+        return forms, f"{pipeline.pipeline}: '{column}' is masked with {method}; matched masked"
+    return forms, (
+        f"{pipeline.pipeline}: '{column}' is masked with {method}, which cannot identify a "
+        "subject; rows holding only its masked form cannot be found"
+    )
+
+
+@dataclass
+class ScanResult:
+    """Files read under a table's folder, and the ones that still hold the subject."""
+
+    files: int = 0
+    dirty: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def is_clean(self) -> bool:
+        return not self.dirty and not self.unreadable
+
+
+def scan_table(uri: str, options: dict[str, str], forms: SubjectForms) -> ScanResult:
+    """Read every file under the table's folder and name those holding any form.
+
+    Data files (parquet) are checked column by column (text, binary and numbers, nested
+    ones too; JSON text and raw payloads by their values); Delta log files by every string
+    and by the column statistics and partition values; any other file byte by byte.
+
+    Raises:
+        SinkError: the storage refused the listing or a read.
+    """
+    result = ScanResult()
+    advice = "Check the path and storage_options (endpoint, region, credentials)."
+    with storage_errors(f"Could not scan {uri}", options, advice=advice, context={"uri": uri}):
+        filesystem, root = arrow_filesystem(uri, options)
+        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            result.files += 1
+            relative = info.path[len(root) :].lstrip("/")
+            verdict = _file_holds(filesystem, info.path, relative, forms)
+            if verdict is None:
+                result.unreadable.append(relative)
+            elif verdict:
+                result.dirty.append(relative)
+    return result
+
+
+def _file_holds(
+    filesystem: pafs.FileSystem, path: str, relative: str, forms: SubjectForms
+) -> bool | None:
+    with filesystem.open_input_file(path) as handle:
+        data = handle.read()
+    is_log = relative.startswith("_delta_log/")
+    if relative.endswith(".parquet"):
+        table = pq.read_table(pa.BufferReader(data))
+        return _table_holds(table, forms, is_log=is_log)
+    if is_log:
+        return _log_holds(data, forms)
+    return any(value.encode() in data for value in forms.values)
+
+
+def _table_holds(table: pa.Table, forms: SubjectForms, *, is_log: bool) -> bool | None:
+    found: bool | None = False
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        array = column.combine_chunks()
+        if name == RAW_PAYLOAD and pa.types.is_binary(array.type):
+            verdict = _any(forms.in_raw_payload(raw) for raw in array.drop_null().to_pylist())
+        else:
+            verdict = _array_holds(array, forms, is_log=is_log)
+        if verdict:
+            return True
+        if verdict is None:
+            found = None
+    return found
+
+
+def _array_holds(array: pa.Array, forms: SubjectForms, *, is_log: bool) -> bool | None:
+    kind = array.type
+    if pa.types.is_struct(kind):
+        children = [array.field(i) for i in range(kind.num_fields)]
+        return _any(_array_holds(child, forms, is_log=is_log) for child in children)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _array_holds(array.flatten(), forms, is_log=is_log)
+    if pa.types.is_map(kind):
+        keys, items = array.keys, array.items
+        return _any(_array_holds(a, forms, is_log=is_log) for a in (keys, items))
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return _text_holds(array, forms)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return _binary_holds(array, forms)
+    if (pa.types.is_integer(kind) or pa.types.is_floating(kind)) and not is_log:
+        return _numbers_hold(array, forms)
+    return False
+
+
+def _any(verdicts: Iterable[bool | None]) -> bool | None:
+    found: bool | None = False
+    for verdict in verdicts:
+        if verdict:
+            return True
+        if verdict is None:
+            found = None
+    return found
+
+
+def _text_holds(array: pa.Array, forms: SubjectForms) -> bool:
+    if pc.any(pc.is_in(array, value_set=pa.array(sorted(forms.values)))).as_py():
+        return True
+    for text in pc.unique(array.drop_null()).to_pylist():
+        if text[:1] in ("{", "[") and forms.in_record(_json(text.encode())):
+            return True
+        if any(f"'{value}'" in text for value in forms.values):
+            return True
+    return False
+
+
+def _binary_holds(array: pa.Array, forms: SubjectForms) -> bool:
+    needles = [value.encode() for value in forms.values]
+    blobs = pc.unique(array.drop_null()).to_pylist()
+    return any(needle in blob for blob in blobs for needle in needles)
+
+
+def _numbers_hold(array: pa.Array, forms: SubjectForms) -> bool:
+    if forms.number is None or len(array) == 0:
+        return False
+    return bool(pc.any(pc.equal(array.cast(pa.float64()), forms.number)).as_py())
+
+
+def _log_holds(data: bytes, forms: SubjectForms) -> bool:
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        record = _json(line.encode())
+        if record is None:
+            if any(value in line for value in forms.values):
+                return True
+        elif _log_record_holds(record, forms, in_stats=False):
+            return True
+    return False
+
+
+def _log_record_holds(record: Any, forms: SubjectForms, *, in_stats: bool) -> bool:
+    if isinstance(record, dict):
+        return any(
+            _log_record_holds(v, forms, in_stats=in_stats or k in _STATS_KEYS)
+            for k, v in record.items()
+        )
+    if isinstance(record, list):
+        return any(_log_record_holds(v, forms, in_stats=in_stats) for v in record)
+    if isinstance(record, str):
+        nested = _json(record.encode()) if record[:1] == "{" else None
+        if nested is not None:
+            return _log_record_holds(nested, forms, in_stats=in_stats)
+        return record in forms.values or any(f"'{v}'" in record for v in forms.values)
+    return in_stats and forms.holds(record)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,165 @@
+"""`sluice cost` on real Delta tables (hot and tiers), a real run store and a price file."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from deltalake import DeltaTable, write_deltalake
+
+from sluiceway.cli_tier import cost, tier
+from sluiceway.core.runstore import RunRecord, RunStore
+
+pytestmark = pytest.mark.integration
+
+AS_OF = date(2026, 1, 31)
+PRICES = {
+    "storage_local_gb_month": 1000.0,
+    "storage_warm_gb_month": 500.0,
+    "storage_cold_gb_month": 100.0,
+    "compute_hour": 3.0,
+}
+
+
+def spec_of(budget: float | None, **source: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "version": 1,
+        "pipeline": "billing",
+        "sources": {"events": {"type": "files", "path": "data/", "format": "csv", **source}},
+        "sinks": [
+            {
+                "type": "delta",
+                "path": "lake/hot",
+                "partition_by": ["day"],
+                "tiers": [
+                    {"name": "warm", "path": "lake/warm", "after": "30d"},
+                    {"name": "cold", "path": "lake/cold", "after": "365d"},
+                ],
+            }
+        ],
+        "dead_letter": {"path": "lake/dead_letter"},
+    }
+    if budget is not None:
+        spec["cost"] = {"budget_per_month": budget, "growth_per_year": 2.0}
+    return spec
+
+
+def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    (folder / "prices.yaml").write_text(yaml.safe_dump(PRICES))
+    return path
+
+
+def fill_lake(folder: Path) -> None:
+    days = [AS_OF - timedelta(days=n) for n in range(0, 500, 25)]
+    data = pa.table(
+        {
+            "id": pa.array(range(len(days) * 50), pa.int64()),
+            "day": pa.array([d for d in days for _ in range(50)], pa.date32()),
+        }
+    )
+    write_deltalake(folder / "lake/hot", data, partition_by=["day"])
+    CliRunner().invoke(
+        tier,
+        [str(folder / "pipeline.yaml"), "--as-of", AS_OF.isoformat(), "--state-dir", str(folder)],
+    )
+
+
+def record_runs(folder: Path) -> None:
+    store = RunStore(folder / "runs.db")
+    now = datetime.now(UTC)
+    for index, (age_days, seconds) in enumerate([(1, 1800.0), (10, 5400.0), (45, 36000.0)]):
+        started = (now - timedelta(days=age_days)).isoformat()
+        store.save(
+            RunRecord(f"run-{index}", "billing", "2026-01-01", "succeeded", started, None, seconds)
+        )
+
+
+def run_cost(folder: Path, *args: str) -> Result:
+    spec = folder / "pipeline.yaml"
+    command = [str(spec), "--prices", str(folder / "prices.yaml"), "--state-dir", str(folder)]
+    return CliRunner().invoke(cost, [*command, *args])
+
+
+def live_bytes(uri: Path) -> int:
+    actions = pa.table(DeltaTable(str(uri)).get_add_actions(flatten=True))
+    return sum(actions["size_bytes"].to_pylist())
+
+
+def test_cost_prices_every_tier_from_its_live_files(tmp_path: Path) -> None:
+    write_spec(tmp_path, spec_of(budget=None))
+    fill_lake(tmp_path)
+    record_runs(tmp_path)
+    result = run_cost(tmp_path, "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["pipelines"][0]
+    rows = {row["label"]: row for row in report["tables"]}
+    for label, tier_name, price in [
+        ("sinks[0]", "hot", 1000.0),
+        ("sinks[0].warm", "warm", 500.0),
+        ("sinks[0].cold", "cold", 100.0),
+    ]:
+        size = live_bytes(tmp_path / "lake" / tier_name)
+        assert size > 0
+        assert rows[label]["bytes"] == size
+        assert rows[label]["storage_per_month"] == pytest.approx(size / 1e9 * price)
+    assert rows["sinks[0].cold"]["bytes_per_day"] == 0
+    assert rows["dead_letter"]["bytes"] == 0
+    assert report["compute_hours_30d"] == pytest.approx(2.0)
+    assert report["compute_per_month"] == pytest.approx(6.0)
+    assert report["runs_30d"] == 2
+
+
+def test_hot_growth_is_measured_from_the_table_and_projected_a_year(tmp_path: Path) -> None:
+    write_spec(tmp_path, spec_of(budget=None))
+    fill_lake(tmp_path)
+    report = json.loads(run_cost(tmp_path, "--format", "json").output)["pipelines"][0]
+    hot = next(row for row in report["tables"] if row["label"] == "sinks[0]")
+    assert hot["growth_from"] == "history"
+    assert hot["bytes_per_day"] == pytest.approx(hot["bytes"])
+    assert hot["projected_bytes"] == pytest.approx(hot["bytes"] * 366)
+
+
+def test_over_budget_warns_exits_zero_and_fails_only_when_asked(tmp_path: Path) -> None:
+    write_spec(tmp_path, spec_of(budget=0.01))
+    fill_lake(tmp_path)
+    shown = run_cost(tmp_path)
+    assert shown.exit_code == 0, shown.output
+    assert "over its budget of 0.01" in shown.output
+    data = json.loads(run_cost(tmp_path, "--format", "json").output)
+    assert data["over_budget"] is True
+    assert run_cost(tmp_path, "--fail-over-budget").exit_code == 1
+
+
+def test_within_budget_is_not_flagged(tmp_path: Path) -> None:
+    write_spec(tmp_path, spec_of(budget=1e9))
+    fill_lake(tmp_path)
+    result = run_cost(tmp_path, "--format", "json", "--fail-over-budget")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["over_budget"] is False
+
+
+def test_a_table_not_written_yet_grows_by_the_inventory_volume(tmp_path: Path) -> None:
+    write_spec(tmp_path, spec_of(budget=None, inventory={"volume": "1M rows/day", "row_bytes": 20}))
+    report = json.loads(run_cost(tmp_path, "--format", "json").output)["pipelines"][0]
+    hot = next(row for row in report["tables"] if row["label"] == "sinks[0]")
+    assert hot["growth_from"] == "inventory"
+    assert hot["bytes_per_day"] == pytest.approx(2e7)
+    assert hot["projected_storage_per_month"] == pytest.approx(2e7 * 365 / 1e9 * 1000.0)
+
+
+def test_an_unknown_price_is_a_usage_error_without_traceback(tmp_path: Path) -> None:
+    write_spec(tmp_path, spec_of(budget=None))
+    (tmp_path / "prices.yaml").write_text(yaml.safe_dump({"storage_moon_gb": 1.0}))
+    result = run_cost(tmp_path)
+    assert result.exit_code == 2
+    assert "unknown price 'storage_moon_gb'" in result.output
+    assert "Traceback" not in result.output
