@@ -6,6 +6,7 @@ fields never hold row values, so PII cannot leak through them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +32,7 @@ EventName = Literal[
     "stream_status",
     "retrying",
     "runs_interrupted",
+    "run_finished",
 ]
 
 
@@ -42,6 +44,8 @@ class Event:
     pipeline: str
     run_id: str
     fields: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+    """When it happened (seconds since the epoch)."""
 
 
 Subscriber = Callable[[Event], None]

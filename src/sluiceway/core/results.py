@@ -64,6 +64,26 @@ class RunResult:
     """Which attempt of the retry policy this run was (1 without a policy)."""
     max_attempts: int = 1
 
+    def finished_fields(self) -> dict[str, Any]:
+        """The run's outcome as event fields (counts, names and check results; no rows)."""
+        return {
+            "status": self.status,
+            "logical_date": str(self.logical_date),
+            "error": self.error,
+            "retryable": self.retryable,
+            "duration_s": self.duration_s,
+            "accounting": self.accounting.to_dict(),
+            "checks": [c.to_dict() for c in self.checks],
+            "sinks": [
+                {"uri": s.uri, "rows_written": s.rows_written, "version": s.version}
+                for s in self.sinks
+            ],
+            "dead_letter_uri": self.dead_letter_uri,
+            "dead_letter_rows": self.dead_letter_rows,
+            "rejected_by_rule": dict(self.rejected_by_rule),
+            "sources": dict(self.sources),
+        }
+
     @property
     def ok(self) -> bool:
         """True when the run succeeded."""

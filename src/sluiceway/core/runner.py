@@ -104,6 +104,9 @@ class RunOptions:
         batch: set by the stream runner for each micro-batch: the positions to commit, the
             run key and app transactions to commit under; the batch is not a run of its own
             in the run store (the stream records its batches).
+        date_range: first and last logical date of a range run (a backfill of a
+            `range_capable` pipeline, with logical_date = the last): SQL sees them as
+            range_start() and range_end(); without it both are the logical date.
         deadline: time.monotonic() by which the run must have published (the spec's
             `timeout`, set by `run_with_policy`); past it the running query is interrupted
             and the run fails before publishing.
@@ -119,6 +122,7 @@ class RunOptions:
     is_replay: bool = False
     batch: StreamBatch | None = None
     deadline: float | None = None
+    date_range: tuple[date, date] | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,7 @@ class _Runner:
                 self.store.save_metrics(self.result.metric_points())
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
+            self.ctx.events.emit("run_finished", **self.result.finished_fields())
         return self.result
 
     def _take_lease(self) -> None:
@@ -294,6 +299,9 @@ class _Runner:
             "CREATE OR REPLACE MACRO logical_time() AS TIMESTAMPTZ "
             f"{quote_literal(self.logical_time.isoformat())}"
         )
+        first, last = self.options.date_range or (self.ctx.logical_date, self.ctx.logical_date)
+        engine.run(f"CREATE OR REPLACE MACRO range_start() AS DATE {quote_literal(str(first))}")
+        engine.run(f"CREATE OR REPLACE MACRO range_end() AS DATE {quote_literal(str(last))}")
         sinks = [registry.lookup("sink", s.type).impl(s) for s in self.pipeline.sinks]  # type: ignore[union-attr]
         batch = self.options.batch
         positions = batch.positions if batch else sinks[0].committed_positions(self.ctx)
@@ -487,6 +495,7 @@ class _Runner:
             defers = bool(getattr(step, "defers_count", False))
             if self.deferred:
                 self._verify_deferred(self.ctx.engine.count(table))
+            step_started = time.monotonic()
             try:
                 out = step.apply(self.ctx, table, rows_in=self.expected_rows)
             except SluicewayError as exc:
@@ -503,6 +512,7 @@ class _Runner:
                 index=index,
                 deduplicated=out.deduplicated,
                 filtered=out.filtered,
+                duration_s=round(time.monotonic() - step_started, 3),
             )
             self.intermediates.append(table)
             table = out.table

@@ -13,6 +13,7 @@ from typing import TextIO
 from sluiceway.core.events import Event, Subscriber
 
 _LEVELS = {"run_failed": "error", "gate_failed": "error", "rows_rejected": "warning"}
+_NOT_LOGGED = frozenset({"run_finished"})  # the run's summary, printed on its own
 
 
 def json_logger(stream: TextIO | None = None) -> Subscriber:
@@ -20,8 +21,10 @@ def json_logger(stream: TextIO | None = None) -> Subscriber:
     out = stream or sys.stderr
 
     def log(event: Event) -> None:
+        if event.name in _NOT_LOGGED:
+            return
         record = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(event.at, UTC).isoformat(timespec="milliseconds"),
             "level": _LEVELS.get(event.name, "info"),
             "event": event.name,
             "pipeline": event.pipeline,
