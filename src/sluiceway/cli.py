@@ -426,17 +426,22 @@ from sluiceway.cli_dlq import demo, dlq, replay  # noqa: E402
 from sluiceway.cli_doc import doc  # noqa: E402
 from sluiceway.cli_governance import audit, forget, retention  # noqa: E402
 from sluiceway.cli_gx import import_gx  # noqa: E402
+from sluiceway.cli_lineage import lineage  # noqa: E402
+from sluiceway.cli_orchestrate import backfill  # noqa: E402
 from sluiceway.cli_profile import profile, suggest  # noqa: E402
 from sluiceway.cli_report import report  # noqa: E402
 from sluiceway.cli_review import check as check_command  # noqa: E402
+from sluiceway.cli_scheduler import scheduler  # noqa: E402
 from sluiceway.cli_serve import export, serve  # noqa: E402
 from sluiceway.cli_storage import history, optimize, restore, vacuum  # noqa: E402
 from sluiceway.cli_tier import cost, tier  # noqa: E402
+from sluiceway.cli_ui import ui  # noqa: E402
 
 for command in (
     *(dlq, replay, demo, report, profile, suggest, import_gx, serve, export),
     *(optimize, vacuum, history, restore),
     *(check_command, doc, tier, cost, retention, forget, audit),
+    *(backfill, lineage, scheduler, ui),
 ):
     main.add_command(command)
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -136,6 +137,10 @@ def test_pruning_drops_runs_past_the_age_and_beyond_the_count_with_their_metrics
     now = datetime.now(UTC)
     for day in range(10):
         store.save(record(f"a{day}", "a", now - timedelta(days=day)))
+    compact = record("a-compact", "a", now - timedelta(days=200))
+    store.save(
+        replace(compact, started_at=compact.started_at[:19].replace("-", "").replace(":", ""))
+    )
     store.save(record("b-old", "b", now - timedelta(days=400)))
     store.save(record("b-running", "b", now - timedelta(days=400), status="running"))
     store.save(record("b-new", "b", now))
@@ -145,7 +150,7 @@ def test_pruning_drops_runs_past_the_age_and_beyond_the_count_with_their_metrics
 
     deleted = leases.prune(tmp_path / "runs.db", keep_days=365, keep_runs=4)
 
-    assert deleted == 7
+    assert deleted == 8
     assert sorted(r.run_id for r in store.list(limit=100)) == [
         "a0",
         "a1",

@@ -56,6 +56,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_COMPACT = "%Y%m%dT%H%M%S"
+_STARTED = "replace(replace(started_at, '-', ''), ':', '')"
+"""`started_at` as compact UTC text ('20250115T020000'), whether stored compact or ISO."""
+
+
 def lease_ttl(environ: dict[str, str] | None = None) -> float:
     """The lease time to live: $SLUICE_LEASE_SECONDS, else 60 s."""
     value = (environ if environ is not None else os.environ).get("SLUICE_LEASE_SECONDS")
@@ -114,10 +119,11 @@ class CrashedRun:
 def mark_crashed(db: Path, pipeline: str, *, ttl_s: float) -> list[CrashedRun]:
     """Mark the `running` batch runs of `pipeline` whose lease expired as `crashed`."""
     now = _now()
-    cutoff = (now - timedelta(seconds=ttl_s)).isoformat()
+    cutoff = (now - timedelta(seconds=ttl_s)).strftime(_COMPACT)
     with _connect(db) as con:
         rows = con.execute(
-            "SELECT r.run_id, r.logical_date, l.holder, l.expires_at, r.started_at FROM runs r "
+            f"SELECT r.run_id, r.logical_date, l.holder, l.expires_at, {_STARTED} AS started "
+            "FROM runs r "
             "LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.pipeline = ? AND "
             "r.status = 'running' AND coalesce(json_extract(r.details, '$.mode'), 'batch') "
             "= 'batch'",
@@ -127,7 +133,7 @@ def mark_crashed(db: Path, pipeline: str, *, ttl_s: float) -> list[CrashedRun]:
             CrashedRun(row["run_id"], row["logical_date"], row["holder"] or "unknown")
             for row in rows
             if (row["expires_at"] or "") < now.isoformat()
-            and (row["expires_at"] is not None or row["started_at"] < cutoff)
+            and (row["expires_at"] is not None or row["started"] < cutoff)
         ]
         for run in crashed:
             con.execute(
@@ -152,14 +158,14 @@ def prune(
     """Delete finished runs older than `keep_days`, and those beyond the newest `keep_runs`
     of their pipeline, with their metric points and stream batches; returns the runs
     deleted."""
-    cutoff = (_now() - timedelta(days=keep_days)).isoformat()
+    cutoff = (_now() - timedelta(days=keep_days)).strftime(_COMPACT)
     with _connect(db) as con:
         doomed = [
             row[0]
             for row in con.execute(
-                "SELECT run_id FROM (SELECT run_id, started_at, status, row_number() OVER "
-                "(PARTITION BY pipeline ORDER BY started_at DESC) AS newest FROM runs) "
-                "WHERE status != 'running' AND (started_at < ? OR newest > ?)",
+                f"SELECT run_id FROM (SELECT run_id, {_STARTED} AS started, status, "
+                f"row_number() OVER (PARTITION BY pipeline ORDER BY {_STARTED} DESC) AS newest "
+                "FROM runs) WHERE status != 'running' AND (started < ? OR newest > ?)",
                 (cutoff, keep_runs),
             )
         ]

@@ -60,6 +60,8 @@ class RunResult:
     note: str | None = None
     retryable: bool = False
     """The run failed on a transient error (storage, broker): the same run may succeed later."""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    """Per step: index, step key, duration_s, deduplicated, filtered."""
     attempt: int = 1
     """Which attempt of the retry policy this run was (1 without a policy)."""
     max_attempts: int = 1
@@ -82,6 +84,7 @@ class RunResult:
             "dead_letter_rows": self.dead_letter_rows,
             "rejected_by_rule": dict(self.rejected_by_rule),
             "sources": dict(self.sources),
+            "steps": list(self.steps),
         }
 
     @property
@@ -118,6 +121,8 @@ class RunResult:
                 "rejected_by_rule": self.rejected_by_rule,
                 "staged_path": self.staged_path,
                 "results_path": self.results_path,
+                "steps": self.steps,
+                "attempt": self.attempt,
             },
         )
 

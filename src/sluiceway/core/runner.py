@@ -506,14 +506,15 @@ class _Runner:
                 self.expected_rows = out.rows
             self.accounting.rows_deduplicated += out.deduplicated
             self.accounting.rows_filtered += out.filtered
-            self.ctx.events.emit(
-                "step_done",
-                step=config.key,
-                index=index,
-                deduplicated=out.deduplicated,
-                filtered=out.filtered,
-                duration_s=round(time.monotonic() - step_started, 3),
-            )
+            timing = {
+                "step": config.key,
+                "index": index,
+                "deduplicated": out.deduplicated,
+                "filtered": out.filtered,
+                "duration_s": round(time.monotonic() - step_started, 3),
+            }
+            self.result.steps.append(timing)
+            self.ctx.events.emit("step_done", **timing)
             self.intermediates.append(table)
             table = out.table
         return table

@@ -55,6 +55,9 @@ class ColumnContract(Model):
     """What one column of a source must look like."""
 
     type: ColumnType = Field("string", description="Logical type the column is cast to.")
+    description: str | None = Field(
+        None, description="What the column means (shown in `sluice doc` and the catalog)."
+    )
     nullable: bool = Field(
         True, description="False: a NULL value (an empty CSV field) rejects the row."
     )
