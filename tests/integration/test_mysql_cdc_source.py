@@ -335,6 +335,29 @@ def test_the_stream_runner_applies_the_snapshot_and_the_changes_to_delta(
     assert [r[0] for r in delta_rows(tmp_path)] == [1, 3]
 
 
+def test_an_update_that_moves_the_primary_key_leaves_no_row_under_the_old_key(
+    table: str, tmp_path: Path
+) -> None:
+    sql(f"INSERT INTO {table} (id, name, amount) VALUES (1, 'a', 1.5), (2, 'b', 2)")
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+    spec = cdc_spec(table, tmp_path / "pos.json", batch_rows=50)
+
+    def run() -> None:
+        result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+        assert result.ok, result.error
+
+    run()
+    sql(
+        f"UPDATE {table} SET id = 10 WHERE id = 1",
+        f"UPDATE {table} SET id = 11, name = 'b2' WHERE id = 2",
+        f"UPDATE {table} SET id = 1 WHERE id = 11",
+    )
+    run()
+
+    assert delta_rows(tmp_path) == source_rows(table)
+    assert [r[0] for r in delta_rows(tmp_path)] == [1, 10]
+
+
 # Until plugins.py imports mysql_cdc, the `sluice` command registers it through this wrapper.
 _SLUICE = "import sys, sluiceway.streaming.mysql_cdc; from sluiceway.cli import entry; entry()"
 

@@ -207,6 +207,7 @@ class MySqlCdcSource:
         self._pending: list[_Row] = []
         self._outstanding = 0
         self._saved: _Binlog | None = None
+        self._key_columns: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -227,6 +228,7 @@ class MySqlCdcSource:
         self._sql = self._connect()
         with self._db_errors("opening"):
             self._check_server_and_table()
+            self._key_columns = self._primary_key()
             self._saved, interrupted = self._load_state()
             if self._saved is not None and not interrupted:
                 self._start = self._saved
@@ -339,10 +341,10 @@ class MySqlCdcSource:
             connection.close()
             raise
 
-    def _snapshot_select(self) -> str:
+    def _primary_key(self) -> list[str]:
         database, table = self.config.database_and_table
-        keys = [
-            name
+        return [
+            str(name)
             for (name,) in self._query(
                 "SELECT column_name FROM information_schema.key_column_usage WHERE "
                 "table_schema = %s AND table_name = %s AND constraint_name = 'PRIMARY' "
@@ -350,6 +352,10 @@ class MySqlCdcSource:
                 (database, table),
             )
         ]
+
+    def _snapshot_select(self) -> str:
+        database, table = self.config.database_and_table
+        keys = self._key_columns
         order = " ORDER BY " + ", ".join(_quote(k) for k in keys) if keys else ""
         return f"SELECT * FROM {_quote(database)}.{_quote(table)}{order}"
 
@@ -457,10 +463,19 @@ class MySqlCdcSource:
         rows = []
         for change in event.rows:
             msg_id = _msg_id(transaction.start.number, transaction.start.pos, transaction.seq)
-            payload = _payload(change[image], op)
+            payload = _payload(change[image], op, old_key=self._moved_key(op, change))
             rows.append((msg_id, payload, transaction.committed_at, transaction.start))
             transaction.seq += 1
         return rows
+
+    def _moved_key(self, op: str, change: dict[str, Any]) -> dict[str, str | None] | None:
+        """For an update that changed the primary key: the old key (the sink deletes it)."""
+        if op != "u" or not self._key_columns:
+            return None
+        before, after = change["before_values"], change["after_values"]
+        if all(before.get(k) == after.get(k) for k in self._key_columns):
+            return None
+        return {k: _text(before.get(k)) for k in self._key_columns}
 
     # -- fetch, acknowledge, positions -------------------------------------------------------
 
@@ -675,9 +690,11 @@ def _query_text(event: Any) -> str:
     return (query.decode() if isinstance(query, bytes) else str(query)).strip().upper()
 
 
-def _payload(row: dict[str, Any], op: str) -> bytes:
-    body = {name: _text(value) for name, value in row.items()}
+def _payload(row: dict[str, Any], op: str, *, old_key: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {name: _text(value) for name, value in row.items()}
     body["__op"] = op
+    if old_key is not None:
+        body["__old_key"] = old_key
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
