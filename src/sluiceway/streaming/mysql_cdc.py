@@ -36,12 +36,11 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from sluiceway.core import registry
-from sluiceway.errors import ConfigError, SluicewayError, SourceError, TransientError
-
 # Credentials are resolved exactly as for the `mysql` source; this import between plug-ins
 # waits for a `connectors/mysql.py` (as `connectors/postgres.py` serves postgres_cdc).
-from sluiceway.sources.mysql import Connection, MySQLSourceConfig, connection_of
+from sluiceway.connectors.mysql import Connection, connection_of
+from sluiceway.core import registry
+from sluiceway.errors import ConfigError, SluicewayError, SourceError, TransientError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
 
 START_SCRIPT = "bash scripts/services/mariadb.sh"
@@ -137,17 +136,35 @@ class MySqlCdcSourceConfig(StreamSourceConfig):
             ConfigError: a named variable is not set, or the DSN is not a mysql:// URL.
         """
         database, _ = self.database_and_table
-        as_mysql = MySQLSourceConfig(
-            type="mysql",
-            dsn_env=self.dsn_env,
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password_env=self.password_env,
-            database=database,
-            table=self.table,
-        )
-        return connection_of(as_mysql, os.environ)
+        return connection_of(_Settings(self, database), os.environ)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The connection fields of a mysql_cdc config, with the table's database."""
+
+    config: MySqlCdcSourceConfig
+    database: str
+
+    @property
+    def dsn_env(self) -> str | None:
+        return self.config.dsn_env
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def user(self) -> str | None:
+        return self.config.user
+
+    @property
+    def password_env(self) -> str | None:
+        return self.config.password_env
 
 
 @dataclass(frozen=True, order=True)
