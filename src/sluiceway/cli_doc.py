@@ -10,7 +10,6 @@ from typing import Any, NoReturn
 import click
 from rich.markup import escape
 
-from sluiceway.core.loader import load_spec
 from sluiceway.errors import SluicewayError, SpecError
 from sluiceway.gates.doc import build_document, render_markdown
 from sluiceway.gates.doc_html import render_html
@@ -40,13 +39,15 @@ def render_spec(spec: str | Path, *, is_html: bool = False, prices: str | None =
     Returns:
         The Markdown or HTML text.
 
+    Unset `${ENV}` references do not stop the document: they are shown as written.
+
     Raises:
         SpecError: the spec does not load.
         ConfigError: the price table cannot be read or names an unknown price.
     """
-    from sluiceway.gates.review import read_raw
+    from sluiceway.gates.review import load_for_review, read_raw
 
-    pipeline = load_spec(spec)
+    pipeline, _ = load_for_review(spec)
     document = build_document(pipeline, prices=load_prices(pipeline, prices), raw=read_raw(spec))
     return render_html(document) if is_html else render_markdown(document)
 

@@ -1,13 +1,15 @@
 """`sluice check SPEC...`: the pre-flight review of pipeline specs, as a table or JSON.
 
 Exit 0 when no spec fails (warnings alone pass), 1 when a spec fails a check, 2 when a spec
-does not load.
+does not load. JSON entries name their spec; with several specs, one that does not load keeps
+its place in the list with its problems. Unset `${ENV}` references do not stop the review.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 from rich import box
@@ -17,7 +19,7 @@ from rich.table import Table
 
 from sluiceway.errors import SpecError
 from sluiceway.gates.findings import Review
-from sluiceway.gates.review import review_file
+from sluiceway.gates.review import load_for_review, read_raw, review
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -39,23 +41,41 @@ def check(specs: tuple[str, ...], fmt: str) -> None:
 
     Exit 0: no spec fails (warnings allowed); 1: a spec fails a check; 2: a spec does not load.
     """
+    entries: list[dict[str, Any]] = []
     reviews: list[Review] = []
-    unloadable = False
     for spec in specs:
         try:
-            _, result = review_file(spec)
+            pipeline, unset = load_for_review(spec)
         except SpecError as exc:
-            unloadable = True
             print_problems(spec, exc)
+            entries.append(unloadable_data(spec, exc))
             continue
+        result = review(pipeline, raw=read_raw(spec))
         reviews.append(result)
+        entries.append({"spec": spec, "loaded": True, **result.to_data(), "unset_env": unset})
+        if unset:
+            err_console.print(
+                f"[yellow]note[/]: {escape(spec)} reviewed with environment variable(s) not "
+                f"set, kept as written: {escape(', '.join(unset))}",
+                soft_wrap=True,
+            )
         if fmt == "table":
             print_review(spec, result)
     if fmt == "json" and (reviews or len(specs) > 1):
-        data = [r.to_data() for r in reviews]
-        print(json.dumps(data[0] if len(specs) == 1 else data, indent=2))
+        print(json.dumps(entries[0] if len(specs) == 1 else entries, indent=2))
+    unloadable = len(reviews) < len(specs)
     failed = any(r.has_failed for r in reviews)
     sys.exit(EXIT_UNLOADABLE if unloadable else EXIT_FAILED if failed else EXIT_PASSED)
+
+
+def unloadable_data(spec: str, exc: SpecError) -> dict[str, Any]:
+    """The JSON entry of a spec that does not load: its problems, with YAML path and line."""
+    return {
+        "spec": spec,
+        "loaded": False,
+        "passed": False,
+        "problems": [{"path": p.path, "line": p.line, "message": p.message} for p in exc.problems],
+    }
 
 
 def print_problems(spec: str, exc: SpecError) -> None:

@@ -21,6 +21,7 @@ Formulas (a month is 365/12 days, a GB is 10^9 bytes):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from sluiceway.core.durations import parse_duration
 from sluiceway.core.spec import Pipeline, SourceConfig
 from sluiceway.core.spec_meta import DEFAULT_ROW_BYTES, parse_volume
 from sluiceway.core.storage import is_remote
+from sluiceway.errors import ConfigError
 from sluiceway.ops.pricing import storage_price
 
 DAYS_PER_MONTH = 365 / 12
@@ -127,6 +129,7 @@ def estimate_cost(pipeline: Pipeline, prices: Mapping[str, float]) -> CostEstima
 
     Raises:
         KeyError: `prices` lacks a key the formulas need (load_prices always has them).
+        ConfigError: `rows_per_compute_hour` is 0, or a declared volume is infinite.
     """
     flows = [_flow(name, source) for name, source in pipeline.sources.items()]
     declared = [flow for flow in flows if flow is not None]
@@ -167,6 +170,11 @@ def _flow(name: str, source: SourceConfig) -> _Flow | None:
     row_bytes = inventory.row_bytes or DEFAULT_ROW_BYTES
     stored = volume.stored_bytes_per_day(row_bytes)
     rows = volume.rows_per_day if volume.rows_per_day is not None else stored / row_bytes
+    if not (math.isfinite(stored) and math.isfinite(rows)):
+        raise ConfigError(
+            f"sources.{name}.inventory.volume '{inventory.volume}' is too large to compute a "
+            "cost with; write a realistic rate, e.g. 40GB/day"
+        )
     return _Flow(name, rows, stored, any(is_remote(path) for path in source_paths(source)))
 
 
@@ -218,6 +226,11 @@ def _storage_lines(
 
 
 def _compute_line(prices: Mapping[str, float], rows_per_day: float) -> CostLine:
+    if prices["rows_per_compute_hour"] <= 0:
+        raise ConfigError(
+            "price 'rows_per_compute_hour' is 0: it is the number of rows one compute hour "
+            "processes and must be > 0; fix it in --prices or cost.prices"
+        )
     hours = rows_per_day * DAYS_PER_MONTH / prices["rows_per_compute_hour"]
     price = prices["compute_hour"]
     item = f"{rows_per_day * DAYS_PER_MONTH:,.0f} rows per month"

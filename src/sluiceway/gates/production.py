@@ -8,12 +8,12 @@ it verified.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from sluiceway.core.spec import Pipeline, SinkConfig
 from sluiceway.core.spec_meta import parse_volume
 from sluiceway.gates.findings import Finding, Status
+from sluiceway.gates.idempotency import date_column, idempotency, key_columns
 from sluiceway.gates.readiness import contract_missing, sources_without_contract
 
 ROWS_NEED_PARTITIONS = 1_000_000
@@ -60,7 +60,7 @@ def data_quality(pipeline: Pipeline) -> list[Finding]:
                 status,
                 f"checks: none of the {len(pipeline.checks)} table check(s) has severity error; "
                 "nothing blocks a bad batch from being published",
-                "add a blocking check, e.g. checks: [{not_null: {column: id}}] "
+                f"add to checks: {{not_null: {{column: {key_columns(pipeline)[0]}}}}} "
                 "(severity error is the default)",
                 "checks",
             )
@@ -95,108 +95,6 @@ def _violation_routing(source: str, on_violation: str) -> Finding:
     )
 
 
-def idempotency(pipeline: Pipeline) -> list[Finding]:
-    """Every sink makes a rerun safe."""
-    check = "idempotency"
-    problems: list[Finding] = []
-    safe: list[str] = []
-    for index, sink in enumerate(pipeline.sinks):
-        judge = _SINK_JUDGES.get(sink.type)
-        result = judge(pipeline, sink, f"sinks[{index}]") if judge else None
-        if result is None:
-            safe.append(f"sinks[{index}] ({sink.type}, {getattr(sink, 'mode', '')})")
-        else:
-            problems.append(result)
-    return verdict(check, problems, f"reruns are safe: {', '.join(safe)}")
-
-
-def _delta_sink(pipeline: Pipeline, sink: Any, where: str) -> Finding | None:
-    if sink.mode == "merge":
-        return _merge_keys_nullable(pipeline, sink.merge_keys, f"{where}.merge_keys")
-    if sink.mode == "append":
-        return _append(pipeline, where)
-    return None
-
-
-def _parquet_sink(pipeline: Pipeline, sink: Any, where: str) -> Finding | None:
-    return _append(pipeline, where) if sink.mode == "append" else None
-
-
-def _postgres_sink(pipeline: Pipeline, sink: Any, where: str) -> Finding | None:
-    if not sink.keys:
-        return finding(
-            "idempotency",
-            "fail",
-            f"{where} (postgres {sink.table}, mode {sink.mode}) has no keys: a rerun inserts "
-            "the rows again",
-            f"set {where}.mode: upsert and {where}.keys: [id] (the columns identifying a row)",
-            f"{where}.keys",
-        )
-    if sink.mode == "append":
-        return _append(pipeline, where)
-    return _merge_keys_nullable(pipeline, sink.keys, f"{where}.keys")
-
-
-_SINK_JUDGES: dict[str, Callable[[Pipeline, Any, str], Finding | None]] = {
-    "delta": _delta_sink,
-    "parquet": _parquet_sink,
-    "postgres": _postgres_sink,
-}
-
-
-def _append(pipeline: Pipeline, where: str) -> Finding | None:
-    if pipeline.mode == "stream":
-        return None  # each batch commits once, keyed by an app transaction
-    full = [name for name, source in pipeline.sources.items() if not reads_incrementally(source)]
-    if full:
-        return finding(
-            "idempotency",
-            "fail",
-            f"{where}.mode is append on a batch pipeline whose source(s) {', '.join(full)} "
-            "re-read everything each run: blind append, every run adds the rows again",
-            f"set {where}.mode: overwrite_partition (with partition_by) or merge (with "
-            f"merge_keys), or read sources.{full[0]} incrementally",
-            f"{where}.mode",
-        )
-    return finding(
-        "idempotency",
-        "warn",
-        f"{where}.mode is append; every source reads incrementally, so a rerun only adds "
-        "what is new, but a reset position or a backfill would duplicate rows",
-        f"prefer {where}.mode: merge with merge_keys for reruns that converge",
-        f"{where}.mode",
-    )
-
-
-def reads_incrementally(source: Any) -> bool:
-    """True when the source only reads what no earlier run committed."""
-    incremental = getattr(source, "incremental", None)
-    if getattr(source, "mode", None) == "incremental" or incremental not in (None, False):
-        return True
-    return bool(getattr(source, "streaming", False))
-
-
-def _merge_keys_nullable(pipeline: Pipeline, keys: list[str], where: str) -> Finding | None:
-    strict = {
-        column.casefold()
-        for source in pipeline.sources.values()
-        if source.contract is not None
-        for column, rules in source.contract.columns.items()
-        if not rules.nullable
-    }
-    loose = [key for key in keys if key.casefold() not in strict]
-    if not loose:
-        return None
-    return finding(
-        "idempotency",
-        "warn",
-        f"{where} {loose} not declared nullable: false in a contract: rows with a NULL key "
-        "never match and are inserted again on each rerun",
-        f"declare {loose[0]}: {{nullable: false}} in the source contract",
-        where,
-    )
-
-
 def cost(pipeline: Pipeline) -> list[Finding]:
     """Large tables are partitioned, very large ones tiered; streams get compacted."""
     check = "cost"
@@ -204,6 +102,7 @@ def cost(pipeline: Pipeline) -> list[Finding]:
     growth = pipeline.cost.growth_per_year if pipeline.cost else None
     yearly = projected_year_bytes(size, growth)
     deltas = [(i, s) for i, s in enumerate(pipeline.sinks) if s.type == "delta"]
+    files = [(i, s) for i, s in enumerate(pipeline.sinks) if hasattr(s, "partition_by")]
     problems: list[Finding] = []
     if rows > ROWS_NEED_PARTITIONS or size > BYTES_NEED_PARTITIONS:
         problems += [
@@ -212,10 +111,10 @@ def cost(pipeline: Pipeline) -> list[Finding]:
                 "fail",
                 f"sinks[{i}].partition_by is empty while the sources declare {rows:,.0f} "
                 f"rows/day ({size / 1e9:.2f} GB/day): every read and rewrite scans the table",
-                f"add sinks[{i}].partition_by: [event_date] (a date column)",
+                f"add sinks[{i}].partition_by: [{date_column(pipeline)}] (a date column)",
                 f"sinks[{i}].partition_by",
             )
-            for i, sink in deltas
+            for i, sink in files
             if not _attr(sink, "partition_by")
         ]
     if yearly > BYTES_NEED_TIERS:
@@ -224,7 +123,8 @@ def cost(pipeline: Pipeline) -> list[Finding]:
                 check,
                 "warn",
                 f"sinks[{i}] grows to about {yearly / 1e12:.1f} TB in a year with no tiers",
-                f"add sinks[{i}].tiers: [{{name: cold, path: s3://archive/..., after: 90d}}]",
+                f"add sinks[{i}].tiers: [{{name: cold, path: s3://archive/..., after: 90d}}] "
+                "(tiers move whole partitions: partition_by is needed)",
                 f"sinks[{i}].tiers",
             )
             for i, sink in deltas
@@ -352,6 +252,17 @@ def _batch_bounds(pipeline: Pipeline) -> list[Finding]:
                 "retries",
             )
         )
+    elif pipeline.retries.max_attempts < 2:
+        out.append(
+            finding(
+                "reliability",
+                "warn",
+                "retries.max_attempts is 1: a transient error (network, throttling) fails "
+                "the run with no retry",
+                "set retries.max_attempts: 3",
+                "retries.max_attempts",
+            )
+        )
     if pipeline.timeout is None:
         out.append(
             finding(
@@ -372,6 +283,8 @@ def bytes_per_day(pipeline: Pipeline) -> tuple[float, float]:
         if source.inventory is None or source.inventory.volume is None:
             continue
         volume = parse_volume(source.inventory.volume)
-        rows += volume.rows_per_day or 0.0
-        size += volume.stored_bytes_per_day(source.inventory.row_bytes)
+        daily = volume.stored_bytes_per_day(source.inventory.row_bytes)
+        if math.isfinite(daily) and math.isfinite(volume.rows_per_day or 0.0):
+            rows += volume.rows_per_day or 0.0  # infinite volumes fail the readiness cost
+            size += daily
     return rows, size

@@ -8,24 +8,23 @@ saying what it verified. Reasons name the YAML path and the value, never a secre
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sluiceway.core.spec import ColumnContract, Pipeline
-from sluiceway.gates.findings import Finding, Status
+from sluiceway.core.spec_meta import parse_volume
+from sluiceway.gates.findings import Finding
+from sluiceway.gates.inventory import finding, missing, source_inventory
 
-INVENTORY_KEYS = ("volume", "freshness", "owner", "access_pattern")
 SLA_KEYS = ("latency", "freshness", "availability")
 QUALITY_KEYS = ("completeness", "pass_rate")
+_SLA_EXAMPLE = {"latency": "30m", "freshness": "1d", "availability": "99.9%"}
+_QUALITY_EXAMPLE = {"completeness": 0.99, "pass_rate": 0.995}
+_PERSON_WORDS = ("user", "customer", "person", "member", "account", "client", "subject")
 PII_FORMATS = {"email": "hmac", "ip": "truncate_ip", "ipv4": "truncate_ip", "ipv6": "truncate_ip"}
 
-_SECRET_WORDS = (
-    *("password", "passwd", "secret", "token", "access_key_id", "api_key", "apikey"),
-    *("authorization", "private_key"),
-)
-_ENV_ONLY = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
-_URL_CREDENTIALS = re.compile(r"://[^/\s:@]*:(?P<password>[^@\s]*)@")
 # Words and word pairs of column names that identify a person (matched on snake_case words).
 _PII_WORD_LIST = (
     "email e_mail phone mobile telephone msisdn ssn ip ipv4 ipv6 street zipcode postcode dob "
@@ -38,11 +37,6 @@ _PII_PAIR_LIST = (
 )
 _PII_WORDS = frozenset(_PII_WORD_LIST.split())
 _PII_PAIRS = frozenset(tuple(pair.split("_")) for pair in _PII_PAIR_LIST.split())
-
-
-def finding(check: str, status: Status, reason: str, fix: str = "", where: str = "") -> Finding:
-    """A readiness finding."""
-    return Finding("readiness", check, status, reason, fix if status != "pass" else "", where)
 
 
 def verdict(
@@ -63,118 +57,6 @@ def readiness_findings(pipeline: Pipeline, raw: Mapping[str, Any] | None) -> lis
     ]
 
 
-def missing(model: Any, keys: tuple[str, ...]) -> list[str]:
-    """The `keys` of `model` that are unset (None)."""
-    return [key for key in keys if getattr(model, key) is None]
-
-
-def source_inventory(pipeline: Pipeline, raw: Mapping[str, Any] | None) -> list[Finding]:
-    """Every source has an inventory, and every credential is a `${ENV}` reference."""
-    check = "source inventory"
-    problems: list[Finding] = []
-    for name, source in pipeline.sources.items():
-        where = f"sources.{name}.inventory"
-        absent = (
-            INVENTORY_KEYS
-            if source.inventory is None
-            else missing(source.inventory, INVENTORY_KEYS)
-        )
-        if absent:
-            problems.append(
-                finding(
-                    check,
-                    "fail",
-                    f"{where} is missing {', '.join(absent)}"
-                    + (" (no inventory at all)" if source.inventory is None else ""),
-                    f"add to {where}: {_inventory_example(absent)}",
-                    where,
-                )
-            )
-    problems += [finding(check, "fail", *args) for args in literal_credentials(raw)]
-    noted = "credentials are ${ENV} references" if raw is not None else "credentials not checked"
-    return verdict(
-        check,
-        problems,
-        f"every source ({', '.join(pipeline.sources)}) states volume, freshness, owner and "
-        f"access_pattern; {noted}",
-    )
-
-
-def _inventory_example(keys: tuple[str, ...] | list[str]) -> str:
-    example = {
-        "volume": "volume: 2M rows/day",
-        "freshness": "freshness: 1d",
-        "owner": "owner: team@example.com",
-        "access_pattern": "access_pattern: incremental",
-    }
-    return "{" + ", ".join(example[k] for k in keys) + "}"
-
-
-def literal_credentials(raw: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
-    """(reason, fix, where) for each secret written in clear in the sources, sinks and
-    dead_letter of the raw YAML data. The value itself is never part of the result."""
-    if not isinstance(raw, Mapping):
-        return []
-    sections: list[tuple[str, Any]] = [("dead_letter", raw.get("dead_letter"))]
-    for section in ("sources", "sinks"):
-        items = raw.get(section)
-        if isinstance(items, Mapping):
-            sections += [(f"{section}.{k}", v) for k, v in items.items()]
-        elif isinstance(items, list):
-            sections += [(f"{section}[{i}]", v) for i, v in enumerate(items)]
-    return [
-        _credential_problem(path, key) for root, data in sections for path, key in _walk(root, data)
-    ]
-
-
-def _walk(path: str, data: Any) -> Iterator[tuple[str, str]]:
-    """(YAML path, key) of every value under `data` that holds a secret in clear."""
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            name = str(key).lower().replace("-", "_").replace(".", "_")
-            if name.endswith("_env") or name == "secret_options":
-                continue  # values there are names of environment variables
-            child = f"{path}.{key}"
-            if isinstance(value, Mapping | list):
-                yield from _walk(child, value)
-            elif _holds_secret_in_clear(name, value):
-                yield child, str(key)
-    elif isinstance(data, list):
-        for index, item in enumerate(data):
-            yield from _walk(f"{path}[{index}]", item)
-
-
-def _holds_secret_in_clear(name: str, value: Any) -> bool:
-    if any(word in name for word in _SECRET_WORDS) and _is_literal_secret(value):
-        return True
-    return isinstance(value, str) and _has_url_password(value)
-
-
-def _is_literal_secret(value: Any) -> bool:
-    if value is None or isinstance(value, bool) or value == "":
-        return False
-    return not (isinstance(value, str) and _ENV_ONLY.match(value.strip()))
-
-
-def _has_url_password(value: str) -> bool:
-    return any(
-        password and not _ENV_ONLY.match(password)
-        for password in (m.group("password") for m in _URL_CREDENTIALS.finditer(value))
-    )
-
-
-def _credential_problem(path: str, key: str) -> tuple[str, str, str]:
-    variable = re.sub(r"[^A-Z0-9]+", "_", path.upper()).strip("_")
-    return (
-        f"{path} holds a credential written in clear (value not shown); secrets must be "
-        "${ENV} references",
-        f"export the value as an environment variable and write {key}: ${{{variable}}} "
-        "(or use the source's *_env setting, e.g. password_env / dsn_env); rotate the "
-        "exposed secret",
-        path,
-    )
-
-
 def sla(pipeline: Pipeline) -> list[Finding]:
     """`sla` states latency, freshness and availability."""
     check = "sla"
@@ -188,7 +70,7 @@ def sla(pipeline: Pipeline) -> list[Finding]:
                 check,
                 "warn",
                 f"sla is missing {', '.join(absent)}",
-                f"add {', '.join(f'sla.{k}' for k in absent)} (e.g. {example})",
+                "add to sla: {" + ", ".join(f"{k}: {_SLA_EXAMPLE[k]}" for k in absent) + "}",
                 "sla",
             )
         ]
@@ -217,7 +99,9 @@ def quality_standards(pipeline: Pipeline) -> list[Finding]:
                 check,
                 "warn",
                 f"quality is missing {', '.join(absent)}",
-                f"add {', '.join(f'quality.{k}' for k in absent)} (e.g. {example})",
+                "add to quality: {"
+                + ", ".join(f"{k}: {_QUALITY_EXAMPLE[k]}" for k in absent)
+                + "}",
                 "quality",
             )
         )
@@ -244,7 +128,7 @@ def contract_missing(check: str, names: list[str], make: Callable[..., Finding])
         "fail",
         f"source(s) without a contract: {', '.join(names)}",
         f"add sources.{names[0]}.contract: {{columns: {{id: {{type: string, nullable: false}}}}, "
-        "on_violation: dead_letter}} (`sluice suggest` drafts one from data)",
+        "on_violation: dead_letter} (`sluice suggest` drafts one from data)",
         f"sources.{names[0]}.contract",
     )
 
@@ -285,7 +169,9 @@ def compliance(pipeline: Pipeline) -> list[Finding]:
     check = "compliance"
     problems: list[Finding] = []
     if leaks := undeclared_pii(pipeline):
-        methods = {c: PII_FORMATS.get(r.format or "", "hash") for _, c, r in leaks}
+        # The fix is the whole pii mapping: written as is, it keeps what is declared already.
+        methods = {str(c): str(m) for c, m in pipeline.pii.items()}
+        methods |= {c: PII_FORMATS.get(r.format or "", "hash") for _, c, r in leaks}
         problems.append(
             finding(
                 check,
@@ -303,7 +189,7 @@ def compliance(pipeline: Pipeline) -> list[Finding]:
                 check,
                 "fail",
                 "compliance.retention is not stated: data would be kept forever",
-                "add compliance: {retention: 400d} (`sluice retention` enforces it)",
+                "add compliance.retention: 400d (`sluice retention` enforces it)",
                 "compliance.retention",
             )
         )
@@ -328,7 +214,8 @@ def _subject_problems(pipeline: Pipeline, has_undeclared: bool) -> list[Finding]
                 "fail",
                 f"the pipeline has PII ({', '.join(pipeline.pii)}) but no compliance.subject_key: "
                 "a data subject's rows cannot be found to erase them",
-                "add compliance.subject_key: user_id (the column identifying a person)",
+                f"add compliance.subject_key: {subject_column(pipeline)} (the column "
+                "identifying a person)",
                 "compliance.subject_key",
             )
         )
@@ -371,7 +258,7 @@ def cost(pipeline: Pipeline) -> list[Finding]:
                 check,
                 "fail",
                 "cost.budget_per_month is not stated",
-                "add cost: {budget_per_month: 500, growth_per_year: 1.5}",
+                "add cost.budget_per_month: 500",
                 "cost.budget_per_month",
             )
         )
@@ -398,6 +285,16 @@ def cost(pipeline: Pipeline) -> list[Finding]:
                 f"sources.{unsized[0]}.inventory.volume",
             )
         )
+    problems += [
+        finding(
+            check,
+            "fail",
+            f"sources.{name}.inventory.volume is too large to compute with",
+            f"write sources.{name}.inventory.volume as a realistic rate, e.g. 40GB/day",
+            f"sources.{name}.inventory.volume",
+        )
+        for name in unmeasurable_volumes(pipeline)
+    ]
     return verdict(
         check,
         problems,
@@ -411,3 +308,24 @@ def volume_of(pipeline: Pipeline, source: str) -> str | None:
     """The declared volume text of `source`, or None."""
     inventory = pipeline.sources[source].inventory
     return inventory.volume if inventory else None
+
+
+def unmeasurable_volumes(pipeline: Pipeline) -> list[str]:
+    """Sources whose declared volume parses to an infinite number of rows or bytes."""
+    out = []
+    for name, source in pipeline.sources.items():
+        if source.inventory is not None and source.inventory.volume is not None:
+            volume = parse_volume(source.inventory.volume)
+            daily = volume.stored_bytes_per_day(source.inventory.row_bytes)
+            if not math.isfinite(daily) or not math.isfinite(volume.rows_per_day or 0.0):
+                out.append(name)
+    return out
+
+
+def subject_column(pipeline: Pipeline) -> str:
+    """A contract column that likely identifies a person (e.g. user_id), else 'user_id'."""
+    for _, column, _ in contract_columns(pipeline):
+        words = re.split(r"[^a-z0-9]+", column.lower())
+        if words[-1] == "id" and any(word in _PERSON_WORDS for word in words):
+            return column
+    return "user_id"

@@ -8,6 +8,8 @@ The review reads the spec only: it connects to nothing and reads no data.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,13 +18,14 @@ import yaml
 
 from sluiceway.core.loader import load_spec
 from sluiceway.core.spec import Pipeline
-from sluiceway.errors import ConfigError
+from sluiceway.errors import ConfigError, SpecError
 from sluiceway.gates.findings import Finding, Review
 from sluiceway.gates.production import gate_findings
 from sluiceway.gates.readiness import readiness_findings
 from sluiceway.ops.audit import AuditLog
 
 OVERRIDE_ACTION = "review_override"
+_UNSET_VARIABLE = re.compile(r"environment variable '([A-Za-z_][A-Za-z0-9_]*)' is not set")
 
 
 def review(pipeline: Pipeline, *, raw: Mapping[str, Any] | None = None) -> Review:
@@ -51,13 +54,43 @@ def read_raw(path: str | Path) -> Mapping[str, Any] | None:
     return data if isinstance(data, Mapping) else None
 
 
+def load_for_review(path: str | Path) -> tuple[Pipeline, list[str]]:
+    """Load the spec at `path` without needing its secrets: `${NAME}` references to unset
+    variables (with no default) stand for themselves, as the text `${NAME}`. The review and
+    the document read the spec only, so a CI job can run them without production secrets.
+
+    Args:
+        path: the YAML spec.
+
+    Returns:
+        The loaded spec and the names of the unset variables (sorted; empty when all set).
+
+    Raises:
+        SpecError: the spec does not load for another reason than unset variables (every
+            problem, with YAML path and line).
+    """
+    try:
+        return load_spec(path), []
+    except SpecError as exc:
+        unset = [_UNSET_VARIABLE.search(problem.message) for problem in exc.problems]
+        if not all(unset):
+            raise
+        names = sorted({match.group(1) for match in unset if match})
+        environ = {**os.environ, **{name: f"${{{name}}}" for name in names}}
+        try:
+            return load_spec(path, environ=environ), names
+        except SpecError:
+            raise exc from None  # a placeholder does not fit (e.g. a port): ask for the value
+
+
 def review_file(path: str | Path) -> tuple[Pipeline, Review]:
-    """Load the spec at `path` and review it, credentials included.
+    """Load the spec at `path` (secrets not needed, see `load_for_review`) and review it,
+    credentials included.
 
     Raises:
         SpecError: the spec does not load (every problem, with YAML path and line).
     """
-    pipeline = load_spec(path)
+    pipeline, _ = load_for_review(path)
     return pipeline, review(pipeline, raw=read_raw(path))
 
 
