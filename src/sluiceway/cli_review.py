@@ -19,7 +19,7 @@ from rich.table import Table
 
 from sluiceway.errors import SpecError
 from sluiceway.gates.findings import Review
-from sluiceway.gates.review import load_for_review, read_raw, review
+from sluiceway.gates.review import load_for_review, project_of, read_raw, review
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -46,11 +46,12 @@ def check(specs: tuple[str, ...], fmt: str) -> None:
     for spec in specs:
         try:
             pipeline, unset = load_for_review(spec)
+            project = project_of(spec)
         except SpecError as exc:
             print_problems(spec, exc)
             entries.append(unloadable_data(spec, exc))
             continue
-        result = review(pipeline, raw=read_raw(spec))
+        result = review(pipeline, raw=read_raw(spec), project=project)
         reviews.append(result)
         entries.append({"spec": spec, "loaded": True, **result.to_data(), "unset_env": unset})
         if unset:

@@ -67,7 +67,15 @@ READY: dict[str, Any] = {
 }
 
 
+PROJECT = """version: 1
+project: tests
+alerts:
+  - {name: on-call, type: webhook, url: "http://127.0.0.1:9/hook"}
+"""
+
+
 def write(tmp_path: Path, name: str, data: dict[str, Any]) -> str:
+    (tmp_path / "sluice.yaml").write_text(PROJECT)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)

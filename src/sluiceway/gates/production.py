@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sluiceway.core.project import Project
 from sluiceway.core.spec import Pipeline, SinkConfig
 from sluiceway.core.spec_meta import parse_volume
 from sluiceway.gates.findings import Finding, Status
@@ -32,13 +33,13 @@ def verdict(check: str, problems: list[Finding], passed: str) -> list[Finding]:
     return problems or [finding(check, "pass", passed)]
 
 
-def gate_findings(pipeline: Pipeline) -> list[Finding]:
+def gate_findings(pipeline: Pipeline, project: Project | None = None) -> list[Finding]:
     """The findings of the five production gates, in `GATES` order."""
     return [
         *data_quality(pipeline),
         *idempotency(pipeline),
         *cost(pipeline),
-        *observability(pipeline),
+        *observability(pipeline, project),
         *reliability(pipeline),
     ]
 
@@ -162,10 +163,25 @@ def projected_year_bytes(bytes_per_day: float, growth_per_year: float | None) ->
     return bytes_per_day * DAYS_PER_YEAR * (growth_per_year - 1) / math.log(growth_per_year)
 
 
-def observability(pipeline: Pipeline) -> list[Finding]:
-    """Someone answers for the pipeline, it says what it is, and staleness is detected."""
+def observability(pipeline: Pipeline, project: Project | None = None) -> list[Finding]:
+    """Someone answers for the pipeline, it says what it is, staleness is detected, and a
+    failure reaches an alert route of the project (metrics and structured logs are built in:
+    every run records its metrics in the run store, `sluice serve` exposes them)."""
     check = "observability"
     problems: list[Finding] = []
+    routes = alert_routes(pipeline, project)
+    if not routes:
+        problems.append(
+            finding(
+                check,
+                "warn" if project is None else "fail",
+                "no alert route receives this pipeline's failures"
+                + (" (no sluice.yaml project found)" if project is None else ""),
+                "add to sluice.yaml: alerts: [{name: on-call, type: webhook, url: "
+                "${ALERT_WEBHOOK}, on: [run_failed, check_failed]}] (docs/alerts.md)",
+                "alerts",
+            )
+        )
     if not pipeline.owner:
         problems.append(
             finding(
@@ -203,8 +219,21 @@ def observability(pipeline: Pipeline) -> list[Finding]:
         check,
         problems,
         f"owner {pipeline.owner}; described; staleness watched by "
-        + (f"sla.freshness {watch}" if watch else "a freshness check"),
+        + (f"sla.freshness {watch}" if watch else "a freshness check")
+        + f"; failures alert {', '.join(routes)}; metrics in the run store",
     )
+
+
+def alert_routes(pipeline: Pipeline, project: Project | None) -> list[str]:
+    """Names of the project's alert routes that receive this pipeline's run failures."""
+    if project is None:
+        return []
+    return [
+        route.name
+        for route in project.alerts
+        if "run_failed" in route.on
+        and (not route.pipelines or pipeline.pipeline in route.pipelines)
+    ]
 
 
 def reliability(pipeline: Pipeline) -> list[Finding]:

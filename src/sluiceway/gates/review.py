@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from sluiceway.core.loader import load_spec
+from sluiceway.core.loader import load_project, load_spec
+from sluiceway.core.project import Project, find_project_file
 from sluiceway.core.spec import Pipeline
 from sluiceway.errors import ConfigError, SpecError
 from sluiceway.gates.findings import Finding, Review
@@ -28,20 +29,26 @@ OVERRIDE_ACTION = "review_override"
 _UNSET_VARIABLE = re.compile(r"environment variable '([A-Za-z_][A-Za-z0-9_]*)' is not set")
 
 
-def review(pipeline: Pipeline, *, raw: Mapping[str, Any] | None = None) -> Review:
+def review(
+    pipeline: Pipeline,
+    *,
+    raw: Mapping[str, Any] | None = None,
+    project: Project | None = None,
+) -> Review:
     """Review a spec: one or more findings per readiness check and per gate.
 
     Args:
         pipeline: the validated spec.
         raw: the YAML data as written (`${ENV}` references not resolved), to tell credentials
             written in clear from references; without it credentials are not checked.
+        project: the project (`sluice.yaml`) the spec belongs to, for its alert routes.
 
     Returns:
         The review; `has_failed` when any finding failed.
     """
     return Review(
         pipeline=pipeline.pipeline,
-        findings=[*readiness_findings(pipeline, raw), *gate_findings(pipeline)],
+        findings=[*readiness_findings(pipeline, raw), *gate_findings(pipeline, project)],
     )
 
 
@@ -91,7 +98,14 @@ def review_file(path: str | Path) -> tuple[Pipeline, Review]:
         SpecError: the spec does not load (every problem, with YAML path and line).
     """
     pipeline, _ = load_for_review(path)
-    return pipeline, review(pipeline, raw=read_raw(path))
+    return pipeline, review(pipeline, raw=read_raw(path), project=project_of(path))
+
+
+def project_of(spec: str | Path) -> Project | None:
+    """The project (nearest `sluice.yaml` above the spec), or None; a project file that does
+    not load is a SpecError naming it."""
+    found = find_project_file(Path(spec).resolve().parent)
+    return load_project(found) if found else None
 
 
 def enforce_review(
@@ -119,7 +133,7 @@ def enforce_review(
     """
     if env != "prod":
         return None
-    result = review(pipeline, raw=read_raw(spec_path))
+    result = review(pipeline, raw=read_raw(spec_path), project=project_of(spec_path))
     if not result.has_failed:
         return result
     failed = result.of("fail")

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from sluiceway.cli import main
 from sluiceway.core.loader import parse_spec
+from sluiceway.core.project import AlertRoute, Project
 from sluiceway.errors import ConfigError
 from sluiceway.gates.doc import build_document, mermaid_label, render_markdown
 from sluiceway.gates.doc_html import render_html
@@ -61,6 +62,12 @@ dead_letter: {path: lake/dead_letter}
 )
 SECRET = "Plaintext-Secret-7731"
 
+ALERTED = Project(
+    version=1,
+    project="tests",
+    alerts=[AlertRoute(name="on-call", type="webhook", url="http://127.0.0.1:9/hook")],
+)
+
 
 def spec() -> dict[str, Any]:
     return copy.deepcopy(READY)
@@ -68,7 +75,7 @@ def spec() -> dict[str, Any]:
 
 def reviewed(data: dict[str, Any], environ: dict[str, str] | None = None) -> Review:
     pipeline = parse_spec(yaml.safe_dump(data, sort_keys=False), environ=environ or {})
-    return review(pipeline, raw=data)
+    return review(pipeline, raw=data, project=ALERTED)
 
 
 def not_passed(result: Review, check: str) -> list[Finding]:
@@ -576,7 +583,7 @@ def test_every_source_type_reviews_without_failure_and_renders_both_documents(ki
     environ = {"TOKEN": "t" * 24}
     pipeline = parse_spec(yaml.safe_dump(data, sort_keys=False), environ=environ)
 
-    result = review(pipeline, raw=data)
+    result = review(pipeline, raw=data, project=ALERTED)
     document = build_document(pipeline, prices=load_prices(pipeline), raw=data)
     text, page = render_markdown(document), render_html(document)
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from sluiceway.core.loader import parse_spec
+from sluiceway.core.project import AlertRoute, Project
 from sluiceway.core.spec import ColumnContract
 from sluiceway.errors import ConfigError
 from sluiceway.gates.findings import GATES, READINESS_CHECKS, Finding, Review
@@ -83,6 +84,12 @@ sinks:
 
 Mutation = Callable[[dict[str, Any]], None]
 
+ALERTED = Project(
+    version=1,
+    project="tests",
+    alerts=[AlertRoute(name="on-call", type="webhook", url="http://127.0.0.1:9/hook")],
+)
+
 
 def spec_data(text: str = READY) -> dict[str, Any]:
     return yaml.safe_load(text)
@@ -90,7 +97,7 @@ def spec_data(text: str = READY) -> dict[str, Any]:
 
 def reviewed(data: dict[str, Any], environ: dict[str, str] | None = None) -> Review:
     pipeline = parse_spec(yaml.safe_dump(data, sort_keys=False), environ=environ or {})
-    return review(pipeline, raw=data)
+    return review(pipeline, raw=data, project=ALERTED)
 
 
 def mutated(change: Mutation, text: str = READY) -> Review:
@@ -505,3 +512,27 @@ def test_pii_looking_columns_are_told_by_name_words_and_format(
     column: str, rules: dict[str, Any], expected: bool
 ) -> None:
     assert looks_like_pii(column, ColumnContract(**rules)) is expected
+
+
+def observability_of(project: Project | None) -> list[tuple[str, str]]:
+    pipeline = parse_spec(READY, environ={})
+    found = review(pipeline, raw=spec_data(), project=project).findings
+    return [(f.status, f.reason) for f in found if f.check == "observability"]
+
+
+def test_failures_must_reach_an_alert_route_of_the_project() -> None:
+    [(status, reason)] = observability_of(ALERTED)
+    assert status == "pass" and "failures alert on-call" in reason
+
+
+def test_without_a_project_the_missing_alert_route_is_a_warning() -> None:
+    [(status, reason)] = observability_of(None)
+    assert status == "warn" and "no sluice.yaml project found" in reason
+
+
+def test_a_route_for_other_pipelines_only_or_other_events_does_not_count() -> None:
+    elsewhere = AlertRoute(name="x", type="webhook", url="http://h", pipelines=["another"])
+    quiet = AlertRoute(name="y", type="webhook", url="http://h", on=["freshness"])
+    project = Project(version=1, project="tests", alerts=[elsewhere, quiet])
+    [(status, reason)] = observability_of(project)
+    assert status == "fail" and "no alert route receives" in reason
