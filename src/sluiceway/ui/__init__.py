@@ -1,0 +1,1 @@
+"""The `sluice ui` web dashboard: server, pages, read-only data access."""

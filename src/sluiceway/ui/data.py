@@ -1,0 +1,186 @@
+"""Read-only queries on the run store for the dashboard.
+
+The store is opened read-only (`mode=ro`), one short connection per query, so the dashboard
+never blocks or changes the runner's writes. `started_at` is compact ('20250115T020000') for
+batch runs and ISO for stream runs: every query orders by `_STARTED`, its normalised form.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sluiceway.core.runstore import RUN_METRICS
+
+_STARTED = (
+    "CASE WHEN substr(started_at, 5, 1) = '-' THEN substr(started_at, 1, 19) ELSE "
+    "substr(started_at, 1, 4) || '-' || substr(started_at, 5, 2) || '-' || "
+    "substr(started_at, 7, 2) || 'T' || substr(started_at, 10, 2) || ':' || "
+    "substr(started_at, 12, 2) || ':' || substr(started_at, 14, 2) END"
+)
+_SUMMARY_COLUMNS = (
+    "run_id, pipeline, logical_date, status, started_at, finished_at, duration_s, rows_in, "
+    "rows_written, rows_rejected, rows_deduplicated, rows_filtered, error"
+)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the dashboard lists it; `details` is only filled by `StoreReader.run`."""
+
+    run_id: str
+    pipeline: str
+    logical_date: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    duration_s: float | None
+    rows_in: int | None
+    rows_written: int | None
+    rows_rejected: int | None
+    rows_deduplicated: int | None
+    rows_filtered: int | None
+    error: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def started(self) -> datetime | None:
+        """`started_at` as an aware UTC datetime (None when unreadable)."""
+        return parse_instant(self.started_at)
+
+    @property
+    def finished(self) -> datetime | None:
+        """`finished_at` as an aware UTC datetime (None when unknown)."""
+        return parse_instant(self.finished_at)
+
+
+@dataclass(frozen=True)
+class PipelineState:
+    """The latest run and the latest successful run of one pipeline."""
+
+    pipeline: str
+    runs: int
+    last: RunRow | None
+    last_success: RunRow | None
+
+
+def parse_instant(text: str | None) -> datetime | None:
+    """A compact ('20250115T020000') or ISO timestamp as UTC (naive means UTC).
+
+    Returns:
+        The instant, or None for an empty or unreadable text.
+    """
+    if not text:
+        return None
+    for parse in (lambda t: datetime.strptime(t[:15], "%Y%m%dT%H%M%S"), datetime.fromisoformat):
+        try:
+            instant = parse(text)
+        except ValueError:
+            continue
+        return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+    return None
+
+
+class StoreReader:
+    """Read-only access to `<state>/runs.db`; an absent store reads as empty.
+
+    Args:
+        path: the run store's database file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection | None]:
+        if not self.path.is_file():
+            yield None
+            return
+        con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        con.row_factory = sqlite3.Row
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._connect() as con:
+            return [] if con is None else con.execute(sql, params).fetchall()
+
+    def pipeline_states(self) -> dict[str, PipelineState]:
+        """Every pipeline in the store → its run count, latest run and latest success."""
+        counts = {r["pipeline"]: r["n"] for r in self._rows(_COUNTS)}
+        last = {r["pipeline"]: _run(r) for r in self._rows(_LATEST.format(where=""))}
+        ok = {
+            r["pipeline"]: _run(r)
+            for r in self._rows(_LATEST.format(where="WHERE status = 'succeeded'"))
+        }
+        return {
+            name: PipelineState(name, counts[name], last.get(name), ok.get(name)) for name in counts
+        }
+
+    def runs(self, pipeline: str, *, offset: int, limit: int) -> tuple[list[RunRow], int]:
+        """One page of a pipeline's runs, newest first, and the pipeline's run count."""
+        rows = self._rows(
+            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE pipeline = ? "
+            f"ORDER BY {_STARTED} DESC, run_id DESC LIMIT ? OFFSET ?",
+            (pipeline, limit, offset),
+        )
+        total = self._rows("SELECT COUNT(*) AS n FROM runs WHERE pipeline = ?", (pipeline,))
+        return [_run(r) for r in rows], int(total[0]["n"]) if total else 0
+
+    def run(self, run_id: str) -> RunRow | None:
+        """A run by its exact id, with its details."""
+        rows = self._rows(
+            f"SELECT {_SUMMARY_COLUMNS}, details FROM runs WHERE run_id = ?", (run_id,)
+        )
+        if not rows:
+            return None
+        details = json.loads(rows[0]["details"] or "{}")
+        return _run(rows[0], details=details if isinstance(details, dict) else {})
+
+    def check_names(self, pipeline: str) -> dict[str, str]:
+        """check_id → name, from the pipeline's latest run that recorded checks."""
+        rows = self._rows(
+            f"SELECT details FROM runs WHERE pipeline = ? AND details LIKE '%check_id%' "
+            f"ORDER BY {_STARTED} DESC LIMIT 1",
+            (pipeline,),
+        )
+        checks = json.loads(rows[0]["details"]).get("checks", []) if rows else []
+        return {c["check_id"]: c.get("name") or c.get("check") or c["check_id"] for c in checks}
+
+    def metric_series(
+        self, pipeline: str, *, limit: int = 5000
+    ) -> dict[tuple[str, str], dict[str, float]]:
+        """(check_id, metric) → logical_date → the latest value, from the newest `limit`
+        points of the pipeline's metric history (`RUN_METRICS` for run-level counts)."""
+        rows = self._rows(
+            "SELECT check_id, metric, logical_date, value FROM metrics WHERE pipeline = ? "
+            "ORDER BY logical_date DESC, recorded_at DESC LIMIT ?",
+            (pipeline, limit),
+        )
+        series: dict[tuple[str, str], dict[str, float]] = {}
+        for row in rows:
+            points = series.setdefault((row["check_id"], row["metric"]), {})
+            points.setdefault(row["logical_date"], float(row["value"]))
+        return series
+
+
+RUN_SERIES = RUN_METRICS
+_COUNTS = "SELECT pipeline, COUNT(*) AS n FROM runs GROUP BY pipeline"
+_LATEST = (
+    f"SELECT {_SUMMARY_COLUMNS} FROM (SELECT {_SUMMARY_COLUMNS}, ROW_NUMBER() OVER "
+    f"(PARTITION BY pipeline ORDER BY {_STARTED} DESC, run_id DESC) AS n FROM runs {{where}}) "
+    "WHERE n = 1"
+)
+
+
+def _run(row: sqlite3.Row, *, details: dict[str, Any] | None = None) -> RunRow:
+    data = {k: row[k] for k in row.keys() if k != "details"}  # noqa: SIM118 (Row iterates values)
+    return RunRow(**data, details=details or {})
