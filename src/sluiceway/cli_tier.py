@@ -93,33 +93,56 @@ def tier(
     pipeline = _load(spec)
     state = _cli()._state_dir(state_dir)
     day = as_of.date() if as_of else datetime.now(UTC).date()
+    done: list[tuple[Move, int]] = []
     try:
         layout = tier_layout(_tiered_sink(pipeline, sink), Path(spec).resolve().parent)
         with tier_lock(state, layout.hot.uri):
-            done = _run_tier(layout, day, is_dry_run=dry_run)
+            _run_tier(layout, day, done, is_dry_run=dry_run)
     except SluicewayError as exc:
+        if done:
+            _audit(state, pipeline, layout, day, done, is_dry_run=dry_run, error=exc.message)
         _fail(exc.message, 2 if isinstance(exc, ConfigError) else 1)
     _summary(layout, done, is_dry_run=dry_run)
+    _audit(state, pipeline, layout, day, done, is_dry_run=dry_run)
+
+
+def _audit(
+    state: Path,
+    pipeline: Pipeline,
+    layout: TierLayout,
+    day: date,
+    done: list[tuple[Move, int]],
+    *,
+    is_dry_run: bool,
+    error: str | None = None,
+) -> None:
+    """Record the run, and the moves it made before failing (`error`) when it failed."""
+    details: dict[str, Any] = {
+        "as_of": day.isoformat(),
+        "dry_run": is_dry_run,
+        "moves": [_move_row(layout, move, rows) for move, rows in done],
+    }
+    if error is not None:
+        details["error"] = error
     AuditLog(state).append(
         "tier",
         pipeline=pipeline.pipeline,
         tables=[loc.uri for loc in layout.locations],
-        rows_affected=0 if dry_run else sum(rows for _, rows in done),
-        details={
-            "as_of": day.isoformat(),
-            "dry_run": dry_run,
-            "moves": [_move_row(layout, move, rows) for move, rows in done],
-        },
+        rows_affected=0 if is_dry_run else sum(rows for _, rows in done),
+        details=details,
     )
 
 
-def _run_tier(layout: TierLayout, as_of: date, *, is_dry_run: bool) -> list[tuple[Move, int]]:
+def _run_tier(
+    layout: TierLayout, as_of: date, done: list[tuple[Move, int]], *, is_dry_run: bool
+) -> None:
+    """Plan and make the moves, adding each one made to `done` as it completes."""
     if is_dry_run:
-        return [(move, move.rows) for move in plan_moves(layout, as_of)]
+        done.extend((move, move.rows) for move in plan_moves(layout, as_of))
+        return
     declare_tiers(layout)
     recover_manifests(layout)
     moves = plan_moves(layout, as_of)
-    done: list[tuple[Move, int]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=_cli().err_console, transient=True) as progress:
         task = progress.add_task("moving partitions", total=len(moves))
@@ -128,7 +151,6 @@ def _run_tier(layout: TierLayout, as_of: date, *, is_dry_run: bool) -> list[tupl
             if outcome is not None:
                 done.append((move, outcome.rows))
             progress.advance(task)
-    return done
 
 
 def _move_row(layout: TierLayout, move: Move, rows: int) -> dict[str, Any]:

@@ -35,7 +35,9 @@ from sluiceway.errors import ConfigError, SluicewayError
 from sluiceway.ops.audit import AuditLog, subject_fingerprint
 from sluiceway.ops.forget_scan import ScanResult, SubjectForms, pipeline_forms, scan_table
 from sluiceway.ops.retention import GovernedTable, governed_tables, open_table, other_sinks
+from sluiceway.ops.tiering import recover_manifests, tier_layout
 from sluiceway.sinks.dead_letter import DeadLetterTable
+from sluiceway.sinks.delta import DeltaSinkConfig
 
 _METADATA_KEY = "sluice.forget_subject"
 
@@ -117,6 +119,7 @@ def forget_subject(
             if erasure.rows_deleted and not is_dry_run and table.kind != "postgres":
                 touched[table.target.uri] = table
     if not is_dry_run:
+        _record_moves(pipelines, report, everything)
         _seal(touched, report, everything)
         _verify(report, everything)
         _audit(report, pipelines, state_dir)
@@ -266,6 +269,24 @@ def _seal(
             for erasure in report.tables:
                 if erasure.table.target.uri == uri:
                     erasure.problem = _scrub(exc.message, everything)
+
+
+def _record_moves(
+    pipelines: Sequence[tuple[Pipeline, Path]], report: ForgetReport, everything: SubjectForms
+) -> None:
+    """Copy the tier moves a crash left only in a warmer tier's history into the manifests:
+    cutting that history would otherwise hide the moved rows from every reader."""
+    for pipeline, base_dir in pipelines:
+        for sink in pipeline.sinks:
+            if not (isinstance(sink, DeltaSinkConfig) and sink.tiers):
+                continue
+            try:
+                recover_manifests(tier_layout(sink, base_dir))
+            except SluicewayError as exc:
+                report.unhandled.append(
+                    f"{pipeline.pipeline} {sink.path}: tier moves not recorded "
+                    f"({_scrub(exc.message, everything)}); run `sluice tier` first"
+                )
 
 
 def _cut_log(table: GovernedTable) -> None:

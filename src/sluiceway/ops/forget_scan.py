@@ -50,22 +50,31 @@ class SubjectForms:
     def __repr__(self) -> str:
         return f"SubjectForms(column={self.column!r}, forms={len(self.values)})"
 
-    def holds(self, value: Any) -> bool:
-        """True when the scalar `value` is one of the forms."""
+    def holds(self, value: Any, key: str | None = None) -> bool:
+        """True when the scalar `value` (held under `key`) is one of the forms.
+
+        A number is the subject only under the subject column: 123 in another column
+        (an amount, a count) is someone else's data.
+        """
         if isinstance(value, bool) or value is None:
             return False
         if isinstance(value, int | float):
-            return self.number is not None and float(value) == self.number
+            return self.is_subject_column(key) and float(value) == self.number
         return str(value) in self.values
 
-    def in_record(self, record: Any) -> bool:
-        """True when a JSON record holds the subject: under its column, or any value that is
-        one of the forms."""
+    def is_subject_column(self, name: str | None) -> bool:
+        """True when `name` is the subject column (case-insensitively) and the value is a
+        number (so numeric columns can hold it)."""
+        return self.number is not None and (name or "").casefold() == self.column.casefold()
+
+    def in_record(self, record: Any, key: str | None = None) -> bool:
+        """True when a JSON record holds the subject: any text that is one of the forms, or
+        the number under the subject column."""
         if isinstance(record, dict):
-            return any(self.in_record(v) for v in record.values())
+            return any(self.in_record(v, str(k)) for k, v in record.items())
         if isinstance(record, list):
-            return any(self.in_record(v) for v in record)
-        return self.holds(record)
+            return any(self.in_record(v, key) for v in record)
+        return self.holds(record, key)
 
     def in_raw_payload(self, raw: bytes | None) -> bool | None:
         """True/False when the (decrypted) raw payload holds the subject; None when it is
@@ -184,6 +193,8 @@ def _file_holds(
         return _table_holds(table, forms, is_log=is_log)
     if is_log:
         return _log_holds(data, forms)
+    if relative.endswith(".json") and (record := _json(data)) is not None:
+        return _log_record_holds(record, forms, in_stats=False)
     return any(value.encode() in data for value in forms.values)
 
 
@@ -194,7 +205,7 @@ def _table_holds(table: pa.Table, forms: SubjectForms, *, is_log: bool) -> bool 
         if name == RAW_PAYLOAD and pa.types.is_binary(array.type):
             verdict = _any(forms.in_raw_payload(raw) for raw in array.drop_null().to_pylist())
         else:
-            verdict = _array_holds(array, forms, is_log=is_log)
+            verdict = _array_holds(array, forms, is_log=is_log, name=name)
         if verdict:
             return True
         if verdict is None:
@@ -202,22 +213,24 @@ def _table_holds(table: pa.Table, forms: SubjectForms, *, is_log: bool) -> bool 
     return found
 
 
-def _array_holds(array: pa.Array, forms: SubjectForms, *, is_log: bool) -> bool | None:
+def _array_holds(
+    array: pa.Array, forms: SubjectForms, *, is_log: bool, name: str | None = None
+) -> bool | None:
     kind = array.type
     if pa.types.is_struct(kind):
-        children = [array.field(i) for i in range(kind.num_fields)]
-        return _any(_array_holds(child, forms, is_log=is_log) for child in children)
+        children = [(array.field(i), kind.field(i).name) for i in range(kind.num_fields)]
+        return _any(_array_holds(c, forms, is_log=is_log, name=n) for c, n in children)
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _array_holds(array.flatten(), forms, is_log=is_log)
+        return _array_holds(array.flatten(), forms, is_log=is_log, name=name)
     if pa.types.is_map(kind):
         keys, items = array.keys, array.items
-        return _any(_array_holds(a, forms, is_log=is_log) for a in (keys, items))
+        return _any(_array_holds(a, forms, is_log=is_log, name=name) for a in (keys, items))
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return _text_holds(array, forms)
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return _binary_holds(array, forms)
-    if (pa.types.is_integer(kind) or pa.types.is_floating(kind)) and not is_log:
-        return _numbers_hold(array, forms)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return not is_log and forms.is_subject_column(name) and _numbers_hold(array, forms)
     return False
 
 
@@ -265,20 +278,23 @@ def _log_holds(data: bytes, forms: SubjectForms) -> bool:
     return False
 
 
-def _log_record_holds(record: Any, forms: SubjectForms, *, in_stats: bool) -> bool:
+def _log_record_holds(
+    record: Any, forms: SubjectForms, *, in_stats: bool, key: str | None = None
+) -> bool:
+    """Every text of a JSON record; numbers only as statistics of the subject column."""
     if isinstance(record, dict):
         return any(
-            _log_record_holds(v, forms, in_stats=in_stats or k in _STATS_KEYS)
+            _log_record_holds(v, forms, in_stats=in_stats or k in _STATS_KEYS, key=str(k))
             for k, v in record.items()
         )
     if isinstance(record, list):
-        return any(_log_record_holds(v, forms, in_stats=in_stats) for v in record)
+        return any(_log_record_holds(v, forms, in_stats=in_stats, key=key) for v in record)
     if isinstance(record, str):
         nested = _json(record.encode()) if record[:1] == "{" else None
         if nested is not None:
-            return _log_record_holds(nested, forms, in_stats=in_stats)
+            return _log_record_holds(nested, forms, in_stats=in_stats, key=key)
         return record in forms.values or any(f"'{v}'" in record for v in forms.values)
-    return in_stats and forms.holds(record)
+    return in_stats and forms.holds(record, key)
 
 
 def _json(raw: bytes) -> Any:

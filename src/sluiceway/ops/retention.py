@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable
 
@@ -208,7 +209,10 @@ def _delete_old(
     old = ds.field(result.column) < pa.scalar(bound, type=kind)
     if table.owner_filter:
         old = old & (ds.field(table.owner_filter[0]) == table.owner_filter[1])
-    result.rows_deleted = delta.to_pyarrow_dataset().count_rows(filter=old)
+    dataset = delta.to_pyarrow_dataset()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        _check_iso_dates(dataset, result.column, old)
+    result.rows_deleted = dataset.count_rows(filter=old)
     if is_dry_run or not result.rows_deleted:
         return
     metadata = {"sluice.retention_cutoff": cutoff.isoformat()}
@@ -233,6 +237,24 @@ def _bound(kind: pa.DataType, cutoff: datetime) -> Any:
         f"retention column type {kind} is not a date, timestamp or ISO date text; point "
         "compliance.retention_column at a date column"
     )
+
+
+def _check_iso_dates(dataset: ds.Dataset, column: str, old: ds.Expression) -> None:
+    """Refuse a text column whose old-looking values are not ISO dates: compared as text,
+    '007' or 'abc' would sort before (or after) any date and be deleted (or kept) wrongly.
+
+    Raises:
+        ConfigError: a value the deletion would select is not an ISO date or timestamp.
+    """
+    values = dataset.to_table(columns=[column], filter=old)[column]
+    for text in pc.unique(values.drop_null()).to_pylist():
+        try:
+            datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ConfigError(
+                f"retention column '{column}' holds text that is not an ISO date "
+                "(e.g. 2025-01-31); point compliance.retention_column at a date column"
+            ) from None
 
 
 def _predicate(column: str, bound: Any, owner: tuple[str, str] | None) -> str:

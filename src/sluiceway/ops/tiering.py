@@ -164,7 +164,8 @@ def recover_manifests(layout: TierLayout) -> int:
     names = {loc.name: i for i, loc in enumerate(layout.locations)}
     found: dict[int, dict[str, dict[str, Any]]] = {}
     for location in layout.locations[:-1]:
-        table = location.open()
+        with _errors(location, "read the moves of"):
+            table = location.open()
         for move_id, facts in ({} if table is None else moves_in_history(table)).items():
             dest = names.get(str(facts.get("dest")))
             if dest is not None:
@@ -183,7 +184,8 @@ def plan_moves(layout: TierLayout, as_of: date) -> list[Move]:
     coldest tier it qualifies for as destination; partitions with no date stay."""
     moves = []
     for source, location in enumerate(layout.locations[:-1]):
-        table = location.open()
+        with _errors(location, "open"):
+            table = location.open()
         if table is None:
             continue
         for value, (rows, size) in _partition_sizes(table, layout.tier_by).items():
@@ -271,7 +273,8 @@ def _move_once(layout: TierLayout, move: Move) -> MoveOutcome | None:
     if not files:
         return None
     move_id = _move_id(source.name, move.value, files)
-    target = dest.open()
+    with _errors(dest, "open"):
+        target = dest.open()
     was_copied = target is not None and target.transaction_version(_app_id(move_id)) is not None
     rows = _partition_rows(table, layout.tier_by, move.value)
     if not was_copied:

@@ -156,6 +156,8 @@ class _Job:
     commit: CommitProperties
     logical_date: date
     transactions: tuple[tuple[str, int], ...] = ()
+    colder: tuple[tuple[str, dict[str, str] | None], ...] = ()
+    """The colder tiers' (uri, storage options): rows a write replaces may live there."""
 
     def is_committed(self, table: DeltaTable) -> bool:
         """True when the table already holds this write's app transaction(s)."""
@@ -232,6 +234,11 @@ class DeltaSink:
             transactions=tuple(
                 (app_id(ctx.pipeline.pipeline, key), version)
                 for key, version in request.transactions
+            ),
+            colder=tuple(
+                (tier_uri, delta_storage_options(tier_uri, tier.storage_options))
+                for tier in self.config.tiers
+                for tier_uri in [ctx.resolve(tier.path)]
             ),
         )
         prepare_local(uri)
@@ -358,7 +365,7 @@ def _overwrite_partition(job: _Job) -> WriteResult:
         # No partition to replace; the empty commit still records the positions.
         return job.result(job.write(table))
     try:
-        return job.result(job.write(table, replace=predicate))
+        result = job.result(job.write(table, replace=predicate))
     except DeltaError as exc:
         if "failed validation check" not in str(exc):
             raise
@@ -368,6 +375,45 @@ def _overwrite_partition(job: _Job) -> WriteResult:
             "replace_where. Fix replace_where or filter the rows in a step.",
             context={"sink": "delta", "uri": job.uri},
         ) from exc
+    _clear_colder(job, lambda cold: cold.delete(predicate, commit_properties=_TIER_CLEAR))
+    return result
+
+
+def _clear_colder(job: _Job, clear: Callable[[DeltaTable], Any]) -> None:
+    """Remove from each colder tier the rows this write replaced in the hot table.
+
+    `sluice tier` moves old partitions to colder tables that readers union with the hot
+    one, so a replaced partition or an upserted key may still live there; the hot commit
+    comes first, so a crash in between shows the old rows twice until the rerun (never
+    loses the new ones).
+    """
+    for uri, options in job.colder:
+        cold = _open_table(uri, options)
+        if cold is not None:
+            clear(cold)
+
+
+def _delete_keys(keys: list[str], data: pa.Table) -> Callable[[DeltaTable], Any]:
+    """A colder-tier clearer deleting every row whose `keys` are in `data`."""
+    distinct = data.select(keys).group_by(keys).aggregate([])
+    predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
+
+    def clear(cold: DeltaTable) -> None:
+        if distinct.num_rows == 0:
+            return
+        cold.merge(
+            distinct,
+            predicate=predicate,
+            source_alias="s",
+            target_alias="t",
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=_TIER_CLEAR,
+        ).when_matched_delete().execute()
+
+    return clear
+
+
+_TIER_CLEAR = CommitProperties(custom_metadata={"sluice.tier_clear": "replaced in hot tier"})
 
 
 CHANGE_OP = "__sw_op"
@@ -392,7 +438,9 @@ def _merge(job: _Job) -> WriteResult:
     if table is None or job.data.num_rows == 0:
         # First write creates the table; an empty merge makes no commit, an empty append
         # still records the positions.
-        return job.result(job.write(table))
+        result = job.result(job.write(table))
+        _clear_colder(job, _delete_keys(keys, job.data))
+        return result
     predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
     (
         table.merge(
@@ -408,7 +456,9 @@ def _merge(job: _Job) -> WriteResult:
         .when_not_matched_insert_all()
         .execute()
     )
-    return job.result(table.version())
+    version = table.version()
+    _clear_colder(job, _delete_keys(keys, job.data))
+    return job.result(version)
 
 
 def _apply_changes(job: _Job) -> WriteResult:
@@ -424,7 +474,9 @@ def _apply_changes(job: _Job) -> WriteResult:
         return job.result(table.version(), skipped=True)
     if table is None:
         rows = last.filter(pc.not_equal(last[CHANGE_OP], "d")).select(columns)
-        return job.result(replace(job, data=rows).write(None))
+        result = job.result(replace(job, data=rows).write(None))
+        _clear_colder(job, _delete_keys(keys, last))
+        return result
     _check_fits(table, last.select(columns), job.uri)
     predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
     kept = {
@@ -450,7 +502,9 @@ def _apply_changes(job: _Job) -> WriteResult:
         )
         .execute()
     )
-    return job.result(table.version())
+    version = table.version()
+    _clear_colder(job, _delete_keys(keys, last))
+    return job.result(version)
 
 
 def _with_old_key_deletes(data: pa.Table, keys: list[str]) -> pa.Table:
