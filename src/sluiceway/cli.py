@@ -17,7 +17,7 @@ from rich.table import Table
 
 from sluiceway.checks.base import CheckResult
 from sluiceway.core.loader import load_spec
-from sluiceway.core.runner import RunOptions, RunResult
+from sluiceway.core.runner import RunResult
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.errors import ConfigError, SluicewayError, SpecError
@@ -99,27 +99,30 @@ def _run_spec(
     run_date: date | None,
     log_format: str,
     state_dir: str | None,
+    *,
+    project: Any = None,
     **extra: Any,
 ) -> RunResult:
-    subscribers = [json_logger()] if log_format == "json" else [ConsoleProgress(err_console)]
-    options = RunOptions(
-        logical_date=run_date,
-        base_dir=Path(spec).resolve().parent,
-        state_dir=_state_dir(state_dir),
-        subscribers=subscribers,
-        **extra,
-    )
-    from sluiceway.core.retry import run_with_policy
+    from sluiceway.orchestration import ProjectSpec, run_project_pipeline
 
+    subscribers = [json_logger()] if log_format == "json" else [ConsoleProgress(err_console)]
     try:
-        return run_with_policy(pipeline, options)
+        return run_project_pipeline(
+            ProjectSpec(pipeline, Path(spec).resolve()),
+            project,
+            state_dir=_state_dir(state_dir),
+            logical_date=run_date,
+            subscribers=subscribers,
+            warn=lambda message: err_console.print(f"[yellow]{escape(message)}[/]"),
+            **extra,
+        )
     except ConfigError as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
 
 
 @main.command()
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target", metavar="[SPEC|NAME]", required=False)
 @click.option(
     "--date",
     "run_date",
@@ -132,7 +135,11 @@ def _run_spec(
     default="text",
     help="json: one JSON event per line on stderr.",
 )
-@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+@click.option(
+    "--state-dir",
+    help="Where runs are recorded (default: the project's state_dir, else $SLUICE_HOME or "
+    "./.sluice).",
+)
 @click.option(
     "--max-batches", type=click.IntRange(min=1), help="Stream: stop after this many batches."
 )
@@ -152,8 +159,14 @@ def _run_spec(
     metavar="REASON",
     help="Run in prod although the review fails; the reason goes to the audit log.",
 )
+@click.option("--all", "run_all", is_flag=True, help="Every pipeline of the project.")
+@click.option("--downstream", is_flag=True, help="Also every pipeline that depends on this one.")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), help="Pipelines at once (default: max_workers)."
+)
+@click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
 def run(
-    spec: str,
+    target: str | None,
     run_date: Any,
     log_format: str,
     state_dir: str | None,
@@ -161,13 +174,36 @@ def run(
     idle_exit: float | None,
     env: str,
     override_review: str | None,
+    run_all: bool,
+    downstream: bool,
+    workers: int | None,
+    project_file: str | None,
 ) -> None:
-    """Run a pipeline once for a logical date; a `mode: stream` pipeline runs until stopped
-    (SIGTERM / Ctrl-C finish the batch in hand, commit it and exit 0)."""
-    try:
-        pipeline = load_spec(spec)
-    except SpecError as exc:
-        _fail(str(exc))
+    """Run a pipeline (spec file, or pipeline NAME of the project) once for a logical date; a
+    `mode: stream` pipeline runs until stopped (SIGTERM / Ctrl-C finish the batch in hand,
+    commit it and exit 0). --all / --downstream run several in dependency order."""
+    from sluiceway import cli_orchestrate as orchestrate
+
+    if run_all == bool(target):
+        _fail("give one pipeline (a spec file or a pipeline NAME) or --all, not both or neither")
+    context = orchestrate.find_project(project_file)
+    state_dir = orchestrate.state_dir_of(context, state_dir)
+    day = run_date.date() if run_date else None
+    if run_all or downstream:
+        start = None if run_all else orchestrate.resolve_spec(target or "", context).name
+        orchestrate.run_many(
+            context,
+            start=start,
+            run_date=day,
+            workers=workers,
+            log_format=log_format,
+            state_dir=state_dir,
+            review=lambda s: _enforce_review(
+                s.pipeline, str(s.path), env, override_review, state_dir
+            ),
+        )
+    found = orchestrate.resolve_spec(target or "", context)
+    pipeline, spec = found.pipeline, str(found.path)
     _enforce_review(pipeline, spec, env, override_review, state_dir)
     if pipeline.mode == "stream":
         from sluiceway.cli_stream import run_stream_command
@@ -180,7 +216,7 @@ def run(
             max_batches=max_batches,
             idle_exit=idle_exit,
         )
-    result = _run_spec(pipeline, spec, run_date.date() if run_date else None, log_format, state_dir)
+    result = _run_spec(pipeline, spec, day, log_format, state_dir, project=context)
     if log_format == "json":
         print(json.dumps(summary_data(result), default=str))
     else:

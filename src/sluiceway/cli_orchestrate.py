@@ -1,9 +1,414 @@
-"""Placeholder; replaced by the module's implementation."""
+"""Project runs for `sluice run --all / NAME --downstream`, and `sluice backfill`.
+
+`sluice run` (in cli.py) parses its options and calls `run_many` for a multi-pipeline run;
+the project lookup and the pipeline resolution used by both commands live here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sluiceway.core.events import Event, Subscriber
+from sluiceway.core.loader import load_project, load_spec
+from sluiceway.core.project import find_project_file
+from sluiceway.core.results import RunResult
+from sluiceway.core.runstore import RunStore
+from sluiceway.errors import SpecError
+from sluiceway.observability.logs import json_logger
+from sluiceway.orchestration import ProjectContext, run_project_pipeline
+from sluiceway.orchestration.backfill import (
+    REPROCESS,
+    DateOutcome,
+    PlannedDate,
+    dates_between,
+    plan_dates,
+    run_dates,
+    run_range,
+)
+from sluiceway.orchestration.graph import (
+    PipelineGraph,
+    ProjectSpec,
+    build_graph,
+    downstream,
+    load_project_specs,
+    waves,
+)
+from sluiceway.orchestration.parallel import Outcome, run_graph
+
+_STYLE = {"succeeded": "green", "failed": "red", "skipped": "yellow"}
+
+
+def _cli() -> Any:
+    from sluiceway import cli
+
+    return cli
+
+
+def _fail(message: str) -> NoReturn:
+    _cli()._fail(message)
+    raise AssertionError("unreachable")
+
+
+def _spec_error(exc: SpecError) -> NoReturn:
+    err = _cli().err_console
+    err.print(f"[bold red]✗ {escape(exc.source or 'spec')}[/]: {len(exc.problems)} problem(s)")
+    for problem in exc.problems:
+        where = f"{problem.file or exc.source or ''}:{problem.line or '?'}"
+        err.print(
+            f"  {escape(where)}  [cyan]{escape(problem.path or '<root>')}[/]  "
+            f"{escape(problem.message)}",
+            soft_wrap=True,
+        )
+    sys.exit(2)
+
+
+def find_project(project_file: str | None) -> ProjectContext | None:
+    """The project of `--project FILE`, else the nearest `sluice.yaml` (None: no project).
+
+    Exits 2 with every problem when the project file is invalid or missing.
+    """
+    path = Path(project_file) if project_file else find_project_file()
+    if path is None:
+        return None
+    if not path.is_file():
+        _fail(f"--project {project_file}: no such file; give the path of a sluice.yaml")
+    try:
+        project = load_project(path)
+    except SpecError as exc:
+        _spec_error(exc)
+    path = path.resolve()
+    return ProjectContext(project, path.parent, path)
+
+
+def state_dir_of(context: ProjectContext | None, state_dir: str | None) -> str | None:
+    """`--state-dir` when given, else the project's state folder (None: the default)."""
+    if state_dir or context is None:
+        return state_dir
+    return str(context.state_dir())
+
+
+def resolve_spec(target: str, context: ProjectContext | None) -> ProjectSpec:
+    """A spec file path, or the name of a pipeline of the project."""
+    path = Path(target)
+    if path.is_file():
+        try:
+            return ProjectSpec(load_spec(path), path.resolve())
+        except SpecError as exc:
+            _spec_error(exc)
+    if context is None:
+        _fail(
+            f"'{target}' is neither a spec file nor a pipeline of a project: no sluice.yaml "
+            "was found here or above; give a spec path, or --project FILE"
+        )
+    specs = _project_specs(context)
+    try:
+        return PipelineGraph(specs, {}).resolve(target)
+    except SpecError as exc:
+        _spec_error(exc)
+
+
+def _project_specs(context: ProjectContext) -> dict[str, ProjectSpec]:
+    try:
+        return load_project_specs(context.project, context.root)
+    except SpecError as exc:
+        _spec_error(exc)
+
+
+def project_graph(context: ProjectContext) -> PipelineGraph:
+    """The project's dependency graph; exits 2 on an invalid spec, an unknown dependency
+    or a cycle."""
+    try:
+        return build_graph(_project_specs(context))
+    except SpecError as exc:
+        _spec_error(exc)
+
+
+class _Ticker:
+    """Multi-run progress: one line as each run starts, retries and finishes (a live bar per
+    run would fight the others for the terminal)."""
+
+    def __init__(self) -> None:
+        self.console = _cli().err_console
+
+    def __call__(self, event: Event) -> None:
+        fields = event.fields
+        if event.name == "run_started":
+            self.console.print(f"[dim]→ {event.pipeline} started ({fields.get('logical_date')})[/]")
+        elif event.name == "retrying":
+            self.console.print(
+                f"[yellow]↻ {event.pipeline}: attempt {fields['attempt']}/"
+                f"{fields['max_attempts']}, next in {fields['next_in_s']:.0f} s[/]"
+            )
+
+
+def _locked(subscriber: Subscriber) -> Subscriber:
+    lock = threading.Lock()
+
+    def deliver(event: Event) -> None:
+        with lock:
+            subscriber(event)
+
+    return deliver
+
+
+def run_many(
+    context: ProjectContext | None,
+    *,
+    start: str | None,
+    run_date: date | None,
+    workers: int | None,
+    log_format: str,
+    state_dir: str | None,
+    review: Any,
+) -> NoReturn:
+    """Run every pipeline of the project (start None) or `start` and its downstream, in
+    dependency order with at most `workers` at once; print one summary; exit 1 on failure."""
+    if context is None:
+        _fail(
+            "--all and --downstream need a project: no sluice.yaml here or above "
+            "(or give --project FILE)"
+        )
+    graph = project_graph(context)
+    try:
+        names = (
+            set(graph.specs) if start is None else downstream(graph, [graph.resolve(start).name])
+        )
+    except SpecError as exc:
+        _spec_error(exc)
+    streams = sorted(n for n in names if graph.specs[n].pipeline.mode == "stream")
+    names -= set(streams)
+    for name in sorted(names):
+        review(graph.specs[name])
+    state = Path(_cli()._state_dir(state_dir_of(context, state_dir)))
+    logger = _locked(json_logger()) if log_format == "json" else _Ticker()
+    err = _cli().err_console
+
+    def run_one(name: str) -> RunResult:
+        return run_project_pipeline(
+            graph.specs[name],
+            context,
+            state_dir=state,
+            logical_date=run_date,
+            subscribers=[logger],
+            warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"),
+        )
+
+    outcomes = run_graph(
+        graph.depends_on,
+        names,
+        run_one,
+        workers=workers or context.project.max_workers,
+        on_outcome=None if log_format == "json" else _print_outcome,
+    )
+    reason = "stream pipeline: it runs continuously; start it with `sluice run NAME`"
+    ordered = [outcomes[n] for wave in waves(graph.depends_on, names) for n in wave]
+    ordered += [Outcome(n, "skipped", reason=reason) for n in streams]
+    if log_format == "json":
+        print(json.dumps([_outcome_data(o) for o in ordered], default=str))
+    else:
+        _cli().console.print(summary_table(ordered))
+    sys.exit(1 if any(o.status == "failed" for o in ordered) else 0)
+
+
+def _print_outcome(outcome: Outcome) -> None:
+    style = _STYLE[outcome.status]
+    tail = f": {outcome.reason}" if outcome.reason else ""
+    _cli().err_console.print(
+        f"[{style}]{outcome.status}[/] {escape(outcome.name)}{escape(tail)}", soft_wrap=True
+    )
+
+
+def summary_table(outcomes: list[Outcome]) -> Table:
+    """One row per pipeline: status, rows in / written / rejected, duration, error or reason."""
+    table = Table(title="Pipelines", header_style="bold")
+    for column in ("pipeline", "status", "in", "written", "rejected", "secs", "error / reason"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        result = outcome.result
+        counts = ["", "", ""]
+        secs = ""
+        if result is not None:
+            acc = result.accounting
+            counts = [f"{v:,}" for v in (acc.rows_in, acc.rows_written, acc.rows_rejected)]
+            secs = f"{result.duration_s:.1f}"
+        style = _STYLE[outcome.status]
+        table.add_row(
+            outcome.name,
+            f"[{style}]{outcome.status}[/]",
+            *counts,
+            secs,
+            escape(outcome.reason or ""),
+        )
+    return table
+
+
+def _outcome_data(outcome: Outcome) -> dict[str, Any]:
+    data: dict[str, Any] = {"pipeline": outcome.name, "status": outcome.status}
+    if outcome.result is not None:
+        data.update(_cli().summary_data(outcome.result))
+        data["status"] = outcome.status
+    data["reason"] = outcome.reason
+    return data
 
 
 @click.command("backfill")
-def backfill() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.argument("target", metavar="NAME|SPEC")
+@click.option(
+    "--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First date."
+)
+@click.option(
+    "--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last date (included)."
+)
+@click.option("--parallel", type=click.IntRange(1, 64), help="Dates run at once.")
+@click.option(
+    "--reprocess",
+    type=click.Choice(REPROCESS),
+    default="missing",
+    show_default=True,
+    help="missing: dates with no succeeded run; failed: dates whose latest run failed; all.",
+)
+@click.option("--dry-run", is_flag=True, help="List the dates that would run, run nothing.")
+@click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
+@click.option("--state-dir", help="Where runs are recorded (default: the project's state_dir).")
+def backfill(
+    target: str,
+    first: datetime,
+    last: datetime,
+    parallel: int | None,
+    reprocess: Any,
+    dry_run: bool,
+    project_file: str | None,
+    state_dir: str | None,
+) -> None:
+    """Run a pipeline once per logical date from --from to --to (both included), or once
+    over the range when the spec is `range_capable`. Exit 1 if any date failed."""
+    context = find_project(project_file)
+    spec = resolve_spec(target, context)
+    if spec.pipeline.mode == "stream":
+        _fail(f"pipeline '{spec.name}' is a stream pipeline: a backfill runs batch pipelines")
+    try:
+        candidates = dates_between(first.date(), last.date())
+    except ValueError as exc:
+        _fail(str(exc))
+    state = Path(_cli()._state_dir(state_dir_of(context, state_dir)))
+    plan = plan_dates(RunStore(state / "runs.db"), spec.name, candidates, reprocess)
+    if dry_run:
+        _print_plan(spec, plan, len(candidates))
+        sys.exit(0)
+    if not plan:
+        _cli().console.print(
+            f"nothing to run: no date of {first:%Y-%m-%d}..{last:%Y-%m-%d} is "
+            f"selected by --reprocess {reprocess}"
+        )
+        sys.exit(0)
+    workers = parallel or (context.project.max_workers if context else 1)
+    outcomes = _run_backfill(spec, context, state, plan, workers)
+    _print_backfill_end(spec, outcomes, f"--from {first:%Y-%m-%d} --to {last:%Y-%m-%d}")
+    sys.exit(1 if any(not o.ok for o in outcomes) else 0)
+
+
+def _print_plan(spec: ProjectSpec, plan: list[PlannedDate], candidates: int) -> None:
+    console = _cli().console
+    table = Table(title=f"Backfill of {spec.name} (dry run)", header_style="bold")
+    table.add_column("date")
+    table.add_column("why")
+    for planned in plan:
+        table.add_row(planned.logical_date.isoformat(), planned.reason)
+    console.print(table)
+    if spec.pipeline.range_capable and plan:
+        span = f"{plan[0].logical_date}..{plan[-1].logical_date}"
+        console.print(f"range_capable: one run over {span}")
+    console.print(f"{len(plan)} of {candidates} date(s) would run; nothing was run")
+
+
+def _run_backfill(
+    spec: ProjectSpec,
+    context: ProjectContext | None,
+    state: Path,
+    plan: list[PlannedDate],
+    workers: int,
+) -> list[DateOutcome]:
+    err = _cli().err_console
+
+    def run_one(day: date, span: tuple[date, date] | None = None) -> RunResult:
+        return run_project_pipeline(
+            spec,
+            context,
+            state_dir=state,
+            logical_date=day,
+            date_range=span,
+            warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"),
+        )
+
+    total = 1 if spec.pipeline.range_capable else len(plan)
+    with _BackfillBar(spec.name, total) as bar:
+        if spec.pipeline.range_capable:
+            outcome = run_range(plan, run_one)
+            bar(outcome)
+            return [outcome]
+        return run_dates(plan, run_one, workers=workers, on_outcome=bar)
+
+
+class _BackfillBar:
+    """A progress bar with done / failed / remaining columns."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.progress = Progress(
+            TextColumn(f"[bold]{escape(name)}[/]"),
+            BarColumn(),
+            TextColumn("[green]{task.fields[done]} done[/]"),
+            TextColumn("[red]{task.fields[failed]} failed[/]"),
+            TextColumn("{task.fields[remaining]} remaining"),
+            TimeElapsedColumn(),
+            console=_cli().err_console,
+        )
+        self.total, self.done, self.failed = total, 0, 0
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> _BackfillBar:
+        self.progress.start()
+        self.task = self.progress.add_task("backfill", total=self.total, **self._fields())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.progress.stop()
+
+    def _fields(self) -> dict[str, Any]:
+        remaining = self.total - self.done - self.failed
+        return {"done": self.done, "failed": self.failed, "remaining": remaining}
+
+    def __call__(self, outcome: DateOutcome) -> None:
+        self.done += outcome.ok
+        self.failed += not outcome.ok
+        assert self.task is not None
+        self.progress.update(self.task, advance=1, **self._fields())
+
+
+def _print_backfill_end(spec: ProjectSpec, outcomes: list[DateOutcome], span: str) -> None:
+    console = _cli().console
+    failed = [o for o in outcomes if not o.ok]
+    ok = len(outcomes) - len(failed)
+    colour = "red" if failed else "green"
+    runs = "1 range run" if spec.pipeline.range_capable else f"{len(outcomes)} date(s)"
+    console.print(
+        f"[bold {colour}]backfill of {spec.name}[/]: {runs}, {ok} succeeded, {len(failed)} failed"
+    )
+    if not failed:
+        return
+    table = Table(title="Failed dates", header_style="bold")
+    table.add_column("date", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for outcome in failed:
+        table.add_row(outcome.logical_date.isoformat(), escape(outcome.error or "failed"))
+    console.print(table)
+    console.print(f"after a fix, rerun them: sluice backfill {spec.name} {span} --reprocess failed")

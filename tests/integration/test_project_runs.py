@@ -1,0 +1,193 @@
+"""`sluice run --all / NAME --downstream` on a real project: four pipelines a → b, a → c,
+{b, c} → d, with CSV and Delta sources and Delta sinks, run as `sluice` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deltalake import DeltaTable
+
+from sluiceway.core.runstore import RunStore
+
+SLUICE = [sys.executable, "-c", "from sluiceway.cli import entry; entry()"]
+SLOW = "SELECT * FROM input WHERE (SELECT count(*) FROM range(60000000) t(x) WHERE x % 7 = 3) > 0"
+PROJECT = {
+    "version": 1,
+    "project": "shop",
+    "pipelines": ["pipelines/"],
+    "state_dir": "state",
+    "max_workers": 2,
+    "lineage": {"transport": "none"},
+}
+
+
+def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    environ["COLUMNS"] = "300"
+    return subprocess.run(
+        [*SLUICE, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+def spec(name: str, sources: dict[str, Any], *, depends_on: list[str], sql: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "pipeline": name,
+        "depends_on": depends_on,
+        "sources": sources,
+        "steps": [{"sql": sql}],
+        "sinks": [{"type": "delta", "path": f"../lake/{name}", "mode": "append"}],
+    }
+
+
+def write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture()
+def shop(tmp_path: Path) -> Path:
+    """a reads a CSV; b and c read a's table (slowly); d reads b's table and needs c's."""
+    write(tmp_path / "sluice.yaml", PROJECT)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "orders.csv").write_text("id,amount\n1,2.5\n2,3.5\n3,4.5\n")
+    csv = {"orders": {"type": "files", "path": "../data/orders.csv", "format": "csv"}}
+    delta_a = {"a_rows": {"type": "delta", "path": "../lake/a"}}
+    delta_bc = {
+        "b_rows": {"type": "delta", "path": "../lake/b"},
+        "c_rows": {"type": "delta", "path": "../lake/c"},
+    }
+    needs_c = "SELECT * FROM input WHERE (SELECT count(*) FROM c_rows) > 0"
+    specs = {
+        "a": spec("a", csv, depends_on=[], sql="SELECT * FROM input"),
+        "b": spec("b", delta_a, depends_on=["a"], sql=SLOW),
+        "c": spec("c", delta_a, depends_on=["a"], sql=SLOW),
+        "d": spec("d", delta_bc, depends_on=["b", "c"], sql=needs_c),
+    }
+    for name, data in specs.items():
+        write(tmp_path / "pipelines" / f"{name}.yaml", data)
+    return tmp_path
+
+
+def events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def moment(found: list[dict[str, Any]], pipeline: str, event: str) -> datetime:
+    (record,) = [e for e in found if e["pipeline"] == pipeline and e["event"] == event]
+    return datetime.fromisoformat(record["ts"])
+
+
+def rows(table: Path) -> int:
+    return DeltaTable(str(table)).to_pyarrow_table().num_rows
+
+
+def runs_of(project: Path, pipeline: str) -> int:
+    return len(RunStore(project / "state" / "runs.db").list(pipeline=pipeline, limit=100))
+
+
+def test_run_all_runs_in_dependency_order_with_independent_pipelines_in_parallel(shop) -> None:
+    done = sluice("run", "--all", "--workers", "2", "--log-format", "json", cwd=shop)
+
+    assert done.returncode == 0, done.stderr
+    summary = {p["pipeline"]: p for p in json.loads(done.stdout)}
+    assert {n: p["status"] for n, p in summary.items()} == dict.fromkeys("abcd", "succeeded")
+    assert summary["d"]["accounting"]["rows_written"] == 3
+    found = events(done.stderr)
+    for upstream in ("b", "c"):
+        assert moment(found, upstream, "run_started") >= moment(found, "a", "run_succeeded")
+        assert moment(found, "d", "run_started") >= moment(found, upstream, "run_succeeded")
+    assert moment(found, "b", "run_started") < moment(found, "c", "run_succeeded")
+    assert moment(found, "c", "run_started") < moment(found, "b", "run_succeeded")
+    assert rows(shop / "lake" / "d") == 3
+    assert (shop / "state" / "runs.db").is_file() and not (shop / ".sluice").exists()
+
+
+def test_a_failed_pipeline_skips_its_downstream_while_the_other_branch_completes(shop) -> None:
+    broken = yaml.safe_load((shop / "pipelines" / "b.yaml").read_text())
+    broken["steps"] = [{"sql": "SELECT no_such_column FROM input"}]
+    write(shop / "pipelines" / "b.yaml", broken)
+
+    done = sluice("run", "--all", cwd=shop)
+
+    assert done.returncode == 1
+    lines = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if "│" in line}
+    assert "succeeded" in lines["a"] and "succeeded" in lines["c"]
+    assert "failed" in lines["b"] and "no_such_column" in lines["b"]
+    assert "skipped" in lines["d"] and "upstream b failed" in lines["d"]
+    assert rows(shop / "lake" / "c") == 3
+    assert not (shop / "lake" / "d").exists()
+    assert runs_of(shop, "d") == 0
+    assert "Traceback" not in done.stderr
+
+
+def test_run_downstream_runs_the_pipeline_and_its_dependents_only(shop) -> None:
+    assert sluice("run", "--all", cwd=shop).returncode == 0
+
+    done = sluice("run", "b", "--downstream", "--log-format", "json", cwd=shop / "pipelines")
+
+    assert done.returncode == 0, done.stderr
+    assert [p["pipeline"] for p in json.loads(done.stdout)] == ["b", "d"]
+    assert {n: runs_of(shop, n) for n in "abcd"} == {"a": 1, "b": 2, "c": 1, "d": 2}
+
+
+def test_run_by_name_finds_the_project_from_a_subfolder_and_records_in_its_state_dir(
+    shop,
+) -> None:
+    done = sluice("run", "a", "--date", "2025-01-15", cwd=shop / "pipelines")
+
+    assert done.returncode == 0, done.stderr
+    assert "SUCCEEDED a" in done.stdout
+    (record,) = RunStore(shop / "state" / "runs.db").list(pipeline="a")
+    assert record.logical_date == "2025-01-15" and record.status == "succeeded"
+    assert not (shop / "pipelines" / ".sluice").exists()
+
+
+def test_an_unknown_pipeline_name_is_reported_with_a_suggestion(shop) -> None:
+    done = sluice("run", "bb", cwd=shop)
+
+    assert done.returncode == 2
+    assert "no pipeline 'bb'" in done.stderr and "Did you mean 'b'?" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_dependency_cycle_is_a_spec_error_that_names_the_cycle(shop) -> None:
+    looped = yaml.safe_load((shop / "pipelines" / "a.yaml").read_text())
+    looped["depends_on"] = ["d"]
+    write(shop / "pipelines" / "a.yaml", looped)
+
+    done = sluice("run", "--all", cwd=shop)
+
+    assert done.returncode == 2
+    assert "dependency cycle: a → d → b → a" in done.stderr
+    assert "a.yaml" in done.stderr
+    assert not (shop / "lake").exists()
+
+
+def test_an_unknown_depends_on_name_is_a_spec_error_with_file_and_suggestion(shop) -> None:
+    typo = yaml.safe_load((shop / "pipelines" / "d.yaml").read_text())
+    typo["depends_on"] = ["b", "cc"]
+    write(shop / "pipelines" / "d.yaml", typo)
+
+    done = sluice("run", "--all", cwd=shop)
+
+    assert done.returncode == 2
+    assert "pipeline 'd' depends on unknown pipeline 'cc'" in done.stderr
+    assert "Did you mean 'c'?" in done.stderr
+    assert "d.yaml:3" in done.stderr and "depends_on[1]" in done.stderr
+    assert not (shop / "lake").exists()
+
+
+def test_all_and_a_pipeline_name_together_are_a_usage_error(shop) -> None:
+    done = sluice("run", "a", "--all", cwd=shop)
+
+    assert done.returncode == 2
+    assert "not both" in done.stderr

@@ -1,0 +1,171 @@
+"""`sluice scheduler` on a real project: due dates, catch-up after downtime, restarts, two
+schedulers at once, and a clean stop on SIGTERM. Every run is a real batch run writing a
+Delta table on local disk."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from deltalake import DeltaTable
+
+from sluiceway.core.runstore import RunStore
+from sluiceway.orchestration.schedule_state import ScheduleState
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+FIRST_SEEN = "2025-01-15T12:00:00+00:00"
+THREE_DAYS_LATER = "2025-01-18T12:00:00+00:00"
+DATES = ["2025-01-16", "2025-01-17", "2025-01-18"]
+
+
+def make_project(root: Path, *, catchup: str = "all", **spec_extra: Any) -> Path:
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "events.csv").write_text("event_id,amount\ne1,1.5\ne2,2.5\n")
+    (root / "pipelines").mkdir()
+    spec = {
+        "version": 1,
+        "pipeline": "daily",
+        "schedule": {"cron": "0 2 * * *", "catchup": catchup},
+        "sources": {"events": {"type": "files", "path": "../data/events.csv", "format": "csv"}},
+        "steps": [{"sql": "SELECT *, logical_date() AS event_date FROM input"}],
+        "sinks": [
+            {
+                "type": "delta",
+                "path": "../lake/daily",
+                "partition_by": ["event_date"],
+                "mode": "overwrite_partition",
+            }
+        ],
+        **spec_extra,
+    }
+    (root / "pipelines" / "daily.yaml").write_text(yaml.safe_dump(spec))
+    project = {
+        "version": 1,
+        "project": "sched",
+        "pipelines": ["pipelines/"],
+        "lineage": {"transport": "none"},
+    }
+    (root / "sluice.yaml").write_text(yaml.safe_dump(project))
+    return root / "sluice.yaml"
+
+
+def scheduler_command(project: Path, now: str) -> list[str]:
+    return [SLUICE, "scheduler", "--project", str(project), "--once", "--now", now]
+
+
+def run_once(project: Path, now: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        scheduler_command(project, now), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def runs_per_date(project: Path) -> Counter[str]:
+    store = RunStore(project.parent / ".sluice" / "runs.db")
+    return Counter(r.logical_date for r in store.list(pipeline="daily", limit=1000))
+
+
+def test_the_first_pass_only_starts_the_clock_and_runs_nothing(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+
+    run_once(project, FIRST_SEEN)
+
+    assert runs_per_date(project) == Counter()
+    state = ScheduleState(tmp_path / ".sluice" / "runs.db")
+    assert state.last_tick("daily") is not None
+    assert state.last_tick("daily").isoformat() == FIRST_SEEN  # type: ignore[union-attr]
+
+
+def test_catchup_all_runs_every_missed_date_once_and_a_second_pass_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path, catchup="all")
+    run_once(project, FIRST_SEEN)
+
+    run_once(project, THREE_DAYS_LATER)
+    run_once(project, THREE_DAYS_LATER)
+
+    assert runs_per_date(project) == Counter({d: 1 for d in DATES})
+    claims = ScheduleState(tmp_path / ".sluice" / "runs.db").claims("daily")
+    assert [(c.logical_date, c.status) for c in claims] == [(d, "succeeded") for d in DATES]
+    assert all(c.run_id for c in claims)
+    table = DeltaTable(str(tmp_path / "lake" / "daily"))
+    assert sorted({p["event_date"] for p in table.partitions()}) == DATES
+
+
+def test_a_restarted_scheduler_resumes_from_its_last_tick(tmp_path: Path) -> None:
+    project = make_project(tmp_path, catchup="all")
+    run_once(project, FIRST_SEEN)
+    run_once(project, THREE_DAYS_LATER)
+
+    run_once(project, "2025-01-20T03:00:00+00:00")
+
+    assert runs_per_date(project) == Counter({d: 1 for d in [*DATES, "2025-01-19", "2025-01-20"]})
+
+
+def test_catchup_latest_runs_only_the_newest_missed_date(tmp_path: Path) -> None:
+    project = make_project(tmp_path, catchup="latest")
+    run_once(project, FIRST_SEEN)
+
+    run_once(project, THREE_DAYS_LATER)
+
+    assert runs_per_date(project) == Counter({"2025-01-18": 1})
+
+
+def test_catchup_none_skips_missed_dates_and_runs_a_date_that_is_due_now(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path, catchup="none")
+    run_once(project, FIRST_SEEN)
+
+    run_once(project, THREE_DAYS_LATER)
+    assert runs_per_date(project) == Counter()
+
+    run_once(project, "2025-01-19T02:00:20+00:00")
+    assert runs_per_date(project) == Counter({"2025-01-19": 1})
+
+
+def test_two_schedulers_at_once_never_run_the_same_date_twice(tmp_path: Path) -> None:
+    project = make_project(tmp_path, catchup="all")
+    run_once(project, FIRST_SEEN)
+
+    both = [
+        subprocess.Popen(
+            scheduler_command(project, THREE_DAYS_LATER),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+
+    assert [p.returncode for p in both] == [0, 0], outputs
+    assert runs_per_date(project) == Counter({d: 1 for d in DATES})
+
+
+def test_sigterm_stops_the_scheduler_with_exit_code_zero(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    process = subprocess.Popen(
+        [SLUICE, "scheduler", "--project", str(project), "--tick", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert "scheduler started" in first, first
+    time.sleep(1.5)
+
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=60)[0]
+
+    assert process.returncode == 0, rest
+    assert "scheduler stopped" in rest
