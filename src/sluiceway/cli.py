@@ -207,7 +207,14 @@ def run(
     _enforce_review(pipeline, spec, env, override_review, state_dir)
     if pipeline.mode == "stream":
         from sluiceway.cli_stream import run_stream_command
+        from sluiceway.orchestration import project_hooks
 
+        hooks = project_hooks(
+            context,
+            pipeline,
+            base_dir=Path(spec).resolve().parent,
+            warn=lambda message: err_console.print(f"[yellow]{escape(message)}[/]"),
+        )
         run_stream_command(
             pipeline,
             spec,
@@ -215,6 +222,7 @@ def run(
             state_dir=_state_dir(state_dir),
             max_batches=max_batches,
             idle_exit=idle_exit,
+            subscribers=hooks,
         )
     result = _run_spec(pipeline, spec, day, log_format, state_dir, project=context)
     if log_format == "json":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,18 @@ def run_stream_command(
     state_dir: Path,
     max_batches: int | None,
     idle_exit: float | None,
+    subscribers: Sequence[Any] = (),
 ) -> None:
-    """Run `pipeline` as a stream and exit 0 when it stopped cleanly, else 1."""
+    """Run `pipeline` as a stream and exit 0 when it stopped cleanly, else 1; `subscribers`
+    (the project's lineage / traces / alerts) receive its events too."""
     from sluiceway import cli
 
     status = None if log_format == "json" else StreamStatus(cli.err_console)
-    subscribers: list[Any] = [json_logger()] if status is None else [status]
+    watchers: list[Any] = [json_logger()] if status is None else [status]
     options = RunOptions(
-        base_dir=Path(spec).resolve().parent, state_dir=state_dir, subscribers=subscribers
+        base_dir=Path(spec).resolve().parent,
+        state_dir=state_dir,
+        subscribers=[*watchers, *subscribers],
     )
     try:
         result = run_stream(

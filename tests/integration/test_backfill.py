@@ -162,6 +162,9 @@ def test_a_range_capable_pipeline_backfills_the_range_in_one_run(project) -> Non
         ("2025-01-01", "2025-01-05")
     }
     assert len(data) == 3
+    again = sluice("backfill", "ranged", *DATES, "--reprocess", "missing", cwd=project)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert runs(project, "ranged") == [("2025-01-05", "succeeded")]
 
 
 def test_a_backfill_of_an_unknown_pipeline_or_a_reversed_range_is_a_usage_error(

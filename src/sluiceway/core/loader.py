@@ -165,7 +165,7 @@ def _to_data(node: yaml.Node, path: Path_, located: _Located, environ: Mapping[s
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            key = _key_text(key_node)
             if key in out:
                 located.lines[(*path, key)] = key_node.start_mark.line + 1
                 located.problem((*path, key), f"duplicate key '{key}'")
@@ -179,6 +179,14 @@ def _to_data(node: yaml.Node, path: Path_, located: _Located, environ: Mapping[s
     if isinstance(value, str) and "${" in value:
         return _resolve_env(value, path, located, environ)
     return value
+
+
+def _key_text(node: yaml.Node) -> str:
+    """A mapping key as written: YAML 1.1 reads a bare `on:` / `yes:` key as a boolean, but a
+    spec key is always a name (`on: [run_failed]` in an alert route)."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+        return str(node.value)
+    return str(yaml.safe_load(yaml.serialize(node)))
 
 
 def _resolve_env(value: str, path: Path_, located: _Located, environ: Mapping[str, str]) -> str:

@@ -23,7 +23,7 @@ import glob
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluiceway.core.durations import parse_duration
 
@@ -102,6 +102,19 @@ class AlertRoute(_Model):
         0.05, ge=0, le=1, description="Rejected share of rows above which dead_letter_rate fires."
     )
 
+    @model_validator(mode="after")
+    def _destination_given(self) -> AlertRoute:
+        if self.type == "command" and not self.command:
+            raise ValueError(f"alert route '{self.name}' of type command needs command: [...]")
+        if self.type != "command" and not self.url:
+            raise ValueError(f"alert route '{self.name}' of type {self.type} needs url: ...")
+        if self.type == "pagerduty" and not self.routing_key:
+            raise ValueError(
+                f"alert route '{self.name}' of type pagerduty needs routing_key: ${{PD_KEY}}"
+            )
+        parse_duration(self.min_interval, what="min_interval")
+        return self
+
 
 class Project(_Model):
     """The contents of `sluice.yaml`."""
@@ -123,6 +136,19 @@ class Project(_Model):
         "env", description="Where ${NAME} references resolve: the environment."
     )
     timezone: str = Field("UTC", description="Default time zone of schedules.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_exists(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone '{value}': use an IANA name such as 'Europe/Paris'"
+            ) from None
+        return value
 
     def spec_paths(self, root: Path) -> list[Path]:
         """Every spec file the project lists, sorted, without duplicates."""

@@ -175,6 +175,8 @@ class _Runner:
         self.result = RunResult(
             run_id, pipeline.pipeline, self.ctx.logical_date, "running", self.accounting
         )
+        if options.date_range:
+            self.result.date_range = (str(options.date_range[0]), str(options.date_range[1]))
         self.started = time.monotonic()
         self.contract_failure: TerminalError | None = None
         self.source_tables: set[str] = set()
