@@ -381,13 +381,28 @@ def check_data_command(checks_file: str, data: str | None, fmt: str) -> None:
     sys.exit(1 if blocking else 0)
 
 
+_STORE_HELP = (
+    "Where runs are recorded (default: the project's state_dir, else $SLUICE_HOME or ./.sluice)."
+)
+
+
+def _run_store(state_dir: str | None, project_file: str | None) -> RunStore:
+    """The run store of `--state-dir`, else of the project (`--project` or the nearest
+    sluice.yaml), else of $SLUICE_HOME or ./.sluice: where `sluice run` records its runs."""
+    from sluiceway import cli_orchestrate as orchestrate
+
+    context = orchestrate.find_project(project_file)
+    return RunStore(_state_dir(orchestrate.state_dir_of(context, state_dir)) / "runs.db")
+
+
 @main.command()
 @click.option("--pipeline", help="Only this pipeline's runs.")
 @click.option("--limit", default=20, show_default=True)
-@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
-def runs(pipeline: str | None, limit: int, state_dir: str | None) -> None:
+@click.option("--state-dir", help=_STORE_HELP)
+@click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
+def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: str | None) -> None:
     """List recent runs, newest first."""
-    store = RunStore(_state_dir(state_dir) / "runs.db")
+    store = _run_store(state_dir, project_file)
     table = Table(header_style="bold")
     table.add_column("run", no_wrap=True, min_width=RUN_ID_WIDTH)  # whole, for `sluice show`
     for column in ("pipeline", "date", "status", "in", "written", "rejected", "dedup", "secs"):
@@ -414,10 +429,11 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None) -> None:
 
 @main.command()
 @click.argument("run_id")
-@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
-def show(run_id: str, state_dir: str | None) -> None:
+@click.option("--state-dir", help=_STORE_HELP)
+@click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
+def show(run_id: str, state_dir: str | None, project_file: str | None) -> None:
     """Show one run (id or unique prefix) as JSON: accounting, checks, sinks, error."""
-    record = RunStore(_state_dir(state_dir) / "runs.db").get(run_id)
+    record = _run_store(state_dir, project_file).get(run_id)
     if record is None:
         _fail(f"no run '{run_id}' (or the prefix is ambiguous); list runs with `sluice runs`")
     print(json.dumps(vars(record), indent=2, default=str))

@@ -27,7 +27,8 @@ def build_dashboard(
     project_file: Path | None, specs: tuple[str, ...], state_dir: str | None
 ) -> Dashboard:
     """The dashboard's inputs: the project's specs plus `specs`, and the state folder
-    (`state_dir`, else $SLUICE_HOME, else the project's `state_dir`, else ./.sluice).
+    (`state_dir`, else the project's `state_dir`, else $SLUICE_HOME, else ./.sluice: the
+    folder `sluice run` records the project's runs in).
 
     Raises:
         SpecError: the project file is invalid.
@@ -40,7 +41,7 @@ def build_dashboard(
         root = project_file.resolve().parent
         paths = sorted({*project.spec_paths(root), *paths})
         state = root / project.state_dir
-    if state_dir or os.environ.get("SLUICE_HOME") or state is None:
+    if state_dir or state is None:
         state = _cli()._state_dir(state_dir)
     state = state.resolve()
     return Dashboard(
@@ -67,7 +68,11 @@ def build_dashboard(
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8765, show_default=True, help="TCP port (0: any free port).")
-@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+@click.option(
+    "--state-dir",
+    help="Where runs are recorded (default: the project's state_dir, else $SLUICE_HOME or "
+    "./.sluice).",
+)
 def ui(
     project_file: Path | None,
     specs: tuple[str, ...],

@@ -108,6 +108,61 @@ def source_columns(pipeline: Pipeline) -> dict[str, Columns]:
     return known
 
 
+DELTA_TYPES = {
+    "string": "VARCHAR",
+    "long": "BIGINT",
+    "integer": "INTEGER",
+    "short": "SMALLINT",
+    "byte": "TINYINT",
+    "double": "DOUBLE",
+    "float": "FLOAT",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
+    "timestamp_ntz": "TIMESTAMP",
+    "binary": "BLOB",
+}
+
+
+def delta_source_columns(pipeline: Pipeline, resolve: Callable[[str], str]) -> dict[str, Columns]:
+    """The columns of each `delta` source without a contract, read from its table's schema.
+
+    Args:
+        pipeline: the spec.
+        resolve: makes a spec path absolute (URLs are kept).
+
+    Returns:
+        Source name → its columns (only sources whose table could be read; `columns:` of the
+        source narrows them).
+    """
+    from deltalake import DeltaTable
+
+    from sluiceway.core.storage import delta_storage_options
+
+    known: dict[str, Columns] = {}
+    for name, config in pipeline.sources.items():
+        if getattr(config, "type", None) != "delta" or config.contract is not None:
+            continue
+        uri = resolve(str(config.path))
+        try:
+            options = delta_storage_options(uri, getattr(config, "storage_options", {}))
+            fields = DeltaTable(uri, storage_options=options).schema().fields
+        except Exception:  # not written yet or unreachable: the columns stay unknown
+            continue
+        wanted = getattr(config, "columns", None)
+        known[name] = {
+            f.name: _delta_type(f.type) for f in fields if wanted is None or f.name in wanted
+        }
+    return known
+
+
+def _delta_type(kind: Any) -> str | None:
+    name = str(getattr(kind, "type", kind))
+    if name.startswith("decimal"):
+        return name.upper()
+    return DELTA_TYPES.get(name)
+
+
 def column_lineage(
     pipeline: Pipeline, sources: Mapping[str, Columns] | None = None
 ) -> ColumnLineage:

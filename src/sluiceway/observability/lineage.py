@@ -38,6 +38,7 @@ from sluiceway.observability.column_lineage import (
     ColumnLineage,
     Columns,
     column_lineage,
+    delta_source_columns,
 )
 
 PRODUCER = "https://github.com/sluiceway/sluiceway"
@@ -219,6 +220,7 @@ class LineageEmitter:
         self.parent = parent or ParentRun.from_env(os.environ if environ is None else environ)
         self.logical_dates: dict[str, str] = {}
         self.send = TRANSPORTS[self.settings.transport](self.settings, Path(root))
+        self.source_columns: dict[str, Columns] = {}
         self.lineage: ColumnLineage = column_lineage(pipeline)
         self.inputs = {
             name: datasets_of(config, self._resolve, f"{pipeline.pipeline}.{name}")
@@ -239,6 +241,7 @@ class LineageEmitter:
         """Handle one run event (a subscriber)."""
         if event.name == "run_started":
             self.logical_dates[event.run_id] = str(event.fields.get("logical_date"))
+            self._read_source_schemas()
             self.send(self.run_event("START", event, {}))
         elif event.name == "run_finished":
             kind = FINISHED_TYPES.get(str(event.fields.get("status")), "FAIL")
@@ -247,6 +250,13 @@ class LineageEmitter:
             # A stream run ends with run_succeeded / run_failed; it has no run_finished.
             kind = "COMPLETE" if event.name == "run_succeeded" else "FAIL"
             self.send(self.run_event(kind, event, {}))
+
+    def _read_source_schemas(self) -> None:
+        """Columns of Delta sources without a contract, read as the run starts (an upstream
+        pipeline of the same project run may have just created the table)."""
+        self.source_columns = delta_source_columns(self.pipeline, self._resolve)
+        if self.source_columns:
+            self.lineage = column_lineage(self.pipeline, self.source_columns)
 
     def run_event(self, kind: str, event: Event, finished: Mapping[str, Any]) -> dict[str, Any]:
         """The RunEvent of type `kind` for `event` (`finished`: the run_finished fields)."""
@@ -303,8 +313,12 @@ class LineageEmitter:
                 facets = {
                     "dataSource": facet("dataSource", name=dataset.namespace, uri=dataset.uri)
                 }
-                if contract is not None:
-                    columns = column_lineage_columns(contract)
+                columns = (
+                    column_lineage_columns(contract)
+                    if contract is not None
+                    else self.source_columns.get(name)
+                )
+                if columns:
                     facets["schema"] = facet("schema", fields=_schema_fields(columns))
                 inputs.append(
                     {"namespace": dataset.namespace, "name": dataset.name, "facets": facets}

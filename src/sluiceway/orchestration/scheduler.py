@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sluiceway.core.events import Event
 from sluiceway.core.runstore import RunStore
+from sluiceway.observability.alert_payloads import Alert
 from sluiceway.observability.alerts import dispatch
 from sluiceway.observability.monitors import freshness_alerts, latency_alerts
 from sluiceway.orchestration import ProjectContext, ProjectSpec, run_project_pipeline
@@ -164,9 +165,13 @@ class Scheduler:
         self.say(f"{name} {day}: starting (scheduled {slot.isoformat()})")
         self.state.mark(name, day, "running")
 
+        finished: list[str] = []
+
         def record_run_id(event: Event) -> None:
             if event.name == "run_started":
                 self.state.mark(name, day, "running", run_id=event.run_id)
+            elif event.name == "run_finished":
+                finished.append(event.run_id)
 
         try:
             result = run_project_pipeline(
@@ -180,10 +185,26 @@ class Scheduler:
         except Exception as exc:
             self.state.mark(name, day, "error")
             self.say(f"{name} {day}: could not start: {exc}")
+            if not finished:  # no run_finished: the run's own alert hook never fired
+                self._alert_not_started(name, day.isoformat(), exc)
             return SlotOutcome(name, day.isoformat(), "error", error=str(exc))
         self.state.mark(name, day, result.status, run_id=result.run_id)
         self.say(f"{name} {day}: {result.status} (run {result.run_id})")
         return SlotOutcome(name, day.isoformat(), result.status, result.run_id, result.error)
+
+    def _alert_not_started(self, name: str, day: str, exc: Exception) -> None:
+        """Send run_failed for a scheduled date whose run could not start (a missing secret,
+        an unreadable spec): unattended, nobody else would hear of it."""
+        alert = Alert(
+            kind="run_failed",
+            pipeline=name,
+            summary=f"scheduled run could not start: {exc}",
+            severity="critical",
+            logical_date=day,
+            inspect=f"sluice backfill {name} --from {day} --to {day}",
+            details={"error_type": type(exc).__name__},
+        )
+        dispatch(self.context.project, alert, state_dir=self.state_dir)
 
     def monitor(self, now: datetime) -> list[str]:
         """Run the freshness and latency monitors; send their alerts.
