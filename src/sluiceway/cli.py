@@ -214,6 +214,7 @@ def run(
             pipeline,
             base_dir=Path(spec).resolve().parent,
             warn=lambda message: err_console.print(f"[yellow]{escape(message)}[/]"),
+            state_dir=_state_dir(state_dir),
         )
         run_stream_command(
             pipeline,

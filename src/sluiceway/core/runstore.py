@@ -247,7 +247,7 @@ class RunStore:
         sql = (
             "SELECT * FROM runs"
             + (" WHERE pipeline = ?" if pipeline else "")
-            + " ORDER BY started_at DESC LIMIT ?"
+            + " ORDER BY replace(replace(started_at, '-', ''), ':', '') DESC, rowid DESC LIMIT ?"
         )
         params: tuple[Any, ...] = (pipeline, limit) if pipeline else (limit,)
         with self._connect() as con:

@@ -14,7 +14,12 @@ from sluiceway.core.spec import Pipeline
 
 
 def project_subscribers(
-    project: Project | None, root: Path | None, pipeline: Pipeline, *, base_dir: Path
+    project: Project | None,
+    root: Path | None,
+    pipeline: Pipeline,
+    *,
+    base_dir: Path,
+    state_dir: Path | None = None,
 ) -> list[Subscriber]:
     """Subscribers for one run of `pipeline` under `project` (none without a project).
 
@@ -23,6 +28,8 @@ def project_subscribers(
         root: the project's folder (relative project paths resolve against it).
         pipeline: the spec being run.
         base_dir: the spec's folder.
+        state_dir: where the run is recorded (alert state goes next to it; default: the
+            project's state folder).
     """
     if project is None or root is None:
         return []
@@ -38,5 +45,5 @@ def project_subscribers(
     if project.alerts:
         from sluiceway.observability.alerts import AlertSubscriber
 
-        subscribers.append(AlertSubscriber(project, root, pipeline))
+        subscribers.append(AlertSubscriber(project, root, pipeline, state_dir=state_dir))
     return subscribers

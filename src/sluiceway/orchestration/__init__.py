@@ -40,7 +40,12 @@ Warn = Callable[[str], None]
 
 
 def project_hooks(
-    context: ProjectContext | None, pipeline: Pipeline, *, base_dir: Path, warn: Warn
+    context: ProjectContext | None,
+    pipeline: Pipeline,
+    *,
+    base_dir: Path,
+    warn: Warn,
+    state_dir: Path | None = None,
 ) -> list[Subscriber]:
     """The project's lineage / traces / alerts subscribers for one run of `pipeline`.
 
@@ -52,7 +57,9 @@ def project_hooks(
     from sluiceway.observability.hooks import project_subscribers
 
     try:
-        return project_subscribers(context.project, context.root, pipeline, base_dir=base_dir)
+        return project_subscribers(
+            context.project, context.root, pipeline, base_dir=base_dir, state_dir=state_dir
+        )
     except ImportError as exc:
         warn(f"project hooks (lineage / traces / alerts) are unavailable: {exc}")
         return []
@@ -85,7 +92,7 @@ def run_project_pipeline(
     from sluiceway.core.retry import run_with_policy
 
     base_dir = spec.path.parent
-    hooks = project_hooks(context, spec.pipeline, base_dir=base_dir, warn=warn)
+    hooks = project_hooks(context, spec.pipeline, base_dir=base_dir, warn=warn, state_dir=state_dir)
     options = RunOptions(
         logical_date=logical_date,
         base_dir=base_dir,

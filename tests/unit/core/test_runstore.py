@@ -79,3 +79,29 @@ def test_runs_are_listed_newest_first_and_filtered_by_pipeline(tmp_path) -> None
         "20250115T010000-a",
     ]
     assert [r.run_id for r in store.list(limit=1)] == ["20250115T030000-c"]
+
+
+def test_runs_of_the_same_second_list_newest_first_and_iso_times_sort_with_compact_ones(
+    tmp_path,
+) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    for run_id in ("20250115T020000-aaaa", "20250115T020000-0000", "20250115T020000-zzzz"):
+        store.save(record(run_id))
+    store.save(
+        RunRecord(
+            run_id="stream-1",
+            pipeline="orders",
+            logical_date="2025-01-15",
+            status="running",
+            started_at="2025-01-15T02:00:01+00:00",
+        )
+    )
+
+    listed = [r.run_id for r in store.list(limit=10)]
+
+    assert listed == [
+        "stream-1",
+        "20250115T020000-zzzz",
+        "20250115T020000-0000",
+        "20250115T020000-aaaa",
+    ]
