@@ -60,7 +60,10 @@ def run_with_policy(
     timeout = parse_duration(pipeline.timeout).total_seconds() if pipeline.timeout else None
     for attempt in range(1, attempts + 1):
         deadline = time.monotonic() + timeout if timeout else None
-        result = run(pipeline, replace(options, deadline=deadline))
+        result = run(
+            pipeline,
+            replace(options, deadline=deadline, attempt=attempt, max_attempts=attempts),
+        )
         result.attempt, result.max_attempts = attempt, attempts
         if result.ok or not result.retryable or attempt == attempts or policy is None:
             return result

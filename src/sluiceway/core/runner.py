@@ -53,6 +53,7 @@ from sluiceway.core.routing import (
 )
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
+from sluiceway.core.step_retry import apply_step
 from sluiceway.core.watchdog import Watchdog
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import (
@@ -110,6 +111,7 @@ class RunOptions:
         deadline: time.monotonic() by which the run must have published (the spec's
             `timeout`, set by `run_with_policy`); past it the running query is interrupted
             and the run fails before publishing.
+        sleep: waits between the attempts of a step with `retries` (tests pass a fake).
     """
 
     logical_date: date | None = None
@@ -123,6 +125,9 @@ class RunOptions:
     batch: StreamBatch | None = None
     deadline: float | None = None
     date_range: tuple[date, date] | None = None
+    attempt: int = 1
+    max_attempts: int = 1
+    sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class _Runner:
         self.result = RunResult(
             run_id, pipeline.pipeline, self.ctx.logical_date, "running", self.accounting
         )
+        self.result.attempt, self.result.max_attempts = options.attempt, options.max_attempts
         if options.date_range:
             self.result.date_range = (str(options.date_range[0]), str(options.date_range[1]))
         self.started = time.monotonic()
@@ -499,7 +505,16 @@ class _Runner:
                 self._verify_deferred(self.ctx.engine.count(table))
             step_started = time.monotonic()
             try:
-                out = step.apply(self.ctx, table, rows_in=self.expected_rows)
+                out, attempts = apply_step(
+                    step,
+                    config,
+                    self.ctx,
+                    table,
+                    rows_in=self.expected_rows,
+                    label=label,
+                    sleep=self.options.sleep,
+                    run_deadline=self.options.deadline,
+                )
             except SluicewayError as exc:
                 raise exc.with_context(step=label) from exc.__cause__
             if defers:
@@ -514,6 +529,7 @@ class _Runner:
                 "deduplicated": out.deduplicated,
                 "filtered": out.filtered,
                 "duration_s": round(time.monotonic() - step_started, 3),
+                "attempts": attempts,
             }
             self.result.steps.append(timing)
             self.ctx.events.emit("step_done", **timing)

@@ -133,6 +133,36 @@ class StepConfig(Model):
     shorthand: ClassVar[str | None] = None
     wraps_mapping: ClassVar[bool] = False
 
+    retries: RetryPolicy | None = Field(
+        None,
+        description="Retry policy of this step: a transient error (e.g. Redis unreachable) "
+        "runs the step again after a backoff; other errors fail at once.",
+    )
+    timeout: str | None = Field(
+        None,
+        description="Longest one attempt of this step may take, e.g. '30s'; the running query "
+        "is interrupted and the step fails (not retried).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_full_form(cls, data: Any) -> Any:
+        """`- rename: {columns: {a: b}, timeout: 5m}`: the loader wraps every mapping of a
+        `wraps_mapping` step into its shorthand field; the full form names that field with
+        a mapping value (a column named like the field would map to a string)."""
+        if not (cls.wraps_mapping and cls.shorthand and isinstance(data, dict)):
+            return data
+        inner = data.get(cls.shorthand)
+        is_full = isinstance(inner, dict) and isinstance(inner.get(cls.shorthand), dict)
+        return inner if list(data) == [cls.shorthand] and is_full else data
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value, what="timeout")
+        return value
+
 
 class CheckConfig(Model):
     """Base of every table check config; `key` is its YAML key (`- not_null: {...}`)."""

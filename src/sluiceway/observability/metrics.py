@@ -8,10 +8,11 @@ runs are added (a running stream run's rows grow with each committed batch). Row
 count what reached the sinks: succeeded batch runs and stream runs; a failed batch run
 published nothing and its rerun counts the rows.
 
-The store does not record bytes, step durations or retries: those metrics do not exist
-yet (docs/metrics.md). `METRICS` is the catalogue; the Grafana dashboard and the alert
-rules (`grafana_dashboard`, `alert_rules`) may only name metrics in it
-(`unknown_metric_names`).
+Retries come from each run's details: `attempt` (which attempt of the run's retry policy
+it was) and, per step that finished, `attempts`. The store does not record bytes or step
+durations: those metrics do not exist yet (docs/metrics.md). `METRICS` is the catalogue;
+the Grafana dashboard and the alert rules (`grafana_dashboard`, `alert_rules`) may only
+name metrics in it (`unknown_metric_names`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ METRICS: dict[str, MetricInfo] = {
     "sluice_last_success_timestamp_seconds": MetricInfo(
         "gauge", "Unix time the last succeeded run finished.", ("pipeline",)
     ),
+    "sluice_run_retries": MetricInfo(
+        "counter",
+        "Attempts of finished batch runs beyond the first (the run's retry policy).",
+        ("pipeline",),
+    ),
+    "sluice_step_retries": MetricInfo(
+        "counter",
+        "Attempts of finished steps beyond the first (the step's retry policy).",
+        ("pipeline", "step"),
+    ),
     "sluice_stream_consumer_lag": MetricInfo(
         "gauge", "Messages behind the head of the stream after the latest batch.", ("pipeline",)
     ),
@@ -146,6 +157,7 @@ class StoreCollector:
                 yield from _row_counters(con)
                 yield from _run_families(con)
                 yield _checks(con)
+                yield from _retries(con)
             if "stream_batches" in tables:
                 yield from _stream_families(con)
 
@@ -216,6 +228,29 @@ def _checks(con: sqlite3.Connection) -> Metric:
     for labels, n in sorted(counts.items()):
         family.add_metric(list(labels), n)
     return family
+
+
+def _retries(con: sqlite3.Connection) -> Iterator[Metric]:
+    """Run attempts beyond the first per pipeline (0 for every pipeline with a finished run),
+    and step attempts beyond the first per step (0 for every step recorded with attempts)."""
+    runs = _family("sluice_run_retries")
+    for pipeline, retries in con.execute(
+        "SELECT pipeline, TOTAL(CASE WHEN json_valid(details) "
+        "THEN MAX(COALESCE(json_extract(details, '$.attempt'), 1) - 1, 0) END) "
+        "FROM runs WHERE status != 'running' GROUP BY 1 ORDER BY 1"
+    ):
+        runs.add_metric([pipeline], retries)
+    yield runs
+    steps = _family("sluice_step_retries")
+    for pipeline, step, retries in con.execute(
+        "SELECT r.pipeline, 'steps[' || json_extract(s.value, '$.index') || '].' || "
+        "json_extract(s.value, '$.step'), TOTAL(json_extract(s.value, '$.attempts') - 1) "
+        "FROM runs AS r, json_each(r.details, '$.steps') AS s "
+        "WHERE r.status != 'running' AND json_valid(r.details) "
+        "AND json_extract(s.value, '$.attempts') IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        steps.add_metric([pipeline, step], retries)
+    yield steps
 
 
 def _stream_families(con: sqlite3.Connection) -> Iterator[Metric]:

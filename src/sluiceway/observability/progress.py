@@ -46,12 +46,7 @@ class ConsoleProgress:
                 soft_wrap=True,
             )
         elif event.name == "retrying":
-            fields = event.fields
-            self.console.print(
-                f"[yellow]{event.pipeline}: attempt {fields['attempt']}/{fields['max_attempts']}, "
-                f"next in {fields['next_in_s']:.0f} s[/] (after: {escape(fields['error'])})",
-                soft_wrap=True,
-            )
+            self.console.print(retrying_message(event), soft_wrap=True)
 
     def _start(self, pipeline: str) -> None:
         self.progress = Progress(
@@ -70,3 +65,14 @@ class ConsoleProgress:
         if self.progress is not None:
             self.progress.stop()
         self.progress, self.task = None, None
+
+
+def retrying_message(event: Event) -> str:
+    """'orders: steps[1].enrich_redis attempt 2/5, next in 8 s (after: ...)' (rich markup);
+    a retry of the whole run names no step."""
+    fields = event.fields
+    step = f"{escape(fields['step'])} " if fields.get("step") else ""
+    return (
+        f"[yellow]{event.pipeline}: {step}attempt {fields['attempt']}/{fields['max_attempts']}, "
+        f"next in {fields['next_in_s']:.0f} s[/] (after: {escape(fields['error'])})"
+    )

@@ -1,7 +1,9 @@
 """The `python` step: a user function Arrow RecordBatch → RecordBatch (or Table → Table).
 
 User code runs at exactly this boundary; its errors come back as StepError naming the
-function and the batch, with the original exception as the cause.
+function and the batch, with the original exception as the cause. A function that raises
+`sluiceway.errors.TransientError` (a service it calls is down) keeps it: the step's and the
+run's `retries` policies retry it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import Field
 from sluiceway.core import registry
 from sluiceway.core.context import RunContext, StepOutput
 from sluiceway.core.spec import StepConfig
-from sluiceway.errors import StepError
+from sluiceway.errors import StepError, TransientError
 
 
 class PythonStepConfig(StepConfig):
@@ -78,6 +80,8 @@ class PythonStep:
     def _call(self, batch: pa.RecordBatch, index: int, ctx: RunContext) -> pa.RecordBatch:
         try:
             out = self.function(batch)
+        except TransientError as exc:
+            raise exc.with_context(function=self.config.function, batch=index) from exc.__cause__
         except Exception as exc:
             raise StepError(
                 f"python step {self.config.function} raised {type(exc).__name__}: {exc}",
