@@ -259,3 +259,34 @@ def test_no_email_appears_in_clear_in_project_state_or_alerts(
         texts.append(path.read_bytes().decode("latin-1"))
     for email in EMAILS:
         assert not any(email in text for text in texts), email
+
+
+def test_a_run_refused_for_a_missing_key_is_recorded_failed_and_seen_by_subscribers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sluiceway.core.events import Event
+    from sluiceway.core.loader import parse_spec
+    from sluiceway.core.runner import RunOptions, run_pipeline
+    from sluiceway.core.runstore import RunStore
+    from sluiceway.errors import ConfigError
+
+    for name in ("SLUICE_HMAC_KEY", "SLUICE_ENCRYPTION_KEY", "SLUICE_MASK_SALT"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "data.csv").write_text("id,email\n1,a@example.com\n")
+    spec = parse_spec(
+        "version: 1\npipeline: keyed\nsources: {s: {type: files, path: data.csv, format: csv}}\n"
+        "pii: {email: hmac}\nsinks: [{type: delta, path: lake/keyed}]\n",
+        environ={},
+    )
+    events: list[Event] = []
+
+    with pytest.raises(ConfigError):
+        run_pipeline(
+            spec,
+            RunOptions(base_dir=tmp_path, state_dir=tmp_path / "st", subscribers=[events.append]),
+        )
+
+    assert [e.name for e in events] == ["run_started", "run_failed", "run_finished"]
+    assert events[-1].fields["status"] == "failed"
+    [record] = RunStore(tmp_path / "st" / "runs.db").list(pipeline="keyed")
+    assert record.status == "failed" and "SLUICE_" in (record.error or "")

@@ -209,8 +209,8 @@ class _Runner:
     def run(self) -> RunResult:
         try:
             self._check_keys()
-        except ConfigError:
-            self.ctx.engine.close()
+        except ConfigError as exc:
+            self._refused(exc)
             raise
         if self.options.batch is None:
             self._take_lease()
@@ -242,6 +242,18 @@ class _Runner:
             self.ctx.engine.close()
             self.ctx.events.emit("run_finished", **self.result.finished_fields())
         return self.result
+
+    def _refused(self, exc: ConfigError) -> None:
+        """A run that cannot start (a missing key) is still a failed run for the run store
+        and every subscriber (lineage FAIL, alerts), then the error goes to the caller."""
+        self.watchdog.cancel()
+        self.ctx.engine.close()
+        self.result.status, self.result.error = "failed", str(exc)
+        if self.options.batch is None:
+            self._record("failed")
+        self.ctx.events.emit("run_started", logical_date=str(self.ctx.logical_date))
+        self.ctx.events.emit("run_failed", error=str(exc), error_type=type(exc).__name__)
+        self.ctx.events.emit("run_finished", **self.result.finished_fields())
 
     def _take_lease(self) -> None:
         """Mark runs whose process died as crashed, then hold a lease on this one."""
