@@ -26,9 +26,10 @@ class ConsoleProgress:
         self.task: TaskID | None = None
 
     def __call__(self, event: Event) -> None:
-        if event.name == "run_started":
-            self._start(event.pipeline)
-        elif event.name == "progress" and self.progress is not None and self.task is not None:
+        if event.name == "progress":
+            if self.progress is None:  # shown from the first stage on: a refused run shows none
+                self._start(event.pipeline)
+            assert self.progress is not None and self.task is not None
             fields = event.fields
             self.progress.update(
                 self.task,
