@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -58,7 +59,49 @@ def entry() -> None:
     os._exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_LAZY_COMMANDS = {
+    "audit": "cli_governance:audit",
+    "backfill": "cli_orchestrate:backfill",
+    "check": "cli_review:check",
+    "cost": "cli_tier:cost",
+    "demo": "cli_dlq:demo",
+    "dlq": "cli_dlq:dlq",
+    "doc": "cli_doc:doc",
+    "export": "cli_serve:export",
+    "forget": "cli_governance:forget",
+    "history": "cli_storage:history",
+    "import-gx": "cli_gx:import_gx",
+    "lineage": "cli_lineage:lineage",
+    "optimize": "cli_storage:optimize",
+    "profile": "cli_profile:profile",
+    "replay": "cli_dlq:replay",
+    "report": "cli_report:report",
+    "restore": "cli_storage:restore",
+    "retention": "cli_governance:retention",
+    "scheduler": "cli_scheduler:scheduler",
+    "serve": "cli_serve:serve",
+    "suggest": "cli_profile:suggest",
+    "tier": "cli_tier:tier",
+    "ui": "cli_ui:ui",
+    "vacuum": "cli_storage:vacuum",
+}
+"""Commands whose module is imported only when the command is used (`sluice run` does not
+pay for the dashboard, lineage or governance imports)."""
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS:
+            module, attr = _LAZY_COMMANDS[cmd_name].split(":")
+            command: click.Command = getattr(importlib.import_module(f"sluiceway.{module}"), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sluiceway")
 def main() -> None:
     """sluiceway: data pipelines with the quality gates built in."""
@@ -482,28 +525,5 @@ def checks_list(fmt: str) -> None:
         table.add_row(row["check"], "\n".join(row["aliases"]), arguments)
     console.print(table)
 
-
-from sluiceway.cli_dlq import demo, dlq, replay  # noqa: E402
-from sluiceway.cli_doc import doc  # noqa: E402
-from sluiceway.cli_governance import audit, forget, retention  # noqa: E402
-from sluiceway.cli_gx import import_gx  # noqa: E402
-from sluiceway.cli_lineage import lineage  # noqa: E402
-from sluiceway.cli_orchestrate import backfill  # noqa: E402
-from sluiceway.cli_profile import profile, suggest  # noqa: E402
-from sluiceway.cli_report import report  # noqa: E402
-from sluiceway.cli_review import check as check_command  # noqa: E402
-from sluiceway.cli_scheduler import scheduler  # noqa: E402
-from sluiceway.cli_serve import export, serve  # noqa: E402
-from sluiceway.cli_storage import history, optimize, restore, vacuum  # noqa: E402
-from sluiceway.cli_tier import cost, tier  # noqa: E402
-from sluiceway.cli_ui import ui  # noqa: E402
-
-for command in (
-    *(dlq, replay, demo, report, profile, suggest, import_gx, serve, export),
-    *(optimize, vacuum, history, restore),
-    *(check_command, doc, tier, cost, retention, forget, audit),
-    *(backfill, lineage, scheduler, ui),
-):
-    main.add_command(command)
 
 __all__ = ["SluicewayError", "main"]
