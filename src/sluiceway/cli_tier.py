@@ -19,7 +19,7 @@ from sluiceway.core.loader import load_spec
 from sluiceway.core.spec import Pipeline
 from sluiceway.errors import ConfigError, SluicewayError, SpecError
 from sluiceway.ops.audit import AuditLog
-from sluiceway.ops.cost import CostReport, cost_report
+from sluiceway.ops.cost import CostReport, by_layer, cost_report
 from sluiceway.ops.pricing import load_prices
 from sluiceway.ops.tiering import (
     Move,
@@ -203,13 +203,31 @@ def cost(
         except SluicewayError as exc:
             _fail(exc.message, 2 if isinstance(exc, ConfigError) else 1)
     is_over = any(report.is_over_budget for report in reports)
+    layers = by_layer(reports)
     if fmt == "json":
-        print(json.dumps({"pipelines": [r.as_dict() for r in reports], "over_budget": is_over}))
+        data = {"pipelines": [r.as_dict() for r in reports], "over_budget": is_over}
+        print(json.dumps({**data, "by_layer": layers}))
     else:
         for report in reports:
             _print_report(report)
+        if len(reports) > 1:
+            _print_layers(layers)
     if is_over and fail_over_budget:
         sys.exit(1)
+
+
+def _print_layers(layers: dict[str, dict[str, float]]) -> None:
+    out = Table(title="by layer", box=box.SIMPLE)
+    for column in ("layer", "bytes", "per month", "in 12 months"):
+        out.add_column(column, justify="left" if column == "layer" else "right")
+    for name, total in sorted(layers.items()):
+        out.add_row(
+            name,
+            f"{total['bytes']:,.0f}",
+            f"{total['monthly_total']:.4f}",
+            f"{total['projected_monthly']:.4f}",
+        )
+    _cli().console.print(out, soft_wrap=True)
 
 
 def _print_report(report: CostReport) -> None:

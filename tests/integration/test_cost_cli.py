@@ -163,3 +163,34 @@ def test_an_unknown_price_is_a_usage_error_without_traceback(tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "unknown price 'storage_moon_gb'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_pipelines_of_several_layers_are_totalled_per_layer(tmp_path: Path) -> None:
+    for layer, budget in (("bronze", None), ("silver", 10.0)):
+        folder = tmp_path / layer
+        write_spec(
+            folder, {**spec_of(budget=budget), "pipeline": f"billing_{layer}", "layer": layer}
+        )
+        fill_lake(folder)
+    command = [
+        str(tmp_path / "bronze/pipeline.yaml"),
+        str(tmp_path / "silver/pipeline.yaml"),
+        "--prices",
+        str(tmp_path / "bronze/prices.yaml"),
+        "--state-dir",
+        str(tmp_path),
+        "--format",
+        "json",
+    ]
+
+    result = CliRunner().invoke(cost, command)
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    reports = {r["pipeline"]: r for r in data["pipelines"]}
+    assert set(data["by_layer"]) == {"bronze", "silver"}
+    for layer in ("bronze", "silver"):
+        report = reports[f"billing_{layer}"]
+        assert report["layer"] == layer
+        assert data["by_layer"][layer]["monthly_total"] == pytest.approx(report["monthly_total"])
+        assert data["by_layer"][layer]["bytes"] == sum(t["bytes"] for t in report["tables"])

@@ -62,6 +62,7 @@ class CostReport:
     budget_per_month: float | None = None
     runs_30d: int = 0
     notes: list[str] = field(default_factory=list)
+    layer: str | None = None
 
     @property
     def storage_per_month(self) -> float:
@@ -91,6 +92,20 @@ class CostReport:
             over_budget=self.is_over_budget,
         )
         return data
+
+
+def by_layer(reports: list[CostReport]) -> dict[str, dict[str, float]]:
+    """Bytes, monthly cost and projected monthly cost per layer (bronze, silver, gold;
+    'none' for pipelines that declare no layer)."""
+    totals: dict[str, dict[str, float]] = {}
+    for report in reports:
+        layer = totals.setdefault(
+            report.layer or "none", {"bytes": 0, "monthly_total": 0.0, "projected_monthly": 0.0}
+        )
+        layer["bytes"] += sum(t.bytes for t in report.tables)
+        layer["monthly_total"] += report.monthly_total
+        layer["projected_monthly"] += report.projected_monthly
+    return totals
 
 
 def storage_cost(size_bytes: float, price_gb_month: float) -> float:
@@ -163,6 +178,7 @@ def cost_report(
         growth_per_year=growth,
         budget_per_month=pipeline.cost.budget_per_month if pipeline.cost else None,
         runs_30d=len(durations),
+        layer=pipeline.layer,
     )
 
 
