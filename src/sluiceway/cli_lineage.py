@@ -26,7 +26,7 @@ from sluiceway.core.project import PROJECT_FILE, find_project_file
 from sluiceway.core.spec import Pipeline
 from sluiceway.errors import SpecError
 from sluiceway.observability.column_lineage import ColumnLineage, Columns, column_lineage
-from sluiceway.observability.lineage import Dataset, datasets_of
+from sluiceway.observability.lineage_datasets import Dataset, datasets_of
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

@@ -13,25 +13,17 @@ stdout. Delivery never fails a run: an event that cannot be delivered is reporte
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sluiceway.core.events import Event
-from sluiceway.core.project import LineageSettings, Project
+from sluiceway.core.project import Project
 from sluiceway.core.spec import Pipeline
-from sluiceway.errors import ConfigError
 from sluiceway.observability.column_lineage import (
     CONTRACT_TYPES,
     IDENTITY,
@@ -40,6 +32,8 @@ from sluiceway.observability.column_lineage import (
     column_lineage,
     delta_source_columns,
 )
+from sluiceway.observability.lineage_datasets import Dataset, datasets_of
+from sluiceway.observability.lineage_transports import TRANSPORTS
 
 PRODUCER = "https://github.com/sluiceway/sluiceway"
 EVENT_SCHEMA = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
@@ -57,21 +51,9 @@ FACET_SCHEMAS = {
 }
 """Facet name → the `$id` of the schema its events follow (vendored in the tests)."""
 CUSTOM_RUN_FACET = "sluiceway_run"
-HTTP_ATTEMPTS = 3
-HTTP_TIMEOUT_S = 5.0
-OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 PARENT_ENV = "OPENLINEAGE_PARENT_ID"
 """`namespace/job/runId` of the run that started this one (the dbt-ol convention)."""
 FINISHED_TYPES = {"succeeded": "COMPLETE"}
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """An OpenLineage dataset: where it lives (namespace), its name, and its data-source URI."""
-
-    namespace: str
-    name: str
-    uri: str
 
 
 @dataclass(frozen=True)
@@ -105,83 +87,6 @@ def facet(kind: str, /, **fields: Any) -> dict[str, Any]:
 def run_uuid(namespace: str, pipeline: str, run_id: str) -> str:
     """The OpenLineage run id of a sluice run: a UUID derived from its names, so it is stable."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sluiceway:{namespace}:{pipeline}:{run_id}"))
-
-
-def path_dataset(uri: str) -> Dataset:
-    """The dataset of a file or table path (absolute, or a URL such as s3://bucket/key)."""
-    if uri.startswith("file://"):
-        uri = uri.removeprefix("file://")
-    if "://" not in uri:
-        return Dataset("file", uri, f"file://{uri}")
-    parts = urlsplit(uri)
-    if parts.scheme in OBJECT_STORES:
-        return Dataset(f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/"), uri)
-    return Dataset(f"{parts.scheme}://{parts.netloc}", parts.path or "/", uri)
-
-
-def _server(config: Any, default_port: int) -> tuple[str, str]:
-    """host:port and database of a database source or sink (never its credentials)."""
-    dsn_env = getattr(config, "dsn_env", None)
-    dsn = urlsplit(os.environ.get(dsn_env, "")) if dsn_env else None
-    host = (dsn.hostname if dsn else None) or getattr(config, "host", None) or "127.0.0.1"
-    port = (dsn.port if dsn else None) or getattr(config, "port", None) or default_port
-    database = (dsn.path.lstrip("/") if dsn else "") or (
-        getattr(config, "dbname", None) or getattr(config, "database", None) or "postgres"
-    )
-    return f"{host}:{port}", database
-
-
-def _table_datasets(config: Any, kind: str, port: int, schema: str | None) -> list[Dataset]:
-    server, database = _server(config, port)
-    namespace = f"{kind}://{server}"
-    tables = [config.table] if getattr(config, "table", None) else _query_tables(config)
-    datasets = []
-    for table in tables:
-        parts = table.split(".")
-        if schema is not None and len(parts) == 1:
-            parts = [schema, *parts]
-        name = ".".join([database, *parts]) if len(parts) < 3 else table
-        datasets.append(Dataset(namespace, name, f"{namespace}/{database}"))
-    return datasets
-
-
-def _query_tables(config: Any) -> list[str]:
-    query = getattr(config, "query", None)
-    if not query:
-        return []
-    import sqlglot
-    from sqlglot import exp
-
-    try:
-        found = sqlglot.parse_one(query).find_all(exp.Table)
-    except sqlglot.errors.SqlglotError:
-        return []
-    return sorted({".".join(p for p in (t.db, t.name) if p) for t in found})
-
-
-def datasets_of(config: Any, resolve: Callable[[str], str], fallback: str) -> list[Dataset]:
-    """The datasets a source or sink config reads or writes.
-
-    Args:
-        config: a source or sink config.
-        resolve: makes a spec path absolute (URLs are kept).
-        fallback: the dataset name of a plug-in without a path, table or URL.
-    """
-    kind = getattr(config, "type", "unknown")
-    if kind == "postgres":
-        return _table_datasets(config, "postgres", 5432, "public")
-    if kind == "mysql":
-        return _table_datasets(config, "mysql", 3306, None)
-    path = getattr(config, "path", None)
-    if path:
-        paths = [path] if isinstance(path, str) else list(path)
-        return [path_dataset(resolve(p)) for p in paths]
-    url = getattr(config, "url", None)
-    if isinstance(url, str) and "://" in url:
-        parts = urlsplit(url)
-        namespace = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return [Dataset(namespace, parts.path or "/", namespace)]
-    return [Dataset(kind, fallback, f"{kind}://{fallback}")]
 
 
 def _schema_fields(columns: Columns) -> list[dict[str, str]]:
@@ -446,77 +351,3 @@ def _assertion(check: Mapping[str, Any]) -> dict[str, Any]:
     if check.get("observed_value") is not None:
         item["actual"] = str(check["observed_value"])
     return item
-
-
-def _file_transport(settings: LineageSettings, root: Path) -> Callable[[dict[str, Any]], None]:
-    path = Path(settings.path) if Path(settings.path).is_absolute() else root / settings.path
-    lock = threading.Lock()
-
-    def send(event: dict[str, Any]) -> None:
-        line = json.dumps(event, sort_keys=True, default=str) + "\n"
-        with lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(line)
-
-    return send
-
-
-def _console_transport(settings: LineageSettings, root: Path) -> Callable[[dict[str, Any]], None]:
-    def send(event: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(event, sort_keys=True, default=str) + "\n")
-        sys.stdout.flush()
-
-    return send
-
-
-def _http_transport(settings: LineageSettings, root: Path) -> Callable[[dict[str, Any]], None]:
-    if not settings.url:
-        raise ConfigError(
-            "lineage.transport is http but lineage.url is not set in sluice.yaml; "
-            "set it to the OpenLineage server, e.g. url: http://marquez:5000"
-        )
-    endpoint = settings.url.rstrip("/") + "/api/v1/lineage"
-    parts = urlsplit(endpoint)
-    port = f":{parts.port}" if parts.port else ""
-    shown = parts._replace(netloc=f"{parts.hostname or ''}{port}")
-    headers = {"Content-Type": "application/json"}
-    if settings.api_key:
-        headers["Authorization"] = f"Bearer {settings.api_key}"
-
-    def send(event: dict[str, Any]) -> None:
-        body = json.dumps(event, default=str).encode()
-        reason = ""
-        for attempt in range(HTTP_ATTEMPTS):
-            request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-                    if response.status < 300:
-                        return
-                    reason = f"HTTP {response.status}"
-            except urllib.error.HTTPError as exc:
-                reason = f"HTTP {exc.code}"
-                if exc.code < 500 and exc.code != 429:
-                    break
-            except (OSError, urllib.error.URLError) as exc:
-                reason = type(exc).__name__
-            if attempt + 1 < HTTP_ATTEMPTS:
-                time.sleep(0.2 * 2**attempt)
-        sys.stderr.write(
-            f"sluice: warning: OpenLineage {event.get('eventType')} event of "
-            f"{event['job']['name']} not delivered to {shown.geturl()} ({reason}); the run goes on\n"
-        )
-
-    return send
-
-
-def _no_transport(settings: LineageSettings, root: Path) -> Callable[[dict[str, Any]], None]:
-    return lambda event: None
-
-
-TRANSPORTS: dict[str, Callable[[LineageSettings, Path], Callable[[dict[str, Any]], None]]] = {
-    "file": _file_transport,
-    "http": _http_transport,
-    "console": _console_transport,
-    "none": _no_transport,
-}
