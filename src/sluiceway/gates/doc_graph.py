@@ -3,6 +3,7 @@ spec, its Mermaid source, and the technology stack the spec uses."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,10 +59,18 @@ def build_graph(pipeline: Pipeline) -> Graph:
         stages.append(Node("mask", f"PII masking ({', '.join(pipeline.pii)})", "mask", 0))
     if pipeline.checks:
         stages.append(Node("checks", f"table checks ({len(pipeline.checks)})", "checks", 0))
-    previous = [node.id for node in nodes]
+    entry = _entry_stages(pipeline, [stage.id for stage in stages])
+    previous = [
+        node.id
+        for node, name in zip(nodes, pipeline.sources, strict=True)
+        if entry.get(name) is None
+    ]
     for column, stage in enumerate(stages, start=1):
         nodes.append(Node(stage.id, stage.label, stage.kind, column))
-        edges += [Edge(p, stage.id) for p in previous]
+        joined = [
+            f"src{i}" for i, name in enumerate(pipeline.sources) if entry.get(name) == stage.id
+        ]
+        edges += [Edge(p, stage.id) for p in [*previous, *joined]]
         previous = [stage.id]
     sink_column = len(stages) + 1
     for i, sink in enumerate(pipeline.sinks):
@@ -72,6 +81,27 @@ def build_graph(pipeline: Pipeline) -> Graph:
         where = pipeline.dead_letter.path if pipeline.dead_letter else "state folder"
         nodes.append(Node("dlq", f"dead letter: {where}", "dead_letter", sink_column))
     return Graph(tuple(nodes), tuple(edges + rejected))
+
+
+def _entry_stages(pipeline: Pipeline, stage_ids: list[str]) -> dict[str, str | None]:
+    """Where each source enters the flow: the primary source at the first stage, a secondary
+    source at the first step whose SQL names it (else the first stage); None: no stage."""
+    first = stage_ids[0] if stage_ids else None
+    entry: dict[str, str | None] = {}
+    for name in pipeline.sources:
+        if name == pipeline.primary_source:
+            entry[name] = None
+            continue
+        named = re.compile(rf"\b{re.escape(name)}\b")
+        entry[name] = next(
+            (
+                f"step{i}"
+                for i, step in enumerate(pipeline.steps)
+                if step.key == "sql" and named.search(str(getattr(step, "query", "")))
+            ),
+            first,
+        )
+    return entry
 
 
 def _step_label(step: Any) -> str:

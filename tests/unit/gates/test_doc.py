@@ -103,7 +103,7 @@ def test_mermaid_diagram_follows_the_runner_order_with_dead_letters() -> None:
     assert diagram.startswith("flowchart LR\n")
     for edge in (
         "src0 --> step0",
-        "src1 --> step0",
+        "src1 --> step1",  # products enters at the SQL step that joins it
         "step0 --> step1",
         "step1 --> mask",
         "mask --> checks",
@@ -111,6 +111,7 @@ def test_mermaid_diagram_follows_the_runner_order_with_dead_letters() -> None:
         'src0 -.->|"contract violations"| dlq',
     ):
         assert f"    {edge}\n" in diagram + "\n"
+    assert "src1 --> step0" not in diagram
     assert 'step0["dedup on event_id"]' in diagram
 
 
