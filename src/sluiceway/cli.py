@@ -267,6 +267,7 @@ def run(
             max_batches=max_batches,
             idle_exit=idle_exit,
             subscribers=hooks,
+            run_store=orchestrate.store_location_of(context, _state_dir(state_dir)),
         )
     result = _run_spec(pipeline, spec, day, log_format, state_dir, project=context)
     if log_format == "json":
@@ -436,7 +437,12 @@ def _run_store(state_dir: str | None, project_file: str | None) -> RunStore:
     from sluiceway import cli_orchestrate as orchestrate
 
     context = orchestrate.find_project(project_file)
-    return RunStore(_state_dir(orchestrate.state_dir_of(context, state_dir)) / "runs.db")
+    state = _state_dir(orchestrate.state_dir_of(context, state_dir))
+    try:
+        return RunStore(orchestrate.store_location_of(context, state))
+    except ConfigError as exc:
+        _fail(exc.message)
+    raise AssertionError("unreachable")
 
 
 @main.command()

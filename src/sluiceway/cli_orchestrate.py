@@ -23,9 +23,10 @@ from sluiceway.core.loader import load_project, load_spec
 from sluiceway.core.project import find_project_file
 from sluiceway.core.results import RunResult
 from sluiceway.core.runstore import RunStore
-from sluiceway.errors import SpecError
+from sluiceway.core.store_db import StoreLocation
+from sluiceway.errors import ConfigError, SpecError
 from sluiceway.observability.logs import json_logger
-from sluiceway.orchestration import ProjectContext, run_project_pipeline
+from sluiceway.orchestration import ProjectContext, run_project_pipeline, store_location
 from sluiceway.orchestration.backfill import (
     REPROCESS,
     DateOutcome,
@@ -95,6 +96,16 @@ def state_dir_of(context: ProjectContext | None, state_dir: str | None) -> str |
     if state_dir or context is None:
         return state_dir
     return str(context.state_dir())
+
+
+def store_location_of(context: ProjectContext | None, state: Path) -> StoreLocation:
+    """The run store: $SLUICE_RUN_STORE, else the project's `run_store`, else
+    `<state>/runs.db`.
+
+    Raises:
+        ConfigError: an unusable run store URL.
+    """
+    return store_location(context, state)
 
 
 def resolve_spec(target: str, context: ProjectContext | None) -> ProjectSpec:
@@ -301,7 +312,11 @@ def backfill(
     except ValueError as exc:
         _fail(str(exc))
     state = Path(_cli()._state_dir(state_dir_of(context, state_dir)))
-    plan = plan_dates(RunStore(state / "runs.db"), spec.name, candidates, reprocess)
+    try:
+        store = RunStore(store_location_of(context, state))
+    except ConfigError as exc:
+        _fail(exc.message)
+    plan = plan_dates(store, spec.name, candidates, reprocess)
     if dry_run:
         _print_plan(spec, plan, len(candidates))
         sys.exit(0)

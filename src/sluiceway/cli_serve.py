@@ -10,9 +10,13 @@ from typing import Any
 import click
 import yaml
 
+from sluiceway.core.store_db import resolve_location
 from sluiceway.errors import ConfigError
 
-STATE_DIR_HELP = "Where runs are recorded (default: $SLUICE_HOME or ./.sluice)."
+STATE_DIR_HELP = (
+    "Where runs are recorded (default: $SLUICE_HOME or ./.sluice; $SLUICE_RUN_STORE names "
+    "another run store)."
+)
 
 
 def _cli() -> Any:
@@ -43,13 +47,13 @@ def serve(state_dir: str | None, host: str, port: int) -> None:
     """Serve Prometheus metrics of the run store at http://HOST:PORT/metrics until stopped
     (Ctrl-C / SIGTERM). Each scrape reads the store (cached for one second)."""
     cli, metrics = _cli(), _metrics()
-    db_path = cli._state_dir(state_dir) / "runs.db"
     try:
+        db_path = resolve_location(cli._state_dir(state_dir))
         server = metrics.metrics_server(db_path, host=host, port=port)
     except ConfigError as exc:
         cli._fail(exc.message, code=1)
     bound_host, bound_port = server.server_address[:2]
-    click.echo(f"serving metrics of {db_path} at http://{bound_host}:{bound_port}/metrics")
+    click.echo(f"serving metrics of {db_path.label} at http://{bound_host}:{bound_port}/metrics")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -77,7 +81,7 @@ def export_metrics(state_dir: str | None, textfile: str) -> None:
     cli, metrics = _cli(), _metrics()
     path = Path(textfile).resolve()
     try:
-        size = metrics.write_textfile(cli._state_dir(state_dir) / "runs.db", path)
+        size = metrics.write_textfile(resolve_location(cli._state_dir(state_dir)), path)
     except ConfigError as exc:
         cli._fail(exc.message, code=1)
     click.echo(f"metrics: {path} ({size:,} bytes)")

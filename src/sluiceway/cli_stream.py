@@ -89,6 +89,7 @@ def run_stream_command(
     max_batches: int | None,
     idle_exit: float | None,
     subscribers: Sequence[Any] = (),
+    run_store: Any = None,
 ) -> None:
     """Run `pipeline` as a stream and exit 0 when it stopped cleanly, else 1; `subscribers`
     (the project's lineage / traces / alerts) receive its events too."""
@@ -100,6 +101,7 @@ def run_stream_command(
         base_dir=Path(spec).resolve().parent,
         state_dir=state_dir,
         subscribers=[*watchers, *subscribers],
+        run_store=run_store,
     )
     try:
         result = run_stream(

@@ -10,6 +10,7 @@ import click
 
 from sluiceway.core.loader import load_project
 from sluiceway.core.project import find_project_file
+from sluiceway.core.store_db import resolve_location
 from sluiceway.errors import SluicewayError
 from sluiceway.ui.catalog import SpecCatalog
 from sluiceway.ui.data import StoreReader
@@ -36,16 +37,18 @@ def build_dashboard(
     paths = [Path(s).resolve() for s in specs]
     root = Path.cwd()
     state: Path | None = None
+    run_store: str | None = None
     if project_file is not None:
         project = load_project(project_file)
         root = project_file.resolve().parent
         paths = sorted({*project.spec_paths(root), *paths})
         state = root / project.state_dir
+        run_store = project.run_store
     if state_dir or state is None:
         state = _cli()._state_dir(state_dir)
     state = state.resolve()
     return Dashboard(
-        reader=StoreReader(state / "runs.db"),
+        reader=StoreReader(resolve_location(state, run_store=run_store, root=root)),
         catalog=SpecCatalog(paths, root),
         state_dir=state,
         form_token=new_form_token(),

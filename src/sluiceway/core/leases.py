@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,32 +23,35 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sluiceway.core.store_db import (
+    StoreConnection,
+    StoreLocation,
+    as_location,
+    connect,
+    db_errors,
+    ensure_schema,
+    json_text,
+    upsert_sql,
+)
+from sluiceway.core.store_schema import LEASES_SCHEMA
 from sluiceway.errors import ConfigError
 
 DEFAULT_TTL_S = 60.0
 DEFAULT_KEEP_DAYS = 365
 DEFAULT_KEEP_RUNS = 10_000
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS leases (
-    run_id TEXT PRIMARY KEY,
-    pipeline TEXT NOT NULL,
-    holder TEXT NOT NULL,
-    expires_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+Store = StoreLocation | Path
+"""The run store: a location, or (as before) the path of its SQLite file."""
 
 
 @contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
-    con = sqlite3.connect(path, timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        with con:
-            con.executescript(_SCHEMA)
-            yield con
-    finally:
-        con.close()
+def _connect(db: Store) -> Iterator[StoreConnection]:
+    location = as_location(db)
+    if location.dialect == "postgresql":
+        ensure_schema(location, LEASES_SCHEMA, name="leases")
+    with connect(location) as con:
+        if con.dialect == "sqlite":
+            con.raw.executescript(LEASES_SCHEMA["sqlite"])
+        yield con
 
 
 def _now() -> datetime:
@@ -76,7 +78,7 @@ def lease_ttl(environ: dict[str, str] | None = None) -> float:
 class Lease:
     """A running run's claim on its pipeline, renewed until `release`."""
 
-    def __init__(self, db: Path, run_id: str, pipeline: str, *, ttl_s: float) -> None:
+    def __init__(self, db: Store, run_id: str, pipeline: str, *, ttl_s: float) -> None:
         self.db, self.run_id, self.pipeline, self.ttl_s = db, run_id, pipeline, ttl_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._stop = threading.Event()
@@ -88,15 +90,16 @@ class Lease:
         expires = (_now() + timedelta(seconds=self.ttl_s)).isoformat()
         with _connect(self.db) as con:
             con.execute(
-                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                upsert_sql(con.dialect, "leases", _LEASE_COLUMNS, key=("run_id",)),
                 (self.run_id, self.pipeline, self.holder, expires),
             )
 
     def _beat(self) -> None:
+        transient: tuple[type[Exception], ...] = (*db_errors(), ConfigError)
         while not self._stop.wait(self.ttl_s / 3):
             try:
                 self._renew()
-            except sqlite3.Error:
+            except transient:
                 continue
 
     def release(self) -> None:
@@ -116,7 +119,10 @@ class CrashedRun:
     holder: str
 
 
-def mark_crashed(db: Path, pipeline: str, *, ttl_s: float) -> list[CrashedRun]:
+_LEASE_COLUMNS = ("run_id", "pipeline", "holder", "expires_at")
+
+
+def mark_crashed(db: Store, pipeline: str, *, ttl_s: float) -> list[CrashedRun]:
     """Mark the `running` batch runs of `pipeline` whose lease expired as `crashed`."""
     now = _now()
     cutoff = (now - timedelta(seconds=ttl_s)).strftime(_COMPACT)
@@ -125,8 +131,8 @@ def mark_crashed(db: Path, pipeline: str, *, ttl_s: float) -> list[CrashedRun]:
             f"SELECT r.run_id, r.logical_date, l.holder, l.expires_at, {_STARTED} AS started "
             "FROM runs r "
             "LEFT JOIN leases l ON l.run_id = r.run_id WHERE r.pipeline = ? AND "
-            "r.status = 'running' AND coalesce(json_extract(r.details, '$.mode'), 'batch') "
-            "= 'batch'",
+            f"r.status = 'running' AND coalesce({json_text(con.dialect, 'r.details', 'mode')}, "
+            "'batch') = 'batch'",
             (pipeline,),
         ).fetchall()
         crashed = [
@@ -153,7 +159,7 @@ def _crash_message(run: CrashedRun) -> str:
 
 
 def prune(
-    db: Path, *, keep_days: int = DEFAULT_KEEP_DAYS, keep_runs: int = DEFAULT_KEEP_RUNS
+    db: Store, *, keep_days: int = DEFAULT_KEEP_DAYS, keep_runs: int = DEFAULT_KEEP_RUNS
 ) -> int:
     """Delete finished runs older than `keep_days`, and those beyond the newest `keep_runs`
     of their pipeline, with their metric points and stream batches; returns the runs
@@ -165,19 +171,20 @@ def prune(
             for row in con.execute(
                 f"SELECT run_id FROM (SELECT run_id, {_STARTED} AS started, status, "
                 f"row_number() OVER (PARTITION BY pipeline ORDER BY {_STARTED} DESC) AS newest "
-                "FROM runs) WHERE status != 'running' AND (started < ? OR newest > ?)",
+                "FROM runs) AS ranked WHERE status != 'running' AND (started < ? OR newest > ?)",
                 (cutoff, keep_runs),
             )
         ]
         for table in ("metrics", "stream_batches", "runs"):
             con.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(i,) for i in doomed])
         con.execute(
-            "INSERT OR REPLACE INTO store_meta VALUES ('pruned_at', ?)", (_now().isoformat(),)
+            upsert_sql(con.dialect, "store_meta", ("key", "value"), key=("key",)),
+            ("pruned_at", _now().isoformat()),
         )
     return len(doomed)
 
 
-def prune_daily(db: Path, *, keep_days: int, keep_runs: int) -> int | None:
+def prune_daily(db: Store, *, keep_days: int, keep_runs: int) -> int | None:
     """`prune` at most once a day (cheap to call at the end of every run)."""
     with _connect(db) as con:
         row = con.execute("SELECT value FROM store_meta WHERE key = 'pruned_at'").fetchone()

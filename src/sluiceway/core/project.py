@@ -136,6 +136,12 @@ class Project(_Model):
         "env", description="Where ${NAME} references resolve: the environment."
     )
     timezone: str = Field("UTC", description="Default time zone of schedules.")
+    run_store: str | None = Field(
+        None,
+        description="Where runs are recorded: a PostgreSQL URL "
+        "(postgresql://user@host:5432/db?schema=sluice; use ${ENV} for a password) or a SQLite "
+        "file (project-relative); default: <state_dir>/runs.db. $SLUICE_RUN_STORE overrides it.",
+    )
 
     @field_validator("timezone")
     @classmethod

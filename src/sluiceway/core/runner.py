@@ -54,6 +54,7 @@ from sluiceway.core.routing import (
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.core.step_retry import apply_step
+from sluiceway.core.store_db import StoreLocation, resolve_location
 from sluiceway.core.watchdog import Watchdog
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import (
@@ -112,6 +113,8 @@ class RunOptions:
             `timeout`, set by `run_with_policy`); past it the running query is interrupted
             and the run fails before publishing.
         sleep: waits between the attempts of a step with `retries` (tests pass a fake).
+        run_store: where the run is recorded (default: $SLUICE_RUN_STORE, else
+            `<state_dir>/runs.db`; a project passes its `run_store` setting here).
     """
 
     logical_date: date | None = None
@@ -128,6 +131,7 @@ class RunOptions:
     attempt: int = 1
     max_attempts: int = 1
     sleep: Callable[[float], None] = time.sleep
+    run_store: StoreLocation | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,9 @@ class _Runner:
         )
         for subscriber in options.subscribers:
             self.ctx.events.subscribe(subscriber)
-        self.store = RunStore(self.ctx.state_dir / "runs.db")
+        self.store = RunStore(
+            options.run_store or resolve_location(self.ctx.state_dir, environ=environ)
+        )
         self.accounting = RowAccounting()
         self.result = RunResult(
             run_id, pipeline.pipeline, self.ctx.logical_date, "running", self.accounting
@@ -259,19 +265,19 @@ class _Runner:
         """Mark runs whose process died as crashed, then hold a lease on this one."""
         environ = dict(os.environ if self.options.environ is None else self.options.environ)
         ttl = leases.lease_ttl(environ)
-        crashed = leases.mark_crashed(self.store.path, self.pipeline.pipeline, ttl_s=ttl)
+        crashed = leases.mark_crashed(self.store.location, self.pipeline.pipeline, ttl_s=ttl)
         if crashed:
             self.ctx.events.emit("runs_interrupted", runs=[c.run_id for c in crashed])
         self._record("running")
         self.lease = leases.Lease(
-            self.store.path, self.ctx.run_id, self.pipeline.pipeline, ttl_s=ttl
+            self.store.location, self.ctx.run_id, self.pipeline.pipeline, ttl_s=ttl
         )
 
     def _release_lease(self) -> None:
         self.lease.release()
         environ = os.environ if self.options.environ is None else self.options.environ
         leases.prune_daily(
-            self.store.path,
+            self.store.location,
             keep_days=int(environ.get("SLUICE_RUNS_KEEP_DAYS") or leases.DEFAULT_KEEP_DAYS),
             keep_runs=int(environ.get("SLUICE_RUNS_KEEP") or leases.DEFAULT_KEEP_RUNS),
         )

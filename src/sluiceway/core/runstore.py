@@ -1,5 +1,6 @@
-"""The run store: SQLite in WAL mode, one row per run with its accounting and check results,
-and the metric history: one point per pipeline, check, metric, logical date and hour of day.
+"""The run store: one row per run with its accounting and check results, and the metric
+history: one point per pipeline, check, metric, logical date and hour of day. SQLite in WAL
+mode by default, PostgreSQL by URL (`core.store_db`).
 
 The lake is the ledger; this store is an index of runs for humans and tools (`sluice runs`,
 `sluice show`) and the training data of anomaly checks. One writer per process, short
@@ -11,65 +12,38 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    pipeline TEXT NOT NULL,
-    logical_date TEXT NOT NULL,
-    status TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    duration_s REAL,
-    spec_hash TEXT,
-    run_key TEXT,
-    rows_in INTEGER,
-    rows_written INTEGER,
-    rows_rejected INTEGER,
-    rows_deduplicated INTEGER,
-    rows_filtered INTEGER,
-    rows_warned INTEGER,
-    details TEXT NOT NULL DEFAULT '{}',
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id TEXT NOT NULL,
-    pipeline TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    check_id TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    logical_date TEXT NOT NULL,
-    value REAL NOT NULL,
-    recorded_at TEXT NOT NULL,
-    flagged INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS metrics_by_series
-    ON metrics (pipeline, check_id, metric, logical_date);
-CREATE TABLE IF NOT EXISTS stream_batches (
-    run_id TEXT NOT NULL,
-    pipeline TEXT NOT NULL,
-    batch INTEGER NOT NULL,
-    committed_at TEXT NOT NULL,
-    events_in INTEGER NOT NULL,
-    written INTEGER NOT NULL,
-    rejected INTEGER NOT NULL,
-    deduplicated INTEGER NOT NULL,
-    already_committed INTEGER NOT NULL,
-    batch_latency_s REAL NOT NULL,
-    e2e_p50_s REAL,
-    e2e_p99_s REAL,
-    lag INTEGER,
-    table_version INTEGER,
-    PRIMARY KEY (pipeline, batch)
-);
-"""
+from sluiceway.core.store_db import (
+    Dialect,
+    StoreConnection,
+    StoreLocation,
+    as_location,
+    connect,
+    ensure_schema,
+    json_text,
+    resolve_location,
+    upsert_sql,
+)
+from sluiceway.core.store_schema import RUNS_SCHEMA
+
+_SAVED_ORDER: dict[Dialect, str] = {"sqlite": "rowid", "postgresql": "id"}
+"""The column that orders runs saved in the same second: the last saved is the highest."""
+_PREFIX_MATCH: dict[Dialect, str] = {
+    "sqlite": "run_id LIKE ? || '%'",
+    "postgresql": "run_id ILIKE ? || '%'",
+}
+"""A run id prefix, case-insensitive on both (SQLite's LIKE is)."""
+_HOUR_OF_DAY: dict[Dialect, str] = {
+    "sqlite": "CAST(strftime('%H', recorded_at) AS INTEGER)",
+    "postgresql": "CAST(EXTRACT(HOUR FROM recorded_at::timestamptz) AS INTEGER)",
+}
+"""The UTC hour of `recorded_at` (the PostgreSQL session runs in UTC)."""
 
 _ADDED_METRIC_COLUMNS = {"flagged": "INTEGER NOT NULL DEFAULT 0"}
 """Columns of `metrics` added after its first version → their DDL, for `_migrate`."""
@@ -159,47 +133,61 @@ class StreamBatchRecord:
     table_version: int | None = None
 
 
+def open_run_store(
+    state_dir: Path,
+    *,
+    run_store: str | None = None,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunStore:
+    """The run store of a state folder: $SLUICE_RUN_STORE, else `run_store` (the project's
+    setting, relative to `root`), else `<state_dir>/runs.db` (see `store_db.resolve_location`).
+
+    Raises:
+        ConfigError: an unusable URL, or a PostgreSQL server that cannot be reached.
+    """
+    location = resolve_location(state_dir, run_store=run_store, root=root, environ=environ)
+    return RunStore(location)
+
+
 class RunStore:
-    """SQLite-backed store of runs.
+    """The store of runs, on SQLite or PostgreSQL.
 
     Args:
-        path: the database file; its folder is created.
+        target: a `StoreLocation`, a SQLite file (its folder is created) or a PostgreSQL URL.
+
+    Raises:
+        ConfigError: a PostgreSQL server that cannot be reached.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
-            _migrate(con)
+    def __init__(self, target: StoreLocation | str | Path) -> None:
+        self.location = as_location(target)
+        self.dialect: Dialect = self.location.dialect
+        self.path = self.location.path
+        ensure_schema(self.location, RUNS_SCHEMA, name="runs")
+        if self.dialect == "sqlite":
+            with self._connect() as con:
+                _migrate(con.raw)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30)
-        con.row_factory = sqlite3.Row
-        try:
-            with con:
-                yield con
-        finally:
-            con.close()
+    def _connect(self) -> Iterator[StoreConnection]:
+        with connect(self.location) as con:
+            yield con
 
     def save(self, record: RunRecord) -> None:
         """Insert or replace a run."""
         data = asdict(record)
         data["details"] = json.dumps(record.details, default=str, sort_keys=True)
-        columns = ", ".join(data)
-        marks = ", ".join(f":{k}" for k in data)
+        sql = upsert_sql(self.dialect, "runs", list(data), key=("run_id",), bump="id")
         with self._connect() as con:
-            con.execute(f"INSERT OR REPLACE INTO runs ({columns}) VALUES ({marks})", data)
+            con.execute(sql, list(data.values()))
 
     def save_batch(self, batch: StreamBatchRecord) -> None:
         """Record one committed micro-batch of a stream run (a retried batch replaces)."""
         data = asdict(batch)
-        columns = ", ".join(data)
-        marks = ", ".join(f":{k}" for k in data)
+        sql = upsert_sql(self.dialect, "stream_batches", list(data), key=("pipeline", "batch"))
         with self._connect() as con:
-            con.execute(f"INSERT OR REPLACE INTO stream_batches ({columns}) VALUES ({marks})", data)
+            con.execute(sql, list(data.values()))
 
     def stream_batches(
         self, pipeline: str, *, run_id: str | None = None, limit: int = 1000
@@ -222,7 +210,7 @@ class RunStore:
         with self._connect() as con:
             rows = con.execute(
                 "SELECT run_id FROM runs WHERE pipeline = ? AND status = 'running' "
-                "AND json_extract(details, '$.mode') = ?",
+                f"AND {json_text(self.dialect, 'details', 'mode')} = ?",
                 (pipeline, mode),
             ).fetchall()
             ids = [row["run_id"] for row in rows]
@@ -238,7 +226,7 @@ class RunStore:
         """A run by id, or by a unique prefix of it."""
         with self._connect() as con:
             rows = con.execute(
-                "SELECT * FROM runs WHERE run_id LIKE ? || '%' LIMIT 2", (run_id,)
+                f"SELECT * FROM runs WHERE {_PREFIX_MATCH[self.dialect]} LIMIT 2", (run_id,)
             ).fetchall()
         return _record(rows[0]) if len(rows) == 1 else None
 
@@ -247,7 +235,8 @@ class RunStore:
         sql = (
             "SELECT * FROM runs"
             + (" WHERE pipeline = ?" if pipeline else "")
-            + " ORDER BY replace(replace(started_at, '-', ''), ':', '') DESC, rowid DESC LIMIT ?"
+            + " ORDER BY replace(replace(started_at, '-', ''), ':', '') DESC, "
+            + f"{_SAVED_ORDER[self.dialect]} DESC LIMIT ?"
         )
         params: tuple[Any, ...] = (pipeline, limit) if pipeline else (limit,)
         with self._connect() as con:
@@ -273,12 +262,12 @@ class RunStore:
         with self._connect() as con:
             con.executemany(
                 "DELETE FROM metrics WHERE pipeline = ? AND logical_date = ? AND check_id = ? "
-                "AND metric = ? AND CAST(strftime('%H', recorded_at) AS INTEGER) = ?",
+                f"AND metric = ? AND {_HOUR_OF_DAY[self.dialect]} = ?",
                 keys,
             )
             con.executemany(
                 f"INSERT INTO metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({marks})",
-                [tuple(getattr(r, c) for c in _METRIC_COLUMNS) for r in points],
+                [(*(getattr(r, c) for c in _METRIC_COLUMNS[:-1]), int(r.flagged)) for r in points],
             )
 
     def metric_history(
@@ -361,13 +350,16 @@ def _migrate(con: sqlite3.Connection) -> None:
                 raise
 
 
-def _point(row: sqlite3.Row) -> MetricPoint:
+def _point(row: Any) -> MetricPoint:
     data = dict(row)
     data["flagged"] = bool(data["flagged"])
     return MetricPoint(**data)
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
-    data = dict(row)
+def _record(row: Any) -> RunRecord:
+    data = {k: v for k, v in dict(row).items() if k in _RUN_FIELDS}
     data["details"] = json.loads(data["details"] or "{}")
     return RunRecord(**data)
+
+
+_RUN_FIELDS = frozenset(RunRecord.__dataclass_fields__)

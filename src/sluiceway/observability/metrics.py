@@ -1,6 +1,7 @@
 """Prometheus metrics from the run store (`sluice serve`, `sluice export metrics|grafana`).
 
-Every scrape reads `<state_dir>/runs.db` read-only and aggregates in SQL (one statement per
+Every scrape reads the run store (`<state_dir>/runs.db`, or PostgreSQL: `core.store_db`)
+read-only and aggregates in SQL (one statement per
 metric family, each a single scan of `runs` or `stream_batches`), so a store of ten
 thousand runs costs tens of milliseconds; `CachedExposition` keeps the text for a second so a burst
 of scrapes costs one read. Counters are sums over recorded runs, so they only grow while
@@ -19,12 +20,10 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,7 +37,15 @@ from prometheus_client.core import (
     Metric,
 )
 
+from sluiceway.core.store_db import (
+    StoreConnection,
+    StoreLocation,
+    as_location,
+    connect,
+    db_errors,
+)
 from sluiceway.errors import ConfigError
+from sluiceway.observability.metrics_sql import QUERIES, counted_rows, histogram_sql
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -126,33 +133,21 @@ def _family(name: str, **kwargs: Any) -> Any:
     return kind(name, info.help, labels=list(info.labels), **kwargs)
 
 
-_ISO_FINISHED = (
-    "CASE WHEN finished_at GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9]*' "
-    "THEN substr(finished_at, 1, 4) || '-' || substr(finished_at, 5, 2) || '-' || "
-    "substr(finished_at, 7, 2) || ' ' || substr(finished_at, 10, 2) || ':' || "
-    "substr(finished_at, 12, 2) || ':' || substr(finished_at, 14, 2) ELSE finished_at END"
-)
-"""`finished_at` as SQLite reads time: batch runs store `20250115T093000`, stream runs ISO."""
-
-
-def _bucket_sql(column: str, bounds: tuple[float, ...]) -> str:
-    return ", ".join(f"SUM({column} <= {bound!r})" for bound in bounds)
-
-
 class StoreCollector:
     """A prometheus_client collector that reads the run store on every `collect`.
 
     Args:
-        db_path: `<state_dir>/runs.db`; opened read-only, never created.
+        db_path: the store (`<state_dir>/runs.db` or a location); opened read-only, never
+            created.
     """
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: StoreLocation | Path) -> None:
         self.db_path = db_path
+        self.location = as_location(db_path)
 
     def collect(self) -> Iterator[Metric]:
-        uri = self.db_path.resolve().as_uri() + "?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True, timeout=10)) as con:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        with connect(self.location, read_only=True, timeout=10) as con:
+            tables = {r[0] for r in con.execute(QUERIES[con.dialect]["tables"])}
             if "runs" in tables:
                 yield from _row_counters(con)
                 yield from _run_families(con)
@@ -165,14 +160,10 @@ class StoreCollector:
         return []
 
 
-_COUNTED_ROWS = "status = 'succeeded' OR json_extract(details, '$.mode') = 'stream'"
-"""Runs whose rows reached the sinks: a failed batch run publishes nothing (its rerun counts
-them), while a stream run commits batch by batch, whatever its end."""
-
-
-def _row_counters(con: sqlite3.Connection) -> Iterator[Metric]:
+def _row_counters(con: StoreConnection) -> Iterator[Metric]:
+    counted = counted_rows(con.dialect)
     sums = ", ".join(
-        f"COALESCE(SUM(CASE WHEN {_COUNTED_ROWS} THEN rows_{kind} END), 0)" for kind in ROW_COUNTS
+        f"COALESCE(SUM(CASE WHEN {counted} THEN rows_{kind} END), 0)" for kind in ROW_COUNTS
     )
     rows = con.execute(f"SELECT pipeline, {sums} FROM runs GROUP BY pipeline").fetchall()
     for i, kind in enumerate(ROW_COUNTS, start=1):
@@ -182,7 +173,7 @@ def _row_counters(con: sqlite3.Connection) -> Iterator[Metric]:
         yield family
 
 
-def _run_families(con: sqlite3.Connection) -> Iterator[Metric]:
+def _run_families(con: StoreConnection) -> Iterator[Metric]:
     counts = con.execute("SELECT pipeline, status, COUNT(*) FROM runs GROUP BY 1, 2").fetchall()
     pipelines = sorted({row[0] for row in counts})
     finished = {(p, s): n for p, s, n in counts if s != "running"}
@@ -204,22 +195,14 @@ def _run_families(con: sqlite3.Connection) -> Iterator[Metric]:
         RUN_DURATION_BUCKETS,
     )
     last = _family("sluice_last_success_timestamp_seconds")
-    for pipeline, epoch in con.execute(
-        f"SELECT pipeline, MAX(CAST(strftime('%s', {_ISO_FINISHED}) AS INTEGER)) FROM runs "
-        "WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY pipeline"
-    ):
+    for pipeline, epoch in con.execute(QUERIES[con.dialect]["last_success"]):
         if epoch is not None:
             last.add_metric([pipeline], float(epoch))
     yield last
 
 
-def _checks(con: sqlite3.Connection) -> Metric:
-    rows = con.execute(
-        "SELECT r.pipeline, json_extract(c.value, '$.name'), json_extract(c.value, '$.severity'), "
-        "json_extract(c.value, '$.status'), COUNT(*) "
-        "FROM runs AS r, json_each(r.details, '$.checks') AS c "
-        "WHERE r.status != 'running' AND json_valid(r.details) GROUP BY 1, 2, 3, 4"
-    ).fetchall()
+def _checks(con: StoreConnection) -> Metric:
+    rows = con.execute(QUERIES[con.dialect]["checks"]).fetchall()
     counts = {(p, str(c), str(sev), str(s)): n for p, c, sev, s, n in rows}
     for pipeline, check, severity, _ in list(counts):
         for status in ("passed", "failed"):
@@ -230,30 +213,20 @@ def _checks(con: sqlite3.Connection) -> Metric:
     return family
 
 
-def _retries(con: sqlite3.Connection) -> Iterator[Metric]:
+def _retries(con: StoreConnection) -> Iterator[Metric]:
     """Run attempts beyond the first per pipeline (0 for every pipeline with a finished run),
     and step attempts beyond the first per step (0 for every step recorded with attempts)."""
     runs = _family("sluice_run_retries")
-    for pipeline, retries in con.execute(
-        "SELECT pipeline, TOTAL(CASE WHEN json_valid(details) "
-        "THEN MAX(COALESCE(json_extract(details, '$.attempt'), 1) - 1, 0) END) "
-        "FROM runs WHERE status != 'running' GROUP BY 1 ORDER BY 1"
-    ):
+    for pipeline, retries in con.execute(QUERIES[con.dialect]["run_retries"]):
         runs.add_metric([pipeline], retries)
     yield runs
     steps = _family("sluice_step_retries")
-    for pipeline, step, retries in con.execute(
-        "SELECT r.pipeline, 'steps[' || json_extract(s.value, '$.index') || '].' || "
-        "json_extract(s.value, '$.step'), TOTAL(json_extract(s.value, '$.attempts') - 1) "
-        "FROM runs AS r, json_each(r.details, '$.steps') AS s "
-        "WHERE r.status != 'running' AND json_valid(r.details) "
-        "AND json_extract(s.value, '$.attempts') IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
-    ):
+    for pipeline, step, retries in con.execute(QUERIES[con.dialect]["step_retries"]):
         steps.add_metric([pipeline, step], retries)
     yield steps
 
 
-def _stream_families(con: sqlite3.Connection) -> Iterator[Metric]:
+def _stream_families(con: StoreConnection) -> Iterator[Metric]:
     latest = con.execute(
         "SELECT pipeline, lag, e2e_p50_s, e2e_p99_s FROM stream_batches AS b "
         "WHERE batch = (SELECT MAX(batch) FROM stream_batches WHERE pipeline = b.pipeline) "
@@ -277,46 +250,45 @@ def _stream_families(con: sqlite3.Connection) -> Iterator[Metric]:
 
 
 def _histogram(
-    con: sqlite3.Connection, name: str, source: str, column: str, bounds: tuple[float, ...]
+    con: StoreConnection, name: str, source: str, column: str, bounds: tuple[float, ...]
 ) -> Metric:
     """A histogram per pipeline of `column` over `source` (a table and its WHERE clause)."""
     family = _family(name)
-    query = (
-        f"SELECT pipeline, COUNT({column}), TOTAL({column}), {_bucket_sql(column, bounds)} "
-        f"FROM {source} GROUP BY pipeline ORDER BY pipeline"
-    )
+    query = histogram_sql(con.dialect, source, column, bounds)
     for pipeline, count, total, *cumulative in con.execute(query):
         buckets = [(repr(b), n or 0) for b, n in zip(bounds, cumulative, strict=True)]
         family.add_metric([pipeline], [*buckets, ("+Inf", count)], sum_value=total)
     return family
 
 
-def render_metrics(db_path: Path) -> bytes:
+def render_metrics(db_path: StoreLocation | Path) -> bytes:
     """The Prometheus text exposition (format 0.0.4) of the store at `db_path`.
 
     Raises:
         ConfigError: no run store at `db_path`, or it cannot be read.
     """
-    if not db_path.is_file():
+    location = as_location(db_path)
+    if not location.exists():
         raise ConfigError(
-            f"no run store at {db_path}: run a pipeline with this state dir first, or pass "
-            "the state dir its runs use (--state-dir or $SLUICE_HOME)"
+            f"no run store at {location.label}: run a pipeline with this state dir first, or "
+            "pass the state dir its runs use (--state-dir or $SLUICE_HOME)"
         )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(db_path))
+    registry.register(StoreCollector(location))
     try:
         return generate_latest(registry)
-    except sqlite3.Error as exc:
+    except db_errors() as exc:
         raise ConfigError(
-            f"cannot read the run store {db_path}: {exc}; check that --state-dir (or "
-            "$SLUICE_HOME) is the state dir `sluice run` uses"
+            f"cannot read the run store {location.label}: {location.scrub(str(exc))}; check "
+            "that --state-dir (or $SLUICE_HOME, $SLUICE_RUN_STORE) is the store `sluice run` "
+            "uses"
         ) from exc
 
 
 class CachedExposition:
     """`render_metrics` of one store, reused for `ttl_s` seconds; safe across threads."""
 
-    def __init__(self, db_path: Path, *, ttl_s: float = 1.0) -> None:
+    def __init__(self, db_path: StoreLocation | Path, *, ttl_s: float = 1.0) -> None:
         self.db_path = db_path
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
@@ -331,7 +303,7 @@ class CachedExposition:
             return self._text
 
 
-def metrics_server(db_path: Path, *, host: str, port: int) -> ThreadingHTTPServer:
+def metrics_server(db_path: StoreLocation | Path, *, host: str, port: int) -> ThreadingHTTPServer:
     """An HTTP server answering `GET /metrics` from the store (404 elsewhere), bound but
     not started: call `serve_forever` (in a thread, or the CLI's main thread).
 
@@ -372,7 +344,7 @@ def metrics_server(db_path: Path, *, host: str, port: int) -> ThreadingHTTPServe
         ) from exc
 
 
-def write_textfile(db_path: Path, path: Path) -> int:
+def write_textfile(db_path: StoreLocation | Path, path: Path) -> int:
     """Write the exposition to `path` atomically (a temporary file in the same folder, then
     a rename), for node-exporter's textfile collector. Returns the bytes written.
 

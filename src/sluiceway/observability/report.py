@@ -1,6 +1,7 @@
 """Static HTML quality reports from the stored results of runs (`sluice report`).
 
-The site is built from the run store (`<state_dir>/runs.db`) and the results files
+The site is built from the run store (`<state_dir>/runs.db`, or PostgreSQL: see
+`core.store_db`) and the results files
 (`<state_dir>/results/<run_id>.json`), reading only what each page needs:
 
 - `index.html`, `runs-2.html`, ...: every run, newest first, one summary row each; SQLite
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway.core.runstore import RunRecord
+from sluiceway.core.store_db import StoreLocation, connect, db_errors, resolve_location
 from sluiceway.errors import ConfigError
 from sluiceway.observability.report_charts import line_chart, status_strip
 from sluiceway.observability.report_html import (
@@ -45,6 +46,7 @@ from sluiceway.observability.report_html import (
     _status,
     _table,
 )
+from sluiceway.observability.report_sql import CHECK_POINTS, NEWEST_FIRST, SUMMARY_COLUMNS
 
 __all__ = ["ReportSummary", "RunIndex", "build_report", "render_run"]
 
@@ -59,23 +61,6 @@ _CHECK_HEADERS = (
     *("unexpected %", "rows checked", "message", "unexpected sample", "time"),
 )
 _INDEX_PAGE = re.compile(r"runs-(\d+)\.html")
-
-_SUMMARY_COLUMNS = """run_id, pipeline, logical_date, status, duration_s, rows_in, rows_written,
-    rows_rejected, rows_deduplicated,
-    (SELECT count(*) FROM json_each(details, '$.checks')
-      WHERE json_extract(value, '$.status') = 'passed') AS checks_passed,
-    coalesce(json_array_length(details, '$.checks'), 0) AS checks_total"""
-# started_at has one-second resolution; of runs started in the same second, the one the store
-# saved last (the highest rowid) is the newest.
-_NEWEST_FIRST = "ORDER BY started_at DESC, rowid DESC"
-_CHECK_POINTS = f"""
-WITH recent AS (SELECT run_id, logical_date, started_at, details FROM runs
-                WHERE pipeline = ? {_NEWEST_FIRST} LIMIT ?)
-SELECT recent.run_id, json_extract(c.value, '$.check_id'), json_extract(c.value, '$.name'),
-       json_extract(c.value, '$.check'), json_extract(c.value, '$.column'),
-       json_extract(c.value, '$.status'), json_extract(c.value, '$.observed_value')
-FROM recent, json_each(recent.details, '$.checks') AS c
-"""
 
 
 @dataclass(frozen=True)
@@ -136,16 +121,19 @@ class RunIndex:
     """Read-only queries on a state folder's run store and results files.
 
     Args:
-        state_dir: the `.sluice` folder that holds `runs.db` and `results/`.
+        state_dir: the `.sluice` folder that holds `results/` (and `runs.db`).
+        location: the run store (default: $SLUICE_RUN_STORE, else `<state_dir>/runs.db`).
 
     Raises:
         ConfigError: there is no run store in `state_dir`.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, location: StoreLocation | None = None) -> None:
         self.state_dir = Path(state_dir)
-        self.db = self.state_dir / "runs.db"
-        if not self.db.is_file():
+        self.location = location or resolve_location(self.state_dir)
+        self.dialect = self.location.dialect
+        self.db = self.location.label
+        if not self.location.exists():
             raise ConfigError(
                 f"no run store at {self.db}: run a pipeline first (`sluice run SPEC`), or point "
                 "--state-dir (or $SLUICE_HOME) at the folder that holds runs.db"
@@ -154,20 +142,15 @@ class RunIndex:
     def _query(
         self, sql: str, params: Sequence[Any] = (), *, as_dict: bool = False
     ) -> Iterator[Any]:
-        con: sqlite3.Connection | None = None
         try:
-            con = sqlite3.connect(f"{self.db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-            if as_dict:
-                con.row_factory = sqlite3.Row
-            for row in con.execute(sql, tuple(params)):
-                yield dict(row) if as_dict else row
-        except sqlite3.Error as exc:
+            with connect(self.location, read_only=True, timeout=30) as con:
+                for row in con.execute(sql, tuple(params)):
+                    yield dict(row) if as_dict else tuple(row)
+        except db_errors() as exc:
             raise ConfigError(
-                f"cannot read the run store {self.db}: {exc}; is it a sluice runs.db?"
+                f"cannot read the run store {self.db}: {self.location.scrub(str(exc))}; "
+                "is it a sluice run store?"
             ) from exc
-        finally:
-            if con is not None:
-                con.close()
 
     @staticmethod
     def _where(pipeline: str | None) -> tuple[str, tuple[str, ...]]:
@@ -188,13 +171,15 @@ class RunIndex:
     def summaries(self, pipeline: str | None = None) -> Iterator[RunSummary]:
         """Every run's summary row, newest first, streamed."""
         where, params = self._where(pipeline)
-        sql = f"SELECT {_SUMMARY_COLUMNS} FROM runs {where} {_NEWEST_FIRST}"
+        sql = (
+            f"SELECT {SUMMARY_COLUMNS[self.dialect]} FROM runs {where} {NEWEST_FIRST[self.dialect]}"
+        )
         return (RunSummary(*row) for row in self._query(sql, params))
 
     def recent_records(self, pipeline: str | None, limit: int) -> Iterator[RunRecord]:
         """The most recent `limit` runs, whole, newest first, streamed."""
         where, params = self._where(pipeline)
-        sql = f"SELECT * FROM runs {where} {_NEWEST_FIRST} LIMIT ?"
+        sql = f"SELECT * FROM runs {where} {NEWEST_FIRST[self.dialect]} LIMIT ?"
         return (_record(row) for row in self._query(sql, (*params, limit), as_dict=True))
 
     def record(self, run_id: str) -> RunRecord | None:
@@ -207,13 +192,14 @@ class RunIndex:
         """The most recent `limit` runs of a pipeline, oldest first."""
         sql = (
             "SELECT run_id, logical_date, status, rows_in, rows_written, rows_rejected FROM runs "
-            f"WHERE pipeline = ? {_NEWEST_FIRST} LIMIT ?"
+            f"WHERE pipeline = ? {NEWEST_FIRST[self.dialect]} LIMIT ?"
         )
         return [RunPoint(*row) for row in reversed(list(self._query(sql, (pipeline, limit))))]
 
     def check_points(self, pipeline: str, limit: int) -> list[CheckPoint]:
         """Every check of the most recent `limit` runs of a pipeline."""
-        return [CheckPoint(*row) for row in self._query(_CHECK_POINTS, (pipeline, limit))]
+        sql = CHECK_POINTS[self.dialect]
+        return [CheckPoint(*row) for row in self._query(sql, (pipeline, limit))]
 
     def results_path(self, run_id: str) -> Path:
         """Where a run's results file is (it may not exist)."""

@@ -24,6 +24,7 @@ from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.core.spec_meta import parse_volume
 from sluiceway.core.storage import delta_storage_options, is_remote, storage_errors
+from sluiceway.core.store_db import resolve_location
 from sluiceway.ops.pricing import storage_price
 from sluiceway.sinks.delta import DeltaSinkConfig
 
@@ -260,12 +261,12 @@ def _open(target: _Target) -> DeltaTable | None:
 
 
 def _run_durations(pipeline: str, state_dir: Path, now: datetime) -> list[float]:
-    database = state_dir / "runs.db"
-    if not database.exists():
+    location = resolve_location(state_dir)
+    if not location.exists():
         return []
     since = now - timedelta(days=WINDOW_DAYS)
     durations = []
-    for run in RunStore(database).list(pipeline=pipeline, limit=1_000_000):
+    for run in RunStore(location).list(pipeline=pipeline, limit=1_000_000):
         started = datetime.fromisoformat(run.started_at)
         started = started if started.tzinfo else started.replace(tzinfo=UTC)
         if started >= since and run.duration_s is not None:

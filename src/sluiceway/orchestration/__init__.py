@@ -20,6 +20,7 @@ from sluiceway.core.project import Project
 from sluiceway.core.results import RunResult
 from sluiceway.core.runner import RunOptions
 from sluiceway.core.spec import Pipeline
+from sluiceway.core.store_db import StoreLocation, resolve_location
 from sluiceway.orchestration.graph import ProjectSpec
 
 
@@ -65,6 +66,14 @@ def project_hooks(
         return []
 
 
+def store_location(context: ProjectContext | None, state_dir: Path) -> StoreLocation:
+    """The run store of a run: $SLUICE_RUN_STORE, else the project's `run_store`, else
+    `<state_dir>/runs.db`."""
+    if context is None:
+        return resolve_location(state_dir)
+    return resolve_location(state_dir, run_store=context.project.run_store, root=context.root)
+
+
 def run_project_pipeline(
     spec: ProjectSpec,
     context: ProjectContext | None,
@@ -99,8 +108,15 @@ def run_project_pipeline(
         state_dir=state_dir,
         subscribers=[*subscribers, *hooks],
         date_range=date_range,
+        run_store=store_location(context, state_dir),
     )
     return run_with_policy(spec.pipeline, options)
 
 
-__all__ = ["ProjectContext", "ProjectSpec", "project_hooks", "run_project_pipeline"]
+__all__ = [
+    "ProjectContext",
+    "ProjectSpec",
+    "project_hooks",
+    "run_project_pipeline",
+    "store_location",
+]

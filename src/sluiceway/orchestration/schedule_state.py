@@ -1,7 +1,8 @@
-"""What the scheduler remembers, in the run store's SQLite file: the claim of each
+"""What the scheduler remembers, in the run store (SQLite or PostgreSQL): the claim of each
 (pipeline, logical date) and the last tick seen per pipeline.
 
-A claim is an `INSERT OR IGNORE` on the primary key (pipeline, logical_date) made before a run
+A claim is an `INSERT OR IGNORE` (PostgreSQL: `ON CONFLICT DO NOTHING`) on the primary key
+(pipeline, logical_date) made before a run
 starts: whichever scheduler inserts the row runs the date, any other one (a second process,
 or the same one after a restart) sees the row and skips it. A date therefore runs at most
 once through the scheduler; rerun it by hand with `sluice run SPEC --date DATE` or
@@ -10,29 +11,23 @@ once through the scheduler; rerun it by hand with `sluice run SPEC --date DATE` 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schedule_claims (
-    pipeline TEXT NOT NULL,
-    logical_date TEXT NOT NULL,
-    claimed_at TEXT NOT NULL,
-    run_id TEXT,
-    scheduled_for TEXT,
-    status TEXT NOT NULL DEFAULT 'claimed',
-    finished_at TEXT,
-    PRIMARY KEY (pipeline, logical_date)
-);
-CREATE TABLE IF NOT EXISTS schedule_ticks (
-    pipeline TEXT PRIMARY KEY,
-    last_tick TEXT NOT NULL
-);
-"""
+from sluiceway.core.store_db import (
+    StoreConnection,
+    StoreLocation,
+    as_location,
+    connect,
+    ensure_schema,
+    insert_new_sql,
+)
+from sluiceway.core.store_schema import SCHEDULE_SCHEMA
+
+_CLAIM_COLUMNS = ("pipeline", "logical_date", "claimed_at", "scheduled_for")
 
 ACTIVE = ("claimed", "running")
 """Claim statuses of a run that has not finished."""
@@ -56,35 +51,29 @@ def _iso(moment: datetime) -> str:
 
 
 class ScheduleState:
-    """Claims and last ticks in `<state>/runs.db` (the run store's file).
+    """Claims and last ticks in the run store (`<state>/runs.db` by default).
 
     Args:
-        path: the SQLite file; its folder is created.
+        target: the store's location, or its SQLite file (its folder is created).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
+    def __init__(self, target: StoreLocation | Path) -> None:
+        self.location = as_location(target)
+        self.path = self.location.path
+        ensure_schema(self.location, SCHEDULE_SCHEMA, name="schedule")
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30)
-        con.row_factory = sqlite3.Row
-        try:
-            with con:
-                yield con
-        finally:
-            con.close()
+    def _connect(self) -> Iterator[StoreConnection]:
+        with connect(self.location) as con:
+            yield con
 
     def claim(self, pipeline: str, logical_date: date, *, slot: datetime, now: datetime) -> bool:
         """Claim a date for a run; True when this caller won it (nobody claimed it before)."""
         with self._connect() as con:
             cursor = con.execute(
-                "INSERT OR IGNORE INTO schedule_claims "
-                "(pipeline, logical_date, claimed_at, scheduled_for) VALUES (?, ?, ?, ?)",
+                insert_new_sql(
+                    con.dialect, "schedule_claims", _CLAIM_COLUMNS, key=("pipeline", "logical_date")
+                ),
                 (pipeline, logical_date.isoformat(), _iso(now), slot.isoformat()),
             )
             return cursor.rowcount == 1

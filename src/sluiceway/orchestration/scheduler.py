@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sluiceway.core.events import Event
 from sluiceway.core.runstore import RunStore
+from sluiceway.core.store_db import resolve_location
 from sluiceway.observability.alert_payloads import Alert
 from sluiceway.observability.alerts import dispatch
 from sluiceway.observability.monitors import freshness_alerts, latency_alerts
@@ -89,8 +90,12 @@ class Scheduler:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.state = ScheduleState(self.state_dir / "runs.db")
-        self.store = RunStore(self.state_dir / "runs.db")
+        project = self.context.project
+        location = resolve_location(
+            self.state_dir, run_store=project.run_store, root=self.context.root
+        )
+        self.state = ScheduleState(location)
+        self.store = RunStore(location)
 
     @property
     def grace(self) -> timedelta:

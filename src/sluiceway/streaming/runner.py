@@ -43,6 +43,7 @@ from sluiceway.core.events import EventBus
 from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
 from sluiceway.core.spec import ColumnContract, Pipeline
+from sluiceway.core.store_db import resolve_location
 from sluiceway.errors import ConfigError, SluicewayError, SpecError, SpecProblem, TransientError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSource
 from sluiceway.streaming.parse import CHANGE_FIELDS, parse_messages
@@ -174,7 +175,9 @@ class _StreamRunner:
             datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8] + "-stream"
         )
         self.result = StreamResult(self.run_id, pipeline.pipeline)
-        self.store = RunStore(self.state_dir / "runs.db")
+        self.store = RunStore(
+            options.run_store or resolve_location(self.state_dir, environ=environ)
+        )
         self.events = EventBus(pipeline.pipeline, self.run_id)
         for subscriber in options.subscribers:
             self.events.subscribe(subscriber)

@@ -1,6 +1,7 @@
 """Read-only queries on the run store for the dashboard.
 
-The store is opened read-only (`mode=ro`), one short connection per query, so the dashboard
+The store (SQLite, or PostgreSQL: `core.store_db`) is opened read-only (SQLite `mode=ro`, a
+read-only PostgreSQL session), one short connection per query, so the dashboard
 never blocks or changes the runner's writes. `started_at` is compact ('20250115T020000') for
 batch runs and ISO for stream runs: every query orders by `_STARTED`, its normalised form.
 """
@@ -8,7 +9,6 @@ batch runs and ISO for stream runs: every query orders by `_STARTED`, its normal
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway.core.runstore import RUN_METRICS
+from sluiceway.core.store_db import (
+    StoreConnection,
+    StoreLocation,
+    as_location,
+    connect,
+    is_missing_table,
+)
 
 _STARTED = (
     "CASE WHEN substr(started_at, 5, 1) = '-' THEN substr(started_at, 1, 19) ELSE "
@@ -88,30 +95,35 @@ def parse_instant(text: str | None) -> datetime | None:
 
 
 class StoreReader:
-    """Read-only access to `<state>/runs.db`; an absent store reads as empty.
+    """Read-only access to the run store; an absent store (or one no run wrote tables in
+    yet, on PostgreSQL) reads as empty.
 
     Args:
-        path: the run store's database file.
+        path: the run store: its SQLite file, or a location.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: StoreLocation | Path) -> None:
+        self.location = as_location(path)
+        self.path = self.location.path
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection | None]:
-        if not self.path.is_file():
+    def _connect(self) -> Iterator[StoreConnection | None]:
+        if not self.location.exists():
             yield None
             return
-        con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-        con.row_factory = sqlite3.Row
-        try:
+        with connect(self.location, read_only=True, timeout=10) as con:
             yield con
-        finally:
-            con.close()
 
-    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._connect() as con:
-            return [] if con is None else con.execute(sql, params).fetchall()
+            if con is None:
+                return []
+            try:
+                return con.execute(sql, params).fetchall()
+            except Exception as exc:
+                if con.dialect == "postgresql" and is_missing_table(exc):
+                    return []
+                raise
 
     def pipeline_states(self) -> dict[str, PipelineState]:
         """Every pipeline in the store → its run count, latest run and latest success."""
@@ -177,10 +189,10 @@ _COUNTS = "SELECT pipeline, COUNT(*) AS n FROM runs GROUP BY pipeline"
 _LATEST = (
     f"SELECT {_SUMMARY_COLUMNS} FROM (SELECT {_SUMMARY_COLUMNS}, ROW_NUMBER() OVER "
     f"(PARTITION BY pipeline ORDER BY {_STARTED} DESC, run_id DESC) AS n FROM runs {{where}}) "
-    "WHERE n = 1"
+    "AS latest WHERE n = 1"
 )
 
 
-def _run(row: sqlite3.Row, *, details: dict[str, Any] | None = None) -> RunRow:
+def _run(row: Any, *, details: dict[str, Any] | None = None) -> RunRow:
     data = {k: row[k] for k in row.keys() if k != "details"}  # noqa: SIM118 (Row iterates values)
     return RunRow(**data, details=details or {})
