@@ -32,6 +32,7 @@ from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
 from sluiceway.observability.metrics import (
     BATCH_LATENCY_BUCKETS,
     RUN_DURATION_BUCKETS,
+    STEP_DURATION_BUCKETS,
     CachedExposition,
     metrics_server,
     render_metrics,
@@ -236,6 +237,38 @@ def test_run_duration_histogram_buckets_the_stored_durations(
         expected = sum(d <= bound for d in durations)
         assert _value(scraped, f"{name}_bucket", pipeline="orders_a", le=repr(bound)) == expected
     assert _value(scraped, f"{name}_bucket", pipeline="orders_a", le="+Inf") == 2
+
+
+def test_step_duration_histogram_buckets_every_recorded_step(
+    store: Store, scraped: Samples
+) -> None:
+    durations = [
+        step["duration_s"]
+        for r in _runs(store)
+        if r.pipeline == "orders_a"
+        for step in r.details.get("steps", [])
+    ]
+    assert len(durations) == 4  # two runs of a spec with two steps
+    name = "sluice_step_duration_seconds"
+    assert _value(scraped, f"{name}_count", pipeline="orders_a") == 4
+    assert _value(scraped, f"{name}_sum", pipeline="orders_a") == pytest.approx(sum(durations))
+    for bound in STEP_DURATION_BUCKETS:
+        expected = sum(d <= bound for d in durations)
+        assert _value(scraped, f"{name}_bucket", pipeline="orders_a", le=repr(bound)) == expected
+
+
+def test_bytes_written_sum_the_published_bytes_of_succeeded_runs(
+    store: Store, scraped: Samples
+) -> None:
+    for pipeline in ("orders_a", "orders_b", "orders_c"):
+        published = [
+            r.details["bytes_written"]
+            for r in _runs(store)
+            if r.pipeline == pipeline and r.status == "succeeded"
+        ]
+        assert _value(scraped, "sluice_bytes_written_total", pipeline=pipeline) == sum(published)
+    assert _value(scraped, "sluice_bytes_written_total", pipeline="orders_a") > 0
+    assert _value(scraped, "sluice_bytes_written_total", pipeline="orders_c") == 0  # gate failed
 
 
 def test_check_results_are_counted_per_check_severity_and_status(scraped: Samples) -> None:

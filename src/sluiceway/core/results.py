@@ -60,6 +60,8 @@ class RunResult:
     note: str | None = None
     retryable: bool = False
     """The run failed on a transient error (storage, broker): the same run may succeed later."""
+    bytes_written: int | None = None
+    """Arrow (uncompressed) size of the rows published, for the bytes metric."""
     date_range: tuple[str, str] | None = None
     """First and last logical date of a range run (a backfill of a range-capable pipeline)."""
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -125,6 +127,7 @@ class RunResult:
                 "results_path": self.results_path,
                 "steps": self.steps,
                 "attempt": self.attempt,
+                "bytes_written": self.bytes_written,
                 **({"date_range": list(self.date_range)} if self.date_range else {}),
             },
         )

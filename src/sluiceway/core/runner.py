@@ -350,6 +350,7 @@ class _Runner:
             self.ctx.events.emit("progress", stage="looking for PII under other names")
             self.pii.guard_renamed(staged, valid)
         self.accounting.rows_written = self.staged.num_rows
+        self.result.bytes_written = self.staged.nbytes
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
         self._audit(staged)

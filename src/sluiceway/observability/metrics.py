@@ -10,8 +10,8 @@ count what reached the sinks: succeeded batch runs and stream runs; a failed bat
 published nothing and its rerun counts the rows.
 
 Retries come from each run's details: `attempt` (which attempt of the run's retry policy
-it was) and, per step that finished, `attempts`. The store does not record bytes or step
-durations: those metrics do not exist yet (docs/metrics.md). `METRICS` is the catalogue;
+it was) and, per step that finished, `attempts` and `duration_s`; `bytes_written` is the
+Arrow size of the published rows. `METRICS` is the catalogue;
 the Grafana dashboard and the alert rules (`grafana_dashboard`, `alert_rules`) may only
 name metrics in it (`unknown_metric_names`).
 """
@@ -53,6 +53,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format every Prometheus reads (names here are plain ASCII)."""
 
 RUN_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+STEP_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
 BATCH_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ROW_COUNTS = ("in", "written", "rejected", "deduplicated", "filtered")
 ZERO_RUN_STATUSES = ("succeeded", "failed")
@@ -84,6 +85,15 @@ METRICS: dict[str, MetricInfo] = {
     ),
     "sluice_run_duration_seconds": MetricInfo(
         "histogram", "Wall time of finished runs.", ("pipeline",)
+    ),
+    "sluice_step_duration_seconds": MetricInfo(
+        "histogram", "Wall time of the steps of finished runs.", ("pipeline",)
+    ),
+    "sluice_bytes_written": MetricInfo(
+        "counter",
+        "Bytes of the rows succeeded batch runs published (Arrow, uncompressed: the data "
+        "volume, not the size of the files).",
+        ("pipeline",),
     ),
     "sluice_checks": MetricInfo(
         "counter",
@@ -194,6 +204,17 @@ def _run_families(con: StoreConnection) -> Iterator[Metric]:
         "duration_s",
         RUN_DURATION_BUCKETS,
     )
+    yield _histogram(
+        con,
+        "sluice_step_duration_seconds",
+        QUERIES[con.dialect]["step_durations"],
+        "duration_s",
+        STEP_DURATION_BUCKETS,
+    )
+    written = _family("sluice_bytes_written")
+    for pipeline, size in con.execute(QUERIES[con.dialect]["bytes_written"]):
+        written.add_metric([pipeline], size or 0)
+    yield written
     last = _family("sluice_last_success_timestamp_seconds")
     for pipeline, epoch in con.execute(QUERIES[con.dialect]["last_success"]):
         if epoch is not None:

@@ -53,6 +53,17 @@ _SQLITE: dict[str, str] = {
     ),
 }
 
+_SQLITE["step_durations"] = (
+    "(SELECT r.pipeline AS pipeline, json_extract(s.value, '$.duration_s') AS duration_s "
+    "FROM runs AS r, json_each(r.details, '$.steps') AS s "
+    "WHERE r.status != 'running' AND json_valid(r.details) "
+    "AND json_extract(s.value, '$.duration_s') IS NOT NULL) AS step_runs"
+)
+_SQLITE["bytes_written"] = (
+    "SELECT pipeline, TOTAL(CASE WHEN status = 'succeeded' AND json_valid(details) "
+    "THEN json_extract(details, '$.bytes_written') END) FROM runs GROUP BY 1 ORDER BY 1"
+)
+
 _POSTGRESQL: dict[str, str] = {
     "tables": (
         "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
@@ -79,6 +90,16 @@ _POSTGRESQL: dict[str, str] = {
         "GROUP BY 1, 2 ORDER BY 1, 2"
     ),
 }
+
+_POSTGRESQL["step_durations"] = (
+    "(SELECT r.pipeline AS pipeline, (s.value ->> 'duration_s')::double precision AS duration_s "
+    f"FROM runs AS r, {_pg_array('r.details', 'steps')} AS s(value) "
+    "WHERE r.status != 'running' AND s.value ->> 'duration_s' IS NOT NULL) AS step_runs"
+)
+_POSTGRESQL["bytes_written"] = (
+    "SELECT pipeline, COALESCE(SUM(CASE WHEN status = 'succeeded' "
+    "THEN (details::jsonb ->> 'bytes_written')::numeric END), 0) FROM runs GROUP BY 1 ORDER BY 1"
+)
 
 QUERIES: dict[Dialect, dict[str, str]] = {"sqlite": _SQLITE, "postgresql": _POSTGRESQL}
 """Statement name → SQL, per dialect."""
