@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,12 @@ def _run_spec(
     "--workers", type=click.IntRange(1, 64), help="Pipelines at once (default: max_workers)."
 )
 @click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
+@click.option(
+    "--resume",
+    "resume_run",
+    metavar="RUN_ID",
+    help="Run again the pipeline and date of a crashed, interrupted or failed run.",
+)
 def run(
     target: str | None,
     run_date: Any,
@@ -221,12 +227,18 @@ def run(
     downstream: bool,
     workers: int | None,
     project_file: str | None,
+    resume_run: str | None,
 ) -> None:
     """Run a pipeline (spec file, or pipeline NAME of the project) once for a logical date; a
     `mode: stream` pipeline runs until stopped (SIGTERM / Ctrl-C finish the batch in hand,
     commit it and exit 0). --all / --downstream run several in dependency order."""
     from sluiceway import cli_orchestrate as orchestrate
 
+    resumed_pipeline = None
+    if resume_run:
+        target, run_date, resumed_pipeline = _resumed(
+            resume_run, target, run_date, state_dir, project_file
+        )
     if run_all == bool(target):
         _fail("give one pipeline (a spec file or a pipeline NAME) or --all, not both or neither")
     context = orchestrate.find_project(project_file)
@@ -247,6 +259,10 @@ def run(
         )
     found = orchestrate.resolve_spec(target or "", context)
     pipeline, spec = found.pipeline, str(found.path)
+    if resumed_pipeline and pipeline.pipeline != resumed_pipeline:
+        _fail(
+            f"--resume: the run is of pipeline '{resumed_pipeline}', the spec of '{pipeline.pipeline}'"
+        )
     _enforce_review(pipeline, spec, env, override_review, state_dir)
     if pipeline.mode == "stream":
         from sluiceway.cli_stream import run_stream_command
@@ -431,6 +447,42 @@ _STORE_HELP = (
 )
 
 
+def _resumed(
+    run_id: str, target: str | None, run_date: Any, state_dir: str | None, project_file: str | None
+) -> tuple[str, Any, str]:
+    """The target (the run's pipeline name unless a SPEC is given), the date and the
+    pipeline name to rerun for `--resume RUN_ID`."""
+    store = _run_store(state_dir, project_file)
+    record = store.get(run_id)
+    if record is not None and record.status == "running":  # its process may have died
+        from sluiceway.core import leases
+
+        leases.mark_crashed(store.location, record.pipeline, ttl_s=leases.lease_ttl())
+        record = store.get(run_id)
+    if record is None:
+        _fail(
+            f"--resume {run_id}: no run with that id (or the prefix is not unique); see `sluice runs`"
+        )
+    assert record is not None
+    if record.status in ("succeeded", "running"):
+        _fail(
+            f"--resume {record.run_id}: the run is {record.status}; only a crashed, interrupted "
+            "or failed run is resumed"
+        )
+    if run_date is not None and run_date.date().isoformat() != record.logical_date:
+        _fail(f"--resume {record.run_id} is for {record.logical_date}; leave out --date")
+    err_console.print(
+        f"resuming {record.pipeline} for {record.logical_date} (run {record.run_id} "
+        f"{record.status}); reruns are idempotent",
+        markup=False,
+    )
+    return (
+        target or record.pipeline,
+        datetime.fromisoformat(record.logical_date),
+        record.pipeline,
+    )
+
+
 def _run_store(state_dir: str | None, project_file: str | None) -> RunStore:
     """The run store of `--state-dir`, else of the project (`--project` or the nearest
     sluice.yaml), else of $SLUICE_HOME or ./.sluice: where `sluice run` records its runs."""
@@ -483,7 +535,13 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: 
 @click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
 def show(run_id: str, state_dir: str | None, project_file: str | None) -> None:
     """Show one run (id or unique prefix) as JSON: accounting, checks, sinks, error."""
-    record = _run_store(state_dir, project_file).get(run_id)
+    store = _run_store(state_dir, project_file)
+    record = store.get(run_id)
+    if record is not None and record.status == "running":  # its process may have died
+        from sluiceway.core import leases
+
+        leases.mark_crashed(store.location, record.pipeline, ttl_s=leases.lease_ttl())
+        record = store.get(run_id)
     if record is None:
         _fail(f"no run '{run_id}' (or the prefix is ambiguous); list runs with `sluice runs`")
     print(json.dumps(vars(record), indent=2, default=str))

@@ -161,3 +161,45 @@ def test_pruning_drops_runs_past_the_age_and_beyond_the_count_with_their_metrics
     ]
     assert store.metric_history("a", "__run__", "rows_in") == []
     assert leases.prune_daily(tmp_path / "runs.db", keep_days=1, keep_runs=1) is None
+
+
+def test_a_crashed_run_is_resumed_by_its_id_for_its_date(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, range_size=50_000_000_000)
+    state = tmp_path / ".sluice"
+    (tmp_path / "sluice.yaml").write_text(
+        "version: 1\nproject: shop\npipelines: [pipeline.yaml]\nstate_dir: .sluice\n"
+    )
+    process = subprocess.Popen(
+        [*SLUICE, "run", "leased", "--date", "2025-03-04"],
+        cwd=tmp_path,
+        env={**os.environ, "SLUICE_LEASE_SECONDS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed = wait_for_running(state)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(1.2)
+    write_pipeline(tmp_path, range_size=10)
+    env = {**os.environ, "SLUICE_LEASE_SECONDS": "1"}
+
+    def sluice(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SLUICE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    refused = sluice("run", "--resume", "no-such-run")
+    resumed = sluice("run", "--resume", killed)  # marks the killed run crashed, then reruns
+
+    assert refused.returncode == 2 and "no run with that id" in refused.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming leased for 2025-03-04" in resumed.stderr
+    runs = RunStore(state / "runs.db").list(pipeline="leased")
+    assert {(r.run_id == killed, r.status, r.logical_date) for r in runs} == {
+        (True, "crashed", "2025-03-04"),
+        (False, "succeeded", "2025-03-04"),
+    }
+    again = sluice(
+        "run", "--resume", runs[0].run_id if runs[0].status == "succeeded" else runs[1].run_id
+    )
+    assert again.returncode == 2 and "only a crashed, interrupted or failed run" in again.stderr
