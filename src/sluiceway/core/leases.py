@@ -154,7 +154,8 @@ def _crash_message(run: CrashedRun) -> str:
     return (
         f"the process running it ({run.holder}) stopped renewing its lease (killed or "
         "crashed); nothing it had not committed is visible. Resume with "
-        f"`sluice run SPEC --date {run.logical_date}` (reruns are idempotent)."
+        f"`sluice run --resume {run.run_id}` (or `sluice run SPEC --date {run.logical_date}`; "
+        "reruns are idempotent)."
     )
 
 
