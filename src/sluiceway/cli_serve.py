@@ -10,13 +10,21 @@ from typing import Any
 import click
 import yaml
 
-from sluiceway.core.store_db import resolve_location
 from sluiceway.errors import ConfigError
 
 STATE_DIR_HELP = (
-    "Where runs are recorded (default: $SLUICE_HOME or ./.sluice; $SLUICE_RUN_STORE names "
-    "another run store)."
+    "Where runs are recorded (default: the project's state_dir, else $SLUICE_HOME or "
+    "./.sluice; $SLUICE_RUN_STORE or the project's run_store names another run store)."
 )
+
+
+def _store_and_project(state_dir: str | None, project_file: str | None) -> tuple[Any, Any]:
+    """The run store the project's runs are recorded in, and the project (or None)."""
+    from sluiceway import cli_orchestrate as orchestrate
+
+    context = orchestrate.find_project(project_file)
+    state = _cli()._state_dir(orchestrate.state_dir_of(context, state_dir))
+    return orchestrate.store_location_of(context, state), context
 
 
 def _cli() -> Any:
@@ -39,16 +47,22 @@ def _metrics() -> Any:
 
 @click.command("serve")
 @click.option("--state-dir", help=STATE_DIR_HELP)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", help="Address to listen on (default: the project's, else 127.0.0.1).")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=9464, show_default=True, help="TCP port."
+    "--port", type=click.IntRange(0, 65535), help="TCP port (default: the project's, else 9464)."
 )
-def serve(state_dir: str | None, host: str, port: int) -> None:
+@click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
+def serve(
+    state_dir: str | None, host: str | None, port: int | None, project_file: str | None
+) -> None:
     """Serve Prometheus metrics of the run store at http://HOST:PORT/metrics until stopped
     (Ctrl-C / SIGTERM). Each scrape reads the store (cached for one second)."""
     cli, metrics = _cli(), _metrics()
     try:
-        db_path = resolve_location(cli._state_dir(state_dir))
+        db_path, context = _store_and_project(state_dir, project_file)
+        settings = context.project.metrics if context else None
+        host = host or (settings.host if settings else "127.0.0.1")
+        port = port if port is not None else (settings.port if settings else 9464)
         server = metrics.metrics_server(db_path, host=host, port=port)
     except ConfigError as exc:
         cli._fail(exc.message, code=1)
@@ -71,17 +85,22 @@ def export() -> None:
 @click.option("--state-dir", help=STATE_DIR_HELP)
 @click.option(
     "--textfile",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="The .prom file to write (atomically) in node-exporter's textfile directory.",
+    help="The .prom file to write (atomically) in node-exporter's textfile directory "
+    "(default: the project's metrics.textfile).",
 )
-def export_metrics(state_dir: str | None, textfile: str) -> None:
+@click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
+def export_metrics(state_dir: str | None, textfile: str | None, project_file: str | None) -> None:
     """Write the metrics `sluice serve` exposes to a file, for node-exporter's textfile
     collector (run it from cron or after each pipeline run)."""
     cli, metrics = _cli(), _metrics()
-    path = Path(textfile).resolve()
+    db_path, context = _store_and_project(state_dir, project_file)
+    configured = context.project.metrics.textfile if context else None
+    if textfile is None and configured is None:
+        cli._fail("give --textfile FILE.prom (or set metrics.textfile in sluice.yaml)")
+    path = Path(textfile).resolve() if textfile else (context.root / str(configured)).resolve()
     try:
-        size = metrics.write_textfile(resolve_location(cli._state_dir(state_dir)), path)
+        size = metrics.write_textfile(db_path, path)
     except ConfigError as exc:
         cli._fail(exc.message, code=1)
     click.echo(f"metrics: {path} ({size:,} bytes)")

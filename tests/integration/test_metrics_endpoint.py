@@ -386,6 +386,31 @@ def test_textfile_export_holds_the_same_metrics_atomically(
     assert [p.name for p in tmp_path.iterdir()] == ["sluice.prom"]
 
 
+def test_textfile_export_follows_the_project_settings(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sluice.yaml").write_text(
+        f"version: 1\nproject: shop\nstate_dir: {store.state}\n"
+        "metrics: {textfile: exported/sluice.prom}\n"
+    )
+    (tmp_path / "exported").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    result = CliRunner().invoke(export, ["metrics"])
+
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "exported" / "sluice.prom").read_text()
+    assert _samples(written) == _samples(render_metrics(store.db).decode())
+
+
+def test_textfile_export_without_a_file_or_a_project_says_what_to_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export, ["metrics", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "give --textfile" in result.output
+
+
 def test_textfile_export_to_a_missing_folder_says_so(store: Store, tmp_path: Path) -> None:
     target = tmp_path / "no" / "such" / "sluice.prom"
     result = CliRunner().invoke(

@@ -76,6 +76,18 @@ class TraceSettings(_Model):
     )
 
 
+class MetricsSettings(_Model):
+    """Where `sluice serve` and `sluice export metrics` publish the run store's metrics."""
+
+    host: str = Field("127.0.0.1", description="Address `sluice serve` listens on.")
+    port: int = Field(9464, ge=0, le=65535, description="Port of `sluice serve`.")
+    textfile: str | None = Field(
+        None,
+        description="Default .prom file of `sluice export metrics` (node-exporter's textfile "
+        "directory), project-relative.",
+    )
+
+
 class AlertRoute(_Model):
     """One destination for alerts and the events it receives."""
 
@@ -131,6 +143,9 @@ class Project(_Model):
         default_factory=LineageSettings, description="OpenLineage events."
     )
     traces: TraceSettings = Field(default_factory=TraceSettings, description="OTel spans.")
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus endpoint and textfile."
+    )
     alerts: list[AlertRoute] = Field(default_factory=list, description="Alert routes.")
     secrets: Literal["env"] = Field(
         "env", description="Where ${NAME} references resolve: the environment."
