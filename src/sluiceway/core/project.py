@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluiceway.core.durations import parse_duration
+from sluiceway.core.spec_meta import check_timezone
 
 PROJECT_FILE = "sluice.yaml"
 AlertEvent = Literal[
@@ -161,15 +162,7 @@ class Project(_Model):
     @field_validator("timezone")
     @classmethod
     def _timezone_exists(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone '{value}': use an IANA name such as 'Europe/Paris'"
-            ) from None
-        return value
+        return check_timezone(value)
 
     def spec_paths(self, root: Path) -> list[Path]:
         """Every spec file the project lists, sorted, without duplicates."""

@@ -13,7 +13,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
-from sluiceway.core.durations import parse_duration
 from sluiceway.core.spec_meta import (
     Compliance,
     CostTargets,
@@ -23,6 +22,7 @@ from sluiceway.core.spec_meta import (
     RetryPolicy,
     Schedule,
     Sla,
+    check_duration,
 )
 
 ColumnType = Literal[
@@ -159,9 +159,7 @@ class StepConfig(Model):
     @field_validator("timeout")
     @classmethod
     def _timeout_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value, what="timeout")
-        return value
+        return check_duration(value, "timeout")
 
 
 class CheckConfig(Model):
@@ -310,9 +308,7 @@ class Pipeline(Model):
     @field_validator("timeout")
     @classmethod
     def _timeout_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value, what="timeout")
-        return value
+        return check_duration(value, "timeout")
 
     @property
     def primary_source(self) -> str:

@@ -93,7 +93,8 @@ def parse_percent(value: str | float) -> float:
     return float(match.group(1)) / 100
 
 
-def _duration(value: str | None, what: str) -> str | None:
+def check_duration(value: str | None, what: str) -> str | None:
+    """`value` when it is a duration (or None); raises ValueError naming `what` otherwise."""
     if value is not None:
         parse_duration(value, what=what)
     return value
@@ -126,7 +127,7 @@ class Inventory(_Model):
     @field_validator("freshness")
     @classmethod
     def _freshness_parses(cls, value: str | None) -> str | None:
-        return _duration(value, "freshness")
+        return check_duration(value, "freshness")
 
 
 class Sla(_Model):
@@ -148,7 +149,7 @@ class Sla(_Model):
     @field_validator("latency", "freshness")
     @classmethod
     def _durations_parse(cls, value: str | None) -> str | None:
-        return _duration(value, "sla duration")
+        return check_duration(value, "sla duration")
 
     @field_validator("availability")
     @classmethod
@@ -198,7 +199,7 @@ class Compliance(_Model):
     @field_validator("retention")
     @classmethod
     def _retention_parses(cls, value: str | None) -> str | None:
-        return _duration(value, "retention")
+        return check_duration(value, "retention")
 
 
 class CostTargets(_Model):
@@ -283,13 +284,17 @@ class Schedule(_Model):
     @field_validator("timezone")
     @classmethod
     def _timezone_exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return None if value is None else check_timezone(value)
 
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(
-                    f"unknown time zone '{value}': use an IANA name such as 'Europe/Paris'"
-                ) from None
-        return value
+
+def check_timezone(value: str) -> str:
+    """`value` when it names an IANA time zone; raises ValueError otherwise."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone '{value}': use an IANA name such as 'Europe/Paris'"
+        ) from None
+    return value
