@@ -435,24 +435,36 @@ def test_the_stream_runner_applies_the_snapshot_and_the_changes_to_delta(
     assert [r[0] for r in delta_rows(tmp_path)] == [1, 30]
 
 
-def test_a_truncate_becomes_a_dead_letter_saying_what_to_do(
+def test_a_truncate_empties_the_table_between_the_changes_before_and_after_it(
     pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
 ) -> None:
     make_source(open_it=False)
-    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x')")
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x'), (2, 'b', 2, 'y')")
     options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
-    run_stream(pipeline_from_dict(cdc_spec(table)), options, StreamOptions(idle_exit_s=1.5))
+
+    def run() -> Any:
+        result = run_stream(
+            pipeline_from_dict(cdc_spec(table)), options, StreamOptions(idle_exit_s=1.5)
+        )
+        assert result.ok, result.error
+        return result
+
+    run()
+    pg.execute(f"INSERT INTO {table} VALUES (3, 'c', 3, 'z')")
     pg.execute(f"TRUNCATE {table}")
+    pg.execute(f"INSERT INTO {table} VALUES (4, 'd', 4, 'w')")
+    result = run()
 
-    result = run_stream(
-        pipeline_from_dict(cdc_spec(table)), options, StreamOptions(idle_exit_s=1.5)
-    )
-
-    assert result.ok, result.error
-    letters = DeltaTable(str(tmp_path / "lake" / "dead_letter")).to_pyarrow_table().to_pylist()
-    reasons = [e["reason"] for row in letters for e in row["errors"]]
-    assert any("TRUNCATE of the source table" in r for r in reasons), reasons
-    assert result.accounting.rows_rejected == 1
+    assert delta_rows(tmp_path) == source_rows(pg, table)
+    assert [r[0] for r in delta_rows(tmp_path)] == [4]
+    assert result.accounting.rows_rejected == 0
+    history = DeltaTable(str(tmp_path / "lake" / "items")).history()
+    assert any(c.get("sluice.truncate") for c in history)
+    pg.execute(f"TRUNCATE {table}")  # a TRUNCATE as the only change of a run
+    run()
+    assert delta_rows(tmp_path) == source_rows(pg, table) == []
+    rerun = run()  # nothing new: the committed TRUNCATE is not applied again
+    assert rerun.batches == 0
 
 
 def test_killed_at_every_point_the_cdc_table_equals_the_source(
@@ -486,6 +498,38 @@ def test_killed_at_every_point_the_cdc_table_equals_the_source(
     assert run(None) == 0
 
     assert delta_rows(tmp_path) == source_rows(pg, table)
+
+
+def test_killed_around_a_truncate_the_cdc_table_equals_the_source(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)
+    pg.execute(f"INSERT INTO {table} SELECT i, 'n' || i, i, 'd' || i FROM generate_series(1, 20) i")
+    spec_path = tmp_path / "pipeline.yaml"
+    spec_path.write_text(yaml.safe_dump(cdc_spec(table, batch_rows=50), sort_keys=False))
+    sluice = str(Path(sys.executable).parent / "sluice")
+    env = {**os.environ, "SLUICE_HOME": str(tmp_path / ".sluice")}
+
+    def run(fault: str | None) -> int:
+        run_env = {**env, "SLUICE_STREAM_FAULT": fault} if fault else env
+        command = [sluice, "run", str(spec_path), "--idle-exit", "1.5", "--log-format", "json"]
+        done = subprocess.run(command, cwd=tmp_path, env=run_env, capture_output=True, timeout=120)
+        return done.returncode
+
+    assert run(None) == 0
+    kills = 0
+    for step, fault in enumerate(("after_commit:4", "before_write:6", "after_commit:9")):
+        pg.execute(f"INSERT INTO {table} VALUES ({200 + step}, 'before', 1, 'b')")
+        pg.execute(f"TRUNCATE {table}")
+        pg.execute(f"INSERT INTO {table} VALUES ({300 + step}, 'after', 1, 'a')")
+        code = run(fault)
+        assert code in (0, -signal.SIGKILL)
+        kills += code == -signal.SIGKILL
+    assert run(None) == 0
+
+    assert kills >= 2  # the faults hit batches holding a TRUNCATE or right after one
+    assert delta_rows(tmp_path) == source_rows(pg, table)
+    assert [r[0] for r in delta_rows(tmp_path)] == [302]
 
 
 def test_a_table_without_replica_identity_is_refused_before_it_is_published(

@@ -131,6 +131,8 @@ class WriteRequest:
         transactions: (key, version) pairs a stream batch commits instead of the
             idempotency key: one per source partition, the version being the batch sequence;
             a sink that holds any of them at that version or later writes nothing.
+        truncate: empty the table (a change source's TRUNCATE), committing the positions;
+            `data` is ignored.
     """
 
     data: pa.Table
@@ -139,6 +141,7 @@ class WriteRequest:
     positions: dict[str, Any]
     append_only: bool = False
     transactions: tuple[tuple[str, int], ...] = ()
+    truncate: bool = False
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,8 @@ class DeltaSink:
         )
         prepare_local(uri)
         with self._errors("write to", uri):
+            if request.truncate:
+                return _truncate(job)
             return _WRITERS[write_mode(self.config.mode, request)](job)
 
     def is_committed(self, ctx: RunContext, idempotency_key: str) -> bool:
@@ -545,6 +547,24 @@ def _last_change_per_key(data: pa.Table, keys: list[str]) -> pa.Table:
     winners = joined.filter(pc.equal(joined["__sw_rank"], joined["__sw_rank_max"]))
     winners = winners.sort_by("__sw_index")
     return winners.select(data.column_names)
+
+
+def _truncate(job: _Job) -> WriteResult:
+    """Empty the table (and its colder tiers) in one commit carrying the positions; a table
+    that holds no file gets an empty append, so the positions are committed all the same."""
+    table = job.open()
+    if table is None:
+        return job.result(None)
+    if job.transactions and job.is_committed(table):
+        return job.result(table.version(), skipped=True)
+    if table.file_uris():
+        table.delete(writer_properties=WRITER_PROPERTIES, commit_properties=job.commit)
+    else:
+        empty = table.schema().to_arrow().empty_table()
+        replace(job, data=pa.table(empty)).write(table)
+    version = DeltaTable(job.uri, storage_options=job.options).version()
+    _clear_colder(job, lambda cold: cold.delete(commit_properties=_TIER_CLEAR))
+    return job.result(version)
 
 
 _WRITERS: dict[DeltaMode, Callable[[_Job], WriteResult]] = {

@@ -106,6 +106,9 @@ def parse_messages(
     )
 
 
+TRUNCATE_PAYLOAD = b'{"__op":"t"}'
+"""The payload of a change source's TRUNCATE (the stream runner commits it on its own)."""
+
 _TRUNCATE = (
     "WHEN json_extract_string(text, '$.\"__op\"') = 't' THEN 'a TRUNCATE of the source table: "
     "the Delta table was not emptied; to follow it, restore or recreate the table and take a "

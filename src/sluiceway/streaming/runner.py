@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from sluiceway.core import registry
 from sluiceway.core.accounting import RowAccounting
-from sluiceway.core.context import RunContext, SourceRead
+from sluiceway.core.context import RunContext, SourceRead, WriteRequest
 from sluiceway.core.events import EventBus
 from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
@@ -46,7 +46,7 @@ from sluiceway.core.spec import ColumnContract, Pipeline
 from sluiceway.core.store_db import resolve_location
 from sluiceway.errors import ConfigError, SluicewayError, SpecError, SpecProblem, TransientError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSource
-from sluiceway.streaming.parse import CHANGE_FIELDS, parse_messages
+from sluiceway.streaming.parse import CHANGE_FIELDS, TRUNCATE_PAYLOAD, parse_messages
 
 FAULT_ENV = "SLUICE_STREAM_FAULT"
 """Fault injection for crash tests: `<point>:<batch>` kills the process with SIGKILL at that
@@ -296,16 +296,70 @@ class _StreamRunner:
         messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
         fresh = self._not_committed(messages)
         stale = messages.num_rows - fresh.num_rows
-        if fresh.num_rows:
-            counts = self._commit(fresh)
-            self._record_batch(fresh, counts, stale, started)
+        parts = self._split_at_truncates(fresh)
+        for index, (part, is_truncate) in enumerate(parts):
+            counts = self._truncate(part) if is_truncate else self._commit(part)
+            self._record_batch(part, counts, stale if index == 0 else 0, started)
             self._save("running")
-        elif stale:
+        if not parts and stale:
             self.events.emit("already_committed", messages=stale)
         self._fault_at("after_commit")
         for fetched in batch:
             self._retrying("acknowledge the batch", lambda f=fetched: self.source.ack(f))
         self.result.already_committed += stale
+
+    def _split_at_truncates(self, messages: pa.Table) -> list[tuple[pa.Table, bool]]:
+        """The batch in order, cut around a change source's TRUNCATEs: each becomes a commit
+        of its own that empties the table, between the changes before and after it."""
+        if not messages.num_rows:
+            return []
+        if not self.change_capture:
+            return [(messages, False)]
+        marks = pc.equal(messages.column("payload"), pa.scalar(TRUNCATE_PAYLOAD, pa.binary()))
+        flags = marks.fill_null(False).to_pylist()
+        if not any(flags):
+            return [(messages, False)]
+        parts: list[tuple[pa.Table, bool]] = []
+        start = 0
+        for index in range(1, len(flags) + 1):
+            if index == len(flags) or flags[index] != flags[start]:
+                parts.append((messages.slice(start, index - start), flags[start]))
+                start = index
+        return parts
+
+    def _truncate(self, messages: pa.Table) -> RowAccounting:
+        """Commit a TRUNCATE: the Delta sink empties the table, with the positions and the
+        batch's app transactions in the same commit (a redelivery finds it committed)."""
+        self.sequence += 1
+        sequence = self.sequence
+        partitions = sorted(set(messages.column("partition").to_pylist()))
+        positions = {self.name: {**self.committed, **self._newest_positions(messages)}}
+        [config] = self.pipeline.sinks
+        sink = registry.lookup("sink", config.type).impl(config)  # type: ignore[union-attr]
+        request = WriteRequest(
+            data=pa.table({}),
+            idempotency_key=f"stream:{self.name}:{sequence}",
+            metadata={"sluice.run_id": self.run_id, "sluice.truncate": self.name},
+            positions=positions,
+            transactions=tuple((_app_key(self.name, p), sequence) for p in partitions),
+            truncate=True,
+        )
+        self._fault_at("before_write")
+        written = self._retrying(
+            "empty the table (TRUNCATE)", lambda: sink.write(self._ctx(), request)
+        )
+        self.committed = positions[self.name]
+        self.result.batches += 1
+        self.result.last_version = written.version
+        self.events.emit(
+            "batch_committed",
+            batch=sequence,
+            rows=0,
+            rejected=0,
+            truncate=True,
+            version=written.version,
+        )
+        return RowAccounting()
 
     def _not_committed(self, messages: pa.Table) -> pa.Table:
         """The messages after the committed position of their partition."""
