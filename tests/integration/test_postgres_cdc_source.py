@@ -558,3 +558,55 @@ def test_a_truncate_of_the_table_is_one_message_with_op_t(
     inserted, truncated = payloads(fetch_n(source, 2))
     assert (inserted["__op"], truncated) == ("i", {"__op": "t"})
     assert source.fetch(10, 0.5).count == 0
+
+
+def drop_slot(pg: psycopg.Connection[Any], table: str) -> None:
+    slot = PostgresCdcSourceConfig(table=table).slot_name
+    pg.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+def test_a_dropped_slot_fails_the_run_by_default_with_what_to_do(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x'), (2, 'b', 2, 'y')")
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+    first = run_stream(pipeline_from_dict(cdc_spec(table)), options, StreamOptions(idle_exit_s=1.5))
+    assert first.ok, first.error
+    drop_slot(pg, table)
+    pg.execute(f"DELETE FROM {table} WHERE id = 2")  # a change nobody captured
+
+    result = run_stream(
+        pipeline_from_dict(cdc_spec(table)), options, StreamOptions(idle_exit_s=1.5)
+    )
+
+    assert not result.ok
+    assert "is lost: it does not exist" in (result.error or "")
+    assert "on_slot_lost: resnapshot" in (result.error or "")
+    assert [r[0] for r in delta_rows(tmp_path)] == [1, 2]  # untouched
+
+
+def test_with_resnapshot_a_lost_slot_replaces_the_table_by_a_new_snapshot(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x'), (2, 'b', 2, 'y')")
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+    spec = cdc_spec(table)
+    spec["sources"]["items"]["on_slot_lost"] = "resnapshot"
+
+    def run() -> None:
+        result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+        assert result.ok, result.error
+
+    run()
+    drop_slot(pg, table)
+    pg.execute(f"DELETE FROM {table} WHERE id = 2")
+    pg.execute(f"UPDATE {table} SET qty = 10 WHERE id = 1")
+    pg.execute(f"INSERT INTO {table} VALUES (3, 'c', 3, 'z')")
+    run()
+    pg.execute(f"INSERT INTO {table} VALUES (4, 'd', 4, 'w')")  # streaming again after it
+    run()
+
+    assert delta_rows(tmp_path) == source_rows(pg, table)
+    assert [r[0] for r in delta_rows(tmp_path)] == [1, 3, 4]

@@ -158,6 +158,7 @@ class PostgresCdcSource:
         self._replication: Any = None
         self._stream: Any = None
         self._snapshot: _Snapshot | None = None
+        self._has_committed = False
         self._snapshot_reading = False
         self._snapshot_chunks_unacked = 0
         self._snapshot_lsn: int | None = None
@@ -200,9 +201,20 @@ class PostgresCdcSource:
             if status is not None and (self._snapshot_owed or self._slot_is_lost(status)):
                 self._drop_slot()
                 status = None
+            elif status is None and self._has_committed and self.config.on_slot_lost == "fail":
+                raise self._slot_lost_error(
+                    "it does not exist, yet the table holds changes committed from it (was it "
+                    "dropped?)"
+                )
             self._replication = self._connect(replication=True)
             if status is None:
                 self._create_slot()
+
+    def resuming(self, has_committed: bool) -> None:
+        """Told by the runner before `open`: the table already holds committed changes of
+        this source. A slot that is then missing was lost (dropped, or never kept), and a
+        new snapshot must replace the table's rows, not merge into them."""
+        self._has_committed = has_committed
 
     def close(self) -> None:
         """Disconnect; never raises. An unfinished snapshot stays owed (see `open`)."""
@@ -437,8 +449,15 @@ class PostgresCdcSource:
     def _fetch_snapshot(self, max_messages: int) -> Fetched:
         snapshot = self._snapshot
         assert snapshot is not None
-        payloads = [row[0].encode() for row in snapshot.cursor.fetchmany(max_messages)]
         rows = []
+        if snapshot.seq == 0 and self._has_committed:
+            # A snapshot replacing committed rows starts with a TRUNCATE: the rows deleted
+            # while the slot was gone must not stay in the table.
+            rows.append((f"{snapshot.lsn:016X}:{0:08d}", b'{"__op":"t"}', snapshot.taken_at))
+            snapshot.seq = 1
+            max_messages -= 1
+        fetched = snapshot.cursor.fetchmany(max_messages) if max_messages > 0 else []
+        payloads = [row[0].encode() for row in fetched]
         for payload in payloads:
             rows.append((f"{snapshot.lsn:016X}:{snapshot.seq:08d}", payload, snapshot.taken_at))
             snapshot.seq += 1

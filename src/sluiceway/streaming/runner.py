@@ -204,8 +204,11 @@ class _StreamRunner:
         self.events.emit("run_started", logical_date=str(datetime.now(UTC).date()))
         try:
             with _signals(self._request_stop):
-                self._retrying("connect to the broker", self.source.open)
                 self._load_committed()
+                resuming = getattr(self.source, "resuming", None)
+                if resuming is not None:  # a change source: a lost slot must not go unseen
+                    resuming(bool(self.committed))
+                self._retrying("connect to the broker", self.source.open)
                 self._loop()
             self.result.status = "succeeded"
         except _Stopped:
