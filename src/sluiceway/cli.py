@@ -559,7 +559,7 @@ def checks_list(fmt: str) -> None:
     from sluiceway.core import registry
 
     common = {"severity", "mostly", "name", "on_fail"}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "check": plugin.name,
             "aliases": list(plugin.aliases),

@@ -363,7 +363,7 @@ def _model_named(title: str) -> type[BaseModel] | None:
     if title == "Pipeline":
         return Pipeline
     for kind in ("source", "step", "check", "sink"):
-        for plugin in registry.canonical(kind):  # type: ignore[arg-type]
+        for plugin in registry.canonical(kind):
             if plugin.config.__name__ == title:
                 return plugin.config
     from sluiceway.core import spec

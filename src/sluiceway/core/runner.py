@@ -452,8 +452,8 @@ class _Runner:
             shape = contract_mod.flagging_query(
                 contract, pii=self.pipeline.pii, masked_payload=self._payload_sql
             )
-            return source.read(self.ctx, name, position=position, shape=shape)  # type: ignore[no-any-return]
-        return source.read(self.ctx, name, position=position)  # type: ignore[no-any-return]
+            return source.read(self.ctx, name, position=position, shape=shape)
+        return source.read(self.ctx, name, position=position)
 
     def _apply_contract(
         self,

@@ -64,7 +64,7 @@ def run_demo(
     return run_pipeline(pipeline, options), sample
 
 
-def sample_day():  # type: ignore[no-untyped-def]
+def sample_day():
     """The day the generated sample covers."""
     from datetime import date
 

@@ -143,7 +143,7 @@ def delta_source_columns(pipeline: Pipeline, resolve: Callable[[str], str]) -> d
     for name, config in pipeline.sources.items():
         if getattr(config, "type", None) != "delta" or config.contract is not None:
             continue
-        uri = resolve(str(config.path))
+        uri = resolve(str(getattr(config, "path", "")))
         try:
             options = delta_storage_options(uri, getattr(config, "storage_options", {}))
             fields = DeltaTable(uri, storage_options=options).schema().fields

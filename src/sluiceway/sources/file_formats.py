@@ -124,7 +124,7 @@ def head_bytes(path: str, compression: Compression, size: int = 4096) -> bytes:
 
 def _open(path: str, compression: Compression) -> io.BufferedIOBase:
     if compression == "gzip":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     if compression == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # type: ignore[return-value]
     return open(path, "rb")

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -280,8 +281,8 @@ class _StreamRunner:
                 break
             want = settings.max_batch_rows - count
             asked = time.monotonic()
-            got = self._retrying(
-                "fetch from the broker", lambda n=want, w=wait: self.source.fetch(n, w)
+            got: Fetched = self._retrying(
+                "fetch from the broker", partial(self.source.fetch, want, wait)
             )
             if got.count == 0:
                 if fetched:
@@ -308,7 +309,7 @@ class _StreamRunner:
             self.events.emit("already_committed", messages=stale)
         self._fault_at("after_commit")
         for fetched in batch:
-            self._retrying("acknowledge the batch", lambda f=fetched: self.source.ack(f))
+            self._retrying("acknowledge the batch", partial(self.source.ack, fetched))
         self.result.already_committed += stale
 
     def _split_at_truncates(self, messages: pa.Table) -> list[tuple[pa.Table, bool]]:
@@ -390,6 +391,7 @@ class _StreamRunner:
             run_id=self.run_id,
         )
         contract, limit = self.config.contract, self.config.max_deliveries  # type: ignore[attr-defined]
+        assert contract is not None, "stream_problems requires a contract"
 
         def override(ctx: RunContext, name: str) -> SourceRead | None:
             if name != self.name:
@@ -587,10 +589,7 @@ def _with_change_columns(pipeline: Pipeline, source: str) -> Pipeline:
     assert config.contract is not None, "stream_problems requires a contract"
     columns = {
         **config.contract.columns,
-        **{
-            name: ColumnContract(type=kind)  # type: ignore[arg-type]
-            for name, kind in CHANGE_FIELDS.items()
-        },
+        **{name: ColumnContract(type=kind) for name, kind in CHANGE_FIELDS.items()},
     }
     contract = config.contract.model_copy(update={"columns": columns})
     sources = {**pipeline.sources, source: config.model_copy(update={"contract": contract})}

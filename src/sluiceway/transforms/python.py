@@ -48,7 +48,7 @@ def load_function(path: str) -> Callable[[Any], Any]:
     function = getattr(module, attr, None)
     if not callable(function):
         raise StepError(f"python step: '{module_name}' has no function '{attr}'")
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 class PythonStep:
