@@ -17,4 +17,5 @@ bash scripts/services/mariadb.sh start
 bash scripts/services/chromium.sh
 export SLUICE_TEST_S3_ENDPOINT="http://127.0.0.1:${MOTO_PORT:-5000}"
 .venv/bin/ruff check src tests bench
+.venv/bin/mypy src
 .venv/bin/pytest "$@"
