@@ -505,26 +505,23 @@ def _run_store(state_dir: str | None, project_file: str | None) -> RunStore:
 def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: str | None) -> None:
     """List recent runs, newest first."""
     store = _run_store(state_dir, project_file)
-    table = Table(header_style="bold")
+    # one space between columns: an 80-column terminal shows every column whole
+    table = Table(header_style="bold", box=None, padding=(0, 1, 0, 0), pad_edge=False)
     table.add_column("run", no_wrap=True, min_width=RUN_ID_WIDTH)  # whole, for `sluice show`
-    for column in ("pipeline", "date", "status", "in", "written", "rejected", "dedup", "secs"):
-        table.add_column(column)
+    table.add_column("pipeline", overflow="fold")
+    table.add_column("date", no_wrap=True, min_width=len("2025-01-15"))
+    table.add_column("status", no_wrap=True)
+    for column in ("in", "out", "rej", "dup", "secs"):  # written, rejected, deduplicated
+        table.add_column(column, justify="right")
     for r in store.list(pipeline=pipeline, limit=limit):
+        counts = (r.rows_in, r.rows_written, r.rows_rejected, r.rows_deduplicated)
         table.add_row(
             r.run_id,
             r.pipeline,
             r.logical_date,
             r.status,
-            *(
-                str(v if v is not None else "")
-                for v in (
-                    r.rows_in,
-                    r.rows_written,
-                    r.rows_rejected,
-                    r.rows_deduplicated,
-                    r.duration_s,
-                )
-            ),
+            *(str(v if v is not None else "") for v in counts),
+            "" if r.duration_s is None else f"{r.duration_s:.1f}",
         )
     console.print(table)
 

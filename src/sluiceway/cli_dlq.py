@@ -23,6 +23,15 @@ def _cli() -> Any:
     return cli
 
 
+def _where(row: dict[str, Any]) -> str:
+    """`file:line` for a line the parser rejected, `file row N` (the Nth record, header
+    not counted) for a record the contract or a check rejected."""
+    name = Path(row["file"] or "").name or "?"
+    if row["line"] is not None:
+        return f"{name}:{row['line']}"
+    return f"{name} row {row['row']}" if row["row"] is not None else name
+
+
 @click.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--run", "run_id", help="Only the dead letters of this run.")
@@ -50,7 +59,7 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
     for column in ("dlq_id", "run", "source", "where", "stage", "errors", "payload"):
         out.add_column(column, overflow="fold")
     for row in shown:
-        where = f"{Path(row['file'] or '').name}:{row['line'] or row['row'] or '?'}"
+        where = _where(row)
         errors = "; ".join(
             f"{e['column'] or '*'}.{e['rule']}: {e['reason']}" for e in row["errors"] or []
         )

@@ -269,9 +269,7 @@ def _keyed_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _
     for i, item in enumerate(raw):
         path: Path_ = (section, i)
         if not isinstance(item, dict) or len(item) != 1:
-            located.problem(
-                path, f"each {kind} is a mapping with one key, e.g. '- {_example(kind)}'"
-            )
+            located.problem(path, _not_one_key(item, kind))
             continue
         key, value = next(iter(item.items()))
         plugin = registry.lookup(kind, key)
@@ -285,6 +283,24 @@ def _keyed_plugins(raw: Any, section: str, kind: registry.PluginKind, located: _
             located.failed_paths.add((section, len(out)))
         out.append(config)
     return out
+
+
+def _not_one_key(item: Any, kind: registry.PluginKind) -> str:
+    """The problem of a list item that is not a one-key mapping; options written beside a
+    known key (`- sql: ...` then `rows: filter` at the same level) are told to move inside."""
+    keys = list(item) if isinstance(item, dict) else []
+    known = [k for k in keys if registry.lookup(kind, str(k)) is not None]
+    if len(known) != 1:
+        return f"each {kind} is a mapping with one key, e.g. '- {_example(kind)}'"
+    name, others = known[0], [str(k) for k in keys if k != known[0]]
+    shorthand = getattr(registry.lookup(kind, name).config, "shorthand", None)  # type: ignore[union-attr]
+    first = f"{shorthand}: ..., " if shorthand else ""
+    listed = ", ".join(f"'{k}'" for k in others)
+    options = ", ".join(f"{k}: ..." for k in others)
+    return (
+        f"{listed} is written beside {kind} '{name}' instead of inside it; "
+        f"write it as '- {name}: {{{first}{options}}}'"
+    )
 
 
 def _example(kind: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from sluiceway.core.replay import dead_letter_table
@@ -190,6 +191,7 @@ class _Target:
     uri: str
     options: dict[str, str]
     is_written: bool
+    pipeline: str | None = None  # the dead-letter table is shared: count this partition only
 
 
 def _targets(pipeline: Pipeline, base_dir: Path, state_dir: Path) -> list[_Target]:
@@ -207,7 +209,7 @@ def _targets(pipeline: Pipeline, base_dir: Path, state_dir: Path) -> list[_Targe
     letters = dead_letter_table(pipeline, RunOptions(base_dir=base_dir, state_dir=state_dir))
     tier = "hot" if is_remote(letters.uri) else "local"
     options = dict(pipeline.dead_letter.storage_options) if pipeline.dead_letter else {}
-    targets.append(_Target("dead_letter", tier, letters.uri, options, True))
+    targets.append(_Target("dead_letter", tier, letters.uri, options, True, pipeline.pipeline))
     return targets
 
 
@@ -222,7 +224,7 @@ def _table_cost(
     table = _open(target)
     size, files, per_day, source = 0, 0, 0.0, "none"
     if table is not None:
-        actions = pa.table(table.get_add_actions(flatten=True))
+        actions = _own_files(pa.table(table.get_add_actions(flatten=True)), target.pipeline)
         sizes = [int(s) for s in actions["size_bytes"].to_pylist()]
         size, files = sum(sizes), len(sizes)
         if target.is_written:
@@ -245,6 +247,15 @@ def _table_cost(
         projected_bytes=future,
         projected_storage_per_month=storage_cost(future, price),
     )
+
+
+def _own_files(actions: pa.Table, pipeline: str | None) -> pa.Table:
+    """The add actions of `pipeline`'s partition of a table partitioned by pipeline (the
+    shared dead-letter table), so pipelines sharing it do not each count all of it."""
+    column = "partition.pipeline"
+    if pipeline is None or column not in actions.column_names:
+        return actions
+    return actions.filter(pc.equal(actions[column], pipeline))
 
 
 def _open(target: _Target) -> DeltaTable | None:

@@ -6,7 +6,9 @@ subject column holds the subject's value — raw, or masked as that pipeline mas
 anyone) — are deleted; dead letters whose payload or decrypted raw payload holds it too.
 Every touched table is then vacuumed with retention 0 (time travel to the erased versions
 is gone) and its Delta log is cut at a fresh checkpoint (the log's statistics and delete
-predicates held the value). Finally every file under every table folder is scanned.
+predicates held the value). Finally every file under every table folder is scanned; a
+table forget deleted nothing from whose history still holds the subject (its rows left by
+a tier move or an overwrite) is then sealed the same way and scanned again.
 
 The value itself is never printed, logged or audited: only `subject_fingerprint`.
 """
@@ -122,6 +124,10 @@ def forget_subject(
         _record_moves(pipelines, report, everything)
         _seal(touched, report, everything)
         _verify(report, everything)
+        stale = _holding_history(report, touched)
+        if stale:
+            _seal(stale, report, everything)
+            _verify(report, everything, only=stale)
         _audit(report, pipelines, state_dir)
     return report
 
@@ -306,11 +312,30 @@ def _cut_log(table: GovernedTable) -> None:
                 filesystem.delete_file(info.path)
 
 
-def _verify(report: ForgetReport, everything: SubjectForms) -> None:
+def _holding_history(
+    report: ForgetReport, touched: Mapping[str, GovernedTable]
+) -> dict[str, GovernedTable]:
+    """Tables forget deleted nothing from whose older files or log still hold the subject:
+    a tier move or an overwrite removed its rows from the current version, not from the
+    history. They are sealed like the touched ones."""
+    return {
+        erasure.table.target.uri: erasure.table
+        for erasure in report.tables
+        if erasure.table.kind != "postgres"
+        and erasure.table.target.uri not in touched
+        and erasure.problem is None
+        and erasure.scan is not None
+        and not erasure.scan.is_clean
+    }
+
+
+def _verify(
+    report: ForgetReport, everything: SubjectForms, *, only: Mapping[str, Any] | None = None
+) -> None:
     scans: dict[str, ScanResult] = {}
     for erasure in report.tables:
         target = erasure.table.target
-        if erasure.table.kind == "postgres":
+        if erasure.table.kind == "postgres" or (only is not None and target.uri not in only):
             continue
         if open_table(target) is None:
             erasure.scan = ScanResult()

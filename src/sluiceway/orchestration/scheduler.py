@@ -215,7 +215,7 @@ class Scheduler:
         """Run the freshness and latency monitors; send their alerts.
 
         Returns:
-            one line per alert: its key and what each route did with it.
+            one line per alert: its key, what it observed and what each route did with it.
         """
         specs = [(s.pipeline, s.path) for _, s in sorted(self.specs.items())]
         found = freshness_alerts(specs, now=now) + latency_alerts(specs, self.store, now=now)
@@ -223,5 +223,5 @@ class Scheduler:
         for alert in found:
             outcomes = dispatch(self.context.project, alert, state_dir=self.state_dir)
             routes = ", ".join(f"{route}: {what}" for route, what in outcomes.items())
-            lines.append(f"{alert.key} ({routes or 'no route'})")
+            lines.append(f"{alert.key}: {alert.summary} ({routes or 'no route'})")
         return lines
