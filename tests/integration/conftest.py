@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -80,3 +82,59 @@ def schema(pg: psycopg.Connection[Any]) -> Iterator[str]:
     pg.execute(f"CREATE SCHEMA {name}")
     yield name
     pg.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+class TcpForwarder:
+    """Forwards a free local port to a real service once `start` is called: the service
+    seems unreachable until then (a test of retries starts it during a backoff)."""
+
+    def __init__(self, target_port: int) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.target_port = target_port
+        self.server: socket.socket | None = None
+
+    def start(self) -> None:
+        if self.server is None:
+            self.server = socket.create_server(("127.0.0.1", self.port))
+            threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self.server is not None
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+def forwarder() -> Iterator[Callable[[int], TcpForwarder]]:
+    """Makes forwarders to a local port (closed after the test)."""
+    made: list[TcpForwarder] = []
+
+    def make(target_port: int) -> TcpForwarder:
+        made.append(TcpForwarder(target_port))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()

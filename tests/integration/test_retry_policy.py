@@ -6,7 +6,6 @@ publishes."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,43 +27,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class Forwarder:
-    """A TCP forwarder from a local port to the test PostgreSQL, started on demand."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.server: socket.socket | None = None
-
-    def start(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        assert self.server is not None
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", 5432))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 def write_spec(tmp_path: Path, *, port: int, table: str, **extra: Any) -> Path:
@@ -130,23 +92,23 @@ def test_a_transient_failure_is_retried_up_to_max_attempts_with_growing_waits(
 
 
 def test_a_run_that_fails_transiently_succeeds_on_the_next_attempt(
-    tmp_path: Path, pg: Any, schema: str
+    tmp_path: Path, pg: Any, schema: str, forwarder: Any
 ) -> None:
     pg.execute(f"CREATE TABLE {schema}.orders (id int PRIMARY KEY, amount numeric(8, 2))")
     pg.execute(f"INSERT INTO {schema}.orders SELECT i, i * 1.5 FROM generate_series(1, 50) i")
-    forwarder = Forwarder(free_port())
+    to_postgres = forwarder(5432)
     spec = write_spec(
         tmp_path,
-        port=forwarder.port,
+        port=to_postgres.port,
         table=f"{schema}.orders",
         retries={"max_attempts": 4, "backoff": "10ms"},
     )
     try:
         result = run_with_policy(
-            load_spec(spec), options(tmp_path, []), sleep=lambda _: forwarder.start()
+            load_spec(spec), options(tmp_path, []), sleep=lambda _: to_postgres.start()
         )
     finally:
-        forwarder.close()
+        to_postgres.close()
 
     assert result.ok, result.error
     assert (result.attempt, result.max_attempts) == (2, 4)

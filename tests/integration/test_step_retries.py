@@ -4,8 +4,6 @@ The `enrich_redis` case needs the test Redis (`bash scripts/services/redis.sh`).
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from datetime import date
@@ -249,47 +247,7 @@ def test_a_retry_starts_clean_without_the_tables_of_the_failed_attempt(tmp_path:
     engine.close()
 
 
-class Forwarder:
-    """Forwards a local port to the test Redis once started (nothing listens before)."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.server: socket.socket | None = None
-
-    def start(self) -> None:
-        if self.server is None:
-            self.server = socket.create_server(("127.0.0.1", self.port))
-            threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        assert self.server is not None
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", 6379))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
-def test_enrich_redis_retries_until_redis_answers(tmp_path: Path) -> None:
+def test_enrich_redis_retries_until_redis_answers(tmp_path: Path, forwarder: Any) -> None:
     client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3)
     try:
         client.ping()
@@ -297,10 +255,10 @@ def test_enrich_redis_retries_until_redis_answers(tmp_path: Path) -> None:
         pytest.fail(f"Redis not reachable on 6379 ({exc}): run `bash scripts/services/redis.sh`")
     prefix = f"sluice-step-retry-{uuid.uuid4().hex[:8]}"
     client.hset(f"{prefix}:u1", mapping={"segment": "gold"})
-    forwarder = Forwarder()
+    to_redis = forwarder(6379)
     step = {
         "enrich_redis": {
-            "url": f"redis://127.0.0.1:{forwarder.port}/0",
+            "url": f"redis://127.0.0.1:{to_redis.port}/0",
             "key": f"{prefix}:{{user_id}}",
             "fields": {"segment": "segment"},
             "defaults": {"segment": "none"},
@@ -318,11 +276,11 @@ def test_enrich_redis_retries_until_redis_answers(tmp_path: Path) -> None:
                 base_dir=tmp_path,
                 state_dir=tmp_path / ".sluice",
                 subscribers=[events.append],
-                sleep=lambda _: forwarder.start(),
+                sleep=lambda _: to_redis.start(),
             ),
         )
     finally:
-        forwarder.close()
+        to_redis.close()
         client.delete(f"{prefix}:u1")
         enrich_redis.clear_cache()
 
