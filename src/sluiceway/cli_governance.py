@@ -102,7 +102,7 @@ state_dir_option = click.option(
 
 
 @click.command("retention")
-@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
     "--as-of",
     type=click.DateTime(formats=["%Y-%m-%d"]),
@@ -113,17 +113,17 @@ state_dir_option = click.option(
 def retention(
     specs: tuple[str, ...], as_of: datetime | None, dry_run: bool, state_dir: str | None
 ) -> None:
-    """Delete rows older than each pipeline's compliance.retention, then vacuum."""
+    """Delete rows older than each pipeline's compliance.retention, then vacuum (SPECS:
+    spec files, or folders whose pipeline specs are all taken)."""
     day = as_of.date() if as_of else datetime.now(UTC).date()
     state = _cli()._state_dir(state_dir)
     outcomes: list[PipelineRetention] = []
-    for spec in specs:
-        pipeline = _load(spec)
+    for pipeline, folder in _specs_in(specs):
         outcome = _guarded(
             partial(
                 apply_retention,
                 pipeline,
-                Path(spec).resolve().parent,
+                folder,
                 as_of=day,
                 state_dir=state,
                 is_dry_run=dry_run,

@@ -180,3 +180,15 @@ def test_a_pipeline_without_retention_is_left_alone(tmp_path: Path) -> None:
 
     assert result.exit_code == 0
     assert "no compliance.retention declared" in result.output
+
+
+def test_a_folder_of_specs_is_taken_whole(folder: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["retention", str(folder), "--as-of", AS_OF, "--state-dir", str(folder / ".sluice")],
+        env={"COLUMNS": "300"},
+        catch_exceptions=False,
+    )
+
+    assert result.exit_code == 0, result.output
+    assert dates(folder, "orders") == [RUN_DAYS[2]]
