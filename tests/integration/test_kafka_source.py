@@ -362,3 +362,20 @@ def test_fetch_and_ack_of_100k_messages_reports_throughput(
     )
     assert first.count == 1
     assert first.count + drained == 100_000
+
+
+def test_a_partition_behind_the_committed_offset_is_refused(
+    bootstrap: str, make_topic: Callable[[int], str]
+) -> None:
+    topic = make_topic(1)
+    _produce(bootstrap, topic, _json_values(5), partitions=1)
+    config = KafkaSourceConfig(bootstrap_servers=bootstrap, topic=topic, group_id=f"g-{topic}")
+    healthy = KafkaSource(config)
+    healthy.resuming({f"{topic}:0": "4"})  # offsets 0-4 were committed: the topic is there
+    healthy.open()
+    healthy.close()
+    recreated = KafkaSource(config)
+    recreated.resuming({f"{topic}:0": "1000"})  # committed from a former life of the topic
+
+    with pytest.raises(SourceError, match=r"partition .*:0 ends at 4, before position 1000"):
+        recreated.open()

@@ -436,3 +436,27 @@ def test_fetch_and_ack_of_100k_small_json_messages(
     print(f"\nnats fetch+ack: 100,000 messages in {elapsed:.2f} s = {100_000 / elapsed:,.0f} msg/s")
     assert len(ids) == 100_000 and sum(t.num_rows for t in tables) == 100_000
     assert source.lag() == 0
+
+
+def test_a_recreated_stream_behind_the_committed_sequence_is_refused(
+    nats_url: str, stream: str
+) -> None:
+    publish(nats_url, f"{stream}.e", events(3))
+    config = NatsSourceConfig(url=nats_url, stream=stream, subject=f"{stream}.>")
+    source = NatsSource(config)
+    source.resuming({stream: "2"})
+    source.open()  # the stream holds sequences up to 3: fine
+    source.close()
+    asyncio.run(_admin(nats_url, lambda js: js.delete_stream(stream)))
+    asyncio.run(
+        _admin(
+            nats_url, lambda js: js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+        )
+    )
+    publish(nats_url, f"{stream}.e", events(1))
+    again = NatsSource(config)
+    again.resuming({stream: "2"})
+
+    with pytest.raises(SourceError, match="recreated or truncated"):
+        again.open()
+    again.close()

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from sluiceway.core.spec import SourceConfig
+from sluiceway.errors import SourceError
 
 MESSAGE_SCHEMA = pa.schema(
     [
@@ -33,6 +34,22 @@ MESSAGE_SCHEMA = pa.schema(
 """One row per message: where it came from, its id there (the position it stands for, as
 text), its raw bytes, when the broker received it (None if unknown), and how many times it has
 been delivered (1 on first delivery; None if the broker does not say)."""
+
+
+def behind_committed(
+    kind: str, where: str, partition: str, committed: str, newest: int
+) -> SourceError:
+    """A partition whose newest message is older than the committed position: the topic or
+    stream was recreated (or truncated). New messages would look committed and be skipped,
+    so the source refuses to start."""
+    return SourceError(
+        f"{kind} {where}: partition {partition} ends at {newest}, before position {committed} "
+        "that this pipeline already committed: it was recreated or truncated. Its new messages "
+        "would look committed and be skipped, so the run stops. To consume it from the "
+        "start, give the pipeline a new Delta table (or `sluice restore` the table to before "
+        "its first commit); if this is the wrong server, fix the source's settings.",
+        context={"source": kind, "partition": partition},
+    )
 
 
 class StreamSourceConfig(SourceConfig):

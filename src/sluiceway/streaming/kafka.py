@@ -21,6 +21,7 @@ import logging
 import os
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -31,7 +32,7 @@ from pydantic import Field, model_validator
 
 from sluiceway.core import registry
 from sluiceway.errors import ConfigError, SourceError, TransientError
-from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
+from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig, behind_committed
 
 START_HINT = "start the test mock with `bash scripts/services/kafka.sh`, or check the address"
 _MANAGED_OPTIONS = frozenset(
@@ -193,8 +194,33 @@ class KafkaSource:
                 "create them (the test mock: `bash scripts/services/kafka.sh create-topic "
                 "NAME`) or fix `topic`"
             )
+        try:
+            self._check_not_behind(consumer)
+        except SourceError:
+            consumer.close()
+            raise
         consumer.subscribe(self.config.topics)
         self._consumer = consumer
+
+    def resuming(self, committed: Mapping[str, str]) -> None:
+        """Told by the runner before `open`: the offsets the table holds ("topic:partition"
+        → last offset), so a recreated topic is recognised instead of skipped."""
+        self._committed = dict(committed)
+
+    def _check_not_behind(self, consumer: Consumer) -> None:
+        """A partition whose high watermark is not past the committed offset was recreated
+        or truncated: refuse, since its new messages would look committed."""
+        for key, offset in getattr(self, "_committed", {}).items():
+            topic, _, partition = key.rpartition(":")
+            if topic not in self.config.topics:
+                continue
+            tp = TopicPartition(topic, int(partition))
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, timeout=self.config.open_timeout_s)
+            except KafkaException:
+                continue  # unknown partition: nothing was produced to it since
+            if high <= int(offset):
+                raise behind_committed("Kafka", self._where, key, offset, high - 1)
 
     def _metadata(self, consumer: Consumer) -> Any:
         try:

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,7 +38,7 @@ from pydantic import Field
 
 from sluiceway.core import registry
 from sluiceway.errors import ConfigError, SourceError, TransientError
-from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
+from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig, behind_committed
 
 T = TypeVar("T")
 
@@ -261,11 +261,23 @@ class NatsSource:
             **credentials,
         )
 
+    def resuming(self, committed: Mapping[str, str]) -> None:
+        """Told by the runner before `open`: the stream sequence the table holds, so a
+        recreated stream is recognised instead of skipped."""
+        self._committed = dict(committed)
+
+    def _check_not_behind(self, last_seq: int) -> None:
+        committed = getattr(self, "_committed", {}).get(self.config.stream)
+        if committed is not None and last_seq < int(committed):
+            raise behind_committed("NATS", self.where, self.config.stream, committed, last_seq)
+
     async def _ensure_stream(self, js: Any) -> None:
         try:
-            await js.stream_info(self.config.stream)
+            info = await js.stream_info(self.config.stream)
+            self._check_not_behind(int(info.state.last_seq))
             return
         except nats.js.errors.NotFoundError:
+            self._check_not_behind(0)  # gone, yet the table holds its messages: deleted
             if not self.config.create_stream:
                 raise SourceError(
                     f"NATS stream {self.config.stream!r} does not exist at {self.where}: "

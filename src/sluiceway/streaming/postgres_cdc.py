@@ -21,7 +21,7 @@ import json
 import re
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -210,11 +210,11 @@ class PostgresCdcSource:
             if status is None:
                 self._create_slot()
 
-    def resuming(self, has_committed: bool) -> None:
-        """Told by the runner before `open`: the table already holds committed changes of
-        this source. A slot that is then missing was lost (dropped, or never kept), and a
-        new snapshot must replace the table's rows, not merge into them."""
-        self._has_committed = has_committed
+    def resuming(self, committed: Mapping[str, str]) -> None:
+        """Told by the runner before `open`: the positions the table holds for this source.
+        With some, a slot that is then missing was lost (dropped, or never kept), and a new
+        snapshot must replace the table's rows, not merge into them."""
+        self._has_committed = bool(committed)
 
     def close(self) -> None:
         """Disconnect; never raises. An unfinished snapshot stays owed (see `open`)."""

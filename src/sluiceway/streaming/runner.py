@@ -207,8 +207,8 @@ class _StreamRunner:
             with _signals(self._request_stop):
                 self._load_committed()
                 resuming = getattr(self.source, "resuming", None)
-                if resuming is not None:  # a change source: a lost slot must not go unseen
-                    resuming(bool(self.committed))
+                if resuming is not None:  # a lost slot or a recreated topic must not go unseen
+                    resuming(dict(self.committed))
                 self._retrying("connect to the broker", self.source.open)
                 self._loop()
             self.result.status = "succeeded"
