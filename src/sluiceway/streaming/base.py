@@ -46,8 +46,8 @@ def behind_committed(
         f"{kind} {where}: partition {partition} ends at {newest}, before position {committed} "
         "that this pipeline already committed: it was recreated or truncated. Its new messages "
         "would look committed and be skipped, so the run stops. To consume it from the "
-        "start, give the pipeline a new Delta table (or `sluice restore` the table to before "
-        "its first commit); if this is the wrong server, fix the source's settings.",
+        "start, point the sink at a new Delta table (or delete the table); if this is the "
+        "wrong server, fix the source's settings.",
         context={"source": kind, "partition": partition},
     )
 
