@@ -258,3 +258,34 @@ def test_replay_refuses_routed_rows_it_cannot_match_to_their_dead_letters(tmp_pa
     assert outcome.deleted == 0
     assert outcome.run is not None and "cannot be matched" in (outcome.run.error or "")
     assert sorted(dead_letters(tmp_path)["dlq_id"].to_pylist()) == before
+
+
+def test_a_routing_check_naming_a_column_the_other_table_lacks_stops_with_what_to_fix(
+    tmp_path: Path,
+) -> None:
+    write_events(tmp_path, ROUTED_EVENTS)
+    (tmp_path / "data" / "users").mkdir(parents=True)
+    (tmp_path / "data" / "users" / "users.csv").write_text("uid,name\nu1,a\nu2,b\n")
+    spec = routed_spec(
+        extra_checks=[
+            {
+                "values_exist_in": {
+                    "column": "user_id",
+                    "to_table": "users",
+                    "to_column": "user_idd",
+                    "on_fail": "dead_letter",
+                }
+            }
+        ]
+    )
+    spec["sources"]["users"] = {"type": "files", "path": "data/users/", "format": "csv"}
+
+    result = run(tmp_path, spec)
+
+    assert result.status == "failed"
+    assert "checks[3] values_exist_in(user_id) (on_fail: dead_letter) cannot judge" in (
+        result.error or ""
+    ), result.error
+    assert "column 'user_idd' not found in table 'users'" in (result.error or "")
+    assert "Binder Error" not in (result.error or "")
+    assert not (tmp_path / "lake" / "orders").exists()

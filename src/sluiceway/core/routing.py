@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from sluiceway.checks.base import TableCheck
 from sluiceway.checks.table import (
     CheckEnv,
     CheckResult,
@@ -24,6 +25,7 @@ from sluiceway.checks.table import (
 from sluiceway.core.context import META_COLUMNS, ROW_ERRORS, ROW_FILE, ROW_NUMBER
 from sluiceway.core.spec import CheckConfig
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.errors import StepError
 
 FAILED = "__sw_failed"
 
@@ -77,7 +79,10 @@ def route_rows(
     """
     indexes = routing_checks(checks)
     structs = []
-    for check in (compile_check(checks[i], env) for i in indexes):
+    present = {name for name, _ in engine.columns(table)}
+    for index in indexes:
+        check = compile_check(checks[index], env)
+        _refuse_unroutable(engine, check, index, table, present)
         condition = check.row_condition()
         assert condition is not None, "routing_problems rejects these at load time"
         reason = quote_literal(f"failed check {check.name}")
@@ -88,7 +93,6 @@ def route_rows(
             f"'reason': {reason}}} END"
         )
     errors = f"list_filter([{', '.join(structs)}], lambda e: e IS NOT NULL)"
-    present = {name for name, _ in engine.columns(table)}
     numbered = "" if ROW_NUMBER in present else f", row_number() OVER () AS {ROW_NUMBER}"
     flagged = engine.create_table(
         engine.new_name("routed"),
@@ -111,6 +115,27 @@ def route_rows(
         rows_routed=int(rows_routed),
         results={i: _routed_result(r, checks[i]) for i, r in zip(indexes, results, strict=True)},
     )
+
+
+def _refuse_unroutable(
+    engine: DuckDBEngine, check: TableCheck, index: int, table: str, present: set[str]
+) -> None:
+    """A routing check that cannot judge rows (a missing column here or in the other table)
+    stops the run with what to fix: rows must never be kept or routed on a broken check."""
+    problem = check.cannot_run()
+    column = check.column
+    if problem is None and column and column.lower() not in {c.lower() for c in present}:
+        known = sorted(c for c in present if not c.startswith("__sw_"))
+        problem = f"column '{column}' not found in the result (columns: {', '.join(known)})"
+    if problem is None:
+        problem = check.missing_other_column(
+            lambda source: engine.columns_of(f"SELECT * FROM {source}")
+        )
+    if problem is not None:
+        raise StepError(
+            f"checks[{index}] {check.name} (on_fail: dead_letter) cannot judge the rows of "
+            f"{table}: {problem}"
+        )
 
 
 def failed_rows_sql(routed: Routed, columns: Sequence[str], payload: str, raw: str) -> str:
