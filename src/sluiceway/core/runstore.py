@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from sluiceway.core.store_db import (
     ensure_schema,
     json_text,
     resolve_location,
+    store_json,
     upsert_sql,
 )
 from sluiceway.core.store_schema import RUNS_SCHEMA
@@ -35,15 +37,23 @@ from sluiceway.core.store_schema import RUNS_SCHEMA
 _SAVED_ORDER: dict[Dialect, str] = {"sqlite": "rowid", "postgresql": "id"}
 """The column that orders runs saved in the same second: the last saved is the highest."""
 _PREFIX_MATCH: dict[Dialect, str] = {
-    "sqlite": "run_id LIKE ? || '%'",
-    "postgresql": "run_id ILIKE ? || '%'",
+    "sqlite": "run_id LIKE ? ESCAPE '\\'",
+    "postgresql": "run_id ILIKE ? ESCAPE '\\'",
 }
-"""A run id prefix, case-insensitive on both (SQLite's LIKE is)."""
+"""A run id prefix (a `like_prefix` pattern), case-insensitive on both (SQLite's LIKE is)."""
+_LIKE_SPECIAL = re.compile(r"([\\%_])")
 _HOUR_OF_DAY: dict[Dialect, str] = {
     "sqlite": "CAST(strftime('%H', recorded_at) AS INTEGER)",
     "postgresql": "CAST(EXTRACT(HOUR FROM recorded_at::timestamptz) AS INTEGER)",
 }
 """The UTC hour of `recorded_at` (the PostgreSQL session runs in UTC)."""
+
+_SERIALIZE_SERIES: dict[Dialect, str | None] = {
+    "sqlite": None,
+    "postgresql": "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.metrics:' || ?))",
+}
+"""Serializes `save_metrics` of one pipeline: its delete-then-insert must not interleave with
+another writer's (SQLite's write lock already does; PostgreSQL reads committed data)."""
 
 _ADDED_METRIC_COLUMNS = {"flagged": "INTEGER NOT NULL DEFAULT 0"}
 """Columns of `metrics` added after its first version → their DDL, for `_migrate`."""
@@ -177,7 +187,7 @@ class RunStore:
     def save(self, record: RunRecord) -> None:
         """Insert or replace a run."""
         data = asdict(record)
-        data["details"] = json.dumps(record.details, default=str, sort_keys=True)
+        data["details"] = store_json(record.details)
         sql = upsert_sql(self.dialect, "runs", list(data), key=("run_id",), bump="id")
         with self._connect() as con:
             con.execute(sql, list(data.values()))
@@ -223,11 +233,15 @@ class RunStore:
         return ids
 
     def get(self, run_id: str) -> RunRecord | None:
-        """A run by id, or by a unique prefix of it."""
+        """A run by its exact id, else by a unique prefix of it (`%` and `_` match only
+        themselves)."""
         with self._connect() as con:
-            rows = con.execute(
-                f"SELECT * FROM runs WHERE {_PREFIX_MATCH[self.dialect]} LIMIT 2", (run_id,)
-            ).fetchall()
+            rows = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchall()
+            if not rows:
+                rows = con.execute(
+                    f"SELECT * FROM runs WHERE {_PREFIX_MATCH[self.dialect]} LIMIT 2",
+                    (like_prefix(run_id),),
+                ).fetchall()
         return _record(rows[0]) if len(rows) == 1 else None
 
     def list(self, *, pipeline: str | None = None, limit: int = 20) -> list[RunRecord]:
@@ -259,7 +273,11 @@ class RunStore:
             for r in points
         ]
         marks = ", ".join("?" for _ in _METRIC_COLUMNS)
+        serialize = _SERIALIZE_SERIES[self.dialect]
         with self._connect() as con:
+            if serialize:
+                for pipeline in sorted({r.pipeline for r in points}):
+                    con.execute(serialize, (pipeline,))
             con.executemany(
                 "DELETE FROM metrics WHERE pipeline = ? AND logical_date = ? AND check_id = ? "
                 f"AND metric = ? AND {_HOUR_OF_DAY[self.dialect]} = ?",
@@ -314,6 +332,11 @@ class RunStore:
         cutoff = (datetime.now(UTC).date() - timedelta(days=keep_days)).isoformat()
         with self._connect() as con:
             return con.execute("DELETE FROM metrics WHERE logical_date < ?", (cutoff,)).rowcount
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern (with `ESCAPE '\\'`) matching the strings that start with `text`."""
+    return _LIKE_SPECIAL.sub(r"\\\1", text) + "%"
 
 
 def _merge_copies(rows: Sequence[MetricPoint]) -> list[MetricPoint]:

@@ -12,16 +12,18 @@ both, and SQLite keeps its exact statements.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit, urlunsplit
 
 from sluiceway.errors import ConfigError
 
@@ -30,6 +32,8 @@ STORE_ENV = "SLUICE_RUN_STORE"
 DEFAULT_SCHEMA = "sluice"
 _PG_SCHEMES = ("postgresql", "postgres")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+"""libpq URL parameters whose values are secrets (hidden like the user part's password)."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,14 @@ class StoreLocation:
     Attributes:
         dialect: 'sqlite' or 'postgresql'.
         path: the SQLite file (None on PostgreSQL).
-        url: the libpq URL without the `schema` parameter (None on SQLite).
-        schema: the PostgreSQL schema of the tables.
+        url: the libpq URL without the `schema` parameter (None on SQLite); left out of
+            `repr` since it may hold a password.
+        schema: the PostgreSQL schema of the tables (its exact, case-sensitive name).
     """
 
     dialect: Dialect
     path: Path | None = None
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)
     schema: str = DEFAULT_SCHEMA
 
     @property
@@ -60,26 +65,56 @@ class StoreLocation:
         return self.path.is_file() if self.path is not None else True
 
     def scrub(self, text: str) -> str:
-        """`text` with this location's password (if any) replaced by ***."""
-        password = urlsplit(self.url).password if self.url else None
-        return text.replace(password, "***") if password else text
+        """`text` with this location's passwords (if any), as written in the URL and
+        percent-decoded, replaced by ***."""
+        for secret in _secrets(self.url or ""):
+            text = text.replace(secret, "***")
+        return text
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """The `key=value` items of a URL query as written (still percent-encoded)."""
+    return [(item.partition("=")[0], item) for item in query.split("&") if item]
+
+
+def _secrets(url: str) -> list[str]:
+    """The passwords in `url` (user part and secret parameters), raw and decoded, longest
+    first so that a secret containing another is replaced whole."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    raw = [userinfo.partition(":")[2]] if ":" in userinfo else []
+    raw += [
+        item.partition("=")[2]
+        for key, item in _query_pairs(parts.query)
+        if unquote_plus(key) in _SECRET_PARAMS
+    ]
+    found = {s for r in raw for s in (r, unquote(r), unquote_plus(r)) if s}
+    return sorted(found, key=len, reverse=True)
 
 
 def scrub_url(url: str) -> str:
-    """`url` with the password of its user part replaced by ***."""
+    """`url` with the password of its user part, and any `password` parameter, replaced by
+    ***; the host is kept as written (an IPv6 address keeps its brackets)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        userinfo = f"{userinfo.partition(':')[0]}:***"
+    query = "&".join(
+        f"{key}=***" if unquote_plus(key) in _SECRET_PARAMS else item
+        for key, item in _query_pairs(parts.query)
+    )
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hostport}", query=query))
 
 
 def parse_location(value: str, *, base: Path) -> StoreLocation:
     """A `run_store` value: a PostgreSQL URL, or a SQLite file (relative to `base`).
 
+    The URL's other parameters are kept as written (libpq decodes them); `schema` is
+    taken exactly, case included.
+
     Raises:
-        ConfigError: a URL of another scheme, or a schema name that is not an identifier.
+        ConfigError: a URL of another scheme, or a schema name that is not an identifier or
+            is reserved (`pg_...`).
     """
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
     if not scheme:
@@ -96,7 +131,14 @@ def parse_location(value: str, *, base: Path) -> StoreLocation:
         raise ConfigError(
             f"run store schema {schema!r} is not a plain identifier: use letters, digits and _"
         )
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    if schema.lower().startswith("pg_"):
+        raise ConfigError(
+            f"run store schema {schema!r} starts with 'pg_', which PostgreSQL reserves for "
+            "system schemas: choose another name, e.g. ?schema=sluice"
+        )
+    rest = "&".join(
+        item for key, item in _query_pairs(parts.query) if unquote_plus(key) != "schema"
+    )
     url = urlunsplit(parts._replace(scheme="postgresql", query=rest))
     return StoreLocation("postgresql", url=url, schema=schema)
 
@@ -143,7 +185,7 @@ class StoreConnection:
         if self.dialect == "sqlite":
             return self.raw.execute(sql, tuple(params))
         cursor = self.raw.cursor(cursor_factory=_pg().extras.DictCursor)
-        cursor.execute(pg_sql(sql), tuple(params))
+        cursor.execute(pg_sql(sql), pg_params(params))
         return cursor
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -151,14 +193,49 @@ class StoreConnection:
             self.raw.executemany(sql, rows)
             return
         if rows:
-            self.raw.cursor().executemany(pg_sql(sql), [tuple(r) for r in rows])
+            rows_pg = [pg_params(r) for r in rows]
+            _pg().extras.execute_batch(self.raw.cursor(), pg_sql(sql), rows_pg, page_size=500)
 
 
-_QUOTED_OR_MARK = re.compile(r"'(?:[^']|'')*'|\?|%")
+_NUL_STANDIN = "\ufffd"
+"""PostgreSQL text cannot hold NUL (U+0000): it is stored as U+FFFD, the replacement mark."""
+
+
+def pg_params(params: Sequence[Any]) -> tuple[Any, ...]:
+    """Parameters for PostgreSQL: NUL characters in text become U+FFFD (text cannot hold
+    them; SQLite stores them as given)."""
+    return tuple(
+        p.replace("\x00", _NUL_STANDIN) if isinstance(p, str) and "\x00" in p else p for p in params
+    )
+
+
+def store_json(value: Any) -> str:
+    """`value` as JSON text every reader of the store accepts (SQLite `json_extract`,
+    PostgreSQL `::jsonb`): NaN and ±Infinity become null, NUL characters U+FFFD; objects JSON
+    cannot hold become their `str`. Keys are sorted."""
+    return json.dumps(_json_safe(value), default=str, sort_keys=True)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.replace("\x00", _NUL_STANDIN)
+    if isinstance(value, Mapping):
+        return {_json_safe(k) if isinstance(k, str) else k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+_QUOTED_OR_MARK = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|%", re.DOTALL
+)
 
 
 def pg_sql(sql: str) -> str:
-    """SQLite-style SQL for psycopg2: `?` outside string literals → `%s`, `%` → `%%`."""
+    """SQLite-style SQL for psycopg2: `?` outside string literals, quoted identifiers and
+    comments → `%s`; every `%` → `%%`."""
 
     def swap(match: re.Match[str]) -> str:
         text = match.group(0)
@@ -200,6 +277,7 @@ def connect(
 ) -> Iterator[StoreConnection]:
     """A connection in one transaction (committed on success, rolled back on error), closed
     at the end. Read-only: SQLite `mode=ro`, PostgreSQL `default_transaction_read_only`.
+    PostgreSQL sessions run in UTC and in the location's schema.
 
     Raises:
         ConfigError: the PostgreSQL server cannot be reached (the message has no password).
@@ -221,19 +299,29 @@ def connect(
     raw = _pg_connect(location, read_only=read_only, timeout=timeout)
     try:
         with raw:
+            raw.cursor().execute("SET TIME ZONE 'UTC'")
             yield StoreConnection("postgresql", raw)
     finally:
         raw.close()
 
 
-def _pg_connect(location: StoreLocation, *, read_only: bool, timeout: float) -> Any:
-    psycopg2 = _pg()
-    options = f"-c search_path={location.schema} -c timezone=UTC"
+def _pg_options(location: StoreLocation, *, read_only: bool) -> str:
+    """The URL's own `options`, then the store's: the schema (quoted: its case is kept) and
+    UTC, which come last so that they win (`connect` sets UTC again: libpq applies $PGTZ
+    after these)."""
+    given = _pg().extensions.parse_dsn(location.url or "").get("options", "")
+    options = f'{given} -c search_path="{location.schema}" -c timezone=UTC'.strip()
     if read_only:
         options += " -c default_transaction_read_only=on"
+    return options
+
+
+def _pg_connect(location: StoreLocation, *, read_only: bool, timeout: float) -> Any:
+    psycopg2 = _pg()
     try:
+        options = _pg_options(location, read_only=read_only)
         raw = psycopg2.connect(location.url, options=options, connect_timeout=max(1, int(timeout)))
-    except psycopg2.OperationalError as exc:
+    except (psycopg2.OperationalError, psycopg2.ProgrammingError) as exc:
         raise ConfigError(
             f"cannot connect to the run store {location.label}: "
             f"{location.scrub(str(exc)).strip()}; check the URL in ${STORE_ENV} or the "
@@ -256,9 +344,10 @@ _prepared_lock = threading.Lock()
 def ensure_schema(location: StoreLocation, ddl: Mapping[Dialect, str], *, name: str) -> None:
     """Create the tables of one module (`ddl` per dialect) if missing.
 
-    SQLite runs the script in WAL mode on every call (cheap, as before); PostgreSQL creates
-    the schema and tables once per process, under an advisory lock so that two processes
-    starting together do not race.
+    SQLite runs the script in WAL mode on every call (cheap, as before); PostgreSQL checks
+    once per process, and creates the schema and tables only when one is missing (a role
+    that may only read an existing store needs no CREATE privilege), under an advisory lock
+    so that two processes starting together do not race.
     """
     if location.dialect == "sqlite":
         assert location.path is not None
@@ -268,17 +357,30 @@ def ensure_schema(location: StoreLocation, ddl: Mapping[Dialect, str], *, name: 
             con.raw.executescript(ddl["sqlite"])
         return
     key = (location.url or "", location.schema, name)
+    tables = _CREATED_TABLE.findall(ddl["postgresql"])
     with _prepared_lock:
         if key in _prepared:
             return
         with connect(location) as con:
             cursor = con.raw.cursor()
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (location.schema,))
-            cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (location.schema,))
-            if cursor.fetchone() is None:
-                cursor.execute(f'CREATE SCHEMA "{location.schema}"')
-            cursor.execute(ddl["postgresql"])
+            if not _pg_has_tables(cursor, location.schema, tables):
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (location.schema,))
+                cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (location.schema,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f'CREATE SCHEMA "{location.schema}"')
+                cursor.execute(ddl["postgresql"])
         _prepared.add(key)
+
+
+_CREATED_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
+
+
+def _pg_has_tables(cursor: Any, schema: str, tables: Sequence[str]) -> bool:
+    cursor.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
+        (schema, list(tables)),
+    )
+    return bool(cursor.fetchone()[0] == len(tables))
 
 
 def _sqlite_upsert(table: str, columns: Sequence[str], key: Sequence[str], bump: str) -> str:
@@ -339,19 +441,29 @@ def insert_new_sql(
     return _INSERT_NEW[dialect](table, columns, key, "")
 
 
+_NON_JSON_NUMBERS = ("-Infinity", "Infinity", "NaN")
+"""What Python's json.dumps wrote for non-finite floats before `store_json`."""
+
+
+def _sqlite_json_text(column: str, key: str) -> str:
+    lenient = column
+    for token in _NON_JSON_NUMBERS:
+        lenient = f"replace({lenient}, '{token}', 'null')"
+    return (
+        f"CASE WHEN json_valid({column}) THEN json_extract({column}, '$.{key}') "
+        f"WHEN json_valid({lenient}) THEN json_extract({lenient}, '$.{key}') END"
+    )
+
+
 _JSON_TEXT: dict[Dialect, Callable[[str, str], str]] = {
-    "sqlite": lambda column, field: f"json_extract({column}, '$.{field}')",
-    "postgresql": lambda column, field: f"({column}::jsonb ->> '{field}')",
+    "sqlite": _sqlite_json_text,
+    "postgresql": lambda column, key: f"({column}::jsonb ->> '{key}')",
 }
 
 
 def json_text(dialect: Dialect, column: str, field: str) -> str:
-    """SQL reading top-level `field` of the JSON text in `column` (text on PostgreSQL)."""
+    """SQL reading top-level `field` of the JSON text in `column` (text on PostgreSQL).
+
+    On SQLite, the NaN and Infinity that earlier versions wrote read as null, and text that
+    is not JSON reads as NULL; on PostgreSQL every row was written by `store_json`."""
     return _JSON_TEXT[dialect](column, field)
-
-
-def url_with_schema(url: str, schema: str) -> str:
-    """`url` with its `schema` parameter set (tests and docs build URLs with it)."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "schema"] + [("schema", schema)]
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))

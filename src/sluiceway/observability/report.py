@@ -183,9 +183,11 @@ class RunIndex:
         return (_record(row) for row in self._query(sql, (*params, limit), as_dict=True))
 
     def record(self, run_id: str) -> RunRecord | None:
-        """A run by id or by a unique prefix of it; None when there is none or several."""
+        """A run by its exact id, else by a unique prefix of it; None when there is none or
+        several."""
+        exact = list(self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,), as_dict=True))
         sql = "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? LIMIT 2"
-        rows = list(self._query(sql, (len(run_id), run_id), as_dict=True))
+        rows = exact or list(self._query(sql, (len(run_id), run_id), as_dict=True))
         return _record(rows[0]) if len(rows) == 1 else None
 
     def run_points(self, pipeline: str, limit: int) -> list[RunPoint]:

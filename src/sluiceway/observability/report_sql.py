@@ -28,9 +28,12 @@ SUMMARY_COLUMNS: dict[Dialect, str] = {
 }
 """The columns of a `RunSummary`, checks counted in SQL (no results file is opened)."""
 
+_STARTED = "replace(replace(started_at, '-', ''), ':', '')"
+"""`started_at` as compact text ('20250115T020000'): batch runs store it compact, stream runs
+ISO, and the two spellings do not sort together."""
 NEWEST_FIRST: dict[Dialect, str] = {
-    "sqlite": "ORDER BY started_at DESC, rowid DESC",
-    "postgresql": "ORDER BY started_at DESC, id DESC",
+    "sqlite": f"ORDER BY {_STARTED} DESC, rowid DESC",
+    "postgresql": f"ORDER BY {_STARTED} DESC, id DESC",
 }
 """started_at has one-second resolution; of runs started in the same second, the one the
 store saved last (the highest rowid / id) is the newest."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from sluiceway.core.runstore import RUN_METRICS
 from sluiceway.core.store_db import (
+    Dialect,
     StoreConnection,
     StoreLocation,
     as_location,
@@ -31,6 +32,8 @@ _STARTED = (
     "substr(started_at, 7, 2) || 'T' || substr(started_at, 10, 2) || ':' || "
     "substr(started_at, 12, 2) || ':' || substr(started_at, 14, 2) END"
 )
+_SAVED_ORDER: dict[Dialect, str] = {"sqlite": "rowid", "postgresql": "id"}
+"""Of runs started in the same second, the one saved last is the newest (as `sluice runs`)."""
 _SUMMARY_COLUMNS = (
     "run_id, pipeline, logical_date, status, started_at, finished_at, duration_s, rows_in, "
     "rows_written, rows_rejected, rows_deduplicated, rows_filtered, error"
@@ -128,10 +131,11 @@ class StoreReader:
     def pipeline_states(self) -> dict[str, PipelineState]:
         """Every pipeline in the store → its run count, latest run and latest success."""
         counts = {r["pipeline"]: r["n"] for r in self._rows(_COUNTS)}
-        last = {r["pipeline"]: _run(r) for r in self._rows(_LATEST.format(where=""))}
+        saved = _SAVED_ORDER[self.location.dialect]
+        last = {r["pipeline"]: _run(r) for r in self._rows(_LATEST.format(where="", saved=saved))}
         ok = {
             r["pipeline"]: _run(r)
-            for r in self._rows(_LATEST.format(where="WHERE status = 'succeeded'"))
+            for r in self._rows(_LATEST.format(where="WHERE status = 'succeeded'", saved=saved))
         }
         return {
             name: PipelineState(name, counts[name], last.get(name), ok.get(name)) for name in counts
@@ -141,7 +145,8 @@ class StoreReader:
         """One page of a pipeline's runs, newest first, and the pipeline's run count."""
         rows = self._rows(
             f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE pipeline = ? "
-            f"ORDER BY {_STARTED} DESC, run_id DESC LIMIT ? OFFSET ?",
+            f"ORDER BY {_STARTED} DESC, {_SAVED_ORDER[self.location.dialect]} DESC "
+            "LIMIT ? OFFSET ?",
             (pipeline, limit, offset),
         )
         total = self._rows("SELECT COUNT(*) AS n FROM runs WHERE pipeline = ?", (pipeline,))
@@ -188,7 +193,7 @@ RUN_SERIES = RUN_METRICS
 _COUNTS = "SELECT pipeline, COUNT(*) AS n FROM runs GROUP BY pipeline"
 _LATEST = (
     f"SELECT {_SUMMARY_COLUMNS} FROM (SELECT {_SUMMARY_COLUMNS}, ROW_NUMBER() OVER "
-    f"(PARTITION BY pipeline ORDER BY {_STARTED} DESC, run_id DESC) AS n FROM runs {{where}}) "
+    f"(PARTITION BY pipeline ORDER BY {_STARTED} DESC, {{saved}} DESC) AS n FROM runs {{where}}) "
     "AS latest WHERE n = 1"
 )
 
