@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -36,9 +36,18 @@ def _state_dir(state_dir: str | None) -> Path:
     return Path(state_dir or os.environ.get("SLUICE_HOME") or Path.cwd() / ".sluice").resolve()
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
+
+
+def load_or_exit(spec: str) -> Pipeline:
+    """The spec at `spec`, or its problems on stderr (path, line, did-you-mean) and exit 2."""
+    try:
+        return load_spec(spec)
+    except SpecError as exc:
+        _print_problems(spec, exc)
+        sys.exit(2)
 
 
 def entry() -> None:

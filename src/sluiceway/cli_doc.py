@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-from rich.markup import escape
 
+from sluiceway.cli import _fail
 from sluiceway.errors import SluicewayError, SpecError
 from sluiceway.gates.doc import build_document, render_markdown
 from sluiceway.gates.doc_html import render_html
@@ -20,11 +20,6 @@ def _cli() -> Any:
     from sluiceway import cli
 
     return cli
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    _cli().err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    sys.exit(code)
 
 
 def render_spec(spec: str | Path, *, is_html: bool = False, prices: str | None = None) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import yaml
@@ -22,9 +22,10 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from sluiceway.core.loader import load_spec
+from sluiceway.cli import _fail
+from sluiceway.cli import load_or_exit as _load
 from sluiceway.core.spec import Pipeline
-from sluiceway.errors import SluicewayError, SpecError
+from sluiceway.errors import SluicewayError
 from sluiceway.ops.audit import AuditLog
 from sluiceway.ops.forget import ForgetReport, TableErasure, forget_subject
 from sluiceway.ops.retention import (
@@ -44,11 +45,6 @@ def _cli() -> Any:
     return cli
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    _cli().err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    sys.exit(code)
-
-
 def _guarded(action: Callable[[], _T]) -> _T:
     try:
         return action()
@@ -58,14 +54,6 @@ def _guarded(action: Callable[[], _T]) -> _T:
 
 def _say(text: str) -> None:
     _cli().console.print(text, soft_wrap=True, markup=False)
-
-
-def _load(spec: str) -> Pipeline:
-    try:
-        return load_spec(spec)
-    except SpecError as exc:
-        _cli()._print_problems(spec, exc)
-        sys.exit(2)
 
 
 def _specs_in(paths: tuple[str, ...]) -> list[tuple[Pipeline, Path]]:

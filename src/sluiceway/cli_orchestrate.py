@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sluiceway.cli import _fail
 from sluiceway.core.events import Event, Subscriber
 from sluiceway.core.loader import load_project, load_spec
 from sluiceway.core.project import find_project_file
@@ -53,11 +54,6 @@ def _cli() -> Any:
     from sluiceway import cli
 
     return cli
-
-
-def _fail(message: str) -> NoReturn:
-    _cli()._fail(message)
-    raise AssertionError("unreachable")
 
 
 def _spec_error(exc: SpecError) -> NoReturn:

@@ -9,12 +9,13 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from rich.markup import escape
 
+from sluiceway.cli import _fail
 from sluiceway.errors import SpecError
 from sluiceway.orchestration import ProjectContext
 from sluiceway.orchestration.graph import build_graph, load_project_specs
@@ -25,11 +26,6 @@ def _cli() -> Any:
     from sluiceway import cli
 
     return cli
-
-
-def _fail(message: str) -> NoReturn:
-    _cli()._fail(message)
-    raise AssertionError("unreachable")
 
 
 def _say(line: str) -> None:

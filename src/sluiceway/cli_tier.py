@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich import box
@@ -15,9 +15,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from sluiceway.core.loader import load_spec
+from sluiceway.cli import _fail
+from sluiceway.cli import load_or_exit as _load
 from sluiceway.core.spec import Pipeline
-from sluiceway.errors import ConfigError, SluicewayError, SpecError
+from sluiceway.errors import ConfigError, SluicewayError
 from sluiceway.ops.audit import AuditLog
 from sluiceway.ops.cost import CostReport, by_layer, cost_report
 from sluiceway.ops.pricing import load_prices
@@ -41,19 +42,6 @@ def _cli() -> Any:
     from sluiceway import cli
 
     return cli
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    _cli().err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    sys.exit(code)
-
-
-def _load(spec: str) -> Pipeline:
-    try:
-        return load_spec(spec)
-    except SpecError as exc:
-        _cli()._print_problems(spec, exc)
-        sys.exit(2)
 
 
 def _tiered_sink(pipeline: Pipeline, index: int | None) -> DeltaSinkConfig:
