@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from sluiceway.core.spec import SourceConfig
@@ -49,6 +50,41 @@ def behind_committed(
         "start, point the sink at a new Delta table (or delete the table); if this is the "
         "wrong server, fix the source's settings.",
         context={"source": kind, "partition": partition},
+    )
+
+
+ORDER_KEY_DIGITS = 20
+"""Width of each zero-padded number in an order key (an unsigned 64-bit value fits)."""
+
+
+def integer_order_keys(msg_ids: pa.Array, with_sequence: bool = False) -> pa.Array:
+    """Order keys for ids that are a non-negative integer ("42"), or with `with_sequence`
+    two joined by a dash (Redis "1700000000000-3"; a missing "-seq" counts as 0): each number
+    zero-padded to the same width, so byte order equals numeric order.
+
+    Raises:
+        SourceError: an id is not of that form, or a number has more than 20 digits.
+    """
+    ids = msg_ids.cast(pa.string())
+    if with_sequence:
+        whole = pc.match_substring(ids, "-")
+        ids = pc.if_else(whole, ids, pc.binary_join_element_wise(ids, "0", "-"))
+        pattern = rf"^[0-9]{{1,{ORDER_KEY_DIGITS}}}-[0-9]{{1,{ORDER_KEY_DIGITS}}}$"
+    else:
+        pattern = rf"^[0-9]{{1,{ORDER_KEY_DIGITS}}}$"
+    bad = pc.invert(pc.match_substring_regex(ids, pattern)).fill_null(True)
+    if pc.any(bad).as_py():
+        first = msg_ids.filter(bad)[0].as_py()
+        raise SourceError(f"{first!r} is not a message position of the expected form")
+    if not with_sequence:
+        return pc.utf8_lpad(ids, width=ORDER_KEY_DIGITS, padding="0")
+    pieces = pc.split_pattern(ids, "-", max_splits=1)
+    return pc.binary_join_element_wise(
+        *(
+            pc.utf8_lpad(pc.list_element(pieces, i), width=ORDER_KEY_DIGITS, padding="0")
+            for i in (0, 1)
+        ),
+        "-",
     )
 
 
@@ -118,6 +154,10 @@ class StreamSource(Protocol):
     def lag(self) -> int | None:
         """Messages waiting in the broker for this consumer, if the broker says."""
         ...
+
+    # Optional: `order_keys(msg_ids: pa.Array) -> pa.Array` — one string per message id whose
+    # byte order is the position order (`position_after`). With it the runner compares whole
+    # batches at once instead of calling `position_after` per message; see `integer_order_keys`.
 
     def close(self) -> None:
         """Disconnect; never raises."""

@@ -32,7 +32,13 @@ from pydantic import Field, model_validator
 
 from sluiceway.core import registry
 from sluiceway.errors import ConfigError, SourceError, TransientError
-from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig, behind_committed
+from sluiceway.streaming.base import (
+    MESSAGE_SCHEMA,
+    Fetched,
+    StreamSourceConfig,
+    behind_committed,
+    integer_order_keys,
+)
 
 START_HINT = "start the test mock with `bash scripts/services/kafka.sh`, or check the address"
 _MANAGED_OPTIONS = frozenset(
@@ -385,6 +391,10 @@ class KafkaSource:
         """Offsets are integers: True when `msg_id` is greater than `committed`."""
         return int(msg_id) > int(committed)
 
+
+    def order_keys(self, msg_ids: pa.Array) -> pa.Array:
+        """Byte-ordered keys of `msg_ids`, for comparing a whole batch at once."""
+        return integer_order_keys(msg_ids)
     def lag(self) -> int | None:
         """Sum over assigned partitions of high watermark minus position; None if unknown.
 

@@ -367,15 +367,44 @@ class _StreamRunner:
 
     def _not_committed(self, messages: pa.Table) -> pa.Table:
         """The messages after the committed position of their partition."""
-        if not self.committed:
+        if not self.committed or not messages.num_rows:
             return messages
-        partitions = messages.column("partition").to_pylist()
-        ids = messages.column("msg_id").to_pylist()
-        keep = [
-            p not in self.committed or self.source.position_after(i, self.committed[p])
-            for p, i in zip(partitions, ids, strict=True)
-        ]
-        return messages.filter(pa.array(keep, pa.bool_()))
+        keys = self._order_keys(messages)
+        if keys is None:
+            partitions = messages.column("partition").to_pylist()
+            ids = messages.column("msg_id").to_pylist()
+            keep = [
+                p not in self.committed or self.source.position_after(i, self.committed[p])
+                for p, i in zip(partitions, ids, strict=True)
+            ]
+            return messages.filter(pa.array(keep, pa.bool_()))
+        column = messages.column("partition")
+        mask: pa.ChunkedArray | None = None
+        for partition in pc.unique(column).to_pylist():
+            committed = self.committed.get(partition)
+            if committed is None:
+                after = pc.equal(column, partition)
+            else:
+                [position] = self._order_keys_of([committed]).to_pylist()
+                after = pc.and_(pc.equal(column, partition), pc.greater(keys, position))
+            mask = after if mask is None else pc.or_(mask, after)
+        assert mask is not None, "a non-empty batch has a partition"
+        if pc.all(mask).as_py():
+            return messages
+        return messages.filter(mask)
+
+    def _order_keys(self, messages: pa.Table) -> pa.ChunkedArray | None:
+        """The source's byte-ordered keys of the batch's ids, or None if it has none."""
+        if getattr(self.source, "order_keys", None) is None:
+            return None
+        column = messages.column("msg_id")
+        return pa.chunked_array(
+            [self._order_keys_of(chunk) for chunk in column.chunks], type=pa.string()
+        )
+
+    def _order_keys_of(self, ids: Any) -> pa.Array:
+        order_keys = self.source.order_keys  # type: ignore[attr-defined]
+        return order_keys(pa.array(ids, pa.string()) if isinstance(ids, list) else ids)
 
     def _commit(self, messages: pa.Table) -> RowAccounting:
         """Run the batch through the pipeline and commit it; its row accounting."""
@@ -451,15 +480,26 @@ class _StreamRunner:
     def _newest_positions(self, messages: pa.Table) -> dict[str, str]:
         """The newest message id of each partition (a batch made of several fetches, e.g.
         new entries then reclaimed older ones, is not in id order)."""
-        newest: dict[str, str] = {}
+        keys = self._order_keys(messages)
+        if keys is not None:
+            column, ids = messages.column("partition"), messages.column("msg_id")
+            newest = {}
+            for partition in pc.unique(column).to_pylist():
+                mine = pc.equal(column, partition)
+                top = pc.max(keys.filter(mine))
+                newest[partition] = (
+                    ids.filter(mine).filter(pc.equal(keys.filter(mine), top))[0].as_py()
+                )
+            return newest
+        slow: dict[str, str] = {}
         for partition, msg_id in zip(
             messages.column("partition").to_pylist(),
             messages.column("msg_id").to_pylist(),
             strict=True,
         ):
-            if partition not in newest or self.source.position_after(msg_id, newest[partition]):
-                newest[partition] = msg_id
-        return newest
+            if partition not in slow or self.source.position_after(msg_id, slow[partition]):
+                slow[partition] = msg_id
+        return slow
 
     def _fault_subscriber(self, event: Any) -> None:
         if event.name == "dead_letter_written":
@@ -604,6 +644,9 @@ def _first_of_each(messages: pa.Table) -> pa.Table:
     """`messages` (cast to MESSAGE_SCHEMA) without repeats of a (partition, msg_id): a fetch
     after a reconnect may hand out again what the batch already holds."""
     messages = messages.cast(MESSAGE_SCHEMA)
+    distinct = messages.select(["partition", "msg_id"]).group_by(["partition", "msg_id"])
+    if distinct.aggregate([]).num_rows == messages.num_rows:
+        return messages
     seen: set[tuple[str, str]] = set()
     keep = []
     for key in zip(
@@ -611,7 +654,7 @@ def _first_of_each(messages: pa.Table) -> pa.Table:
     ):
         keep.append(key not in seen)
         seen.add(key)
-    return messages if all(keep) else messages.filter(pa.array(keep, pa.bool_()))
+    return messages.filter(pa.array(keep, pa.bool_()))
 
 
 def _e2e_latencies(messages: pa.Table, now: datetime) -> tuple[float | None, float | None]:
