@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pydantic
 import pytest
 import redis
@@ -445,3 +446,40 @@ def test_entries_deleted_while_pending_are_acknowledged_not_delivered(
         assert pending_count(redis_client, stream) == 0
     finally:
         restarted.close()
+
+
+def test_ack_refused_by_redis_is_a_source_error_and_the_client_still_works(
+    redis_client: redis.Redis, stream: str
+) -> None:
+    produce(redis_client, stream, 3)
+    source = make_source(stream)
+    try:
+        fetched = source.fetch(10, 1.0)
+        redis_client.delete(stream)
+        redis_client.set(stream, "not a stream any more")
+        with pytest.raises(SourceError, match="Redis refused a command while acknowledging"):
+            source.ack(fetched)
+        redis_client.delete(stream)
+        produce(redis_client, stream, 2)
+        source.open()
+        again = source.fetch(10, 1.0)
+        source.ack(again)
+        assert again.count == 2
+        assert redis_client.xpending(stream, "sluiceway")["pending"] == 0
+    finally:
+        source.close()
+
+
+def test_order_keys_agree_with_position_after_on_real_entry_ids(
+    redis_client: redis.Redis, stream: str
+) -> None:
+    ids = produce(redis_client, stream, 50)
+    source = make_source(stream)
+    try:
+        keys = source.order_keys(pa.array(ids))
+        pairs = list(zip(*(k.to_pylist() for k in keys), strict=True))
+        for index in range(1, len(ids)):
+            assert pairs[index] > pairs[index - 1]
+            assert source.position_after(ids[index], ids[index - 1])
+    finally:
+        source.close()

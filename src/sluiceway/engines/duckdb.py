@@ -184,6 +184,10 @@ class DuckDBEngine:
         self.con.register(name, data)
         return name
 
+    def unregister(self, name: str) -> None:
+        """Forget an Arrow table made queryable by `register_view`."""
+        self.con.unregister(name)
+
     def count(self, table: str) -> int:
         """Row count of a table or view."""
         return int(

@@ -13,6 +13,7 @@ are plain JSON values; `position_after(a, b)` orders them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -53,39 +54,38 @@ def behind_committed(
     )
 
 
-ORDER_KEY_DIGITS = 20
-"""Width of each zero-padded number in an order key (an unsigned 64-bit value fits)."""
-
-
-def integer_order_keys(msg_ids: pa.Array, with_sequence: bool = False) -> pa.Array:
+def integer_order_keys(msg_ids: pa.Array, with_sequence: bool = False) -> list[pa.Array]:
     """Order keys for ids that are a non-negative integer ("42"), or with `with_sequence`
-    two joined by a dash (Redis "1700000000000-3"; a missing "-seq" counts as 0): each number
-    zero-padded to the same width, so byte order equals numeric order.
+    two joined by a dash (Redis "1700000000000-3"; a missing "-seq" counts as 0): one
+    unsigned 64-bit column per number, compared in order (the first decides, then the next).
 
     Raises:
-        SourceError: an id is not of that form, or a number has more than 20 digits.
+        SourceError: an id is not of that form, or a number does not fit 64 bits.
     """
     ids = msg_ids.cast(pa.string())
-    if with_sequence:
-        whole = pc.match_substring(ids, "-")
-        ids = pc.if_else(whole, ids, pc.binary_join_element_wise(ids, "0", "-"))
-        pattern = rf"^[0-9]{{1,{ORDER_KEY_DIGITS}}}-[0-9]{{1,{ORDER_KEY_DIGITS}}}$"
-    else:
-        pattern = rf"^[0-9]{{1,{ORDER_KEY_DIGITS}}}$"
-    bad = pc.invert(pc.match_substring_regex(ids, pattern)).fill_null(True)
-    if pc.any(bad).as_py():
-        first = msg_ids.filter(bad)[0].as_py()
-        raise SourceError(f"{first!r} is not a message position of the expected form")
-    if not with_sequence:
-        return pc.utf8_lpad(ids, width=ORDER_KEY_DIGITS, padding="0")
-    pieces = pc.split_pattern(ids, "-", max_splits=1)
-    return pc.binary_join_element_wise(
-        *(
-            pc.utf8_lpad(pc.list_element(pieces, i), width=ORDER_KEY_DIGITS, padding="0")
-            for i in (0, 1)
-        ),
-        "-",
-    )
+    try:
+        if not with_sequence:
+            return [ids.cast(pa.uint64())]
+        dashed = pc.match_substring(ids, "-")
+        if not pc.all(dashed).as_py():
+            ids = pc.if_else(dashed, ids, pc.binary_join_element_wise(ids, "0", "-"))
+        pieces = pc.split_pattern(ids, "-", max_splits=1)
+        return [pc.list_element(pieces, i).cast(pa.uint64()) for i in (0, 1)]
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        bad = _first_bad(msg_ids, with_sequence)
+        raise SourceError(f"{bad!r} is not a message position of the expected form") from exc
+
+
+def _first_bad(msg_ids: pa.Array, with_sequence: bool) -> str | None:
+    form = re.compile(r"^\d+(-\d+)?$" if with_sequence else r"^\d+$")
+    for value in msg_ids.to_pylist():
+        if (
+            value is None
+            or not form.match(value)
+            or any(int(part) >= 2**64 for part in value.split("-"))
+        ):
+            return value
+    return None
 
 
 class StreamSourceConfig(SourceConfig):
@@ -155,9 +155,12 @@ class StreamSource(Protocol):
         """Messages waiting in the broker for this consumer, if the broker says."""
         ...
 
-    # Optional: `order_keys(msg_ids: pa.Array) -> pa.Array` — one string per message id whose
-    # byte order is the position order (`position_after`). With it the runner compares whole
-    # batches at once instead of calling `position_after` per message; see `integer_order_keys`.
+    # Optional: `fetch_ahead = True` — `fetch` may run on another thread while the runner
+    # commits the previous batch and calls `lag`; everything else stays on one thread.
+    # Optional: `order_keys(msg_ids: pa.Array) -> list[pa.Array]` — integer columns whose
+    # lexicographic order is the position order (`position_after`). With it the runner
+    # compares whole batches at once instead of calling `position_after` per message; see
+    # `integer_order_keys`.
 
     def close(self) -> None:
         """Disconnect; never raises."""

@@ -391,10 +391,10 @@ class KafkaSource:
         """Offsets are integers: True when `msg_id` is greater than `committed`."""
         return int(msg_id) > int(committed)
 
-
-    def order_keys(self, msg_ids: pa.Array) -> pa.Array:
-        """Byte-ordered keys of `msg_ids`, for comparing a whole batch at once."""
+    def order_keys(self, msg_ids: pa.Array) -> list[pa.Array]:
+        """Integer columns ordering `msg_ids`, for comparing a whole batch at once."""
         return integer_order_keys(msg_ids)
+
     def lag(self) -> int | None:
         """Sum over assigned partitions of high watermark minus position; None if unknown.
 

@@ -171,10 +171,10 @@ class NatsSource:
         """True when stream sequence `msg_id` is greater than `committed`."""
         return int(msg_id) > int(committed)
 
-
-    def order_keys(self, msg_ids: pa.Array) -> pa.Array:
-        """Byte-ordered keys of `msg_ids`, for comparing a whole batch at once."""
+    def order_keys(self, msg_ids: pa.Array) -> list[pa.Array]:
+        """Integer columns ordering `msg_ids`, for comparing a whole batch at once."""
         return integer_order_keys(msg_ids)
+
     def lag(self) -> int | None:
         """Messages of the stream this consumer has not been delivered yet."""
         info = self._call(self._consumer_info_async(), timeout_s=self.config.connect_timeout_s)

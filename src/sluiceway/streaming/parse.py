@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 
 from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, SourceRead
@@ -46,53 +47,61 @@ def parse_messages(
         change_capture: the payloads are row changes: `__op` becomes `__sw_op`, the batch
             order `__sw_order`, and `__unchanged` (a JSON list) `__sw_unchanged` as ',a,b,'.
     """
-    arrived = engine.register_arrow(engine.new_name("messages"), messages)
+    numbered = messages.append_column(
+        ROW_NUMBER, pa.array(np.arange(1, messages.num_rows + 1, dtype=np.int64))
+    )
+    arrived = engine.register_view(engine.new_name("messages"), numbered)
+    names = [name for name in contract.columns if name not in CHANGE_FIELDS]
+    paths = ", ".join(quote_literal(_json_path(name)) for name in names)
+    # One pass over the Arrow batch: the payload is validated once and parsed once more to
+    # extract every field; raw bytes are kept for the rejects only. Valid JSON that starts
+    # with '{' is an object, so json_type runs on the other rows only.
     judged = engine.create_table(
         engine.new_name("judged"),
         f"""
-        SELECT partition || '#' || msg_id AS {ROW_FILE},
-               (row_number() OVER ())::BIGINT AS {ROW_NUMBER},
-               payload, text,
-               CASE
-                 WHEN deliveries > {int(max_deliveries)}
-                   THEN 'delivered ' || deliveries || ' times (max_deliveries: {int(max_deliveries)})'
-                 WHEN payload IS NULL THEN 'the message has no payload'
-                 WHEN text IS NULL THEN 'the payload is not valid UTF-8'
-                 WHEN NOT json_valid(text) THEN 'the payload is not valid JSON'
-                 WHEN json_type(text) <> 'OBJECT'
-                   THEN 'the payload is a JSON ' || lower(json_type(text)) || ', not an object'
-                 {_TRUNCATE if change_capture else ""}
-               END AS reason
-        FROM (SELECT *, TRY(decode(payload)) AS text FROM {quote_ident(arrived)})
+        SELECT {ROW_FILE}, {ROW_NUMBER}, reason,
+               CASE WHEN reason IS NOT NULL THEN payload END AS payload,
+               CASE WHEN reason IS NULL THEN json_extract_string(text, [{paths}]) END
+                 AS __sw_fields,
+               {_CHANGE_TEXT if change_capture else "NULL"} AS __sw_change
+        FROM (
+          SELECT partition || '#' || msg_id AS {ROW_FILE}, {ROW_NUMBER}, payload, text,
+                 CASE
+                   WHEN deliveries > {int(max_deliveries)}
+                     THEN 'delivered ' || deliveries || ' times (max_deliveries: {int(max_deliveries)})'
+                   WHEN payload IS NULL THEN 'the message has no payload'
+                   WHEN text IS NULL THEN 'the payload is not valid UTF-8'
+                   WHEN NOT json_valid(text) THEN 'the payload is not valid JSON'
+                   WHEN NOT starts_with(ltrim(text, ' ' || chr(9) || chr(10) || chr(13)), '{{')
+                     THEN 'the payload is a JSON ' || lower(json_type(text)) || ', not an object'
+                   {_TRUNCATE if change_capture else ""}
+                 END AS reason
+          FROM (SELECT *, TRY(decode(payload)) AS text FROM {quote_ident(arrived)})
+        )
         """,
         purpose="judge the messages of a batch",
     )
-    engine.drop(arrived)
+    engine.unregister(arrived)
     rejects = engine.fetch_arrow(
         f"SELECT {ROW_FILE} AS file, {ROW_NUMBER} AS line, payload AS raw, reason "
         f"FROM {quote_ident(judged)} WHERE reason IS NOT NULL ORDER BY {ROW_NUMBER}",
         purpose="collect unparseable messages",
     ).cast(PARSE_REJECT_SCHEMA)
-    # One call extracts every field (the payload is parsed once, not once per field).
-    names = [name for name in contract.columns if name not in CHANGE_FIELDS]
-    paths = ", ".join(quote_literal(_json_path(name)) for name in names)
     fields = [
         f"__sw_fields[{index}] AS {quote_ident(name)}" for index, name in enumerate(names, start=1)
     ]
     if change_capture:
-        op, unchanged = quote_literal(_json_path("__op")), quote_literal(_json_path("__unchanged"))
         fields += [
-            f"json_extract_string(text, {op}) AS __sw_op",
+            "__sw_change[1] AS __sw_op",
             f"{ROW_NUMBER} AS __sw_order",
-            "',' || coalesce(array_to_string(CAST(json_extract_string("
-            f"text, {unchanged}) AS VARCHAR[]), ','), '') || ',' AS __sw_unchanged",
-            f"json_extract(text, {quote_literal(_json_path('__old_key'))})::VARCHAR AS __sw_old_key",
+            "',' || coalesce(array_to_string(CAST(__sw_change[2] AS VARCHAR[]), ','), '') "
+            "|| ',' AS __sw_unchanged",
+            "__sw_change[3] AS __sw_old_key",
         ]
     rows = engine.create_table(
         engine.new_name("parsed"),
-        f"SELECT {', '.join([*fields, ROW_FILE, ROW_NUMBER])} FROM ("
-        f"SELECT json_extract_string(text, [{paths}]) AS __sw_fields, text, {ROW_FILE}, {ROW_NUMBER} "
-        f"FROM {quote_ident(judged)} WHERE reason IS NULL)",
+        f"SELECT {', '.join([*fields, ROW_FILE, ROW_NUMBER])} "
+        f"FROM {quote_ident(judged)} WHERE reason IS NULL",
         purpose="extract the contract's fields",
     )
     engine.drop(judged)
@@ -115,6 +124,13 @@ _TRUNCATE = (
     "new snapshot (reset the slot)'"
 )
 """A change source's TRUNCATE becomes a dead letter with what to do, never a silent skip."""
+
+_CHANGE_TEXT = (
+    "CASE WHEN reason IS NULL THEN [json_extract_string(text, '$.\"__op\"'), "
+    "json_extract_string(text, '$.\"__unchanged\"'), "
+    "json_extract(text, '$.\"__old_key\"')::VARCHAR] END"
+)
+"""A change's operation, unchanged columns (a JSON list as text) and old key (JSON text)."""
 
 
 def _json_path(field: str) -> str:

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -189,7 +190,7 @@ class _StreamRunner:
         assert sink_plugin is not None, "the loader validated the sink type"
         self.sink = sink_plugin.impl(pipeline.sinks[0])
         self.stopping: str | None = None
-        self.batch_started = time.monotonic()
+        self.prefetch = bool(getattr(self.source, "fetch_ahead", False))
         self.wake = threading.Event()
         self.committed: dict[str, str] = {}
         self.sequence = 0
@@ -254,49 +255,69 @@ class _StreamRunner:
 
     def _loop(self) -> None:
         last_message = time.monotonic()
-        while self.stopping is None:
-            batch = self._collect()
-            if not batch:
-                idle = time.monotonic() - last_message
-                if self.stream.idle_exit_s is not None and idle >= self.stream.idle_exit_s:
-                    self.result.stopped_by = "idle"
-                    return
-                continue
-            last_message = time.monotonic()
-            self._handle(batch)
-            limit = self.stream.max_batches
-            if limit is not None and self.result.batches >= limit:
-                self.result.stopped_by = "max_batches"
-                return
+        ahead: Future[tuple[list[Fetched], float]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="sluice-fetch") as fetcher:
+            try:
+                while self.stopping is None or ahead is not None:
+                    # A batch fetched ahead is handled even after a stop request: SIGTERM
+                    # leaves nothing delivered and unacknowledged.
+                    batch, started = ahead.result() if ahead is not None else self._collect()
+                    ahead = None
+                    if not batch:
+                        idle = time.monotonic() - last_message
+                        if self.stream.idle_exit_s is not None and idle >= self.stream.idle_exit_s:
+                            self.result.stopped_by = "idle"
+                            return
+                        continue
+                    last_message = time.monotonic()
+                    limit = self.stream.max_batches
+                    last = limit is not None and self.result.batches + 1 >= limit
+                    if self.prefetch and not last and self.stopping is None:
+                        ahead = fetcher.submit(self._collect)
+                    self._handle(batch, started, ahead)
+                    if limit is not None and self.result.batches >= limit:
+                        self.result.stopped_by = "max_batches"
+                        return
+            finally:
+                if ahead is not None:  # fetched ahead, not committed: redelivered next time
+                    wait([ahead])
         self.result.stopped_by = self.stopping
 
-    def _collect(self) -> list[Fetched]:
-        """Fetch until the batch is full, its time is up, or the stream is idle."""
+    def _collect(self) -> tuple[list[Fetched], float]:
+        """Fetch until the batch is full, its time is up, or the stream is idle; the batch
+        and when its first fetch was asked for (its latency includes reading it)."""
         settings = self.pipeline.stream
         fetched: list[Fetched] = []
-        count, deadline = 0, None
+        count, deadline, started = 0, None, time.monotonic()
         while count < settings.max_batch_rows and self.stopping is None:
-            wait = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
-            if deadline is not None and wait == 0:
+            wait_s = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
+            if deadline is not None and wait_s == 0:
                 break
             want = settings.max_batch_rows - count
             asked = time.monotonic()
             got: Fetched = self._retrying(
-                "fetch from the broker", partial(self.source.fetch, want, wait)
+                "fetch from the broker", partial(self.source.fetch, want, wait_s)
             )
             if got.count == 0:
                 if fetched:
                     break
-                return []
+                return [], started
             if deadline is None:
-                self.batch_started = asked  # the batch's latency includes reading it
+                started = asked
                 deadline = time.monotonic() + settings.max_batch_seconds
             fetched.append(got)
             count += got.count
-        return fetched
+        return fetched, started
 
-    def _handle(self, batch: list[Fetched]) -> None:
-        started = self.batch_started
+    def _handle(
+        self,
+        batch: list[Fetched],
+        started: float,
+        ahead: Future[tuple[list[Fetched], float]] | None = None,
+    ) -> None:
+        """Commit the batch, then acknowledge it. A fetch running ahead (`ahead`) is waited
+        for before acknowledging: the source is never used by two threads at once for
+        anything but `fetch` and `lag`."""
         messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
         fresh = self._not_committed(messages)
         stale = messages.num_rows - fresh.num_rows
@@ -308,6 +329,8 @@ class _StreamRunner:
         if not parts and stale:
             self.events.emit("already_committed", messages=stale)
         self._fault_at("after_commit")
+        if ahead is not None:
+            wait([ahead])
         for fetched in batch:
             self._retrying("acknowledge the batch", partial(self.source.ack, fetched))
         self.result.already_committed += stale
@@ -369,7 +392,7 @@ class _StreamRunner:
         """The messages after the committed position of their partition."""
         if not self.committed or not messages.num_rows:
             return messages
-        keys = self._order_keys(messages)
+        keys = self._order_keys(messages.column("msg_id"))
         if keys is None:
             partitions = messages.column("partition").to_pylist()
             ids = messages.column("msg_id").to_pylist()
@@ -379,32 +402,29 @@ class _StreamRunner:
             ]
             return messages.filter(pa.array(keep, pa.bool_()))
         column = messages.column("partition")
-        mask: pa.ChunkedArray | None = None
-        for partition in pc.unique(column).to_pylist():
+        partitions = pc.unique(column).to_pylist()
+        mask: Any = None
+        for partition in partitions:
             committed = self.committed.get(partition)
-            if committed is None:
-                after = pc.equal(column, partition)
-            else:
-                [position] = self._order_keys_of([committed]).to_pylist()
-                after = pc.and_(pc.equal(column, partition), pc.greater(keys, position))
+            after = (
+                True if committed is None else _after(keys, self._order_keys(pa.array([committed])))
+            )
+            if len(partitions) > 1:
+                after = pc.and_(pc.equal(column, partition), after)
             mask = after if mask is None else pc.or_(mask, after)
-        assert mask is not None, "a non-empty batch has a partition"
-        if pc.all(mask).as_py():
+        if mask is True or pc.all(mask).as_py():
             return messages
         return messages.filter(mask)
 
-    def _order_keys(self, messages: pa.Table) -> pa.ChunkedArray | None:
-        """The source's byte-ordered keys of the batch's ids, or None if it has none."""
-        if getattr(self.source, "order_keys", None) is None:
+    def _order_keys(self, ids: pa.ChunkedArray | pa.Array) -> list[pa.Array] | None:
+        """The source's integer columns ordering `ids`, or None if it has none."""
+        order_keys = getattr(self.source, "order_keys", None)
+        if order_keys is None:
             return None
-        column = messages.column("msg_id")
-        return pa.chunked_array(
-            [self._order_keys_of(chunk) for chunk in column.chunks], type=pa.string()
-        )
-
-    def _order_keys_of(self, ids: Any) -> pa.Array:
-        order_keys = self.source.order_keys  # type: ignore[attr-defined]
-        return order_keys(pa.array(ids, pa.string()) if isinstance(ids, list) else ids)
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        keys: list[pa.Array] = order_keys(ids)
+        return keys
 
     def _commit(self, messages: pa.Table) -> RowAccounting:
         """Run the batch through the pipeline and commit it; its row accounting."""
@@ -480,22 +500,19 @@ class _StreamRunner:
     def _newest_positions(self, messages: pa.Table) -> dict[str, str]:
         """The newest message id of each partition (a batch made of several fetches, e.g.
         new entries then reclaimed older ones, is not in id order)."""
-        keys = self._order_keys(messages)
+        ids = messages.column("msg_id").combine_chunks()
+        keys = self._order_keys(ids)
         if keys is not None:
-            column, ids = messages.column("partition"), messages.column("msg_id")
+            column = messages.column("partition").combine_chunks()
+            partitions = pc.unique(column).to_pylist()
             newest = {}
-            for partition in pc.unique(column).to_pylist():
-                mine = pc.equal(column, partition)
-                top = pc.max(keys.filter(mine))
-                newest[partition] = (
-                    ids.filter(mine).filter(pc.equal(keys.filter(mine), top))[0].as_py()
-                )
+            for partition in partitions:
+                rows = pc.equal(column, partition) if len(partitions) > 1 else None
+                newest[partition] = _newest(ids, keys, rows)
             return newest
         slow: dict[str, str] = {}
         for partition, msg_id in zip(
-            messages.column("partition").to_pylist(),
-            messages.column("msg_id").to_pylist(),
-            strict=True,
+            messages.column("partition").to_pylist(), ids.to_pylist(), strict=True
         ):
             if partition not in slow or self.source.position_after(msg_id, slow[partition]):
                 slow[partition] = msg_id
@@ -644,17 +661,43 @@ def _first_of_each(messages: pa.Table) -> pa.Table:
     """`messages` (cast to MESSAGE_SCHEMA) without repeats of a (partition, msg_id): a fetch
     after a reconnect may hand out again what the batch already holds."""
     messages = messages.cast(MESSAGE_SCHEMA)
-    distinct = messages.select(["partition", "msg_id"]).group_by(["partition", "msg_id"])
-    if distinct.aggregate([]).num_rows == messages.num_rows:
+    partition, msg_id = messages.column("partition"), messages.column("msg_id")
+    pairs = msg_id
+    if len(pc.unique(partition)) > 1:
+        pairs = pc.binary_join_element_wise(partition, msg_id, "\x00")
+    if len(pc.unique(pairs)) == messages.num_rows:
         return messages
     seen: set[tuple[str, str]] = set()
     keep = []
-    for key in zip(
-        messages.column("partition").to_pylist(), messages.column("msg_id").to_pylist(), strict=True
-    ):
+    for key in zip(partition.to_pylist(), msg_id.to_pylist(), strict=True):
         keep.append(key not in seen)
         seen.add(key)
     return messages.filter(pa.array(keep, pa.bool_()))
+
+
+def _after(keys: list[pa.Array], position: list[pa.Array] | None) -> Any:
+    """Rows whose keys come after the one-row `position` (lexicographic over the columns)."""
+    assert position is not None, "a source with order keys orders positions too"
+    after: Any = None
+    same: Any = None
+    for column, value in zip(keys, position, strict=True):
+        scalar = value[0]
+        greater = pc.greater(column, scalar)
+        step = greater if same is None else pc.and_(same, greater)
+        after = step if after is None else pc.or_(after, step)
+        equal = pc.equal(column, scalar)
+        same = equal if same is None else pc.and_(same, equal)
+    return after
+
+
+def _newest(ids: pa.Array, keys: list[pa.Array], rows: Any) -> str:
+    """The id with the greatest keys among `rows` (a mask; None: every row)."""
+    if rows is not None:
+        ids, keys = ids.filter(rows), [k.filter(rows) for k in keys]
+    for index in range(len(keys)):
+        top = pc.equal(keys[index], pc.max(keys[index]))
+        ids, keys = ids.filter(top), [k.filter(top) for k in keys]
+    return str(ids[0].as_py())
 
 
 def _e2e_latencies(messages: pa.Table, now: datetime) -> tuple[float | None, float | None]:

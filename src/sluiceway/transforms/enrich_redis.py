@@ -37,6 +37,7 @@ from sluiceway.errors import ConfigError, StepError, TransientError
 START_SCRIPT = "bash scripts/services/redis.sh"
 KEY = "__sw_key"
 FOUND = "__sw_found"
+ROWS = "__sw_rows"
 _MISSES = cast(EventName, "enrich_misses")
 _CACHES: dict[tuple[str, tuple[str, ...]], _Cache] = {}
 _CLIENTS: dict[tuple[str, str | None], redis.Redis] = {}
@@ -151,11 +152,12 @@ class EnrichRedisStep:
         """
         engine = ctx.engine
         key_sql = self._key_sql(engine, table)
-        keys = engine.fetch_arrow(
-            f"SELECT DISTINCT {key_sql} AS {KEY} FROM {quote_ident(table)} t "
-            f"WHERE {key_sql} IS NOT NULL",
+        counted = engine.fetch_arrow(
+            f"SELECT {key_sql} AS {KEY}, count(*) AS {ROWS} FROM {quote_ident(table)} t "
+            "GROUP BY ALL",
             purpose="distinct enrichment keys",
-        ).column(KEY)
+        )
+        keys = counted.column(KEY).drop_null()
         lookup = self._lookup(keys)
         answers = engine.register_view(engine.new_name("enrich_answers"), lookup.table)
         joined = f"{quote_ident(table)} t LEFT JOIN {quote_ident(answers)} a ON {key_sql} = a.{KEY}"
@@ -164,7 +166,7 @@ class EnrichRedisStep:
             f"SELECT t.*, {', '.join(self._outputs())} FROM {joined}",
             purpose="join the Redis answers",
         )
-        self._count_misses(ctx, joined, lookup, rows_in)
+        self._count_misses(ctx, counted, lookup, rows_in)
         return StepOutput(out, rows=rows_in)
 
     def _key_sql(self, engine: DuckDBEngine, table: str) -> str:
@@ -254,28 +256,35 @@ class EnrichRedisStep:
         return wrong_type
 
     def _count_misses(
-        self, ctx: RunContext, joined: str, lookup: _Lookup, rows_in: int | None
+        self, ctx: RunContext, counted: pa.Table, lookup: _Lookup, rows_in: int | None
     ) -> None:
-        """Count the rows without a hash and without each field; emit `enrich_misses`."""
+        """Count the rows without a hash and without each field from the rows per key (no
+        second pass over the batch); emit `enrich_misses`."""
         outputs = list(self.config.fields.values())
-        per_field = [f"count(*) FILTER (WHERE a.{v} IS NULL)" for v in self.values]
-        counts = ctx.engine.fetch_one(
-            f"SELECT count(*), count(*) FILTER (WHERE a.{FOUND} IS NOT TRUE), "
-            f"{', '.join(per_field)} FROM {joined}",
-            purpose="count enrichment misses",
-        )
-        rows = int(counts[0])
-        if rows_in is not None and rows != rows_in:
+        answers = lookup.table
+        if pc.count_distinct(answers.column(KEY)).as_py() != answers.num_rows:
             raise StepError(
-                f"enrich_redis turned {rows_in} rows into {rows}: the answers hold a key twice "
+                "enrich_redis answers hold a key twice: the join would repeat rows "
                 "(please report it)"
             )
+        per_key = counted.column(ROWS)
+        rows = int(pc.sum(per_key).as_py() or 0)
+        if rows_in is not None and rows != rows_in:
+            raise StepError(f"enrich_redis counted {rows} rows of {rows_in} (please report it)")
+        where = pc.index_in(counted.column(KEY), value_set=answers.column(KEY))
+
+        def rows_lacking(column: str, *, found: bool = False) -> int:
+            values = answers.column(column).take(where)
+            lacking = pc.invert(values.fill_null(False)) if found else pc.is_null(values)
+            return int(pc.sum(per_key.filter(lacking)).as_py() or 0)
+
+        misses = [rows_lacking(v) for v in self.values]
         ctx.events.emit(
             _MISSES,
             step="enrich_redis",
             rows=rows,
-            rows_without_hash=int(counts[1]),
-            field_misses=dict(zip(outputs, (int(c) for c in counts[2:]), strict=True)),
+            rows_without_hash=rows_lacking(FOUND, found=True),
+            field_misses=dict(zip(outputs, misses, strict=True)),
             keys=lookup.keys,
             cache_hits=lookup.cache_hits,
             fetched=lookup.keys - lookup.cache_hits,

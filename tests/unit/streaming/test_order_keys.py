@@ -51,24 +51,34 @@ def _runner(source: object, committed: dict[str, str]) -> _StreamRunner:
     return runner
 
 
+def _tuples(keys: list[pa.Array]) -> list[tuple[int, ...]]:
+    return list(zip(*(k.to_pylist() for k in keys), strict=True))
+
+
 def test_integer_keys_sort_like_numbers() -> None:
     ids = ["9", "10", "100", "2", "18446744073709551615"]
-    keys = integer_order_keys(pa.array(ids)).to_pylist()
+    keys = _tuples(integer_order_keys(pa.array(ids)))
     assert [i for _, i in sorted(zip(keys, ids, strict=True))] == sorted(ids, key=int)
 
 
 def test_entry_ids_sort_by_ms_then_seq_and_a_bare_ms_is_seq_zero() -> None:
     ids = ["10-0", "9-10", "9-9", "10", "10-1", "1700000000000-3"]
-    keys = integer_order_keys(pa.array(ids), with_sequence=True).to_pylist()
+    keys = _tuples(integer_order_keys(pa.array(ids), with_sequence=True))
     order = [i for _, i in sorted(zip(keys, ids, strict=True))]
     assert order == ["9-9", "9-10", "10", "10-0", "10-1", "1700000000000-3"]
     assert keys[0] == keys[3], "'10' and '10-0' are the same position"
 
 
-@pytest.mark.parametrize("bad", ["1-x", "-1", "", "1-2-3", "1" * 21])
+@pytest.mark.parametrize("bad", ["1-x", "-1", "", "1-2-3", "1" * 21, "18446744073709551616-0"])
 def test_an_id_of_another_form_is_refused_by_name(bad: str) -> None:
-    with pytest.raises(SourceError, match="is not a message position"):
+    with pytest.raises(SourceError, match="is not a message position") as caught:
         integer_order_keys(pa.array(["1-0", bad]), with_sequence=True)
+    assert repr(bad) in str(caught.value)
+
+
+def test_an_offset_that_is_not_a_number_is_refused_by_name() -> None:
+    with pytest.raises(SourceError, match="'7a' is not a message position"):
+        integer_order_keys(pa.array(["1", "7a"]))
 
 
 def test_batch_comparisons_agree_with_position_after_on_random_batches() -> None:
