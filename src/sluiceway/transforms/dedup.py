@@ -110,7 +110,8 @@ class DedupStep:
     ) -> StepOutput:
         """Drop the keys seen in earlier committed batches within the window.
 
-        The seen keys older than the window (measured back from the newest time seen) are
+        The rows kept are a table (read several times by the steps after), not a view. The
+        seen keys older than the window (measured back from the newest time seen) are
         evicted; the batch's new keys, with the time of their first row, are added; past
         `max_keys` the oldest go. That next state is handed to `ctx.after_commit`: a batch
         that never commits leaves the state as it was.
@@ -137,6 +138,14 @@ class DedupStep:
                 self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen),
                 purpose="drop keys seen in earlier batches",
             )
+        # Materialised once: in a stream the steps after dedup (enrichment lookups, staging)
+        # read its rows several times, and each read of a view would redo the window and
+        # the anti-join against every key of the window.
+        in_batch = engine.create_table(
+            engine.new_name("dedup_kept"),
+            f"SELECT * FROM {quote_ident(in_batch)}",
+            purpose="keep the first row of each new key",
+        )
         fresh = engine.create_table(
             engine.new_name("dedup_fresh"), first_seen, purpose="new keys of the batch"
         )
