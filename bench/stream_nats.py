@@ -114,7 +114,7 @@ async def delete_stream(url: str, stream: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--batch-rows", type=int, default=50_000, help="stream.max_batch_rows")
+    parser.add_argument("--batch-rows", type=int, default=200_000, help="stream.max_batch_rows")
     parser.add_argument("--batch-seconds", type=float, default=1.0)
     parser.add_argument("--raw-count", type=int, default=10_000, help="batch of the raw fetch")
     parser.add_argument("--defects", type=float, default=0.05)

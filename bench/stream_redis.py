@@ -365,7 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "process sends at --rate (latency)",
     )
     parser.add_argument("--rate", type=float, default=100_000, help="live: events/s sent")
-    parser.add_argument("--batch-rows", type=int, default=50_000, help="stream.max_batch_rows")
+    parser.add_argument("--batch-rows", type=int, default=200_000, help="stream.max_batch_rows")
     parser.add_argument("--batch-seconds", type=float, default=1.0)
     parser.add_argument("--raw-count", type=int, default=10_000, help="COUNT of the raw loop")
     parser.add_argument("--defects", type=float, default=0.05)

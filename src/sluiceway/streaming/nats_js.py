@@ -102,6 +102,10 @@ class NatsSourceConfig(StreamSourceConfig):
 class NatsSource:
     """Fetches from and acknowledges to a JetStream durable pull consumer."""
 
+    fetch_ahead = True
+    """The runner may fetch the next batch on another thread while it commits this one:
+    `fetch` and `lag` both run as coroutines on the source's own event loop."""
+
     def __init__(self, config: NatsSourceConfig) -> None:
         self.config = config
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -275,6 +275,9 @@ class _StreamRunner:
                     if self.prefetch and not last and self.stopping is None:
                         ahead = fetcher.submit(self._collect)
                     self._handle(batch, started, ahead)
+                    # Idle counts from here: a fetch running ahead may come back empty
+                    # just because the batch in hand took longer than its wait.
+                    last_message = time.monotonic()
                     if limit is not None and self.result.batches >= limit:
                         self.result.stopped_by = "max_batches"
                         return

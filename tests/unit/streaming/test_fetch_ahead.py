@@ -1,0 +1,124 @@
+"""The stream runner fetches the next batch while it commits the one in hand: a fetch that
+comes back empty meanwhile is not taken for an idle stream, and a stop request still leaves
+nothing fetched and unacknowledged."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from deltalake import DeltaTable
+
+from sluiceway.core import registry
+from sluiceway.core.loader import parse_spec
+from sluiceway.core.runner import RunOptions
+from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
+from sluiceway.streaming.runner import StreamOptions, run_stream
+
+
+class AheadConfig(StreamSourceConfig):
+    type: Literal["test_fetch_ahead"] = "test_fetch_ahead"
+
+
+class AheadSource:
+    """Hands out scripted fetches: a list of message counts, 0 meaning an empty fetch that
+    waits its timeout like a broker would."""
+
+    fetch_ahead = True
+    script: list[int] = []
+    acked: list[str] = []
+    threads: set[str] = set()
+
+    def __init__(self, config: AheadConfig) -> None:
+        self.next_id = 1
+        self.lock = threading.Lock()
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def fetch(self, max_messages: int, timeout_s: float) -> Fetched:
+        AheadSource.threads.add(threading.current_thread().name)
+        with self.lock:
+            count = AheadSource.script.pop(0) if AheadSource.script else 0
+            ids = list(range(self.next_id, self.next_id + count))
+            self.next_id += count
+        if not count:
+            time.sleep(min(timeout_s, 0.3))
+        payloads = [json.dumps({"n": i}).encode() for i in ids]
+        table = pa.table(
+            {
+                "partition": ["p"] * count,
+                "msg_id": [str(i) for i in ids],
+                "payload": pa.array(payloads, pa.binary()),
+                "enqueued_at": pa.array([None] * count, pa.timestamp("ms", tz="UTC")),
+                "deliveries": pa.array([1] * count, pa.int32()),
+            },
+            schema=MESSAGE_SCHEMA,
+        )
+        return Fetched(table, [str(i) for i in ids])
+
+    def ack(self, fetched: Fetched) -> None:
+        AheadSource.acked.extend(fetched.handle)
+
+    def positions(self, fetched: Fetched) -> dict[str, str]:
+        return {"p": fetched.handle[-1]} if fetched.handle else {}
+
+    def position_after(self, msg_id: str, committed: str) -> bool:
+        return int(msg_id) > int(committed)
+
+    def lag(self) -> int | None:
+        return None
+
+
+registry.register("source", "test_fetch_ahead", AheadConfig, AheadSource)
+
+SPEC = """
+version: 1
+pipeline: fetch_ahead
+mode: stream
+stream: {max_batch_rows: 10, max_batch_seconds: 0.05}
+sources:
+  events:
+    type: test_fetch_ahead
+    contract:
+      columns:
+        n: {type: bigint, nullable: false}
+sinks:
+  - {type: delta, path: lake/out, mode: append}
+dead_letter: {path: lake/dead}
+"""
+
+
+def _run(tmp_path: Path, script: list[int], **stream: object) -> list[int]:
+    AheadSource.script = list(script)
+    AheadSource.acked = []
+    AheadSource.threads = set()
+    result = run_stream(
+        parse_spec(SPEC),
+        RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice"),
+        StreamOptions(**stream),  # type: ignore[arg-type]
+    )
+    assert result.ok, result.error
+    table = DeltaTable(str(tmp_path / "lake" / "out")).to_pyarrow_table()
+    return sorted(table.column("n").to_pylist())
+
+
+def test_an_empty_fetch_ahead_is_not_an_idle_stream(tmp_path: Path) -> None:
+    # Batch 1, then an empty fetch made while batch 1 commits (slower than idle_exit_s),
+    # then more messages: the run must go on and write them.
+    rows = _run(tmp_path, [10, 0, 10], idle_exit_s=0.1)
+    assert rows == list(range(1, 21))
+    assert sorted(AheadSource.acked, key=int) == [str(i) for i in range(1, 21)]
+    assert any(name.startswith("sluice-fetch") for name in AheadSource.threads)
+
+
+def test_max_batches_leaves_nothing_fetched_ahead(tmp_path: Path) -> None:
+    rows = _run(tmp_path, [10, 10, 10, 10], max_batches=2)
+    assert rows == list(range(1, 21))
+    assert len(AheadSource.acked) == 20
+    assert AheadSource.script == [10, 10], "the runner fetched a batch it was not to handle"
