@@ -228,6 +228,38 @@ def test_after_a_crash_unacked_messages_come_before_newer_ones(
     assert ids == [str(i) for i in range(1, 11)]
 
 
+def test_one_fetch_pulls_at_most_ten_thousand_so_the_client_buffer_never_overflows(
+    nats_url: str, stream: str, make_source: Callable[..., NatsSource]
+) -> None:
+    publish(nats_url, f"{stream}.click", events(12_000))
+    source = make_source(stream)
+    first = source.fetch(50_000, 2.0)
+    assert first.count == 10_000
+    source.ack(first)
+    assert source.fetch(50_000, 2.0).count == 2_000
+
+
+def test_messages_the_client_dropped_make_it_reopen_and_come_back_first(
+    nats_url: str, stream: str, make_source: Callable[..., NatsSource]
+) -> None:
+    publish(nats_url, f"{stream}.click", events(5))
+    source = make_source(stream, ack_wait_s=1.0)
+    assert source.fetch(3, 2.0).count == 3  # delivered, never acknowledged: as if dropped
+    source._dropped = True  # what nats-py's slow-consumer report sets
+    with pytest.raises(TransientError, match="dropped messages"):
+        source.fetch(10, 0.5)
+    publish(nats_url, f"{stream}.click", events(5))
+    source.open()  # what the runner does after a TransientError
+    ids: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(ids) < 10 and time.monotonic() < deadline:
+        fetched = source.fetch(10, 0.5)
+        source.ack(fetched)
+        ids += fetched.messages.column("msg_id").to_pylist()
+    assert ids[:3] == ["1", "2", "3"], "the undelivered ones came after newer messages"
+    assert sorted(ids, key=int) == [str(i) for i in range(1, 11)]
+
+
 def test_last_delivery_is_max_deliveries_plus_one_then_the_server_stops(
     nats_url: str, stream: str, make_source: Callable[..., NatsSource]
 ) -> None:

@@ -52,6 +52,10 @@ START_HINT = "start it with `bash scripts/services/nats.sh`"
 _ACK = b"+ACK"
 _CALL_MARGIN_S = 10.0
 _MIN_FETCH_TIMEOUT_S = 0.05
+_PULL_MAX = 10_000
+"""Most messages one pull asks for: the inbox subscription's pending buffer must never fill
+(nats-py would drop what does not fit, and the dropped messages would come back only after
+ack_wait, behind newer committed ones)."""
 _REDELIVERY_MARGIN_S = 0.5
 # Positions of (deliveries, stream sequence, timestamp ns) in a JetStream ack subject, by
 # token count: v1 `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>`;
@@ -114,6 +118,7 @@ class NatsSource:
         self._js: Any = None
         self._puller: _Puller | None = None
         self._held_until = 0.0
+        self._dropped = False
 
     @property
     def address(self) -> str:
@@ -136,6 +141,7 @@ class NatsSource:
             ConfigError: a credential variable named in the config is not set.
         """
         credentials = _credentials(self.config)
+        self._dropped = False
         if self._loop is None:
             self._start_loop()
         self._call(self._close_async(), timeout_s=self.config.connect_timeout_s)
@@ -149,7 +155,17 @@ class NatsSource:
             time.sleep(min(held_s, timeout_s))
             if held_s > timeout_s:
                 return Fetched(messages=self._to_table([]), handle=[])
-        msgs = self._call(self._fetch_async(max_messages, timeout_s), timeout_s=timeout_s)
+        msgs = self._call(
+            self._fetch_async(min(max_messages, _PULL_MAX), timeout_s), timeout_s=timeout_s
+        )
+        if self._dropped:
+            # Dropped messages are redelivered after ack_wait, after newer ones: reopening
+            # holds every fetch until then, so they come back first.
+            raise TransientError(
+                f"NATS client dropped messages it could not buffer (slow consumer) at "
+                f"{self.where}; reopening so they are redelivered before newer ones",
+                context={"source": "nats", "stream": self.config.stream},
+            )
         return Fetched(messages=self._to_table(msgs), handle=msgs)
 
     def ack(self, fetched: Fetched) -> None:
@@ -262,8 +278,11 @@ class NatsSource:
 
     async def _connect(self, credentials: dict[str, str], seen: deque[Exception]) -> Client:
         async def remember(exc: Exception) -> None:
-            # nats-py reports why each attempt failed here and only raises NoServersError.
+            # nats-py reports why each attempt failed here and only raises NoServersError;
+            # it also reports messages it dropped (a full subscription buffer) here.
             seen.append(exc)
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                self._dropped = True
 
         return await nats.connect(
             self.config.url,

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from deltalake import DeltaTable
@@ -29,9 +29,9 @@ class AheadSource:
     waits its timeout like a broker would."""
 
     fetch_ahead = True
-    script: list[int] = []
-    acked: list[str] = []
-    threads: set[str] = set()
+    script: ClassVar[list[int]] = []
+    acked: ClassVar[list[str]] = []
+    threads: ClassVar[set[str]] = set()
 
     def __init__(self, config: AheadConfig) -> None:
         self.next_id = 1
