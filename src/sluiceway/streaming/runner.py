@@ -283,6 +283,7 @@ class _StreamRunner:
                         return
             finally:
                 if ahead is not None:  # fetched ahead, not committed: redelivered next time
+                    self.wake.set()  # a fetch waiting to retry gives up now
                     wait([ahead])
         self.result.stopped_by = self.stopping
 
