@@ -393,8 +393,15 @@ class _StreamRunner:
         return RowAccounting()
 
     def _not_committed(self, messages: pa.Table) -> pa.Table:
-        """The messages after the committed position of their partition."""
+        """The messages after the committed position of their partition.
+
+        A message on its first delivery cannot have been committed (committing it needed a
+        delivery), so a batch of first deliveries only is kept whole without comparing.
+        """
         if not self.committed or not messages.num_rows:
+            return messages
+        deliveries = messages.column("deliveries")
+        if deliveries.null_count == 0 and pc.all(pc.equal(deliveries, 1)).as_py():
             return messages
         keys = self._order_keys(messages.column("msg_id"))
         if keys is None:

@@ -133,21 +133,22 @@ class DedupStep:
                 purpose="keys seen within the window",
             )
             first_seen = self._anti_join(first_seen, seen)
-            in_batch = engine.create_view(
-                engine.new_name("dedup"),
-                self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen),
-                purpose="drop keys seen in earlier batches",
-            )
-        # Materialised once: in a stream the steps after dedup (enrichment lookups, staging)
-        # read its rows several times, and each read of a view would redo the window and
-        # the anti-join against every key of the window.
-        in_batch = engine.create_table(
-            engine.new_name("dedup_kept"),
-            f"SELECT * FROM {quote_ident(in_batch)}",
-            purpose="keep the first row of each new key",
-        )
         fresh = engine.create_table(
             engine.new_name("dedup_fresh"), first_seen, purpose="new keys of the batch"
+        )
+        # Materialised once: in a stream the steps after dedup (enrichment lookups, staging)
+        # read its rows several times, and each read of a view would redo the window. The
+        # rows kept are those of the batch's new keys: a semi-join on `fresh` (the batch's
+        # keys) instead of a second anti-join against every key of the window.
+        on = " AND ".join(
+            f"b.{quote_ident(k)} IS NOT DISTINCT FROM f.{quote_ident(k)}" for k in self.config.keys
+        )
+        in_batch = engine.create_table(
+            engine.new_name("dedup_kept"),
+            f"SELECT b.* FROM {quote_ident(in_batch)} b SEMI JOIN {quote_ident(fresh)} f ON {on}"
+            if seen is not None
+            else f"SELECT * FROM {quote_ident(in_batch)}",
+            purpose="keep the first row of each new key",
         )
         kept = engine.count(fresh)
         next_state = self._next_state(engine, seen, fresh, cutoff)

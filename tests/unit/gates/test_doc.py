@@ -92,7 +92,7 @@ def test_stream_example_shows_its_stream_source_and_micro_batch_bounds() -> None
     markdown = _markdown(_example("clickstream_stream"))
 
     assert "| events | redis_streams | 200/s | 10s | stream |" in markdown
-    assert "stream (micro-batches ≤ 50000 rows or 1 s)" in markdown
+    assert "stream (micro-batches ≤ 200000 rows or 1 s)" in markdown
     assert "| Redis Streams via redis-py |" in markdown
 
 
