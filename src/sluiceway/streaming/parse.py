@@ -12,6 +12,7 @@ which message it was.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -105,14 +106,53 @@ def parse_messages(
         purpose="extract the contract's fields",
     )
     engine.drop(judged)
-    first, last = (messages.column("msg_id")[i].as_py() for i in (0, -1))
-    fingerprint = hashlib.sha256(f"{first}|{last}|{messages.num_rows}".encode()).hexdigest()[:20]
     return SourceRead(
         table=rows,
         rows_in=messages.num_rows,
         parse_rejects=rejects,
-        fingerprint=fingerprint,
+        fingerprint=batch_fingerprint(messages),
     )
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A batch parsed ahead of its turn, as Arrow (see `parse_ahead`)."""
+
+    rows: pa.Table
+    rejects: pa.Table
+    rows_in: int
+    fingerprint: str
+
+    def read(self, engine: DuckDBEngine) -> SourceRead:
+        """The batch as the source read of a run on `engine` (the rows copied in)."""
+        table = engine.register_arrow(engine.new_name("parsed"), self.rows)
+        return SourceRead(
+            table=table,
+            rows_in=self.rows_in,
+            parse_rejects=self.rejects,
+            fingerprint=self.fingerprint,
+        )
+
+
+def parse_ahead(
+    engine: DuckDBEngine, messages: pa.Table, contract: Contract, *, max_deliveries: int
+) -> Parsed:
+    """`parse_messages` on an engine of its own (the stream runner's fetch thread), with the
+    rows handed back as Arrow: the batch's run then starts at the contract."""
+    read = parse_messages(engine, messages, contract, max_deliveries=max_deliveries)
+    try:
+        rows = engine.fetch_arrow(
+            f"SELECT * FROM {quote_ident(read.table)}", purpose="hand over the parsed rows"
+        )
+    finally:
+        engine.drop(read.table)
+    return Parsed(rows, read.parse_rejects, read.rows_in, read.fingerprint)
+
+
+def batch_fingerprint(messages: pa.Table) -> str:
+    """Identifies a batch: its first and last message ids and its size."""
+    first, last = (messages.column("msg_id")[i].as_py() for i in (0, -1))
+    return hashlib.sha256(f"{first}|{last}|{messages.num_rows}".encode()).hexdigest()[:20]
 
 
 TRUNCATE_PAYLOAD = b'{"__op":"t"}'

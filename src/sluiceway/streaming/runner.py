@@ -46,9 +46,16 @@ from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
 from sluiceway.core.spec import ColumnContract, Pipeline
 from sluiceway.core.store_db import resolve_location
+from sluiceway.engines.duckdb import DuckDBEngine
 from sluiceway.errors import ConfigError, SluicewayError, SpecError, SpecProblem, TransientError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSource
-from sluiceway.streaming.parse import CHANGE_FIELDS, TRUNCATE_PAYLOAD, parse_messages
+from sluiceway.streaming.parse import (
+    CHANGE_FIELDS,
+    TRUNCATE_PAYLOAD,
+    Parsed,
+    parse_ahead,
+    parse_messages,
+)
 
 FAULT_ENV = "SLUICE_STREAM_FAULT"
 """Fault injection for crash tests: `<point>:<batch>` kills the process with SIGKILL at that
@@ -91,6 +98,18 @@ class StreamResult:
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch as the fetch thread hands it over."""
+
+    batch: list[Fetched]
+    started: float
+    messages: pa.Table | None = None
+    """The batch's messages, without repeats (None when the batch is empty)."""
+    parsed: Parsed | None = None
+    """The messages parsed ahead (None: parse them in the batch's run)."""
 
 
 def run_stream(
@@ -191,6 +210,7 @@ class _StreamRunner:
         self.sink = sink_plugin.impl(pipeline.sinks[0])
         self.stopping: str | None = None
         self.prefetch = bool(getattr(self.source, "fetch_ahead", False))
+        self.parse_engine: DuckDBEngine | None = None  # the fetch thread's, for parse_ahead
         self.wake = threading.Event()
         self.committed: dict[str, str] = {}
         self.sequence = 0
@@ -227,6 +247,8 @@ class _StreamRunner:
             self.result.error = f"unexpected {type(exc).__name__}: {exc} (please report it)"
         finally:
             self.source.close()
+            if self.parse_engine is not None:
+                self.parse_engine.close()
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._save(self.result.status)
             self.events.emit(
@@ -255,15 +277,15 @@ class _StreamRunner:
 
     def _loop(self) -> None:
         last_message = time.monotonic()
-        ahead: Future[tuple[list[Fetched], float]] | None = None
+        ahead: Future[_Prepared] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="sluice-fetch") as fetcher:
             try:
                 while self.stopping is None or ahead is not None:
                     # A batch fetched ahead is handled even after a stop request: SIGTERM
                     # leaves nothing delivered and unacknowledged.
-                    batch, started = ahead.result() if ahead is not None else self._collect()
+                    prepared = ahead.result() if ahead is not None else self._prepare(False)
                     ahead = None
-                    if not batch:
+                    if not prepared.batch:
                         idle = time.monotonic() - last_message
                         if self.stream.idle_exit_s is not None and idle >= self.stream.idle_exit_s:
                             self.result.stopped_by = "idle"
@@ -273,8 +295,8 @@ class _StreamRunner:
                     limit = self.stream.max_batches
                     last = limit is not None and self.result.batches + 1 >= limit
                     if self.prefetch and not last and self.stopping is None:
-                        ahead = fetcher.submit(self._collect)
-                    self._handle(batch, started, ahead)
+                        ahead = fetcher.submit(self._prepare, True)
+                    self._handle(prepared, ahead)
                     # Idle counts from here: a fetch running ahead may come back empty
                     # just because the batch in hand took longer than its wait.
                     last_message = time.monotonic()
@@ -286,6 +308,27 @@ class _StreamRunner:
                     self.wake.set()  # a fetch waiting to retry gives up now
                     wait([ahead])
         self.result.stopped_by = self.stopping
+
+    def _prepare(self, ahead: bool) -> _Prepared:
+        """The next batch: fetched, without repeats, and — on the fetch thread, while the
+        batch in hand is committed — already parsed (DuckDB releases the GIL)."""
+        batch, started = self._collect()
+        if not batch:
+            return _Prepared(batch, started)
+        messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
+        parsed = None
+        if ahead and not self.change_capture:
+            contract = self.config.contract
+            assert contract is not None, "stream_problems requires a contract"
+            if self.parse_engine is None:
+                self.parse_engine = DuckDBEngine(redact_values=bool(self.pipeline.pii))
+            parsed = parse_ahead(
+                self.parse_engine,
+                messages,
+                contract,
+                max_deliveries=self.config.max_deliveries,  # type: ignore[attr-defined]
+            )
+        return _Prepared(batch, started, messages, parsed)
 
     def _collect(self) -> tuple[list[Fetched], float]:
         """Fetch until the batch is full, its time is up, or the stream is idle; the batch
@@ -313,21 +356,20 @@ class _StreamRunner:
             count += got.count
         return fetched, started
 
-    def _handle(
-        self,
-        batch: list[Fetched],
-        started: float,
-        ahead: Future[tuple[list[Fetched], float]] | None = None,
-    ) -> None:
+    def _handle(self, prepared: _Prepared, ahead: Future[_Prepared] | None = None) -> None:
         """Commit the batch, then acknowledge it. A fetch running ahead (`ahead`) is waited
         for before acknowledging: the source is never used by two threads at once for
         anything but `fetch` and `lag`."""
-        messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
+        batch, started, messages = prepared.batch, prepared.started, prepared.messages
+        assert messages is not None, "a batch with messages is prepared with them"
         fresh = self._not_committed(messages)
         stale = messages.num_rows - fresh.num_rows
         parts = self._split_at_truncates(fresh)
+        # The rows parsed ahead are those of the whole batch: usable when nothing was
+        # filtered out (filters only drop rows, so equal counts mean the same rows).
+        parsed = prepared.parsed if stale == 0 and len(parts) == 1 else None
         for index, (part, is_truncate) in enumerate(parts):
-            counts = self._truncate(part) if is_truncate else self._commit(part)
+            counts = self._truncate(part) if is_truncate else self._commit(part, parsed)
             self._record_batch(part, counts, stale if index == 0 else 0, started)
             self._save("running")
         if not parts and stale:
@@ -437,7 +479,7 @@ class _StreamRunner:
         keys: list[pa.Array] = order_keys(ids)
         return keys
 
-    def _commit(self, messages: pa.Table) -> RowAccounting:
+    def _commit(self, messages: pa.Table, parsed: Parsed | None = None) -> RowAccounting:
         """Run the batch through the pipeline and commit it; its row accounting."""
         self.sequence += 1
         sequence = self.sequence
@@ -457,6 +499,8 @@ class _StreamRunner:
             if name != self.name:
                 return None
             self._fault_at("before_write")
+            if parsed is not None:
+                return parsed.read(ctx.engine)
             return parse_messages(
                 ctx.engine,
                 messages,

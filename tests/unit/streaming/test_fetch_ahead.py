@@ -29,7 +29,7 @@ class AheadSource:
     waits its timeout like a broker would."""
 
     fetch_ahead = True
-    script: ClassVar[list[int]] = []
+    script: ClassVar[list[int | list[int]]] = []
     acked: ClassVar[list[str]] = []
     threads: ClassVar[set[str]] = set()
 
@@ -43,10 +43,15 @@ class AheadSource:
 
     def fetch(self, max_messages: int, timeout_s: float) -> Fetched:
         AheadSource.threads.add(threading.current_thread().name)
+        deliveries = 1
         with self.lock:
-            count = AheadSource.script.pop(0) if AheadSource.script else 0
-            ids = list(range(self.next_id, self.next_id + count))
-            self.next_id += count
+            step = AheadSource.script.pop(0) if AheadSource.script else 0
+            if isinstance(step, list):  # a redelivery of these ids
+                ids, deliveries = step, 2
+            else:
+                ids = list(range(self.next_id, self.next_id + step))
+                self.next_id += step
+        count = len(ids)
         if not count:
             time.sleep(min(timeout_s, 0.3))
         payloads = [json.dumps({"n": i}).encode() for i in ids]
@@ -56,7 +61,7 @@ class AheadSource:
                 "msg_id": [str(i) for i in ids],
                 "payload": pa.array(payloads, pa.binary()),
                 "enqueued_at": pa.array([None] * count, pa.timestamp("ms", tz="UTC")),
-                "deliveries": pa.array([1] * count, pa.int32()),
+                "deliveries": pa.array([deliveries] * count, pa.int32()),
             },
             schema=MESSAGE_SCHEMA,
         )
@@ -94,7 +99,7 @@ dead_letter: {path: lake/dead}
 """
 
 
-def _run(tmp_path: Path, script: list[int], **stream: object) -> list[int]:
+def _run(tmp_path: Path, script: list[int | list[int]], **stream: object) -> list[int]:
     AheadSource.script = list(script)
     AheadSource.acked = []
     AheadSource.threads = set()
@@ -122,3 +127,15 @@ def test_max_batches_leaves_nothing_fetched_ahead(tmp_path: Path) -> None:
     assert rows == list(range(1, 21))
     assert len(AheadSource.acked) == 20
     assert AheadSource.script == [10, 10], "the runner fetched a batch it was not to handle"
+
+
+def test_a_batch_fetched_ahead_with_committed_redeliveries_is_parsed_again_without_them(
+    tmp_path: Path,
+) -> None:
+    # Batch 2 (fetched ahead) holds redeliveries of batch 1's messages 3 and 4, already
+    # committed when batch 2 is handled: the rows parsed ahead cannot be used as they are.
+    rows = _run(tmp_path, [10, [3, 4], 5, 0], idle_exit_s=0.2)
+    assert rows == list(range(1, 16)), "a redelivered message was written twice or lost"
+    assert sorted(AheadSource.acked, key=int) == sorted(
+        [str(i) for i in range(1, 16)] + ["3", "4"], key=int
+    )
