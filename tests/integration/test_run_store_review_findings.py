@@ -362,3 +362,20 @@ def test_a_role_that_may_only_read_an_existing_store_lists_its_runs(
         pg.execute(f"DROP ROLE {role}")
 
     assert listed == ["r1"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["host=db.internal dbname=ops user=sluice password=s3cret", "dbname=ops", " PORT = 5432"],
+)
+def test_a_libpq_keyword_string_is_refused_not_taken_for_a_file(value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="libpq key=value string") as caught:
+        parse_location(value, base=tmp_path)
+    assert "s3cret" not in str(caught.value)
+    assert not list(tmp_path.iterdir()), "nothing may be created for a refused location"
+
+
+def test_a_file_whose_name_has_an_equals_sign_is_still_a_file(tmp_path: Path) -> None:
+    location = parse_location("runs=2025.db", base=tmp_path)
+    assert location.dialect == "sqlite"
+    assert location.path == (tmp_path / "runs=2025.db").resolve()

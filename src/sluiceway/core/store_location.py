@@ -18,6 +18,10 @@ STORE_ENV = "SLUICE_RUN_STORE"
 DEFAULT_SCHEMA = "sluice"
 _PG_SCHEMES = ("postgresql", "postgres")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_KEYWORDS = re.compile(
+    r"^\s*(host|hostaddr|port|dbname|user|password|sslmode|service)\s*=", re.IGNORECASE
+)
+"""The start of a libpq keyword/value connection string."""
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 """libpq URL parameters whose values are secrets (hidden like the user part's password)."""
 
@@ -103,6 +107,14 @@ def parse_location(value: str, *, base: Path) -> StoreLocation:
             is reserved (`pg_...`).
     """
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if not scheme and _KEYWORDS.match(value):
+        # Not echoed: it may hold password=...
+        raise ConfigError(
+            "run store is a libpq key=value string (host=... dbname=...), which would be "
+            "taken for a SQLite file name: write it as a URL, "
+            "postgresql://user@host:5432/db?schema=sluice (the password in PGPASSWORD or "
+            "~/.pgpass)"
+        )
     if not scheme:
         return StoreLocation("sqlite", path=(base / Path(value).expanduser()).resolve())
     if scheme not in _PG_SCHEMES:
