@@ -110,6 +110,8 @@ class _Prepared:
     """The batch's messages, without repeats (None when the batch is empty)."""
     parsed: Parsed | None = None
     """The messages parsed ahead (None: parse them in the batch's run)."""
+    keys: list[pa.Array] | None = None
+    """The messages' order keys (None: the source has none)."""
 
 
 def run_stream(
@@ -316,19 +318,22 @@ class _StreamRunner:
         if not batch:
             return _Prepared(batch, started)
         messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
+        keys = self._order_keys(messages.column("msg_id"))
         parsed = None
         if ahead and not self.change_capture:
             contract = self.config.contract
             assert contract is not None, "stream_problems requires a contract"
             if self.parse_engine is None:
-                self.parse_engine = DuckDBEngine(redact_values=bool(self.pipeline.pii))
+                self.parse_engine = DuckDBEngine(
+                    threads=self.options.threads, redact_values=bool(self.pipeline.pii)
+                )
             parsed = parse_ahead(
                 self.parse_engine,
                 messages,
                 contract,
                 max_deliveries=self.config.max_deliveries,  # type: ignore[attr-defined]
             )
-        return _Prepared(batch, started, messages, parsed)
+        return _Prepared(batch, started, messages, parsed, keys)
 
     def _collect(self) -> tuple[list[Fetched], float]:
         """Fetch until the batch is full, its time is up, or the stream is idle; the batch
@@ -362,14 +367,19 @@ class _StreamRunner:
         anything but `fetch` and `lag`."""
         batch, started, messages = prepared.batch, prepared.started, prepared.messages
         assert messages is not None, "a batch with messages is prepared with them"
-        fresh = self._not_committed(messages)
+        fresh, keys = self._fresh(messages, prepared.keys)
         stale = messages.num_rows - fresh.num_rows
         parts = self._split_at_truncates(fresh)
         # The rows parsed ahead are those of the whole batch: usable when nothing was
         # filtered out (filters only drop rows, so equal counts mean the same rows).
-        parsed = prepared.parsed if stale == 0 and len(parts) == 1 else None
+        whole = len(parts) == 1
+        parsed = prepared.parsed if stale == 0 and whole else None
         for index, (part, is_truncate) in enumerate(parts):
-            counts = self._truncate(part) if is_truncate else self._commit(part, parsed)
+            counts = (
+                self._truncate(part)
+                if is_truncate
+                else self._commit(part, parsed, keys if whole else None)
+            )
             self._record_batch(part, counts, stale if index == 0 else 0, started)
             self._save("running")
         if not parts and stale:
@@ -435,17 +445,22 @@ class _StreamRunner:
         return RowAccounting()
 
     def _not_committed(self, messages: pa.Table) -> pa.Table:
-        """The messages after the committed position of their partition.
+        """The messages after the committed position of their partition."""
+        return self._fresh(messages, None)[0]
 
-        A message on its first delivery cannot have been committed (committing it needed a
-        delivery), so a batch of first deliveries only is kept whole without comparing.
+    def _fresh(
+        self, messages: pa.Table, keys: list[pa.Array] | None
+    ) -> tuple[pa.Table, list[pa.Array] | None]:
+        """The messages after the committed position of their partition, with their order
+        keys (`keys`: those of `messages`, computed here when None and the source has them).
+
+        Delivery counts are no shortcut: a broker that lost its consumer state (a group or
+        durable consumer recreated) hands out committed messages again as first deliveries.
         """
+        if keys is None:
+            keys = self._order_keys(messages.column("msg_id"))
         if not self.committed or not messages.num_rows:
-            return messages
-        deliveries = messages.column("deliveries")
-        if deliveries.null_count == 0 and pc.all(pc.equal(deliveries, 1)).as_py():
-            return messages
-        keys = self._order_keys(messages.column("msg_id"))
+            return messages, keys
         if keys is None:
             partitions = messages.column("partition").to_pylist()
             ids = messages.column("msg_id").to_pylist()
@@ -453,7 +468,7 @@ class _StreamRunner:
                 p not in self.committed or self.source.position_after(i, self.committed[p])
                 for p, i in zip(partitions, ids, strict=True)
             ]
-            return messages.filter(pa.array(keep, pa.bool_()))
+            return messages.filter(pa.array(keep, pa.bool_())), None
         column = messages.column("partition")
         partitions = pc.unique(column).to_pylist()
         mask: Any = None
@@ -466,8 +481,9 @@ class _StreamRunner:
                 after = pc.and_(pc.equal(column, partition), after)
             mask = after if mask is None else pc.or_(mask, after)
         if mask is True or pc.all(mask).as_py():
-            return messages
-        return messages.filter(mask)
+            return messages, keys
+        mask = mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
+        return messages.filter(mask), [k.filter(mask) for k in keys]
 
     def _order_keys(self, ids: pa.ChunkedArray | pa.Array) -> list[pa.Array] | None:
         """The source's integer columns ordering `ids`, or None if it has none."""
@@ -479,12 +495,17 @@ class _StreamRunner:
         keys: list[pa.Array] = order_keys(ids)
         return keys
 
-    def _commit(self, messages: pa.Table, parsed: Parsed | None = None) -> RowAccounting:
+    def _commit(
+        self,
+        messages: pa.Table,
+        parsed: Parsed | None = None,
+        keys: list[pa.Array] | None = None,
+    ) -> RowAccounting:
         """Run the batch through the pipeline and commit it; its row accounting."""
         self.sequence += 1
         sequence = self.sequence
         partitions = sorted(set(messages.column("partition").to_pylist()))
-        last = self._newest_positions(messages)
+        last = self._newest_positions(messages, keys)
         positions = {self.name: {**self.committed, **last}}
         batch = StreamBatch(
             run_key=f"stream:{self.name}:{sequence}",
@@ -552,11 +573,15 @@ class _StreamRunner:
         )
         return result.accounting
 
-    def _newest_positions(self, messages: pa.Table) -> dict[str, str]:
+    def _newest_positions(
+        self, messages: pa.Table, keys: list[pa.Array] | None = None
+    ) -> dict[str, str]:
         """The newest message id of each partition (a batch made of several fetches, e.g.
-        new entries then reclaimed older ones, is not in id order)."""
+        new entries then reclaimed older ones, is not in id order); `keys`: the order keys
+        of `messages`, if known."""
         ids = messages.column("msg_id").combine_chunks()
-        keys = self._order_keys(ids)
+        if keys is None:
+            keys = self._order_keys(ids)
         if keys is not None:
             column = messages.column("partition").combine_chunks()
             partitions = pc.unique(column).to_pylist()

@@ -5,17 +5,22 @@ nothing fetched and unacknowledged."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
 from sluiceway.core import registry
 from sluiceway.core.loader import parse_spec
 from sluiceway.core.runner import RunOptions
+from sluiceway.engines.duckdb import DuckDBEngine
+from sluiceway.streaming import runner as runner_module
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
 from sluiceway.streaming.runner import StreamOptions, run_stream
 
@@ -139,3 +144,58 @@ def test_a_batch_fetched_ahead_with_committed_redeliveries_is_parsed_again_witho
     assert sorted(AheadSource.acked, key=int) == sorted(
         [str(i) for i in range(1, 16)] + ["3", "4"], key=int
     )
+
+
+def test_sigterm_during_the_fetch_ahead_commits_and_acks_what_was_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = AheadSource.fetch
+    calls = {"n": 0}
+
+    def fetch(self: AheadSource, max_messages: int, timeout_s: float) -> Fetched:
+        got = original(self, max_messages, timeout_s)
+        calls["n"] += 1
+        if threading.current_thread() is not threading.main_thread() and got.count:
+            os.kill(os.getpid(), signal.SIGTERM)  # the stop arrives mid-fetch-ahead
+        return got
+
+    monkeypatch.setattr(AheadSource, "fetch", fetch)
+    AheadSource.script = [10, 7]
+    AheadSource.acked = []
+    result = run_stream(
+        parse_spec(SPEC),
+        RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice"),
+        StreamOptions(idle_exit_s=5),
+    )
+    assert result.ok, result.error
+    assert result.stopped_by == "SIGTERM"
+    rows = sorted(
+        DeltaTable(str(tmp_path / "lake" / "out")).to_pyarrow_table().column("n").to_pylist()
+    )
+    assert rows == list(range(1, 18))
+    assert sorted(AheadSource.acked, key=int) == [str(i) for i in range(1, 18)]
+
+
+def test_the_fetch_thread_engine_honours_the_threads_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `sluice run --threads N` (RunOptions.threads) bounds DuckDB's threads everywhere,
+    # the engine parse_ahead uses on the fetch thread included.
+    made: list[int | None] = []
+
+    class Recording(DuckDBEngine):
+        def __init__(self, **kwargs: object) -> None:
+            made.append(kwargs.get("threads"))  # type: ignore[arg-type]
+            super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner_module, "DuckDBEngine", Recording)
+    AheadSource.script = [10, 10, 10]
+    AheadSource.acked = []
+    result = run_stream(
+        parse_spec(SPEC),
+        RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice", threads=1),
+        StreamOptions(idle_exit_s=0.3),
+    )
+    assert result.ok, result.error
+    assert made, "no batch was parsed ahead"
+    assert made == [1] * len(made), f"fetch-thread DuckDB engine made with threads={made}"
