@@ -56,6 +56,7 @@ from sluiceway.streaming.parse import (
     parse_ahead,
     parse_messages,
 )
+from sluiceway.transforms import window_state
 
 FAULT_ENV = "SLUICE_STREAM_FAULT"
 """Fault injection for crash tests: `<point>:<batch>` kills the process with SIGKILL at that
@@ -251,6 +252,7 @@ class _StreamRunner:
             self.source.close()
             if self.parse_engine is not None:
                 self.parse_engine.close()
+            window_state.flush()  # the dedup state of the last commit, on disk
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._save(self.result.status)
             self.events.emit(

@@ -201,10 +201,11 @@ class DedupStep:
 def _save(ctx: RunContext, state: KeyState, table: pa.Table) -> None:
     """Commit the next state; a file that cannot be written is reported, not raised (the
     batch is already committed, and the next commit writes the whole state again)."""
-    try:
-        state.commit(table)
-    except OSError as exc:
+
+    def unsaved(exc: OSError) -> None:
         ctx.events.emit(_STATE_UNSAVED, path=str(state.path), error=str(exc), keys=table.num_rows)
+
+    state.commit(table, on_error=unsaved)
 
 
 def _newest(seen: pa.Table | None) -> datetime | None:

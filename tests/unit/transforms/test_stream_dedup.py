@@ -184,6 +184,7 @@ def test_restart_reloads_the_state_from_its_file(stream_ctx: StreamContext):
     first = stream_ctx()
     run_batch(first, step, [{"event_id": i} for i in range(100)])
     commit(first)
+    window_state.flush()
     folder = first.state_dir / "stream_state" / "clicks"
     digest = window_state.keys_hash(["event_id"])
     assert sorted(p.name for p in folder.iterdir()) == [f"dedup-{digest}.parquet"]
@@ -201,6 +202,7 @@ def test_state_file_that_cannot_be_written_is_reported_not_raised(stream_ctx: St
     digest = window_state.keys_hash(["event_id"])
     (first.state_dir / "stream_state" / "clicks" / f"dedup-{digest}.parquet").mkdir(parents=True)
     commit(first)
+    window_state.flush()  # the file is written on the writer thread
     unsaved = [e for e in first.events.history if e.name == "dedup_state_unsaved"]
     assert [e.fields["keys"] for e in unsaved] == [1]
     assert [p.name for p in (first.state_dir / "stream_state" / "clicks").iterdir()] == [
@@ -242,3 +244,18 @@ def test_window_must_be_a_positive_duration(window: str):
 )
 def test_window_durations(text: str, seconds: float):
     assert window_state.parse_window(text).total_seconds() == seconds
+
+
+def test_state_writes_land_in_commit_order_and_flush_waits_for_them(
+    stream_ctx: StreamContext,
+):
+    step = windowed(window="1h")
+    for batch in range(5):
+        ctx = stream_ctx()
+        run_batch(ctx, step, [{"event_id": batch * 10 + i} for i in range(10)])
+        commit(ctx)
+    window_state.flush()
+    window_state.forget_loaded()
+    restarted = stream_ctx()
+    kept = run_batch(restarted, step, [{"event_id": i} for i in range(45, 55)])
+    assert ids(kept) == list(range(50, 55)), "the file does not hold the last state"
