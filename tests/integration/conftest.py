@@ -1,6 +1,7 @@
 """Services the integration tests share: the S3-compatible server (start it with
-`bash scripts/services/moto.sh`; endpoint: SLUICE_TEST_S3_ENDPOINT) and PostgreSQL
-(`bash scripts/services/postgres.sh`)."""
+`bash scripts/services/moto.sh`; endpoint: SLUICE_TEST_S3_ENDPOINT), PostgreSQL
+(`bash scripts/services/postgres.sh`) and Redis (`bash scripts/services/redis.sh`; URL:
+SLUICE_TEST_REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+import redis
 
 S3_ENDPOINT = os.environ.get("SLUICE_TEST_S3_ENDPOINT", "http://127.0.0.1:5000")
 
@@ -138,3 +140,33 @@ def forwarder() -> Iterator[Callable[[int], TcpForwarder]]:
     yield make
     for one in made:
         one.close()
+
+
+REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _connect_redis(*, decode_responses: bool) -> redis.Redis:
+    """A client of the test Redis, after checking it answers (the test fails, never skips)."""
+    client = redis.Redis.from_url(
+        REDIS_URL, socket_connect_timeout=3, decode_responses=decode_responses
+    )
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(
+            f"Redis not reachable at {REDIS_URL} ({exc}): start it with "
+            "`bash scripts/services/redis.sh`"
+        )
+    return client
+
+
+@pytest.fixture(scope="session")
+def redis_bytes() -> redis.Redis:
+    """A client of the test Redis whose replies are bytes."""
+    return _connect_redis(decode_responses=False)
+
+
+@pytest.fixture(scope="session")
+def redis_text() -> redis.Redis:
+    """A client of the test Redis whose replies are str."""
+    return _connect_redis(decode_responses=True)

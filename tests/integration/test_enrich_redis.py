@@ -25,17 +25,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def redis_client() -> redis.Redis:
-    """A client of the test Redis, after checking it answers (the test fails, never skips)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, decode_responses=True)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(
-            f"Redis not reachable at {REDIS_URL} ({exc}): start it with "
-            "`bash scripts/services/redis.sh`"
-        )
-    return client
+def redis_client(redis_text: redis.Redis) -> redis.Redis:
+    return redis_text
 
 
 @pytest.fixture

@@ -115,6 +115,17 @@ def drain(source: NatsSource, expected: int, *, batch: int = 1000) -> list[Any]:
     return tables
 
 
+def fetch_ids(source: NatsSource, count: int, *, within_s: float = 10) -> list[str]:
+    """Fetch and acknowledge until `count` messages came (or `within_s` passed); their ids."""
+    ids: list[str] = []
+    deadline = time.monotonic() + within_s
+    while len(ids) < count and time.monotonic() < deadline:
+        fetched = source.fetch(count, 0.5)
+        source.ack(fetched)
+        ids += fetched.messages.column("msg_id").to_pylist()
+    return ids
+
+
 def test_source_registers_as_nats_with_its_config() -> None:
     plugin = registry.lookup("source", "nats")
     assert plugin is not None
@@ -218,12 +229,7 @@ def test_after_a_crash_unacked_messages_come_before_newer_ones(
     publish(nats_url, f"{stream}.click", events(5))
 
     source = make_source(stream, ack_wait_s=1.0)
-    ids: list[str] = []
-    deadline = time.monotonic() + 10
-    while len(ids) < 10 and time.monotonic() < deadline:
-        fetched = source.fetch(10, 0.5)
-        source.ack(fetched)
-        ids += fetched.messages.column("msg_id").to_pylist()
+    ids = fetch_ids(source, 10)
 
     assert ids == [str(i) for i in range(1, 11)]
 
@@ -250,12 +256,7 @@ def test_messages_the_client_dropped_make_it_reopen_and_come_back_first(
         source.fetch(10, 0.5)
     publish(nats_url, f"{stream}.click", events(5))
     source.open()  # what the runner does after a TransientError
-    ids: list[str] = []
-    deadline = time.monotonic() + 10
-    while len(ids) < 10 and time.monotonic() < deadline:
-        fetched = source.fetch(10, 0.5)
-        source.ack(fetched)
-        ids += fetched.messages.column("msg_id").to_pylist()
+    ids = fetch_ids(source, 10)
     assert ids[:3] == ["1", "2", "3"], "the undelivered ones came after newer messages"
     assert sorted(ids, key=int) == [str(i) for i in range(1, 11)]
 

@@ -30,17 +30,8 @@ START_SCRIPT = Path(__file__).parents[2] / "scripts" / "services" / "redis.sh"
 
 
 @pytest.fixture(scope="session")
-def redis_client() -> redis.Redis:
-    """A client of the test Redis, after checking it answers (the test fails, never skips)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(
-            f"Redis not reachable at {REDIS_URL} ({exc}): start it with "
-            "`bash scripts/services/redis.sh`"
-        )
-    return client
+def redis_client(redis_bytes: redis.Redis) -> redis.Redis:
+    return redis_bytes
 
 
 @pytest.fixture

@@ -36,16 +36,8 @@ SLUICE = str(Path(sys.executable).parent / "sluice")
 
 
 @pytest.fixture(scope="module")
-def client() -> redis.Redis:
-    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        conn.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(
-            f"Redis not reachable at {REDIS_URL} ({exc}): start it with "
-            "`bash scripts/services/redis.sh`"
-        )
-    return conn
+def client(redis_bytes: redis.Redis) -> redis.Redis:
+    return redis_bytes
 
 
 @pytest.fixture

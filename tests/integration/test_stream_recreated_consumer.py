@@ -25,16 +25,8 @@ REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="module")
-def client() -> redis.Redis:
-    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        conn.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(
-            f"Redis not reachable at {REDIS_URL} ({exc}): start it with "
-            "`bash scripts/services/redis.sh`"
-        )
-    return conn
+def client(redis_bytes: redis.Redis) -> redis.Redis:
+    return redis_bytes
 
 
 @pytest.fixture
