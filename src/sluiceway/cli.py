@@ -135,6 +135,18 @@ def validate(specs: tuple[str, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
+def _current_record(store: Any, run_id: str) -> Any:
+    """The run `run_id` (id or unique prefix), or None; a `running` run whose lease expired
+    (its process died) is marked crashed first, so it shows as what it is."""
+    record = store.get(run_id)
+    if record is not None and record.status == "running":
+        from sluiceway.core import leases
+
+        leases.mark_crashed(store.location, record.pipeline, ttl_s=leases.lease_ttl())
+        record = store.get(run_id)
+    return record
+
+
 def _print_problems(spec: str, exc: SpecError) -> None:
     err_console.print(f"[bold red]✗ {escape(spec)}[/]: {len(exc.problems)} problem(s)")
     for problem in exc.problems:
@@ -462,12 +474,7 @@ def _resumed(
     """The target (the run's pipeline name unless a SPEC is given), the date and the
     pipeline name to rerun for `--resume RUN_ID`."""
     store = _run_store(state_dir, project_file)
-    record = store.get(run_id)
-    if record is not None and record.status == "running":  # its process may have died
-        from sluiceway.core import leases
-
-        leases.mark_crashed(store.location, record.pipeline, ttl_s=leases.lease_ttl())
-        record = store.get(run_id)
+    record = _current_record(store, run_id)
     if record is None:
         _fail(
             f"--resume {run_id}: no run with that id (or the prefix is not unique); see `sluice runs`"
@@ -542,12 +549,7 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: 
 def show(run_id: str, state_dir: str | None, project_file: str | None) -> None:
     """Show one run (id or unique prefix) as JSON: accounting, checks, sinks, error."""
     store = _run_store(state_dir, project_file)
-    record = store.get(run_id)
-    if record is not None and record.status == "running":  # its process may have died
-        from sluiceway.core import leases
-
-        leases.mark_crashed(store.location, record.pipeline, ttl_s=leases.lease_ttl())
-        record = store.get(run_id)
+    record = _current_record(store, run_id)
     if record is None:
         _fail(f"no run '{run_id}' (or the prefix is ambiguous); list runs with `sluice runs`")
     print(json.dumps(vars(record), indent=2, default=str))

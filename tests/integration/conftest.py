@@ -12,12 +12,15 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import psycopg
 import pytest
 import redis
+
+from sluiceway.core.store_location import StoreLocation, parse_location
 
 S3_ENDPOINT = os.environ.get("SLUICE_TEST_S3_ENDPOINT", "http://127.0.0.1:5000")
 
@@ -170,3 +173,16 @@ def redis_bytes() -> redis.Redis:
 def redis_text() -> redis.Redis:
     """A client of the test Redis whose replies are str."""
     return _connect_redis(decode_responses=True)
+
+
+RUN_STORE_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreLocation]:
+    """A fresh run store on each backend: a SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield parse_location(str(tmp_path / "store" / "runs.db"), base=tmp_path)
+        return
+    schema = request.getfixturevalue("schema")
+    yield parse_location(f"{RUN_STORE_PG_URL}?schema={schema}", base=tmp_path)

@@ -6,7 +6,6 @@ store named by $SLUICE_RUN_STORE."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,9 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 COMPACT = "%Y%m%dT%H%M%S"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreLocation]:
-    if request.param == "sqlite":
-        yield parse_location(str(tmp_path / "store" / "runs.db"), base=tmp_path)
-        return
-    schema = request.getfixturevalue("schema")
-    yield parse_location(f"{PG_URL}?schema={schema}", base=tmp_path)
+@pytest.fixture
+def location(store_location: StoreLocation) -> StoreLocation:
+    return store_location
 
 
 def run(run_id: str, started_at: str, **fields: Any) -> RunRecord:

@@ -29,13 +29,9 @@ from sluiceway.ui.data import StoreReader
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreLocation]:
-    if request.param == "sqlite":
-        yield parse_location(str(tmp_path / "store" / "runs.db"), base=tmp_path)
-        return
-    schema = request.getfixturevalue("schema")
-    yield parse_location(f"{PG_URL}?schema={schema}", base=tmp_path)
+@pytest.fixture
+def location(store_location: StoreLocation) -> StoreLocation:
+    return store_location
 
 
 def _unused_schema(pg: psycopg.Connection[Any], name: str) -> Iterator[str]:
