@@ -295,7 +295,6 @@ class _StreamRunner:
                             self.result.stopped_by = "idle"
                             return
                         continue
-                    last_message = time.monotonic()
                     limit = self.stream.max_batches
                     last = limit is not None and self.result.batches + 1 >= limit
                     if self.prefetch and not last and self.stopping is None:
