@@ -54,6 +54,9 @@ class RunContext:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     """Called once every sink has committed the run (a step's state that must only move
     forward with the data, e.g. the keys a streaming dedup has seen)."""
+    batch_sequence: int | None = None
+    """In a stream, the sequence of this micro-batch (its Delta app-transaction version);
+    the batches before it are committed. None outside a stream."""
 
     def resolve(self, path: str) -> str:
         """A spec path made absolute against base_dir (URLs such as s3:// are kept)."""

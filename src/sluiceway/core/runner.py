@@ -144,6 +144,12 @@ class StreamBatch:
     run_id: str
 
 
+def _batch_sequence(batch: StreamBatch | None) -> int | None:
+    """The sequence of a stream micro-batch: the version of its app transactions."""
+    versions = {version for _, version in batch.transactions} if batch else set()
+    return versions.pop() if len(versions) == 1 else None
+
+
 def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None) -> RunResult:
     """Run a batch pipeline once. Never raises for data problems: they are in the result.
 
@@ -176,6 +182,7 @@ class _Runner:
             state_dir=Path(state_dir).resolve(),
             events=EventBus(pipeline.pipeline, run_id),
             secrets=self.keys,
+            batch_sequence=_batch_sequence(options.batch),
         )
         for subscriber in options.subscribers:
             self.ctx.events.subscribe(subscriber)

@@ -1,9 +1,10 @@
 """The `dedup` step: one row per key, the first or last by an order column.
 
 In a `mode: stream` pipeline with a `window`, a key seen in an earlier committed batch within
-the window is a duplicate too. The seen keys live in `window_state`; the step computes the
-next state while the batch runs and hands it to `ctx.after_commit`, so the state moves
-forward only with committed data.
+the window is a duplicate too. The seen keys live in `window_state`: the step saves the
+batch's new keys before the batch commits (tagged with its sequence, so only committed
+batches count on reload) and hands the next state to `ctx.after_commit`, so the state in
+memory moves forward only with committed data.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class DedupStep:
         """
         engine = ctx.engine
         state = key_state(ctx.state_dir, ctx.pipeline.pipeline, self.config.keys)
+        sequence = ctx.batch_sequence
+        state.load(None if sequence is None else sequence - 1)
         row_time, watermark = self._row_time(engine, table, state.table)
         cutoff = _timestamp(watermark - parse_window(self.config.window or ""))
         first_seen = (
@@ -151,6 +154,14 @@ class DedupStep:
             purpose="keep the first row of each new key",
         )
         kept = engine.count(fresh)
+        # On disk before the batch commits: a committed batch always has its keys saved.
+        state.record(
+            sequence,
+            engine.fetch_arrow(
+                f"SELECT * FROM {quote_ident(fresh)} WHERE {SEEN_AT} >= {cutoff}",
+                purpose="new keys within the window",
+            ),
+        )
         next_state = self._next_state(engine, seen, fresh, cutoff)
         engine.drop(fresh)
         ctx.after_commit.append(lambda: _save(ctx, state, next_state))
@@ -199,13 +210,13 @@ class DedupStep:
 
 
 def _save(ctx: RunContext, state: KeyState, table: pa.Table) -> None:
-    """Commit the next state; a file that cannot be written is reported, not raised (the
-    batch is already committed, and the next commit writes the whole state again)."""
+    """Commit the next state; a base file that cannot be written is reported, not raised
+    (the batch is committed and its keys are on disk as a segment already)."""
 
     def unsaved(exc: OSError) -> None:
-        ctx.events.emit(_STATE_UNSAVED, path=str(state.path), error=str(exc), keys=table.num_rows)
+        ctx.events.emit(_STATE_UNSAVED, path=str(state.folder), error=str(exc), keys=table.num_rows)
 
-    state.commit(table, on_error=unsaved)
+    state.commit(ctx.batch_sequence, table, on_error=unsaved)
 
 
 def _newest(seen: pa.Table | None) -> datetime | None:

@@ -1,18 +1,32 @@
-"""The keys a windowed stream dedup has seen: in memory per process, saved after each commit.
+"""The keys a windowed stream dedup has seen: in memory per process, on disk per batch.
 
-One `KeyState` per (state folder, pipeline, dedup keys). The table it holds has the key
-columns and `__sw_seen_at` (naive UTC timestamp of the key's first sighting). It only
-changes through `commit`, which a dedup step registers as an `after_commit` callback, so the
-state never holds the keys of a batch that was not committed. `commit` replaces the file
-atomically (temporary file, fsync, os.replace) on a writer thread, so the stream does not
-wait for it; a process that starts later reloads it.
+One `KeyState` per (state folder, pipeline, dedup keys), kept in the folder
+`<state_dir>/stream_state/<pipeline>/dedup-<keys hash>/`:
+
+- `seg-<sequence>.parquet`: the new keys of stream batch <sequence>, with the time of their
+  first row. Written (and fsync'd) *before* the batch's Delta commit, so every committed
+  batch has its keys on disk; a cost of O(batch), not O(window).
+- `base-<sequence>.parquet`: every key of the window as of batch <sequence>, written every
+  `COMPACT_EVERY` batches on a writer thread once that batch is committed; it then replaces
+  the older base and segments.
+
+The Delta commit decides which files count. A process loads the state at its first batch,
+knowing the last committed sequence: files of later sequences belong to batches that never
+committed and are deleted (their batch is redone under the same sequence), so the state holds
+exactly the keys of the committed batches, whatever point a crash hit. A table that was reset
+(its sequences start again at 1) takes its state with it.
+
+The table in memory has the key columns and `__sw_seen_at` (naive UTC timestamp of the key's
+first sighting); it only changes through `commit`, called after the batch commits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -23,9 +37,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sluiceway.core.durations import parse_duration
+from sluiceway.errors import StepError
 
 SEEN_AT = "__sw_seen_at"
+COMPACT_EVERY = 20
+"""Batches between two base files: a restart reads at most this many segments."""
 
+_FILE = re.compile(r"^(base|seg)-(\d+)\.parquet$")
 _LOADED: dict[tuple[str, str, str], KeyState] = {}
 _LOCK = threading.Lock()
 _PENDING: list[Future[None]] = []
@@ -38,50 +56,146 @@ def parse_window(text: str) -> timedelta:
 
 
 def keys_hash(keys: list[str]) -> str:
-    """A short stable name for a list of key columns (names the state file)."""
+    """A short stable name for a list of key columns (names the state folder)."""
     return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12]
 
 
 class KeyState:
-    """The seen keys of one dedup step of one pipeline; `table` is None before any commit."""
+    """The seen keys of one dedup step of one pipeline; `table` is None when none were seen.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.table: pa.Table | None = pq.read_table(path) if path.is_file() else None
+    Args:
+        folder: where its files live.
+        legacy: the single state file of earlier versions, read when the folder has no base.
+    """
 
-    def commit(self, table: pa.Table, on_error: Callable[[OSError], None] | None = None) -> None:
-        """Make `table` the state: in memory now, on disk (atomically) on the writer thread,
-        so the stream goes on with its next batch meanwhile. Writes happen in commit order;
-        a write overtaken by a newer commit is skipped (the newer one follows). `flush`
-        waits for them.
+    def __init__(self, folder: Path, legacy: Path | None = None) -> None:
+        self.folder = folder
+        self.legacy = legacy
+        self.table: pa.Table | None = None
+        self.loaded = False
+        self._base: int | None = None  # the sequence of the newest base written or read
 
-        `on_error` gets the OSError of a file that could not be written; the state in
-        memory is updated anyway (the next commit writes the whole state again).
+    def load(self, committed: int | None) -> None:
+        """Read the state from its files, once per process.
+
+        Args:
+            committed: the last committed batch sequence; files of later ones are deleted.
+                None (no sequence known): every file counts.
+
+        Raises:
+            StepError: a state file cannot be read or deleted.
+        """
+        if self.loaded:
+            return
+        files = self._files()
+        stale = [path for _, seq, path in files if committed is not None and seq > committed]
+        files = [f for f in files if f[2] not in stale]
+        bases = [seq for kind, seq, _ in files if kind == "base"]
+        self._base = max(bases) if bases else None
+        paths = [
+            path
+            for kind, seq, path in files
+            if (kind == "base" and seq == self._base)
+            or (kind == "seg" and (self._base is None or seq > self._base))
+        ]
+        if self._base is None and self.legacy is not None and self.legacy.is_file():
+            paths.insert(0, self.legacy)
+        try:
+            for path in stale:
+                path.unlink(missing_ok=True)
+            parts = [pq.read_table(path) for path in paths]
+        except (OSError, pa.ArrowException) as exc:
+            raise StepError(
+                f"the dedup state in {self.folder} cannot be read ({exc}); fix the file's "
+                "permissions, or delete the folder to start the window empty (duplicates of "
+                "keys seen within the window may then pass once)"
+            ) from exc
+        parts = [p for p in parts if p.num_rows]
+        self.table = pa.concat_tables(parts, promote_options="permissive") if parts else None
+        self.loaded = True
+
+    def record(self, sequence: int | None, keys: pa.Table) -> None:
+        """Write the new keys of batch `sequence` before it commits (nothing without one).
+
+        Raises:
+            StepError: the file cannot be written: the batch must not commit without it.
+        """
+        if sequence is None:
+            return
+        try:
+            _write_atomically(keys, self.folder / f"seg-{sequence}.parquet")
+        except OSError as exc:
+            raise StepError(
+                f"the dedup state of batch {sequence} cannot be written to {self.folder} "
+                f"({exc}); the batch is not committed. Free disk space or fix the folder's "
+                "permissions, then run again: the batch is read again"
+            ) from exc
+
+    def commit(
+        self,
+        sequence: int | None,
+        table: pa.Table,
+        on_error: Callable[[OSError], None] | None = None,
+    ) -> None:
+        """Make `table` the state after batch `sequence` committed: in memory now; every
+        `COMPACT_EVERY` batches (every batch without a sequence) also as a base file, on the
+        writer thread. `flush` waits for it.
+
+        `on_error` gets the OSError of a base that could not be written: nothing is lost
+        (the segments stay until a base is written).
         """
         self.table = table
-        with _LOCK:
-            _PENDING.append(_writer().submit(self._write, table, on_error))
+        if sequence is not None and self._base is not None and sequence < self._base:
+            self._base = None  # the sequences started again (a new table)
+        if sequence is None or sequence - (self._base or 0) >= COMPACT_EVERY:
+            self._base = sequence or 0
+            with _LOCK:
+                _PENDING.append(_writer().submit(self._write_base, self._base, table, on_error))
 
-    def _write(self, table: pa.Table, on_error: Callable[[OSError], None] | None) -> None:
-        if table is not self.table:
-            return  # a newer state was committed since; its write comes next
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+    def _write_base(
+        self, sequence: int, table: pa.Table, on_error: Callable[[OSError], None] | None
+    ) -> None:
         try:
-            pq.write_table(table, tmp, compression="zstd")
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            _write_atomically(table, self.folder / f"base-{sequence}.parquet")
+            for kind, seq, path in self._files():
+                if seq < sequence or (kind == "seg" and seq == sequence):
+                    path.unlink(missing_ok=True)
+            if self.legacy is not None:
+                self.legacy.unlink(missing_ok=True)
         except OSError as exc:
             if on_error is not None:
                 on_error(exc)
-        finally:
+
+    def _files(self) -> list[tuple[str, int, Path]]:
+        """(kind, sequence, path) of the state's files."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.iterdir():
+            match = _FILE.match(path.name)
+            if match and path.is_file():
+                found.append((match[1], int(match[2]), path))
+        return found
+
+
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    """Write `table` to `path` so that a reader sees the whole file or none (temporary
+    file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
 
 
 def flush() -> None:
-    """Wait until every committed state is on disk (the stream runner calls it at the end
-    of a run)."""
+    """Wait until every base being written is on disk (the stream runner calls it at the
+    end of a run)."""
     with _LOCK:
         pending = list(_PENDING)
         _PENDING.clear()
@@ -96,17 +210,16 @@ def _writer() -> ThreadPoolExecutor:
 
 
 def key_state(state_dir: Path, pipeline: str, keys: list[str]) -> KeyState:
-    """The state of `keys` for `pipeline` in this process, loaded from its file the first time.
-
-    The file is `<state_dir>/stream_state/<pipeline>/dedup-<keys hash>.parquet`.
-    """
+    """The state of `keys` for `pipeline` in this process (`load` reads its files)."""
     digest = keys_hash(keys)
     ident = (str(Path(state_dir).resolve()), pipeline, digest)
     with _LOCK:
         state = _LOADED.get(ident)
         if state is None:
-            path = Path(ident[0]) / "stream_state" / pipeline / f"dedup-{digest}.parquet"
-            state = _LOADED[ident] = KeyState(path)
+            folder = Path(ident[0]) / "stream_state" / pipeline
+            state = _LOADED[ident] = KeyState(
+                folder / f"dedup-{digest}", legacy=folder / f"dedup-{digest}.parquet"
+            )
         return state
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pydantic
 import pytest
 
@@ -18,7 +19,7 @@ from sluiceway.transforms import window_state
 from sluiceway.transforms.dedup import DedupStep, DedupStepConfig
 
 T0 = datetime(2024, 1, 2, 10, 0)
-StreamContext = Callable[[], RunContext]
+StreamContext = Callable[..., RunContext]
 
 
 @pytest.fixture(autouse=True)
@@ -30,13 +31,26 @@ def fresh_process() -> Iterator[None]:
 
 @pytest.fixture
 def stream_ctx(make_ctx: Callable[..., RunContext]) -> StreamContext:
-    """A new RunContext per batch (its own after_commit list) of a `mode: stream` pipeline."""
+    """A new RunContext per batch (its own after_commit list) of a `mode: stream` pipeline,
+    with batch sequences 1, 2, 3... unless one is given (a batch redone keeps its own)."""
+    sequences = iter(range(1, 1000))
 
-    def build() -> RunContext:
+    def build(sequence: int | None = None) -> RunContext:
         ctx = make_ctx(pipeline="clicks")
-        return dataclasses.replace(ctx, pipeline=ctx.pipeline.model_copy(update={"mode": "stream"}))
+        return dataclasses.replace(
+            ctx,
+            pipeline=ctx.pipeline.model_copy(update={"mode": "stream"}),
+            batch_sequence=sequence if sequence is not None else next(sequences),
+        )
 
     return build
+
+
+def state_files(ctx: RunContext) -> list[str]:
+    folder = (
+        ctx.state_dir / "stream_state" / "clicks" / f"dedup-{window_state.keys_hash(['event_id'])}"
+    )
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
 def run_batch(ctx: RunContext, step: DedupStep, rows: list[dict[str, Any]]) -> list[dict]:
@@ -86,9 +100,9 @@ def test_batch_that_never_committed_does_not_dedup_the_next(stream_ctx: StreamCo
     run_batch(failed, step, [{"event_id": i} for i in (1, 2)])
     assert len(failed.after_commit) == 1
 
-    retried = stream_ctx()
+    retried = stream_ctx(sequence=failed.batch_sequence)
     assert ids(run_batch(retried, step, [{"event_id": i} for i in (1, 2)])) == [1, 2]
-    assert not list((retried.state_dir / "stream_state").rglob("*.parquet"))
+    assert window_state.key_state(retried.state_dir, "clicks", ["event_id"]).table is None
     commit(retried)
 
     after = stream_ctx()
@@ -179,15 +193,12 @@ def test_max_keys_forgets_the_oldest_keys_first(stream_ctx: StreamContext):
     assert ids(kept) == ["k1", "k2"]
 
 
-def test_restart_reloads_the_state_from_its_file(stream_ctx: StreamContext):
+def test_restart_reloads_the_state_from_its_files(stream_ctx: StreamContext):
     step = windowed(window="1h")
     first = stream_ctx()
     run_batch(first, step, [{"event_id": i} for i in range(100)])
     commit(first)
-    window_state.flush()
-    folder = first.state_dir / "stream_state" / "clicks"
-    digest = window_state.keys_hash(["event_id"])
-    assert sorted(p.name for p in folder.iterdir()) == [f"dedup-{digest}.parquet"]
+    assert state_files(first) == ["seg-1.parquet"]
 
     window_state.forget_loaded()
     restarted = stream_ctx()
@@ -195,20 +206,102 @@ def test_restart_reloads_the_state_from_its_file(stream_ctx: StreamContext):
     assert ids(kept) == list(range(100, 105))
 
 
-def test_state_file_that_cannot_be_written_is_reported_not_raised(stream_ctx: StreamContext):
+def test_keys_of_a_batch_committed_just_before_a_crash_are_kept(stream_ctx: StreamContext):
+    # The Delta commit happened; the process died before anything ran after it.
+    step = windowed(window="1h")
+    crashed = stream_ctx()
+    run_batch(crashed, step, [{"event_id": i} for i in range(10)])
+    window_state.forget_loaded()
+
+    restarted = stream_ctx()  # sequence 2: batch 1 is in the table
+    assert ids(run_batch(restarted, step, [{"event_id": i} for i in (5, 10)])) == [10]
+
+
+def test_keys_of_a_batch_that_never_committed_are_dropped_on_restart(stream_ctx: StreamContext):
     step = windowed(window="1h")
     first = stream_ctx()
     run_batch(first, step, [{"event_id": 1}])
-    digest = window_state.keys_hash(["event_id"])
-    (first.state_dir / "stream_state" / "clicks" / f"dedup-{digest}.parquet").mkdir(parents=True)
     commit(first)
-    window_state.flush()  # the file is written on the writer thread
+    lost = stream_ctx()  # sequence 2 dies before its commit
+    run_batch(lost, step, [{"event_id": 2}])
+    assert state_files(lost) == ["seg-1.parquet", "seg-2.parquet"]
+    window_state.forget_loaded()
+
+    redone = stream_ctx(sequence=2)  # the restarted runner redoes batch 2
+    assert ids(run_batch(redone, step, [{"event_id": i} for i in (1, 2)])) == [2]
+    assert state_files(redone) == ["seg-1.parquet", "seg-2.parquet"]
+
+
+def test_a_reset_table_starts_the_window_empty(stream_ctx: StreamContext):
+    step = windowed(window="1h")
+    for _ in range(3):
+        ctx = stream_ctx()
+        run_batch(ctx, step, [{"event_id": 7}])
+        commit(ctx)
+    window_state.forget_loaded()
+    # The Delta table was deleted: its first batch is sequence 1 again.
+    again = stream_ctx(sequence=1)
+    assert ids(run_batch(again, step, [{"event_id": 7}])) == [7]
+    assert state_files(again) == ["seg-1.parquet"]
+
+
+def test_segments_are_folded_into_a_base_every_few_batches(
+    stream_ctx: StreamContext, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(window_state, "COMPACT_EVERY", 3)
+    step = windowed(window="1h")
+    for batch in range(7):
+        ctx = stream_ctx()
+        run_batch(ctx, step, [{"event_id": batch * 10 + i} for i in range(10)])
+        commit(ctx)
+    window_state.flush()
+    assert state_files(ctx) == ["base-6.parquet", "seg-7.parquet"]
+
+    window_state.forget_loaded()
+    restarted = stream_ctx()
+    kept = run_batch(restarted, step, [{"event_id": i} for i in range(65, 75)])
+    assert ids(kept) == list(range(70, 75))
+
+
+def test_the_single_state_file_of_earlier_versions_is_read(stream_ctx: StreamContext):
+    step = windowed(window="1h")
+    first = stream_ctx()
+    legacy = (
+        first.state_dir
+        / "stream_state"
+        / "clicks"
+        / f"dedup-{window_state.keys_hash(['event_id'])}.parquet"
+    )
+    legacy.parent.mkdir(parents=True)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    pq.write_table(pa.table({"event_id": [1, 2], window_state.SEEN_AT: [now, now]}), legacy)
+    assert ids(run_batch(first, step, [{"event_id": i} for i in (1, 2, 3)])) == [3]
+
+
+def test_a_segment_that_cannot_be_written_fails_the_batch(stream_ctx: StreamContext):
+    step = windowed(window="1h")
+    first = stream_ctx()
+    folder = first.state_dir / "stream_state" / "clicks"
+    (folder / f"dedup-{window_state.keys_hash(['event_id'])}" / "seg-1.parquet").mkdir(parents=True)
+    with pytest.raises(StepError, match="dedup state of batch 1 cannot be written"):
+        run_batch(first, step, [{"event_id": 1}])
+
+
+def test_a_base_that_cannot_be_written_is_reported_not_raised(
+    stream_ctx: StreamContext, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(window_state, "COMPACT_EVERY", 1)
+    step = windowed(window="1h")
+    first = stream_ctx()
+    run_batch(first, step, [{"event_id": 1}])
+    base = first.state_dir / "stream_state" / "clicks"
+    (base / f"dedup-{window_state.keys_hash(['event_id'])}" / "base-1.parquet").mkdir()
+    commit(first)
+    window_state.flush()  # the base is written on the writer thread
     unsaved = [e for e in first.events.history if e.name == "dedup_state_unsaved"]
     assert [e.fields["keys"] for e in unsaved] == [1]
-    assert [p.name for p in (first.state_dir / "stream_state" / "clicks").iterdir()] == [
-        f"dedup-{digest}.parquet"
-    ]
 
+    window_state.forget_loaded()  # the segment still holds the batch's keys
     second = stream_ctx()
     assert run_batch(second, step, [{"event_id": 1}, {"event_id": 2}]) == [{"event_id": 2}]
 
