@@ -40,6 +40,13 @@ class PiiMasking:
         ref = prefix + quote_ident(column)
         return ref if method is None else masking.mask_sql(method, ref, self.keys)
 
+    def payload_sql(self, columns: list[str]) -> str:
+        """The SQL of a row's `columns` as a JSON object, PII masked (a dead letter's payload)."""
+        if not columns:
+            return "'{}'"
+        parts = [f"{quote_ident(c)} := {self.masked(c)}" for c in columns]
+        return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
+
     def staging_select(
         self, table: str, columns: list[str], source: str | None
     ) -> tuple[str, list[str]]:

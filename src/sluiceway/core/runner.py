@@ -505,10 +505,7 @@ class _Runner:
         return result.valid, result.rows_rejected
 
     def _payload_sql(self, columns: list[str]) -> str:
-        if not columns:
-            return "'{}'"
-        parts = [f"{quote_ident(c)} := {self.pii.masked(c)}" for c in columns]
-        return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
+        return self.pii.payload_sql(columns)
 
     def _apply_steps(self, table: str, *, rows: int) -> str:
         """Run the steps; `rows` is how many rows `table` holds.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from sluiceway.checks.contract import Shape
 from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, SourceRead
 from sluiceway.core.spec import Contract
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
@@ -122,6 +123,8 @@ class Parsed:
     rejects: pa.Table
     rows_in: int
     fingerprint: str
+    shaped: bool = False
+    """The rows are already flagged by the contract (its `flagging_query`)."""
 
     def read(self, engine: DuckDBEngine) -> SourceRead:
         """The batch as the source read of a run on `engine` (the rows copied in)."""
@@ -131,22 +134,37 @@ class Parsed:
             rows_in=self.rows_in,
             parse_rejects=self.rejects,
             fingerprint=self.fingerprint,
+            is_shaped=self.shaped,
         )
 
 
 def parse_ahead(
-    engine: DuckDBEngine, messages: pa.Table, contract: Contract, *, max_deliveries: int
+    engine: DuckDBEngine,
+    messages: pa.Table,
+    contract: Contract,
+    *,
+    max_deliveries: int,
+    shape: Shape | None = None,
 ) -> Parsed:
     """`parse_messages` on an engine of its own (the stream runner's fetch thread), with the
-    rows handed back as Arrow: the batch's run then starts at the contract."""
+    rows handed back as Arrow: the batch's run then starts at the contract — or, given the
+    contract's `shape` (`checks.contract.flagging_query`), with the contract applied too."""
     read = parse_messages(engine, messages, contract, max_deliveries=max_deliveries)
+    table = read.table
     try:
+        if shape is not None:
+            columns = [name for name, _ in engine.columns(read.table)]
+            table = engine.create_table(
+                engine.new_name("flagged"),
+                shape(quote_ident(read.table), columns),
+                purpose="apply the contract ahead",
+            )
         rows = engine.fetch_arrow(
-            f"SELECT * FROM {quote_ident(read.table)}", purpose="hand over the parsed rows"
+            f"SELECT * FROM {quote_ident(table)}", purpose="hand over the parsed rows"
         )
     finally:
-        engine.drop(read.table)
-    return Parsed(rows, read.parse_rejects, read.rows_in, read.fingerprint)
+        engine.drop(*{read.table, table})
+    return Parsed(rows, read.parse_rejects, read.rows_in, read.fingerprint, shape is not None)
 
 
 def batch_fingerprint(messages: pa.Table) -> str:

@@ -38,13 +38,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sluiceway import masking
+from sluiceway.checks.contract import Shape, flagging_query
 from sluiceway.core import registry
 from sluiceway.core.accounting import RowAccounting
 from sluiceway.core.context import RunContext, SourceRead, WriteRequest
 from sluiceway.core.events import EventBus
+from sluiceway.core.pii import PiiMasking
 from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
-from sluiceway.core.spec import ColumnContract, Pipeline
+from sluiceway.core.spec import ColumnContract, Contract, Pipeline
 from sluiceway.core.store_db import resolve_location
 from sluiceway.engines.duckdb import DuckDBEngine
 from sluiceway.errors import ConfigError, SluicewayError, SpecError, SpecProblem, TransientError
@@ -192,6 +195,7 @@ class _StreamRunner:
             self.pipeline = _with_change_columns(pipeline, self.name)
             self.config = self.pipeline.sources[self.name]
         environ = os.environ if options.environ is None else options.environ
+        self.environ = environ
         self.state_dir = Path(
             options.state_dir or environ.get("SLUICE_HOME") or Path.cwd() / ".sluice"
         ).resolve()
@@ -214,6 +218,7 @@ class _StreamRunner:
         self.stopping: str | None = None
         self.prefetch = bool(getattr(self.source, "fetch_ahead", False))
         self.parse_engine: DuckDBEngine | None = None  # the fetch thread's, for parse_ahead
+        self.parse_shape: Shape | None = None  # the contract, applied ahead on that engine
         self.wake = threading.Event()
         self.committed: dict[str, str] = {}
         self.sequence = 0
@@ -328,13 +333,28 @@ class _StreamRunner:
                 self.parse_engine = DuckDBEngine(
                     threads=self.options.threads, redact_values=bool(self.pipeline.pii)
                 )
+                self.parse_shape = self._ahead_shape(self.parse_engine, contract)
             parsed = parse_ahead(
                 self.parse_engine,
                 messages,
                 contract,
                 max_deliveries=self.config.max_deliveries,  # type: ignore[attr-defined]
+                shape=self.parse_shape,
             )
         return _Prepared(batch, started, messages, parsed, keys)
+
+    def _ahead_shape(self, engine: DuckDBEngine, contract: Contract) -> Shape | None:
+        """The contract as a flagging query on the fetch thread's engine, masking the dead
+        letters' payloads as the batch's run would; None without the masking keys (the
+        batch's run then applies the contract, and reports the missing key)."""
+        keys = masking.MaskKeys.from_env(self.environ)
+        try:
+            masking.check_keys(sorted(set(self.pipeline.pii.values())), keys)
+        except ConfigError:
+            return None
+        masking.register_functions(engine.con, keys)
+        pii = PiiMasking(self.pipeline, keys, engine)
+        return flagging_query(contract, pii=self.pipeline.pii, masked_payload=pii.payload_sql)
 
     def _collect(self) -> tuple[list[Fetched], float]:
         """Fetch until the batch is full, its time is up, or the stream is idle; the batch
