@@ -48,8 +48,8 @@ def stream(client: Any) -> Any:
     client.delete(name)
 
 
-def spec(folder: Path, stream: str, *, batch_rows: int = 150) -> Path:
-    data = {
+def spec(folder: Path, stream: str, *, batch_rows: int = 150, steps: list | None = None) -> Path:
+    data: dict[str, Any] = {
         "version": 1,
         "pipeline": "clicks_stream",
         "mode": "stream",
@@ -71,6 +71,8 @@ def spec(folder: Path, stream: str, *, batch_rows: int = 150) -> Path:
         "sinks": [{"type": "delta", "path": "lake/clicks", "mode": "append"}],
         "dead_letter": {"path": "lake/dead_letter"},
     }
+    if steps:
+        data["steps"] = steps
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -180,6 +182,31 @@ def test_sigkill_at_every_point_loses_and_duplicates_nothing(tmp_path, client, s
     assert len(letters) == len(set(letters)), "a message was dead-lettered twice"
     assert set(letters) == producer.poison
     assert summary["status"] == "succeeded"
+
+
+@pytest.mark.integration
+def test_keys_of_a_batch_committed_right_before_a_kill_still_dedup(tmp_path, client, stream):
+    spec(tmp_path, stream, steps=[{"dedup": {"keys": ["event_id"], "window": "1h"}}])
+    events = [json.dumps({"event_id": f"e{i}", "amount": 1.0}) for i in range(150)]
+    pipe = client.pipeline(transaction=False)
+    for payload in events:
+        pipe.xadd(stream, {"data": payload})
+    pipe.execute()
+    # Batch 1 (the 150 events) is committed, then the process dies before anything else.
+    run = sluice_run(tmp_path, "--idle-exit", "1", fault="after_commit:1")
+    run.wait(timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr.read().decode()[-1500:]
+    assert len(landed(tmp_path)) == 150
+
+    pipe = client.pipeline(transaction=False)
+    for payload in [*events[100:], json.dumps({"event_id": "new", "amount": 2.0})]:
+        pipe.xadd(stream, {"data": payload})  # sent again, as a retrying producer would
+    pipe.execute()
+    summary = finish(tmp_path)
+
+    rows = landed(tmp_path)
+    assert len(rows) == 151 and set(rows) == {f"e{i}" for i in range(150)} | {"new"}
+    assert summary["accounting"]["rows_deduplicated"] == 50
 
 
 @pytest.mark.integration
