@@ -227,6 +227,7 @@ class _StreamRunner:
         self.fault = _fault(environ.get(FAULT_ENV))
 
     def run(self) -> StreamResult:
+        window_state.forget_loaded()  # the dedup state loads with this run's committed batch
         interrupted = self.store.mark_interrupted(self.pipeline.pipeline, mode="stream")
         if interrupted:
             self.events.emit("runs_interrupted", runs=interrupted)
@@ -257,7 +258,7 @@ class _StreamRunner:
             self.source.close()
             if self.parse_engine is not None:
                 self.parse_engine.close()
-            window_state.flush()  # the dedup state of the last commit, on disk
+            window_state.forget_loaded()  # the last commit's dedup state on disk, released
             self.result.duration_s = round(time.monotonic() - self.started, 3)
             self._save(self.result.status)
             self.events.emit(

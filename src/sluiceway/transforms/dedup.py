@@ -42,7 +42,8 @@ class DedupStepConfig(StepConfig):
     window: str | None = Field(
         None,
         description="Streams only: a key seen in an earlier committed batch within this long "
-        "('5m', '1h', '1d') is a duplicate too. Batch runs dedup the whole run and ignore it.",
+        "('5m', '1h', '1d') is a duplicate too. Batch runs (and replays) dedup the whole run "
+        "and ignore it.",
     )
     time_column: str | None = Field(
         None,
@@ -80,8 +81,12 @@ class DedupStep:
         engine = ctx.engine
         in_batch = self._dedup_view(engine, table)
         before = engine.count(table) if rows_in is None else rows_in
-        if self.config.window is not None and ctx.pipeline.mode == "stream":
-            return self._apply_windowed(ctx, table, in_batch, before)
+        if (
+            self.config.window is not None
+            and ctx.pipeline.mode == "stream"
+            and ctx.batch_sequence is not None
+        ):
+            return self._apply_windowed(ctx, table, in_batch, before, ctx.batch_sequence)
         kept = int(
             engine.fetch_one(
                 f"SELECT count(*) FROM (SELECT DISTINCT {self.keys_sql} FROM {quote_ident(table)})",
@@ -107,7 +112,7 @@ class DedupStep:
         )
 
     def _apply_windowed(
-        self, ctx: RunContext, table: str, in_batch: str, before: int
+        self, ctx: RunContext, table: str, in_batch: str, before: int, sequence: int
     ) -> StepOutput:
         """Drop the keys seen in earlier committed batches within the window.
 
@@ -119,8 +124,7 @@ class DedupStep:
         """
         engine = ctx.engine
         state = key_state(ctx.state_dir, ctx.pipeline.pipeline, self.config.keys)
-        sequence = ctx.batch_sequence
-        state.load(None if sequence is None else sequence - 1)
+        state.load(sequence - 1)
         row_time, watermark = self._row_time(engine, table, state.table)
         cutoff = _timestamp(watermark - parse_window(self.config.window or ""))
         first_seen = (
@@ -164,7 +168,7 @@ class DedupStep:
         )
         next_state = self._next_state(engine, seen, fresh, cutoff)
         engine.drop(fresh)
-        ctx.after_commit.append(lambda: _save(ctx, state, next_state))
+        ctx.after_commit.append(lambda: _save(ctx, state, sequence, next_state))
         return StepOutput(in_batch, deduplicated=before - kept, rows=kept)
 
     def _row_time(
@@ -209,14 +213,14 @@ class DedupStep:
         return table.take(newest_first[: self.config.max_keys])
 
 
-def _save(ctx: RunContext, state: KeyState, table: pa.Table) -> None:
+def _save(ctx: RunContext, state: KeyState, sequence: int, table: pa.Table) -> None:
     """Commit the next state; a base file that cannot be written is reported, not raised
     (the batch is committed and its keys are on disk as a segment already)."""
 
     def unsaved(exc: OSError) -> None:
         ctx.events.emit(_STATE_UNSAVED, path=str(state.folder), error=str(exc), keys=table.num_rows)
 
-    state.commit(ctx.batch_sequence, table, on_error=unsaved)
+    state.commit(sequence, table, on_error=unsaved)
 
 
 def _newest(seen: pa.Table | None) -> datetime | None:

@@ -10,10 +10,11 @@ One `KeyState` per (state folder, pipeline, dedup keys), kept in the folder
   `COMPACT_EVERY` batches on a writer thread once that batch is committed; it then replaces
   the older base and segments.
 
-The Delta commit decides which files count. A process loads the state at its first batch,
-knowing the last committed sequence: files of later sequences belong to batches that never
-committed and are deleted (their batch is redone under the same sequence), so the state holds
-exactly the keys of the committed batches, whatever point a crash hit. A table that was reset
+The Delta commit decides which files count. A stream run loads the state at its first
+batch (and holds the folder's lock until it ends), knowing the last committed sequence:
+files of later sequences belong to batches that never committed and are deleted (their
+batch is redone under the same sequence), so the state holds exactly the keys of the
+committed batches, whatever point a crash hit. A table that was reset
 (its sequences start again at 1) takes its state with it.
 
 The table in memory has the key columns and `__sw_seen_at` (naive UTC timestamp of the key's
@@ -23,6 +24,7 @@ first sighting); it only changes through `commit`, called after the batch commit
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from pathlib import Path
+from typing import TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,21 +77,23 @@ class KeyState:
         self.table: pa.Table | None = None
         self.loaded = False
         self._base: int | None = None  # the sequence of the newest base written or read
+        self._lock: TextIO | None = None
 
-    def load(self, committed: int | None) -> None:
-        """Read the state from its files, once per process.
+    def load(self, committed: int) -> None:
+        """Read the state from its files, once per stream run, and hold its folder's lock
+        until `release` (a second process would delete this one's segment in flight).
 
         Args:
             committed: the last committed batch sequence; files of later ones are deleted.
-                None (no sequence known): every file counts.
 
         Raises:
-            StepError: a state file cannot be read or deleted.
+            StepError: another process holds the state, or a file cannot be read or deleted.
         """
         if self.loaded:
             return
+        self._take_lock()
         files = self._files()
-        stale = [path for _, seq, path in files if committed is not None and seq > committed]
+        stale = [path for _, seq, path in files if seq > committed]
         files = [f for f in files if f[2] not in stale]
         bases = [seq for kind, seq, _ in files if kind == "base"]
         self._base = max(bases) if bases else None
@@ -114,14 +119,33 @@ class KeyState:
         self.table = pa.concat_tables(parts, promote_options="permissive") if parts else None
         self.loaded = True
 
-    def record(self, sequence: int | None, keys: pa.Table) -> None:
-        """Write the new keys of batch `sequence` before it commits (nothing without one).
+    def _take_lock(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / ".lock", "a")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            raise StepError(
+                f"another process holds the dedup state in {self.folder}: one stream process "
+                "per pipeline (stop the other one, or give this one its own SLUICE_HOME and "
+                "sink)"
+            ) from exc
+        self._lock = handle
+
+    def release(self) -> None:
+        """Let another process take the state (the end of a stream run)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self.loaded = False
+
+    def record(self, sequence: int, keys: pa.Table) -> None:
+        """Write the new keys of batch `sequence` before it commits.
 
         Raises:
             StepError: the file cannot be written: the batch must not commit without it.
         """
-        if sequence is None:
-            return
         try:
             _write_atomically(keys, self.folder / f"seg-{sequence}.parquet")
         except OSError as exc:
@@ -133,22 +157,20 @@ class KeyState:
 
     def commit(
         self,
-        sequence: int | None,
+        sequence: int,
         table: pa.Table,
         on_error: Callable[[OSError], None] | None = None,
     ) -> None:
         """Make `table` the state after batch `sequence` committed: in memory now; every
-        `COMPACT_EVERY` batches (every batch without a sequence) also as a base file, on the
-        writer thread. `flush` waits for it.
+        `COMPACT_EVERY` batches also as a base file, on the writer thread. `flush` waits
+        for it.
 
         `on_error` gets the OSError of a base that could not be written: nothing is lost
         (the segments stay until a base is written).
         """
         self.table = table
-        if sequence is not None and self._base is not None and sequence < self._base:
-            self._base = None  # the sequences started again (a new table)
-        if sequence is None or sequence - (self._base or 0) >= COMPACT_EVERY:
-            self._base = sequence or 0
+        if sequence - (self._base or 0) >= COMPACT_EVERY:
+            self._base = sequence
             with _LOCK:
                 _PENDING.append(_writer().submit(self._write_base, self._base, table, on_error))
 
@@ -224,7 +246,11 @@ def key_state(state_dir: Path, pipeline: str, keys: list[str]) -> KeyState:
 
 
 def forget_loaded() -> None:
-    """Drop every state held in memory, as a new process would start (tests use it)."""
+    """Write what is pending, release every state and drop it from memory: the next batch
+    reloads from the files, as a new process would (the stream runner calls it at the start
+    and the end of a run, so each run loads with its own committed sequence)."""
     flush()
     with _LOCK:
+        for state in _LOADED.values():
+            state.release()
         _LOADED.clear()

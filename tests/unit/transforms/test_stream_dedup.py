@@ -50,7 +50,7 @@ def state_files(ctx: RunContext) -> list[str]:
     folder = (
         ctx.state_dir / "stream_state" / "clicks" / f"dedup-{window_state.keys_hash(['event_id'])}"
     )
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return sorted(p.name for p in folder.glob("*.parquet"))
 
 
 def run_batch(ctx: RunContext, step: DedupStep, rows: list[dict[str, Any]]) -> list[dict]:
@@ -352,3 +352,28 @@ def test_state_writes_land_in_commit_order_and_flush_waits_for_them(
     restarted = stream_ctx()
     kept = run_batch(restarted, step, [{"event_id": i} for i in range(45, 55)])
     assert ids(kept) == list(range(50, 55)), "the file does not hold the last state"
+
+
+def test_a_second_holder_of_the_state_is_refused(stream_ctx: StreamContext):
+    step = windowed(window="1h")
+    first = stream_ctx()
+    run_batch(first, step, [{"event_id": 1}])
+    folder = first.state_dir / "stream_state" / "clicks"
+    other = window_state.KeyState(folder / f"dedup-{window_state.keys_hash(['event_id'])}")
+    with pytest.raises(StepError, match="another process holds the dedup state"):
+        other.load(0)
+    window_state.forget_loaded()  # the end of the stream run releases it
+    other.load(0)
+    other.release()
+
+
+def test_a_run_without_a_batch_sequence_leaves_the_window_alone(stream_ctx: StreamContext):
+    # A replay of a stream pipeline runs outside the stream: no sequence, no window.
+    step = windowed(window="1h")
+    first = stream_ctx()
+    run_batch(first, step, [{"event_id": 1}])
+    commit(first)
+    replay = dataclasses.replace(stream_ctx(), batch_sequence=None)
+    assert ids(run_batch(replay, step, [{"event_id": i} for i in (1, 1, 2)])) == [1, 2]
+    assert replay.after_commit == []
+    assert state_files(replay) == ["seg-1.parquet"]
