@@ -51,14 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sluice-bench/stream_ab"))
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variants]
-    client = redis.Redis.from_url(args.url)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        raise SystemExit(
-            f"Redis not reachable at {args.url} ({exc}): start it with "
-            "`bash scripts/services/redis.sh`"
-        ) from exc
+    client = bench.connect(args.url)
     bench.produce.load_hashes(client, users=10_000, products=2_000)
     payloads, kinds = bench.generate(args.events, defects=0.05, seed=7)
     stream = f"sluice-ab-{uuid.uuid4().hex[:8]}"
@@ -103,6 +96,11 @@ def run_once(
     written = run.summary["accounting"]["rows_written"]
     if written != valid:
         raise SystemExit(f"variant {variant}: wrote {written:,} rows, the producer sent {valid:,}")
+    if len(run.batches) < 2:
+        raise SystemExit(
+            f"the stream fit in {len(run.batches)} batch(es): the rate is counted from the "
+            "first commit to the last, so use more --events (1M by default)"
+        )
     return bench.sustained_rate(run.batches)
 
 

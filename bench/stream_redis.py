@@ -377,16 +377,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    client = redis.Redis.from_url(args.url)
+def connect(url: str) -> redis.Redis:
+    """A client of the Redis at `url`; exits naming the start script when it is not up."""
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.ConnectionError as exc:
         raise SystemExit(
-            f"Redis not reachable at {args.url} ({exc}): start it with "
-            "`bash scripts/services/redis.sh`"
+            f"Redis not reachable at {url} ({exc}): start it with `bash scripts/services/redis.sh`"
         ) from exc
+    return client
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    client = connect(args.url)
     stream = f"sluice-bench-{uuid.uuid4().hex[:8]}"
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
