@@ -158,16 +158,14 @@ class DedupStep:
             purpose="keep the first row of each new key",
         )
         kept = engine.count(fresh)
-        # On disk before the batch commits: a committed batch always has its keys saved.
-        state.record(
-            sequence,
-            engine.fetch_arrow(
-                f"SELECT * FROM {quote_ident(fresh)} WHERE {SEEN_AT} >= {cutoff}",
-                purpose="new keys within the window",
-            ),
+        new_keys = engine.fetch_arrow(
+            f"SELECT * FROM {quote_ident(fresh)} WHERE {SEEN_AT} >= {cutoff}",
+            purpose="new keys within the window",
         )
-        next_state = self._next_state(engine, seen, fresh, cutoff)
         engine.drop(fresh)
+        # On disk before the batch commits: a committed batch always has its keys saved.
+        state.record(sequence, new_keys)
+        next_state = self._next_state(engine, seen, new_keys)
         ctx.after_commit.append(lambda: _save(ctx, state, sequence, next_state))
         return StepOutput(in_batch, deduplicated=before - kept, rows=kept)
 
@@ -198,15 +196,18 @@ class DedupStep:
         )
         return f"SELECT b.* FROM ({select}) b ANTI JOIN {quote_ident(seen)} s ON {on}"
 
-    def _next_state(
-        self, engine: DuckDBEngine, seen: str | None, fresh: str, cutoff: str
-    ) -> pa.Table:
-        """Keys seen within the window plus the new ones, the newest `max_keys` of them."""
-        parts = [f"SELECT * FROM {quote_ident(fresh)} WHERE {SEEN_AT} >= {cutoff}"]
+    def _next_state(self, engine: DuckDBEngine, seen: str | None, new_keys: pa.Table) -> pa.Table:
+        """Keys seen within the window plus the batch's new ones within it, the newest
+        `max_keys` of them."""
+        table = new_keys
         if seen is not None:
-            parts.insert(0, f"SELECT * FROM {quote_ident(seen)}")
-        union = " UNION ALL BY NAME ".join(parts)
-        table = engine.fetch_arrow(union, purpose="next dedup state")
+            added = engine.register_view(engine.new_name("dedup_new"), new_keys)
+            table = engine.fetch_arrow(
+                f"SELECT * FROM {quote_ident(seen)} UNION ALL BY NAME "
+                f"SELECT * FROM {quote_ident(added)}",
+                purpose="next dedup state",
+            )
+            engine.unregister(added)
         if table.num_rows <= self.config.max_keys:
             return table
         newest_first = pc.sort_indices(table, sort_keys=[(SEEN_AT, "descending")])

@@ -94,7 +94,7 @@ class KeyState:
         self._take_lock()
         files = self._files()
         stale = [path for _, seq, path in files if seq > committed]
-        files = [f for f in files if f[2] not in stale]
+        files = [f for f in files if f[1] <= committed]
         bases = [seq for kind, seq, _ in files if kind == "base"]
         self._base = max(bases) if bases else None
         paths = [
