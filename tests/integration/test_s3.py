@@ -73,7 +73,8 @@ def test_delta_append_is_idempotent_on_s3(ctx: RunContext, prefix: str) -> None:
 
     first = delta.write(ctx, request(orders([1, 2]), "k1", {"orders": {"files": ["a.csv"]}}))
     again = delta.write(ctx, request(orders([1, 2]), "k1", {"orders": {"files": ["a.csv"]}}))
-    other = delta.write(ctx, request(orders([3]), "k2", {"orders": {"files": ["b.csv"]}}))
+    both = {"orders": {"files": ["a.csv", "b.csv"]}}  # a request holds the whole positions
+    other = delta.write(ctx, request(orders([3]), "k2", both))
 
     assert (first.skipped, again.skipped, other.skipped) == (False, True, False)
     assert (first.version, again.version, other.version) == (0, 0, 1)

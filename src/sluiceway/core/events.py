@@ -32,6 +32,7 @@ EventName = Literal[
     "stream_status",
     "retrying",
     "runs_interrupted",
+    "positions_not_found",
     "run_finished",
 ]
 

@@ -54,6 +54,7 @@ from sluiceway.core.routing import (
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.core.step_retry import apply_step
+from sluiceway.core.storage import merge_positions
 from sluiceway.core.store_db import StoreLocation, resolve_location
 from sluiceway.core.watchdog import Watchdog
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
@@ -361,7 +362,12 @@ class _Runner:
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
         self._audit(staged)
-        committed = batch.positions if batch else {n: r.position for n, r in reads.items()}
+        # Every commit holds the pipeline's whole positions: the sink reads only the newest.
+        committed = (
+            batch.positions
+            if batch
+            else merge_positions(positions, {n: r.position for n, r in reads.items()})
+        )
         self._check_deadline()
         self.has_published = True
         self._publish(sinks, staged, run_key, committed)

@@ -12,7 +12,12 @@ from typing import TextIO
 
 from sluiceway.core.events import Event, Subscriber
 
-_LEVELS = {"run_failed": "error", "gate_failed": "error", "rows_rejected": "warning"}
+_LEVELS = {
+    "run_failed": "error",
+    "gate_failed": "error",
+    "rows_rejected": "warning",
+    "positions_not_found": "warning",
+}
 _NOT_LOGGED = frozenset({"run_finished"})  # the run's summary, printed on its own
 
 

@@ -48,6 +48,13 @@ class ConsoleProgress:
             )
         elif event.name == "retrying":
             self.console.print(retrying_message(event), soft_wrap=True)
+        elif event.name == "positions_not_found":
+            fields = event.fields
+            self.console.print(
+                f"[yellow]{event.pipeline}: {escape(str(fields['sink']))}: "
+                f"{escape(str(fields['hint']))}[/]",
+                soft_wrap=True,
+            )
 
     def _start(self, pipeline: str) -> None:
         self.progress = Progress(

@@ -2,7 +2,11 @@
 
 Every commit carries the run's metadata, the source positions (``sluice.positions``) and the
 idempotency key, plus a Delta app transaction ``(sluice:<pipeline>:<key>, 1)``. The table is
-the ledger: `committed_positions` rebuilds where each source stopped from the table history.
+the ledger: `committed_positions` reads where each source stopped from the table history.
+The positions of a commit are the pipeline's whole positions after it (marked
+``sluice.positions_complete``), so only the newest commits are read: a restart costs the
+same after a million commits as after ten, and commits that the log's cleanup removed take
+nothing with them. Commits written before the mark are merged, oldest first.
 
 How each mode stays idempotent:
 
@@ -48,6 +52,7 @@ DeltaMode = Literal["append", "overwrite_partition", "merge"]
 
 PIPELINE_KEY = "sluice.pipeline"
 POSITIONS_KEY = "sluice.positions"
+COMPLETE_KEY = "sluice.positions_complete"
 IDEMPOTENCY_KEY = "sluice.idempotency_key"
 LOGICAL_DATE_PLACEHOLDER = "{logical_date}"
 
@@ -272,13 +277,26 @@ class DeltaSink:
             )
 
     def committed_positions(self, ctx: RunContext) -> dict[str, Any]:
-        """Positions of this pipeline's commits, merged oldest to newest ({} without a table)."""
+        """Positions of this pipeline's newest complete commit, with those of any older
+        commit written before commits were complete merged in ({} without a table)."""
         uri = ctx.resolve(self.config.path)
         with self._errors("read the history of", uri):
             table = _open_table(uri, delta_storage_options(uri, self.config.storage_options))
             if table is None:
                 return {}
-            return positions_from_history(table.history(), ctx.pipeline.pipeline)
+            return read_positions(
+                table,
+                ctx.pipeline.pipeline,
+                cleaned=lambda oldest: ctx.events.emit(
+                    "positions_not_found",
+                    sink=uri,
+                    log_starts_at=oldest,
+                    hint="the table's log no longer holds a commit of this pipeline (older "
+                    "commits were cleaned up): if it wrote this table before, its inputs are "
+                    "read again; keep delta.logRetentionDuration longer than its longest "
+                    "pause (docs/storage.md)",
+                ),
+            )
 
     def _errors(self, action: str, uri: str) -> AbstractContextManager[None]:
         return storage_errors(
@@ -301,24 +319,70 @@ def app_id(pipeline: str, idempotency_key: str) -> str:
     return f"sluice:{pipeline}:{idempotency_key}"
 
 
-def positions_from_history(history: list[dict[str, Any]], pipeline: str) -> dict[str, Any]:
-    """Merge the positions of `pipeline`'s commits, oldest first; other pipelines are ignored.
+def read_positions(
+    table: DeltaTable, pipeline: str, *, cleaned: Callable[[int], object] | None = None
+) -> dict[str, Any]:
+    """`positions_from_history` over the newest commits only: 32, then 1,024, then all of
+    them, until a complete commit of `pipeline` is among those read.
 
-    A RESTORE to version V undoes the positions of the commits after V (their data is gone,
-    so what they had read must be read again).
+    `cleaned(oldest)` is called when no complete commit of `pipeline` is left and the log
+    starts after version 0: its cleanup may have taken the pipeline's positions with it.
     """
-    positions: dict[str, Any] = {}
-    after: dict[int, dict[str, Any]] = {}
-    for commit in sorted(history, key=lambda c: int(c.get("version", 0))):
+    for limit in (*HISTORY_PAGES, None):
+        history = table.history(limit)
+        chain, complete = _positions_chain(history, pipeline)
+        if complete or limit is None or len(history) < limit:
+            oldest = min((int(c.get("version", 0)) for c in history), default=0)
+            if not complete and oldest > 0 and cleaned is not None:
+                cleaned(oldest)
+            return _merged(chain)
+    raise AssertionError("the last page is the whole history")
+
+
+HISTORY_PAGES = (32, 1024)
+
+
+def positions_from_history(history: list[dict[str, Any]], pipeline: str) -> dict[str, Any]:
+    """Where each source of `pipeline` stopped, from the commits in `history`.
+
+    The newest complete commit of `pipeline` holds them all; commits without the mark
+    (written before it existed) are merged, oldest first. Commits of other pipelines are
+    ignored. A RESTORE to version V undoes the commits after V (their data is gone, so what
+    they had read must be read again).
+    """
+    return _merged(_positions_chain(history, pipeline)[0])
+
+
+def _positions_chain(
+    history: list[dict[str, Any]], pipeline: str
+) -> tuple[list[dict[str, Any]], bool]:
+    """The positions to merge, newest first, and whether the oldest of them is complete.
+
+    Walks from the newest commit down: a RESTORE to V skips every older commit after V.
+    """
+    chain: list[dict[str, Any]] = []
+    undone_above: int | None = None
+    for commit in sorted(history, key=lambda c: int(c.get("version", 0)), reverse=True):
         version = int(commit.get("version", 0))
+        if undone_above is not None and version > undone_above:
+            continue
         restored = (commit.get("operationParameters") or {}).get("version")
         if commit.get("operation") == "RESTORE" and restored is not None:
-            earlier = [v for v in after if v <= int(restored)]
-            positions = after[max(earlier)] if earlier else {}
+            undone_above = int(restored)
+            continue
         raw = commit.get(POSITIONS_KEY)
-        if commit.get(PIPELINE_KEY) == pipeline and raw:
-            positions = merge_positions(positions, json.loads(raw))
-        after[version] = positions
+        if commit.get(PIPELINE_KEY) != pipeline or not raw:
+            continue
+        chain.append(json.loads(raw))
+        if commit.get(COMPLETE_KEY) == "true":
+            return chain, True
+    return chain, False
+
+
+def _merged(chain: list[dict[str, Any]]) -> dict[str, Any]:
+    positions: dict[str, Any] = {}
+    for newer in reversed(chain):
+        positions = merge_positions(positions, newer)
     return positions
 
 
@@ -657,6 +721,7 @@ def _commit_properties(ctx: RunContext, request: WriteRequest) -> CommitProperti
         **request.metadata,
         PIPELINE_KEY: ctx.pipeline.pipeline,
         POSITIONS_KEY: positions,
+        COMPLETE_KEY: "true",
         IDEMPOTENCY_KEY: request.idempotency_key,
     }
     pipeline = ctx.pipeline.pipeline

@@ -221,6 +221,7 @@ class _StreamRunner:
         self.parse_shape: Shape | None = None  # the contract, applied ahead on that engine
         self.wake = threading.Event()
         self.committed: dict[str, str] = {}
+        self.other_positions: dict[str, Any] = {}
         self.sequence = 0
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -278,6 +279,8 @@ class _StreamRunner:
             "read the committed positions", lambda: self.sink.committed_positions(ctx)
         )
         self.committed = dict(positions.get(self.name, {}))
+        # Kept in every commit: a commit holds all the pipeline's positions (see sinks.delta).
+        self.other_positions = {k: v for k, v in positions.items() if k != self.name}
         versions = [
             self.sink.transaction_version(ctx, _app_key(self.name, partition)) or 0
             for partition in self.committed
@@ -438,7 +441,10 @@ class _StreamRunner:
         self.sequence += 1
         sequence = self.sequence
         partitions = sorted(set(messages.column("partition").to_pylist()))
-        positions = {self.name: {**self.committed, **self._newest_positions(messages)}}
+        positions = {
+            **self.other_positions,
+            self.name: {**self.committed, **self._newest_positions(messages)},
+        }
         [config] = self.pipeline.sinks
         sink = registry.lookup("sink", config.type).impl(config)  # type: ignore[union-attr]
         request = WriteRequest(
@@ -528,7 +534,7 @@ class _StreamRunner:
         sequence = self.sequence
         partitions = sorted(set(messages.column("partition").to_pylist()))
         last = self._newest_positions(messages, keys)
-        positions = {self.name: {**self.committed, **last}}
+        positions = {**self.other_positions, self.name: {**self.committed, **last}}
         batch = StreamBatch(
             run_key=f"stream:{self.name}:{sequence}",
             positions=positions,

@@ -121,7 +121,7 @@ def test_an_empty_append_still_commits_the_positions(ctx: RunContext) -> None:
     delta = sink()
     delta.write(ctx, request(orders([1]), key="k1", positions={"orders": {"files": ["a.csv"]}}))
     result = delta.write(
-        ctx, request(orders([]), key="k2", positions={"orders": {"files": ["b.csv"]}})
+        ctx, request(orders([]), key="k2", positions={"orders": {"files": ["a.csv", "b.csv"]}})
     )
 
     assert (result.rows_written, result.version) == (0, 1)
@@ -142,36 +142,80 @@ def test_every_commit_carries_metadata_positions_and_key(ctx: RunContext, tmp_pa
     assert commit["sluice.pipeline"] == "orders"
     assert commit["sluice.idempotency_key"] == "key-9"
     assert json.loads(commit["sluice.positions"]) == positions
+    assert commit["sluice.positions_complete"] == "true"
 
 
-def test_committed_positions_union_files_and_keep_the_latest_cursor(
+def test_committed_positions_are_the_newest_commit_of_the_pipeline(
     ctx: RunContext, make_ctx: Callable[..., RunContext]
 ) -> None:
+    # A request's positions are the pipeline's whole positions: the newest commit wins.
     delta = sink()
-    delta.write(
-        ctx,
-        request(
-            orders([1]),
-            key="k1",
-            positions={"orders": {"files": ["b.csv", "a.csv"]}, "api": {"cursor": "2024-01-01"}},
-        ),
-    )
-    delta.write(
-        ctx,
-        request(
-            orders([2]),
-            key="k2",
-            positions={"orders": {"files": ["c.csv", "a.csv"]}, "api": {"cursor": "2024-01-02"}},
-        ),
-    )
+    first = {"orders": {"files": ["a.csv", "b.csv"]}, "api": {"cursor": "2024-01-01"}}
+    newest = {"orders": {"files": ["a.csv", "c.csv"]}, "api": {"cursor": "2024-01-02"}}
+    delta.write(ctx, request(orders([1]), key="k1", positions=first))
+    delta.write(ctx, request(orders([2]), key="k2", positions=newest))
     other = make_ctx(pipeline="returns")
     delta.write(other, request(orders([3]), key="k3", positions={"orders": {"files": ["z.csv"]}}))
 
-    assert delta.committed_positions(ctx) == {
-        "orders": {"files": ["a.csv", "b.csv", "c.csv"]},
-        "api": {"cursor": "2024-01-02"},
-    }
+    assert delta.committed_positions(ctx) == newest
     assert delta.committed_positions(other) == {"orders": {"files": ["z.csv"]}}
+
+
+def _watched(make_ctx: Callable[..., RunContext]) -> tuple[RunContext, list[Any]]:
+    """A context and the events it emits."""
+    ctx, events = make_ctx(), []
+    ctx.events.subscribe(events.append)
+    return ctx, events
+
+
+def _clean_log(path: Path, *, after: Callable[[], Any] | None = None) -> list[int]:
+    """Cut the table's log at a fresh checkpoint, as Delta's cleanup does once commits are
+    older than `delta.logRetentionDuration`; the versions left in its history."""
+    table = DeltaTable(str(path))
+    table.alter.set_table_properties({"delta.logRetentionDuration": "interval 0 seconds"})
+    if after is not None:
+        after()
+    table = DeltaTable(str(path))
+    table.create_checkpoint()
+    table.cleanup_metadata()
+    return [int(c["version"]) for c in DeltaTable(str(path)).history()]
+
+
+def test_committed_positions_survive_the_log_cleanup_of_older_commits(
+    make_ctx: Callable[..., RunContext], tmp_path: Path
+) -> None:
+    ctx, events = _watched(make_ctx)
+    delta = sink()
+    for index in range(1, 4):
+        positions = {"orders": {"files": [f"{n}.csv" for n in range(index)]}}
+        delta.write(ctx, request(orders([index]), key=f"k{index}", positions=positions))
+    last = {"orders": {"files": ["0.csv", "1.csv", "2.csv", "3.csv"]}}
+
+    left = _clean_log(
+        tmp_path / "lake/orders",
+        after=lambda: delta.write(ctx, request(orders([4]), key="k4", positions=last)),
+    )
+
+    assert left == [4]  # the commits of the earlier positions are gone
+    assert delta.committed_positions(ctx) == last
+    assert not [e for e in events if e.name == "positions_not_found"]
+
+
+def test_a_log_cleaned_of_every_commit_of_the_pipeline_is_reported(
+    make_ctx: Callable[..., RunContext], tmp_path: Path
+) -> None:
+    ctx, events = _watched(make_ctx)
+    delta = sink()
+    delta.write(ctx, request(orders([1]), key="k1", positions={"orders": {"files": ["a.csv"]}}))
+    delta.write(ctx, request(orders([2]), key="k2", positions={"orders": {"files": ["b.csv"]}}))
+
+    left = _clean_log(tmp_path / "lake/orders")  # its newest commit is the property change
+
+    assert left == [2]
+    assert delta.committed_positions(ctx) == {}
+    [warning] = [e for e in events if e.name == "positions_not_found"]
+    assert warning.fields["log_starts_at"] == 2
+    assert "delta.logRetentionDuration" in warning.fields["hint"]
 
 
 def test_committed_positions_of_a_missing_table_are_empty(ctx: RunContext) -> None:
