@@ -423,7 +423,7 @@ def _cross_check(pipeline: Pipeline, located: _Located) -> None:
                 "partition; use mode: append or merge",
             )
     from sluiceway.core.routing import routing_problems
-    from sluiceway.streaming.runner import stream_problems
+    from sluiceway.streaming.spec_rules import stream_problems
 
     if pipeline.mode == "stream":
         for problem in stream_problems(pipeline):

@@ -47,18 +47,19 @@ from sluiceway.core.events import EventBus
 from sluiceway.core.pii import PiiMasking
 from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
-from sluiceway.core.spec import ColumnContract, Contract, Pipeline
+from sluiceway.core.spec import Contract, Pipeline
 from sluiceway.core.store_db import resolve_location
 from sluiceway.engines.duckdb import DuckDBEngine
-from sluiceway.errors import ConfigError, SluicewayError, SpecError, SpecProblem, TransientError
-from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSource
+from sluiceway.errors import ConfigError, SluicewayError, SpecError, TransientError
+from sluiceway.streaming.base import Fetched, StreamSource
 from sluiceway.streaming.parse import (
-    CHANGE_FIELDS,
     TRUNCATE_PAYLOAD,
     Parsed,
     parse_ahead,
     parse_messages,
 )
+from sluiceway.streaming.positions import PartitionPositions, first_of_each
+from sluiceway.streaming.spec_rules import stream_problems, with_change_columns
 from sluiceway.transforms import window_state
 
 FAULT_ENV = "SLUICE_STREAM_FAULT"
@@ -130,49 +131,6 @@ def run_stream(
     return _StreamRunner(pipeline, options or RunOptions(), stream or StreamOptions()).run()
 
 
-def stream_problems(pipeline: Pipeline) -> list[SpecProblem]:
-    """What keeps a pipeline from running as a stream (empty when it can)."""
-    problems = []
-    name = pipeline.primary_source
-    config = pipeline.sources[name]
-    if not getattr(config, "streaming", False):
-        problems.append(
-            SpecProblem(
-                f"sources.{name}.type",
-                f"mode: stream needs a streaming primary source (redis_streams, nats, kafka, postgres_cdc, mysql_cdc); "
-                f"'{config.type}' is a batch source",
-            )
-        )
-    elif config.contract is None:
-        problems.append(
-            SpecProblem(
-                f"sources.{name}.contract",
-                "a streaming source needs a contract: its columns name the JSON fields to read",
-            )
-        )
-    if len(pipeline.sinks) != 1:
-        problems.append(
-            SpecProblem(
-                "sinks",
-                f"mode: stream writes one Delta sink (found {len(pipeline.sinks)}): the batch "
-                "positions live in its commits, so a second sink could miss a batch after a "
-                "crash; run a second pipeline that reads the table for other destinations",
-            )
-        )
-    sink = pipeline.sinks[0]
-    mode = "merge" if getattr(config, "change_capture", False) else "append"
-    if sink.type != "delta" or getattr(sink, "mode", "append") != mode:
-        problems.append(
-            SpecProblem(
-                "sinks[0]",
-                f"mode: stream commits each batch to a Delta sink with mode: {mode}"
-                + (" (merge_keys: the table's primary key)" if mode == "merge" else "")
-                + f" (found type {sink.type}, mode {getattr(sink, 'mode', '-')})",
-            )
-        )
-    return problems
-
-
 class _Stop(Exception):
     """Raised inside the loop to end the run with a reason."""
 
@@ -192,7 +150,7 @@ class _StreamRunner:
         self.config = pipeline.sources[self.name]
         self.change_capture = bool(getattr(self.config, "change_capture", False))
         if self.change_capture:
-            self.pipeline = _with_change_columns(pipeline, self.name)
+            self.pipeline = with_change_columns(pipeline, self.name)
             self.config = self.pipeline.sources[self.name]
         environ = os.environ if options.environ is None else options.environ
         self.environ = environ
@@ -220,7 +178,7 @@ class _StreamRunner:
         self.parse_engine: DuckDBEngine | None = None  # the fetch thread's, for parse_ahead
         self.parse_shape: Shape | None = None  # the contract, applied ahead on that engine
         self.wake = threading.Event()
-        self.committed: dict[str, str] = {}
+        self.positions = PartitionPositions(self.source)
         self.other_positions: dict[str, Any] = {}
         self.sequence = 0
         self.started = time.monotonic()
@@ -239,7 +197,7 @@ class _StreamRunner:
                 self._load_committed()
                 resuming = getattr(self.source, "resuming", None)
                 if resuming is not None:  # a lost slot or a recreated topic must not go unseen
-                    resuming(dict(self.committed))
+                    resuming(dict(self.positions.committed))
                 self._retrying("connect to the broker", self.source.open)
                 self._loop()
             self.result.status = "succeeded"
@@ -278,15 +236,17 @@ class _StreamRunner:
         positions = self._retrying(
             "read the committed positions", lambda: self.sink.committed_positions(ctx)
         )
-        self.committed = dict(positions.get(self.name, {}))
+        self.positions.committed = dict(positions.get(self.name, {}))
         # Kept in every commit: a commit holds all the pipeline's positions (see sinks.delta).
         self.other_positions = {k: v for k, v in positions.items() if k != self.name}
         versions = [
             self.sink.transaction_version(ctx, _app_key(self.name, partition)) or 0
-            for partition in self.committed
+            for partition in self.positions.committed
         ]
         self.sequence = max(versions, default=0)
-        self.events.emit("stream_resumed", positions=len(self.committed), batch=self.sequence)
+        self.events.emit(
+            "stream_resumed", positions=len(self.positions.committed), batch=self.sequence
+        )
 
     def _loop(self) -> None:
         last_message = time.monotonic()
@@ -327,8 +287,8 @@ class _StreamRunner:
         batch, started = self._collect()
         if not batch:
             return _Prepared(batch, started)
-        messages = _first_of_each(pa.concat_tables([f.messages for f in batch]))
-        keys = self._order_keys(messages.column("msg_id"))
+        messages = first_of_each(pa.concat_tables([f.messages for f in batch]))
+        keys = self.positions.order_keys(messages.column("msg_id"))
         parsed = None
         if ahead and not self.change_capture:
             contract = self.config.contract
@@ -392,7 +352,7 @@ class _StreamRunner:
         anything but `fetch` and `lag`."""
         batch, started, messages = prepared.batch, prepared.started, prepared.messages
         assert messages is not None, "a batch with messages is prepared with them"
-        fresh, keys = self._fresh(messages, prepared.keys)
+        fresh, keys = self.positions.fresh(messages, prepared.keys)
         stale = messages.num_rows - fresh.num_rows
         parts = self._split_at_truncates(fresh)
         # The rows parsed ahead are those of the whole batch: usable when nothing was
@@ -443,7 +403,7 @@ class _StreamRunner:
         partitions = sorted(set(messages.column("partition").to_pylist()))
         positions = {
             **self.other_positions,
-            self.name: {**self.committed, **self._newest_positions(messages)},
+            self.name: {**self.positions.committed, **self.positions.newest(messages)},
         }
         [config] = self.pipeline.sinks
         sink = registry.lookup("sink", config.type).impl(config)  # type: ignore[union-attr]
@@ -459,7 +419,7 @@ class _StreamRunner:
         written = self._retrying(
             "empty the table (TRUNCATE)", lambda: sink.write(self._ctx(), request)
         )
-        self.committed = positions[self.name]
+        self.positions.committed = positions[self.name]
         self.result.batches += 1
         self.result.last_version = written.version
         self.events.emit(
@@ -472,57 +432,6 @@ class _StreamRunner:
         )
         return RowAccounting()
 
-    def _not_committed(self, messages: pa.Table) -> pa.Table:
-        """The messages after the committed position of their partition."""
-        return self._fresh(messages, None)[0]
-
-    def _fresh(
-        self, messages: pa.Table, keys: list[pa.Array] | None
-    ) -> tuple[pa.Table, list[pa.Array] | None]:
-        """The messages after the committed position of their partition, with their order
-        keys (`keys`: those of `messages`, computed here when None and the source has them).
-
-        Delivery counts are no shortcut: a broker that lost its consumer state (a group or
-        durable consumer recreated) hands out committed messages again as first deliveries.
-        """
-        if keys is None:
-            keys = self._order_keys(messages.column("msg_id"))
-        if not self.committed or not messages.num_rows:
-            return messages, keys
-        if keys is None:
-            partitions = messages.column("partition").to_pylist()
-            ids = messages.column("msg_id").to_pylist()
-            keep = [
-                p not in self.committed or self.source.position_after(i, self.committed[p])
-                for p, i in zip(partitions, ids, strict=True)
-            ]
-            return messages.filter(pa.array(keep, pa.bool_())), None
-        column = messages.column("partition")
-        partitions = pc.unique(column).to_pylist()
-        mask: Any = None
-        for partition in partitions:
-            committed = self.committed.get(partition)
-            after = (
-                True if committed is None else _after(keys, self._order_keys(pa.array([committed])))
-            )
-            if len(partitions) > 1:
-                after = pc.and_(pc.equal(column, partition), after)
-            mask = after if mask is None else pc.or_(mask, after)
-        if mask is True or pc.all(mask).as_py():
-            return messages, keys
-        mask = mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
-        return messages.filter(mask), [k.filter(mask) for k in keys]
-
-    def _order_keys(self, ids: pa.ChunkedArray | pa.Array) -> list[pa.Array] | None:
-        """The source's integer columns ordering `ids`, or None if it has none."""
-        order_keys = getattr(self.source, "order_keys", None)
-        if order_keys is None:
-            return None
-        if isinstance(ids, pa.ChunkedArray):
-            ids = ids.combine_chunks()
-        keys: list[pa.Array] = order_keys(ids)
-        return keys
-
     def _commit(
         self,
         messages: pa.Table,
@@ -533,8 +442,8 @@ class _StreamRunner:
         self.sequence += 1
         sequence = self.sequence
         partitions = sorted(set(messages.column("partition").to_pylist()))
-        last = self._newest_positions(messages, keys)
-        positions = {**self.other_positions, self.name: {**self.committed, **last}}
+        last = self.positions.newest(messages, keys)
+        positions = {**self.other_positions, self.name: {**self.positions.committed, **last}}
         batch = StreamBatch(
             run_key=f"stream:{self.name}:{sequence}",
             positions=positions,
@@ -580,7 +489,7 @@ class _StreamRunner:
                 f"batch {sequence} is already in the table: another runner is consuming "
                 f"'{self.name}' with the same pipeline; stopping this one"
             )
-        self.committed = positions[self.name]
+        self.positions.committed = positions[self.name]
         acc = self.result.accounting
         for term in (
             "rows_in",
@@ -600,31 +509,6 @@ class _StreamRunner:
             version=self.result.last_version,
         )
         return result.accounting
-
-    def _newest_positions(
-        self, messages: pa.Table, keys: list[pa.Array] | None = None
-    ) -> dict[str, str]:
-        """The newest message id of each partition (a batch made of several fetches, e.g.
-        new entries then reclaimed older ones, is not in id order); `keys`: the order keys
-        of `messages`, if known."""
-        ids = messages.column("msg_id").combine_chunks()
-        if keys is None:
-            keys = self._order_keys(ids)
-        if keys is not None:
-            column = messages.column("partition").combine_chunks()
-            partitions = pc.unique(column).to_pylist()
-            newest = {}
-            for partition in partitions:
-                rows = pc.equal(column, partition) if len(partitions) > 1 else None
-                newest[partition] = _newest(ids, keys, rows)
-            return newest
-        slow: dict[str, str] = {}
-        for partition, msg_id in zip(
-            messages.column("partition").to_pylist(), ids.to_pylist(), strict=True
-        ):
-            if partition not in slow or self.source.position_after(msg_id, slow[partition]):
-                slow[partition] = msg_id
-        return slow
 
     def _fault_subscriber(self, event: Any) -> None:
         if event.name == "dead_letter_written":
@@ -747,65 +631,8 @@ class _StreamRunner:
         )
 
 
-def _with_change_columns(pipeline: Pipeline, source: str) -> Pipeline:
-    """`pipeline` with the change columns (op, order, unchanged) in `source`'s contract, so
-    they pass the contract and reach the merge sink."""
-    config = pipeline.sources[source]
-    assert config.contract is not None, "stream_problems requires a contract"
-    columns = {
-        **config.contract.columns,
-        **{name: ColumnContract(type=kind) for name, kind in CHANGE_FIELDS.items()},
-    }
-    contract = config.contract.model_copy(update={"columns": columns})
-    sources = {**pipeline.sources, source: config.model_copy(update={"contract": contract})}
-    return pipeline.model_copy(update={"sources": sources})
-
-
 def _app_key(source: str, partition: str) -> str:
     return f"stream:{source}:{partition}"
-
-
-def _first_of_each(messages: pa.Table) -> pa.Table:
-    """`messages` (cast to MESSAGE_SCHEMA) without repeats of a (partition, msg_id): a fetch
-    after a reconnect may hand out again what the batch already holds."""
-    messages = messages.cast(MESSAGE_SCHEMA)
-    partition, msg_id = messages.column("partition"), messages.column("msg_id")
-    pairs = msg_id
-    if len(pc.unique(partition)) > 1:
-        pairs = pc.binary_join_element_wise(partition, msg_id, "\x00")
-    if len(pc.unique(pairs)) == messages.num_rows:
-        return messages
-    seen: set[tuple[str, str]] = set()
-    keep = []
-    for key in zip(partition.to_pylist(), msg_id.to_pylist(), strict=True):
-        keep.append(key not in seen)
-        seen.add(key)
-    return messages.filter(pa.array(keep, pa.bool_()))
-
-
-def _after(keys: list[pa.Array], position: list[pa.Array] | None) -> Any:
-    """Rows whose keys come after the one-row `position` (lexicographic over the columns)."""
-    assert position is not None, "a source with order keys orders positions too"
-    after: Any = None
-    same: Any = None
-    for column, value in zip(keys, position, strict=True):
-        scalar = value[0]
-        greater = pc.greater(column, scalar)
-        step = greater if same is None else pc.and_(same, greater)
-        after = step if after is None else pc.or_(after, step)
-        equal = pc.equal(column, scalar)
-        same = equal if same is None else pc.and_(same, equal)
-    return after
-
-
-def _newest(ids: pa.Array, keys: list[pa.Array], rows: Any) -> str:
-    """The id with the greatest keys among `rows` (a mask; None: every row)."""
-    if rows is not None:
-        ids, keys = ids.filter(rows), [k.filter(rows) for k in keys]
-    for index in range(len(keys)):
-        top = pc.equal(keys[index], pc.max(keys[index]))
-        ids, keys = ids.filter(top), [k.filter(top) for k in keys]
-    return str(ids[0].as_py())
 
 
 def _e2e_latencies(messages: pa.Table, now: datetime) -> tuple[float | None, float | None]:

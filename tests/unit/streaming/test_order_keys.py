@@ -1,4 +1,4 @@
-"""Whole-batch position comparisons agree with the sources' one-by-one `position_after`."""
+"""Whole-batch position comparisons (streaming.positions) agree with the sources' one-by-one `position_after`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from sluiceway.errors import SourceError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, integer_order_keys
-from sluiceway.streaming.runner import _first_of_each, _StreamRunner
+from sluiceway.streaming.positions import PartitionPositions, first_of_each
 
 
 class _RedisLikeSource:
@@ -44,11 +44,8 @@ def _messages(rows: list[tuple[str, str]]) -> pa.Table:
     )
 
 
-def _runner(source: object, committed: dict[str, str]) -> _StreamRunner:
-    runner = object.__new__(_StreamRunner)
-    runner.source = source  # type: ignore[assignment]
-    runner.committed = committed
-    return runner
+def _positions(source: object, committed: dict[str, str]) -> PartitionPositions:
+    return PartitionPositions(source, committed)  # type: ignore[arg-type]
 
 
 def _tuples(keys: list[pa.Array]) -> list[tuple[int, ...]]:
@@ -91,16 +88,19 @@ def test_batch_comparisons_agree_with_position_after_on_random_batches() -> None
         # first deliveries may be committed too (a recreated consumer group)
         committed = {p: f"{rng.randint(0, 30)}-{rng.randint(0, 12)}" for p in ("a", "b")}
         batch = _messages(rows)
-        fast, slow = _runner(_RedisLikeSource(), committed), _runner(_OneByOneSource(), committed)
-        assert fast._not_committed(batch).to_pylist() == slow._not_committed(batch).to_pylist()
-        fresh, fresh_keys = fast._fresh(batch, None)
+        fast, slow = (
+            _positions(_RedisLikeSource(), committed),
+            _positions(_OneByOneSource(), committed),
+        )
+        assert fast.not_committed(batch).to_pylist() == slow.not_committed(batch).to_pylist()
+        fresh, fresh_keys = fast.fresh(batch, None)
         if fresh.num_rows:
             assert fresh_keys is not None
             assert _tuples(fresh_keys) == _tuples(
                 integer_order_keys(fresh.column("msg_id").combine_chunks(), with_sequence=True)
             ), "the order keys were not filtered with their messages"
-            fast_newest = fast._newest_positions(fresh, fresh_keys)
-            slow_newest = slow._newest_positions(fresh)
+            fast_newest = fast.newest(fresh, fresh_keys)
+            slow_newest = slow.newest(fresh)
             assert {p: _RedisLikeSource._key(i) for p, i in fast_newest.items()} == {
                 p: _RedisLikeSource._key(i) for p, i in slow_newest.items()
             }
@@ -108,18 +108,18 @@ def test_batch_comparisons_agree_with_position_after_on_random_batches() -> None
 
 def test_a_batch_wholly_after_the_committed_position_is_kept_whole() -> None:
     batch = _messages([("a", "5-0"), ("a", "6-0")])
-    runner = _runner(_RedisLikeSource(), {"a": "4-9"})
-    assert runner._not_committed(batch) is batch
+    positions = _positions(_RedisLikeSource(), {"a": "4-9"})
+    assert positions.not_committed(batch) is batch
 
 
 def test_newest_position_is_found_out_of_order() -> None:
     batch = _messages([("a", "9-0"), ("a", "3-0"), ("b", "1-5"), ("b", "1-10"), ("a", "10-0")])
-    assert _runner(_RedisLikeSource(), {})._newest_positions(batch) == {"a": "10-0", "b": "1-10"}
+    assert _positions(_RedisLikeSource(), {}).newest(batch) == {"a": "10-0", "b": "1-10"}
 
 
 def test_repeats_of_a_message_are_dropped_and_a_batch_without_them_is_untouched() -> None:
     batch = _messages([("a", "1-0"), ("b", "1-0"), ("a", "2-0")])
-    assert _first_of_each(batch).num_rows == 3
+    assert first_of_each(batch).num_rows == 3
     repeated = _messages([("a", "1-0"), ("a", "2-0"), ("a", "1-0"), ("b", "1-0")])
-    assert _first_of_each(repeated).column("msg_id").to_pylist() == ["1-0", "2-0", "1-0"]
-    assert _first_of_each(repeated).column("partition").to_pylist() == ["a", "a", "b"]
+    assert first_of_each(repeated).column("msg_id").to_pylist() == ["1-0", "2-0", "1-0"]
+    assert first_of_each(repeated).column("partition").to_pylist() == ["a", "a", "b"]
