@@ -17,7 +17,8 @@ from sluiceway.core.events import Event
 from sluiceway.core.runner import RunOptions
 from sluiceway.core.spec import Pipeline
 from sluiceway.errors import ConfigError, SpecError
-from sluiceway.observability.logs import json_logger
+from sluiceway.observability.logs import WARNINGS, json_logger
+from sluiceway.observability.progress import warning_message
 from sluiceway.streaming.runner import StreamOptions, StreamResult, run_stream
 
 
@@ -47,6 +48,8 @@ class StreamStatus:
                     refresh_per_second=2,
                 )
                 self.live.start()
+        elif event.name in WARNINGS:
+            self.console.print(warning_message(event), soft_wrap=True)
         elif event.name == "retrying":
             f = event.fields
             self.console.print(

@@ -33,6 +33,7 @@ EventName = Literal[
     "retrying",
     "runs_interrupted",
     "positions_not_found",
+    "dedup_state_missing",
     "run_finished",
 ]
 

@@ -17,7 +17,11 @@ _LEVELS = {
     "gate_failed": "error",
     "rows_rejected": "warning",
     "positions_not_found": "warning",
+    "dedup_state_missing": "warning",
+    "dedup_state_unsaved": "warning",
 }
+WARNINGS = frozenset({"positions_not_found", "dedup_state_missing"})
+"""Events that carry a `hint` a person must read: shown on the console as they happen."""
 _NOT_LOGGED = frozenset({"run_finished"})  # the run's summary, printed on its own
 
 

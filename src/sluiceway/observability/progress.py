@@ -15,6 +15,7 @@ from rich.progress import (
 )
 
 from sluiceway.core.events import Event
+from sluiceway.observability.logs import WARNINGS
 
 
 class ConsoleProgress:
@@ -48,13 +49,8 @@ class ConsoleProgress:
             )
         elif event.name == "retrying":
             self.console.print(retrying_message(event), soft_wrap=True)
-        elif event.name == "positions_not_found":
-            fields = event.fields
-            self.console.print(
-                f"[yellow]{event.pipeline}: {escape(str(fields['sink']))}: "
-                f"{escape(str(fields['hint']))}[/]",
-                soft_wrap=True,
-            )
+        elif event.name in WARNINGS:
+            self.console.print(warning_message(event), soft_wrap=True)
 
     def _start(self, pipeline: str) -> None:
         self.progress = Progress(
@@ -73,6 +69,13 @@ class ConsoleProgress:
         if self.progress is not None:
             self.progress.stop()
         self.progress, self.task = None, None
+
+
+def warning_message(event: Event) -> str:
+    """'orders: <where>: <hint>' (rich markup) for an event of `logs.WARNINGS`."""
+    where = event.fields.get("sink") or event.fields.get("path")
+    prefix = f"{escape(str(where))}: " if where else ""
+    return f"[yellow]{event.pipeline}: {prefix}{escape(str(event.fields.get('hint', '')))}[/]"
 
 
 def retrying_message(event: Event) -> str:

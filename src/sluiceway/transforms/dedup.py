@@ -25,6 +25,7 @@ from sluiceway.errors import StepError
 from sluiceway.transforms.window_state import SEEN_AT, KeyState, key_state, parse_window
 
 _STATE_UNSAVED = cast(EventName, "dedup_state_unsaved")
+_STATE_MISSING = cast(EventName, "dedup_state_missing")
 
 
 class DedupStepConfig(StepConfig):
@@ -125,6 +126,18 @@ class DedupStep:
         engine = ctx.engine
         state = key_state(ctx.state_dir, ctx.pipeline.pipeline, self.config.keys)
         state.load(sequence - 1)
+        if state.is_missing:
+            state.is_missing = False  # said once per stream run
+            ctx.events.emit(
+                _STATE_MISSING,
+                path=str(state.folder),
+                committed=sequence - 1,
+                hint=f"dedup on {', '.join(self.config.keys)}: the stream committed "
+                f"{sequence - 1} batch(es) but this folder holds no dedup state, so keys "
+                "seen before this run are unknown and their duplicates within the window are "
+                "written. Earlier runs kept it under another state folder: run from the same "
+                "folder, or pass --state-dir (or SLUICE_HOME) pointing at it",
+            )
         row_time, watermark = self._row_time(engine, table, state.table)
         cutoff = _timestamp(watermark - parse_window(self.config.window or ""))
         first_seen = (

@@ -76,6 +76,7 @@ class KeyState:
         self.legacy = legacy
         self.table: pa.Table | None = None
         self.loaded = False
+        self.is_missing = False  # set by `load`: committed batches, but no file of theirs
         self._base: int | None = None  # the sequence of the newest base written or read
         self._lock: TextIO | None = None
 
@@ -105,6 +106,9 @@ class KeyState:
         ]
         if self._base is None and self.legacy is not None and self.legacy.is_file():
             paths.insert(0, self.legacy)
+        # Batches were committed, yet no file of theirs is here: the state is elsewhere (a
+        # run from another folder or state_dir) or was deleted.
+        self.is_missing = committed > 0 and not files and not paths
         try:
             for path in stale:
                 path.unlink(missing_ok=True)

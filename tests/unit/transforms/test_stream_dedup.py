@@ -232,6 +232,39 @@ def test_keys_of_a_batch_that_never_committed_are_dropped_on_restart(stream_ctx:
     assert state_files(redone) == ["seg-1.parquet", "seg-2.parquet"]
 
 
+def test_a_stream_that_committed_batches_but_finds_no_state_says_so_once(
+    stream_ctx: StreamContext,
+):
+    # Earlier runs kept their state in another folder: the keys they saw are unknown here.
+    step = windowed(window="1h")
+    events: list[Any] = []
+    batch = stream_ctx(sequence=6)
+    batch.events.subscribe(events.append)
+    run_batch(batch, step, [{"event_id": 1}])
+    commit(batch)
+    later = stream_ctx(sequence=7)
+    later.events.subscribe(events.append)
+    run_batch(later, step, [{"event_id": 2}])
+
+    [warning] = [e for e in events if e.name == "dedup_state_missing"]
+    assert warning.fields["committed"] == 5
+    assert "--state-dir" in warning.fields["hint"]
+
+
+def test_a_first_batch_finds_no_state_and_says_nothing(stream_ctx: StreamContext):
+    events: list[Any] = []
+    first = stream_ctx()
+    first.events.subscribe(events.append)
+    run_batch(first, windowed(window="1h"), [{"event_id": 1}])
+    commit(first)
+    window_state.forget_loaded()
+    restarted = stream_ctx()
+    restarted.events.subscribe(events.append)
+    run_batch(restarted, windowed(window="1h"), [{"event_id": 2}])
+
+    assert not [e for e in events if e.name == "dedup_state_missing"]
+
+
 def test_a_reset_table_starts_the_window_empty(stream_ctx: StreamContext):
     step = windowed(window="1h")
     for _ in range(3):
