@@ -311,7 +311,7 @@ def run(
         print(json.dumps(summary_data(result), default=str))
     else:
         print_summary(result)
-    sys.exit(0 if result.ok else 1)
+    sys.exit(130 if result.interrupted else 0 if result.ok else 1)
 
 
 def _enforce_review(

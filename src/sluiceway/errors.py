@@ -97,6 +97,10 @@ class StepError(TerminalError):
     """A step failed: invalid SQL, a Python step raised or returned the wrong thing."""
 
 
+class StepTimeout(StepError):
+    """A step ran past its `timeout` and was interrupted."""
+
+
 class SinkError(TerminalError):
     """A sink refused the write."""
 

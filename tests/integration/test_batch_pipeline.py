@@ -503,6 +503,59 @@ def test_replaying_again_changes_nothing(tmp_path) -> None:
     assert sorted(dead_letters(tmp_path)["dlq_id"].to_pylist()) == letters_after_first
 
 
+def test_a_replay_before_the_fix_does_not_keep_the_replay_after_it_from_writing(
+    tmp_path,
+) -> None:
+    # Try a replay, find nothing passes, fix the spec, replay again: the rows that pass now
+    # must land before they leave the dead-letter table.
+    write_events(tmp_path)
+    spec = base_spec()
+    first = run(tmp_path, spec)
+
+    unfixed = replay(load_spec(tmp_path / "pipeline.yaml"), first.run_id, options(tmp_path))
+    spec["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
+    fixed = replay(load_spec(write_spec(tmp_path, spec)), first.run_id, options(tmp_path))
+
+    assert (unfixed.passed, unfixed.deleted) == (0, 0)
+    assert (fixed.passed, fixed.deleted, fixed.still_failing) == (2, 2, 2)
+    in_table = sorted(table(tmp_path / "lake" / "orders")["event_id"].to_pylist())
+    assert in_table == ["e1", "e2", "e4", "e6"]
+
+
+def test_a_replay_that_died_before_deleting_its_dead_letters_is_finished_by_the_next(
+    tmp_path,
+) -> None:
+    write_events(tmp_path)
+    spec = base_spec()
+    first = run(tmp_path, spec)
+    spec["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
+    fixed = load_spec(write_spec(tmp_path, spec))
+    letters = DeltaTable(str(tmp_path / "lake" / "dead_letter"))
+    before_delete = letters.version()
+    replay(fixed, first.run_id, options(tmp_path))
+    # As if the process died after the commit, before the delete: the letters are back.
+    DeltaTable(str(tmp_path / "lake" / "dead_letter")).restore(before_delete)
+
+    again = replay(fixed, first.run_id, options(tmp_path))
+
+    assert (again.passed, again.deleted) == (2, 2)
+    in_table = sorted(table(tmp_path / "lake" / "orders")["event_id"].to_pylist())
+    assert in_table == ["e1", "e2", "e4", "e6"]  # e4 and e6 once
+    payloads = dead_letters(tmp_path)["payload"].to_pylist()
+    assert sorted(json.loads(p)["event_id"] for p in payloads) == ["e3", "e5"]
+
+
+def test_a_replay_where_nothing_passes_commits_nothing(tmp_path) -> None:
+    write_events(tmp_path)
+    first = run(tmp_path, base_spec())
+    version_before = DeltaTable(str(tmp_path / "lake" / "orders")).version()
+
+    outcome = replay(load_spec(tmp_path / "pipeline.yaml"), first.run_id, options(tmp_path))
+
+    assert (outcome.replayed, outcome.passed, outcome.deleted) == (4, 0, 0)
+    assert DeltaTable(str(tmp_path / "lake" / "orders")).version() == version_before
+
+
 def test_replay_leaves_the_callers_options_for_normal_runs(tmp_path) -> None:
     write_events(tmp_path)
     first = run(tmp_path, base_spec())

@@ -2,10 +2,12 @@
 
 Contract rejects of the primary source are rebuilt from their raw payload (decrypted with
 SLUICE_ENCRYPTION_KEY when encrypted) and run through contract, steps, masking and checks.
-Rows that now pass are appended to the sinks under an idempotency key made of their
-dead-letter ids, then deleted from the dead-letter table. A crash between the two is safe:
-the next replay finds the same ids, the sink skips the committed key, and the delete runs.
-So each row leaves the dead-letter table exactly once.
+Rows that now pass are appended to the sinks under an idempotency key made of the
+dead-letter ids and of which of them still fail (the runner's `_replay_key`), then deleted
+from the dead-letter table. A crash between the two is safe: the next replay with the same
+spec finds the same rows passing, the sink skips the committed key, and the delete runs.
+So each row leaves the dead-letter table exactly once. A replay where nothing passes
+commits nothing; one after a spec fix, where more rows pass, writes under a new key.
 """
 
 from __future__ import annotations

@@ -60,6 +60,8 @@ class RunResult:
     note: str | None = None
     retryable: bool = False
     """The run failed on a transient error (storage, broker): the same run may succeed later."""
+    interrupted: bool = False
+    """Ctrl-C / SIGINT stopped the run (before its commit it failed; after, it succeeded)."""
     bytes_written: int | None = None
     """Arrow (uncompressed) size of the rows published, for the bytes metric."""
     date_range: tuple[str, str] | None = None

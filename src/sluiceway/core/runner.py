@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -63,6 +64,7 @@ from sluiceway.errors import (
     ConfigError,
     GateFailed,
     SluicewayError,
+    StepTimeout,
     TerminalError,
     TransientError,
 )
@@ -145,6 +147,33 @@ class StreamBatch:
     run_id: str
 
 
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C reached a DuckDB statement (it stops with "Query interrupted"), possibly
+    wrapped in the error of the step or source that ran it; a step's own timeout, which
+    interrupts the statement too, is not one."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, StepTimeout):
+        if isinstance(seen, KeyboardInterrupt | duckdb.InterruptException):
+            return True
+        if isinstance(seen, RuntimeError) and "Query interrupted" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _replay_key(letters_key: str, failing: pa.Table) -> str:
+    """A replay's idempotency key: its dead letters (`letters_key`) and which of them still
+    fail, so the key names exactly the rows it writes. Replaying again with the same spec
+    (after a crash before the dead letters were deleted) finds the commit; a replay after a
+    spec fix, whose rows pass where they failed before, writes them."""
+    rows = sorted(
+        f"{r['source']}\x00{r['file']}\x00{r['row']}"
+        for r in failing.select(["source", "file", "row"]).to_pylist()
+    )
+    blob = "\n".join([letters_key, *rows])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def _batch_sequence(batch: StreamBatch | None) -> int | None:
     """The sequence of a stream micro-batch: the version of its app transactions."""
     versions = {version for _, version in batch.transactions} if batch else set()
@@ -208,6 +237,7 @@ class _Runner:
         self.expected_rows = 0
         self.staged: pa.Table = pa.table({})
         self.has_audited = False
+        self.has_committed = False  # every sink committed: the run's rows are published
         self.audit: AuditRecord | None = None
         self.logical_time = logical_time_of(self.ctx.logical_date)
         self.routed_results: dict[int, CheckResult] = {}
@@ -231,14 +261,19 @@ class _Runner:
         self.ctx.events.emit("run_started", logical_date=str(self.ctx.logical_date))
         try:
             self._run()
-            self.result.status = "succeeded"
-            self.ctx.events.emit("run_succeeded", **self.accounting.to_dict())
-        except SluicewayError as exc:
-            if not self._timed_out():
-                self._failed(str(exc), type(exc).__name__)
-                self.result.retryable = isinstance(exc, TransientError)
+            self._succeeded()
+        except KeyboardInterrupt:
+            self._interrupted()
         except Exception as exc:
-            if not self._timed_out():
+            if _is_interrupt(exc) and not self.watchdog.has_fired:
+                self._interrupted()
+            elif self.has_committed:
+                self._succeeded(f"published, then {type(exc).__name__}: {exc}")
+            elif isinstance(exc, SluicewayError):
+                if not self._timed_out():
+                    self._failed(str(exc), type(exc).__name__)
+                    self.result.retryable = isinstance(exc, TransientError)
+            elif not self._timed_out():
                 self._failed(
                     f"unexpected {type(exc).__name__}: {exc} (please report it)",
                     type(exc).__name__,
@@ -307,6 +342,26 @@ class _Runner:
         if self.watchdog.is_past():
             raise TransientError(f"timeout {self.pipeline.timeout} passed")
 
+    def _succeeded(self, after_commit: str | None = None) -> None:
+        """The run published; `after_commit`: what went wrong after its commit (the rows are
+        in the table all the same, so the run is not failed for it)."""
+        if after_commit is not None:
+            note = f"{after_commit} — the commit stands; what came after it was not done"
+            self.result.note = f"{self.result.note} {note}" if self.result.note else note
+        self.result.status = "succeeded"
+        self.ctx.events.emit("run_succeeded", **self.accounting.to_dict())
+
+    def _interrupted(self) -> None:
+        self.result.interrupted = True
+        if self.has_committed:
+            self._succeeded("interrupted (Ctrl-C / SIGINT)")
+        else:
+            self._failed(
+                "interrupted (Ctrl-C / SIGINT) before the commit: the table is as it was; "
+                "run it again",
+                "Interrupted",
+            )
+
     def _failed(self, message: str, error_type: str) -> None:
         self.result.status = "failed"
         self.result.error = message
@@ -368,9 +423,12 @@ class _Runner:
             if batch
             else merge_positions(positions, {n: r.position for n, r in reads.items()})
         )
+        if self.options.is_replay:
+            run_key = _replay_key(run_key, self.result.dead_letters)
         self._check_deadline()
         self.has_published = True
         self._publish(sinks, staged, run_key, committed)
+        self.has_committed = True
         for callback in self.ctx.after_commit:
             callback()
         self._keep_profile(staged)
@@ -776,6 +834,9 @@ class _Runner:
         if self.accounting.rows_in == 0:
             self.ctx.events.emit("commit_skipped", reason="no new input")
             return
+        if self.options.is_replay and self.staged.num_rows == 0:
+            self.ctx.events.emit("commit_skipped", reason="no dead letter passed")
+            return
         data: pa.Table = self.staged
         metadata = {
             "sluice.pipeline": self.pipeline.pipeline,
@@ -799,6 +860,7 @@ class _Runner:
             except SluicewayError as exc:
                 raise exc.with_context(sink=f"sinks[{index}]") from exc.__cause__
             self.result.sinks.append(written)
+            self.has_committed = len(self.result.sinks) == len(sinks)
             self.ctx.events.emit(
                 "commit_skipped" if written.skipped else "commit_done",
                 sink=written.uri,

@@ -29,7 +29,7 @@ from sluiceway.core.durations import parse_duration
 from sluiceway.core.spec import StepConfig
 from sluiceway.core.watchdog import Watchdog
 from sluiceway.engines.duckdb import quote_ident
-from sluiceway.errors import StepError, TransientError
+from sluiceway.errors import StepError, StepTimeout, TransientError
 
 
 def apply_step(
@@ -138,7 +138,7 @@ def _materialized(ctx: RunContext, out: StepOutput) -> StepOutput:
 
 
 def _timed_out(label: str, config: StepConfig) -> StepError:
-    return StepError(
+    return StepTimeout(
         f"{label} exceeded its timeout {config.timeout} and was stopped; nothing was "
         "published. Raise the step's `timeout:` or make the step cheaper"
     )

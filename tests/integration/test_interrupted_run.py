@@ -1,0 +1,104 @@
+"""Ctrl-C (SIGINT) on a batch run: before the commit the run fails as interrupted, the table
+is untouched and `sluice run` exits 130; after the commit the run stays succeeded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from deltalake import DeltaTable
+
+from sluiceway.core.events import Event
+from sluiceway.core.loader import load_spec
+from sluiceway.core.runner import RunOptions, run_pipeline
+from sluiceway.core.runstore import RunStore
+
+ROWS = "id,amount\n1,2.5\n2,0.5\n3,4.0\n"
+SLOW_STEP = """
+import time
+from pathlib import Path
+
+def transform(batch):
+    Path({marker!r}).write_text("started")
+    time.sleep(60)
+    return batch
+"""
+
+
+def write_pipeline(tmp_path: Path, steps: list[dict[str, Any]]) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/orders.csv").write_text(ROWS)
+    spec = {
+        "version": 1,
+        "pipeline": "orders",
+        "sources": {"orders": {"type": "files", "path": "data/*.csv", "format": "csv"}},
+        "steps": steps,
+        "sinks": [{"type": "delta", "path": "lake/orders"}],
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_ctrl_c_before_the_commit_fails_the_run_as_interrupted_and_exits_130(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "step-started"
+    (tmp_path / "sw_slow_step.py").write_text(SLOW_STEP.format(marker=str(marker)))
+    spec = write_pipeline(tmp_path, [{"python": {"function": "sw_slow_step:transform"}}])
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SLUICE_HOME": str(tmp_path / ".sluice")}
+    sluice = Path(sys.executable).parent / "sluice"
+    process = subprocess.Popen(
+        [str(sluice), "run", str(spec), "--date", "2025-01-15"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.05)
+
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 130, (out, err)
+    assert "interrupted (Ctrl-C / SIGINT) before the commit" in out + err
+    assert "please report it" not in out + err
+    assert not DeltaTable.is_deltatable(str(tmp_path / "lake/orders"))
+    [record] = RunStore(tmp_path / ".sluice" / "runs.db").list(pipeline="orders")
+    assert record.status == "failed"
+
+
+def test_ctrl_c_after_the_commit_leaves_the_run_succeeded(tmp_path: Path) -> None:
+    spec = write_pipeline(tmp_path, [{"sql": "SELECT * FROM input"}])
+
+    def ctrl_c_once_committed(event: Event) -> None:
+        if event.name == "commit_done":
+            raise KeyboardInterrupt
+
+    result = run_pipeline(
+        load_spec(spec),
+        RunOptions(
+            logical_date=date(2025, 1, 15),
+            base_dir=tmp_path,
+            state_dir=tmp_path / ".sluice",
+            subscribers=[ctrl_c_once_committed],
+        ),
+    )
+
+    assert result.ok and result.interrupted
+    assert "interrupted" in (result.note or "") and "the commit stands" in (result.note or "")
+    assert DeltaTable(str(tmp_path / "lake/orders")).to_pyarrow_table().num_rows == 3
+    [record] = RunStore(tmp_path / ".sluice" / "runs.db").list(pipeline="orders")
+    assert record.status == "succeeded"
