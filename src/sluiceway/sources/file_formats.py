@@ -8,6 +8,7 @@ NDJSON are parsed by DuckDB, rejects come from DuckDB's rejects tables.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import zstandard
 
 from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
-from sluiceway.errors import SourceError
+from sluiceway.errors import SourceError, StepError
 
 Format = Literal["csv", "ndjson", "json", "parquet", "avro"]
 Shape = Callable[[str, list[str]], str]
@@ -161,9 +162,42 @@ def csv_header(
     path: str, compression: Compression, opts: CsvOptions, engine: DuckDBEngine
 ) -> list[str]:
     """The column names of a CSV file (sniffed; no row is read)."""
-    return engine.columns_of(
-        f"SELECT * FROM read_csv({quote_literal(path)}, {_csv_options(opts, compression)}, ignore_errors=true)"
+    return _sniffed_header(path, compression, opts, engine)[0]
+
+
+def _sniffed_header(
+    path: str, compression: Compression, opts: CsvOptions, engine: DuckDBEngine
+) -> tuple[list[str], bool]:
+    """The column names, and whether DuckDB's sniffer found them. A line it cannot make
+    sense of (a stray or unterminated quote) can defeat the sniffer for the whole file;
+    then the header line is split here, and the file is read with those columns, so the
+    bad line becomes a dead letter instead of failing the run."""
+    try:
+        return engine.columns_of(
+            f"SELECT * FROM read_csv({quote_literal(path)}, {_csv_options(opts, compression)}, ignore_errors=true)"
+        ), True
+    except StepError:
+        names = _split_header(path, compression, opts) if opts.header else []
+        if not names:
+            raise
+        return names, False
+
+
+def _split_header(path: str, compression: Compression, opts: CsvOptions) -> list[str]:
+    """The first line of the file split as CSV ([] when it has none or repeats a name)."""
+    head = head_bytes(path, compression, 1 << 20).removeprefix(b"\xef\xbb\xbf")
+    line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    if not line.strip():
+        return []
+    reader = csv.reader(
+        [line],
+        delimiter=opts.delimiter,
+        quotechar=opts.quote,
+        doublequote=opts.escape == opts.quote,
+        escapechar=None if opts.escape == opts.quote else opts.escape,
     )
+    names = [name.strip() for name in next(reader, [])]
+    return names if names and len(set(names)) == len(names) else []
 
 
 def read_csv_files(
@@ -183,12 +217,17 @@ def read_csv_files(
     """
     rejects, scans = engine.new_name("rejects"), engine.new_name("scans")
     paths = "[" + ", ".join(quote_literal(path) for path, _ in files) + "]"
+    header, sniffed = _sniffed_header(files[0][0], compression, opts, engine)
+    options = _csv_options(opts, compression)
+    if not sniffed:
+        types = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in header)
+        options += f", auto_detect=false, columns={{{types}}}"
     reader = (
-        f"read_csv({paths}, {_csv_options(opts, compression)}, filename={quote_literal(ROW_FILE)}, "
+        f"read_csv({paths}, {options}, filename={quote_literal(ROW_FILE)}, "
         f"store_rejects=true, rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(scans)})"
     )
     table = engine.new_name("csv")
-    columns = [*csv_header(files[0][0], compression, opts, engine), ROW_FILE]
+    columns = [*header, ROW_FILE]
     select = f"SELECT * FROM {reader}" if shape is None else shape(reader, columns)
     names = ", ".join(display for _, display in files)
     engine.create_table(table, select, purpose=f"read CSV {names}"[:200])
@@ -230,15 +269,34 @@ def _csv_rejects(
         mine = [e for e in errors if e[0] == path]
         raw_lines = _raw_lines(path, compression, [int(e[2]) for e in mine])
         out += [
-            {
-                "file": display[path],
-                "line": int(line),
-                "raw": raw_lines.get(int(pos), (csv or "").encode()),
-                "reason": f"malformed CSV line: {message}",
-            }
-            for _, line, pos, csv, message in mine
+            _csv_reject(display[path], int(line), raw_lines.get(int(pos)), text or "", message)
+            for _, line, pos, text, message in mine
         ]
     return out
+
+
+def _csv_reject(
+    file: str, line: int, raw: bytes | None, text: str, message: str
+) -> dict[str, object]:
+    """A malformed line as a dead letter. An unterminated quote makes the reader take every
+    line after it as part of one value: the dead letter then holds all of them, and says so,
+    so those rows are not lost from sight."""
+    spanned = text.strip("\r\n").count("\n") + 1
+    if spanned > 1:
+        return {
+            "file": file,
+            "line": line,
+            "raw": text.encode(),
+            "reason": f"malformed CSV line: {message} The quote runs over {spanned} lines "
+            f"(lines {line}-{line + spanned - 1} of the file are in this dead letter); fix the "
+            "quote and run the file again",
+        }
+    return {
+        "file": file,
+        "line": line,
+        "raw": raw if raw is not None else text.encode(),
+        "reason": f"malformed CSV line: {message}",
+    }
 
 
 def _numbered_files(engine: DuckDBEngine, table: str, files: list[tuple[str, str]]) -> str:

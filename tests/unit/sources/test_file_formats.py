@@ -109,6 +109,41 @@ def test_csv_lines_with_too_few_or_too_many_fields_become_rejects_with_line_and_
     assert read.rows_in == 2 + 2
 
 
+def _numbered_csv(bad_line: str) -> bytes:
+    rows = ["id,amount,note", *(f"{i},{i * 2},n{i}" for i in range(1, 101))]
+    rows[50] = bad_line  # the file's line 51
+    return ("\n".join(rows) + "\n").encode()
+
+
+def test_a_stray_quote_that_defeats_the_sniffer_is_one_reject_not_a_failed_read(
+    tmp_path, read_files, fetch_rows
+):
+    path = write(tmp_path / "orders.csv", _numbered_csv('50,20,"x"y"'))
+
+    read = read_files(path)
+
+    assert len(fetch_rows(read.table)) == 99
+    [found] = rejects(read)
+    assert (found["line"], found["raw"]) == (51, b'50,20,"x"y"')
+
+
+def test_an_unterminated_quote_dead_letters_every_line_it_swallows(
+    tmp_path, read_files, fetch_rows
+):
+    # The quote never closes: the reader takes the rest of the file as one value. Those
+    # lines are not dropped: they are in the dead letter, which says how many there are.
+    path = write(tmp_path / "orders.csv", _numbered_csv('50,"20,unterminated'))
+
+    read = read_files(path)
+
+    assert [r["id"] for r in fetch_rows(read.table)] == [str(i) for i in range(1, 50)]
+    [found] = rejects(read)
+    assert found["line"] == 51
+    assert found["raw"].startswith(b'50,"20,unterminated\n51,102,n51\n')
+    assert found["raw"].rstrip(b"\n").endswith(b"100,200,n100")
+    assert "runs over 51 lines (lines 51-101" in found["reason"]
+
+
 def test_csv_reject_raw_bytes_are_exact_with_crlf_line_endings(tmp_path, read_files):
     path = write(tmp_path / "orders.csv", b"id,name\r\n1,alice\r\n2\r\n3,carol\r\n")
 
