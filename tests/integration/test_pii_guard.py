@@ -6,6 +6,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pytest
 from deltalake import DeltaTable
 
 from sluiceway.core.loader import pipeline_from_dict
@@ -54,6 +55,38 @@ def test_a_step_that_renames_a_pii_column_fails_and_publishes_nothing(tmp_path: 
     assert "'contact'" in (result.error or "") and "pii:" in (result.error or "")
     assert "user1@example.com" not in (result.error or "")
     assert not (tmp_path / "lake" / "users").exists()
+
+
+@pytest.mark.parametrize(
+    ("expression", "column"),
+    [
+        ("'mailto:' || email", "link"),
+        ("upper(email)", "shout"),
+        ("[email]", "emails"),
+        ("struct_pack(e := email)", "wrapped"),
+        ("map([email], [1])", "keyed"),
+        ("'{\"to\": \"' || email || '\"}'", "doc"),
+    ],
+)
+def test_a_step_that_wraps_a_pii_column_fails_and_publishes_nothing(
+    tmp_path: Path, expression: str, column: str
+) -> None:
+    write_users(tmp_path / "in")
+
+    result = run(tmp_path, f"SELECT user_id, {expression} AS {column}, country FROM input")
+
+    assert result.status == "failed"
+    assert f"'{column}'" in (result.error or "") and "pii:" in (result.error or "")
+    assert not (tmp_path / "lake" / "users").exists()
+
+
+def test_text_that_only_shares_a_part_of_the_pii_values_passes(tmp_path: Path) -> None:
+    # The domain is not the address: a column of domains is not a copy of the emails.
+    write_users(tmp_path / "in")
+
+    result = run(tmp_path, "SELECT *, split_part(email, '@', 2) || '-' || user_id AS d FROM input")
+
+    assert result.ok, result.error
 
 
 def test_a_step_that_keeps_pii_under_its_name_publishes_it_masked(tmp_path: Path) -> None:

@@ -18,6 +18,17 @@ DISTINCT and join (measured: 200,000 mostly distinct IPs, 97 ms per row against 
 through a map)."""
 GUARD_SAMPLE_ROWS = 2000
 GUARD_MIN_VALUES = 20
+_TOKEN_BREAKS = r"[^[:alnum:]@.\-_+]+"
+"""Where the guard splits a value into tokens: an e-mail address or an IP stays whole."""
+
+
+def _may_hold_text(kind: str) -> bool:
+    """A DuckDB type whose values can carry a copied text value."""
+    return (
+        kind in ("VARCHAR", "JSON")
+        or kind.endswith("]")
+        or kind.startswith(("STRUCT", "MAP", "UNION"))
+    )
 
 
 class PiiMasking:
@@ -102,10 +113,13 @@ class PiiMasking:
     def guard_renamed(self, table: str, valid: dict[str, str]) -> None:
         """Fail when a column that will not be masked carries the values of a PII column.
 
-        Masking goes by output column name, so a step that renames or copies a PII column
-        (`SELECT email AS contact`) would publish it in clear. A seeded sample of the
-        result's rows is taken; each unmasked text column whose sampled values are mostly
-        values of a PII column of a source is refused. Columns with fewer than
+        Masking goes by output column name, so a step that renames, copies or wraps a PII
+        column (`email AS contact`, `'mailto:' || email`, `upper(email)`, `[email]`,
+        `struct_pack(e := email)`) would publish it in clear. A seeded sample of the
+        result's rows is taken; each unmasked text or nested column (lists, structs, maps,
+        JSON: read as their text) is split into tokens at spaces and punctuation other than
+        `@ . - _ +`, and a column whose sampled values mostly hold a value of a PII column of
+        a source as a whole token (case ignored) is refused. Columns with fewer than
         GUARD_MIN_VALUES distinct sampled values are too coarse to tell and are let through.
 
         Raises:
@@ -114,19 +128,26 @@ class PiiMasking:
         candidates = [
             c
             for c, kind in self.engine.columns(table)
-            if kind == "VARCHAR" and self.method_of(c) is None and c not in META_COLUMNS
+            if _may_hold_text(kind) and self.method_of(c) is None and c not in META_COLUMNS
         ]
         if not self.methods or not candidates:
             return
         sample = self.engine.create_table(
             self.engine.new_name("pii_probe"),
             " UNION ALL ".join(
-                f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)} AS v FROM "
+                f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)}::VARCHAR AS v FROM "
                 f"(SELECT * FROM {quote_ident(table)} USING SAMPLE reservoir({GUARD_SAMPLE_ROWS} ROWS) "
                 f"REPEATABLE (7)) WHERE {quote_ident(c)} IS NOT NULL"
                 for c in candidates
             ),
             purpose="sample the result for PII",
+        )
+        tokens = self.engine.create_table(
+            self.engine.new_name("pii_tokens"),
+            f"SELECT DISTINCT col, v, t FROM (SELECT col, v, lower(v) AS t FROM {quote_ident(sample)} "
+            f"UNION ALL SELECT col, v, unnest(regexp_split_to_array(lower(v), {quote_literal(_TOKEN_BREAKS)})) "
+            f"FROM {quote_ident(sample)}) WHERE t <> ''",
+            purpose="split the sample into tokens",
         )
         try:
             totals = dict(
@@ -137,16 +158,17 @@ class PiiMasking:
             for source, source_table in valid.items():
                 for column, _ in self.engine.columns(source_table):
                     if self.method_of(column) is not None:
-                        self._refuse_copies(sample, totals, source, source_table, column)
+                        self._refuse_copies(tokens, totals, source, source_table, column)
         finally:
-            self.engine.drop(sample)
+            self.engine.drop(sample, tokens)
 
     def _refuse_copies(
-        self, sample: str, totals: dict[str, int], source: str, source_table: str, column: str
+        self, tokens: str, totals: dict[str, int], source: str, source_table: str, column: str
     ) -> None:
         hits = self.engine.execute(
-            f"SELECT col, count(*) FROM {quote_ident(sample)} s SEMI JOIN {quote_ident(source_table)} p "
-            f"ON s.v = p.{quote_ident(column)}::VARCHAR GROUP BY col",
+            f"SELECT col, count(DISTINCT v) FROM {quote_ident(tokens)} s SEMI JOIN "
+            f"{quote_ident(source_table)} p ON s.t = lower(p.{quote_ident(column)}::VARCHAR) "
+            "GROUP BY col",
             purpose="look for PII under another name",
         ).fetchall()
         leaking = sorted(
