@@ -34,6 +34,7 @@ EventName = Literal[
     "runs_interrupted",
     "positions_not_found",
     "dedup_state_missing",
+    "all_rows_rejected",
     "run_finished",
 ]
 

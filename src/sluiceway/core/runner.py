@@ -771,7 +771,36 @@ class _Runner:
                 f"The staged result and check results are in {self.result.staged_path}",
                 failed=names,
             )
+        self._check_pass_rate()
         self.check_env = env
+
+    def _check_pass_rate(self) -> None:
+        """The spec's `quality.pass_rate` gates the run: below it nothing is published. Any
+        run (not a stream batch, nor a replay) that rejected every row also warns."""
+        acc = self.accounting
+        if acc.rows_in == 0 or self.options.is_replay or self.options.batch is not None:
+            return
+        passed = (acc.rows_in - acc.rows_rejected) / acc.rows_in
+        target = self.pipeline.quality.pass_rate if self.pipeline.quality else None
+        worst = sorted(self.result.rejected_by_rule.items(), key=lambda item: -item[1])[:3]
+        rules = ", ".join(f"{rule} ({count:,})" for rule, count in worst) or "-"
+        said = (
+            f"{acc.rows_rejected:,} of {acc.rows_in:,} rows were rejected ({passed:.1%} passed; "
+            f"most by {rules}); they are in the dead-letter table {self.result.dead_letter_uri}"
+        )
+        if target is not None and passed < target:
+            self.ctx.events.emit("gate_failed", checks=["quality.pass_rate"])
+            raise GateFailed(
+                f"{said}. That is below quality.pass_rate {target:.1%}: nothing was published. "
+                "Fix the input (or the contract), then run again",
+                failed=["quality.pass_rate"],
+            )
+        if acc.rows_rejected == acc.rows_in:
+            self.ctx.events.emit(
+                "all_rows_rejected",
+                hint=f"{said}. A column missing from every row often means a wrong delimiter "
+                "or a renamed header; set quality.pass_rate to fail such a run",
+            )
 
     def _keep_profile(self, staged: str) -> None:
         """Profile the published result: the baseline of the drift checks of later dates.

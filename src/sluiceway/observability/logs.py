@@ -19,8 +19,9 @@ _LEVELS = {
     "positions_not_found": "warning",
     "dedup_state_missing": "warning",
     "dedup_state_unsaved": "warning",
+    "all_rows_rejected": "warning",
 }
-WARNINGS = frozenset({"positions_not_found", "dedup_state_missing"})
+WARNINGS = frozenset({"positions_not_found", "dedup_state_missing", "all_rows_rejected"})
 """Events that carry a `hint` a person must read: shown on the console as they happen."""
 _NOT_LOGGED = frozenset({"run_finished"})  # the run's summary, printed on its own
 
