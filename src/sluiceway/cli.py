@@ -372,7 +372,9 @@ def print_summary(result: RunResult) -> None:
         f"for {result.logical_date} in {result.duration_s:.1f}s{attempt}"
     )
     rows = Table(title="Rows", show_header=True, header_style="bold")
-    for name in ("in", "written", "rejected", "deduplicated", "filtered"):
+    # A run that failed before its commit wrote nothing: its rows were only staged.
+    kept = "written" if result.ok or result.sinks else "staged, not published"
+    for name in ("in", kept, "rejected", "deduplicated", "filtered"):
         rows.add_column(name, justify="right")
     rows.add_row(
         *(
@@ -388,7 +390,9 @@ def print_summary(result: RunResult) -> None:
     )
     console.print(rows)
     balance = "[green]balanced[/]" if acc.is_balanced else "[red]NOT balanced[/]"
-    console.print(f"accounting: in = written + rejected + deduplicated + filtered → {balance}")
+    console.print(
+        f"accounting: in = {kept} + rejected + deduplicated + filtered → {balance}", soft_wrap=True
+    )
     if result.rejected_by_rule:
         top = ", ".join(f"{k}: {v}" for k, v in list(result.rejected_by_rule.items())[:8])
         console.print(f"rejected by rule: {top}", soft_wrap=True)
@@ -429,6 +433,9 @@ def _print_checks(results: Sequence[CheckResult], *, title: str) -> None:
     console.print(table)
     passed = sum(c.status == "passed" for c in results)
     console.print(f"checks: {passed} passed, {len(results) - passed} failed")
+    for check in results:
+        if check.error is not None:  # it could not run: say why, not only that
+            console.print(f"  {escape(check.name)}: {escape(check.error)}", soft_wrap=True)
 
 
 @main.command("check-data")

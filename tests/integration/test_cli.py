@@ -314,3 +314,18 @@ def test_dlq_finds_the_default_dead_letter_table_under_sluice_home(project) -> N
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 2
     assert (home / "dead_letter").is_dir()
+
+
+def test_a_failed_run_shows_its_rows_as_not_published_and_why_a_check_errored(project) -> None:
+    spec = (project / "pipeline.yaml").read_text()
+    spec += "checks:\n  - not_null: {column: event_idx}\n"
+    (project / "pipeline.yaml").write_text(spec)
+
+    done = sluice("run", "pipeline.yaml", "--state-dir", ".sluice", cwd=project)
+
+    assert done.returncode == 1
+    assert "in = staged, not published + rejected" in done.stdout
+    assert " written " not in done.stdout
+    reason = next(line for line in done.stdout.splitlines() if "not_null(event_idx): " in line)
+    assert "Did you mean 'event_id'" in reason  # why it errored, not only that it did
+    assert not (project / "lake" / "orders").exists()
