@@ -8,6 +8,7 @@ Values that came from `${ENV}` references are never echoed in messages.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import types
@@ -258,6 +259,14 @@ def _typed(cfg: Any, path: Path_, kind: registry.PluginKind, located: _Located) 
         hint = registry.did_you_mean(name, registry.names(kind))
         located.problem((*path, "type"), f"unknown {kind} type '{name}'.{hint}")
         located.failed_paths.add(path)
+        close = difflib.get_close_matches(name, registry.names(kind), n=1, cutoff=0.6)
+        if close:  # the rest of the block, read as the type it most likely means
+            _validate_model(
+                registry.lookup(kind, close[0]).config,  # type: ignore[union-attr]
+                {**cfg, "type": close[0]},
+                path,
+                located,
+            )
         return None
     return _validate_model(plugin.config, cfg, path, located)
 
@@ -330,11 +339,16 @@ def _report(exc: ValidationError, prefix: Path_, located: _Located) -> None:
         loc = (*prefix, *err["loc"])
         if loc in located.failed_paths:
             continue  # a plug-in config that failed on its own, already reported in detail
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = _unknown_key_message(err["loc"], exc.title)
         elif not _is_secret(loc, located) and "input" in err and err["type"] != "missing":
             message = f"{message} (got {_short(err['input'])})"
+            expected = (err.get("ctx") or {}).get("expected")
+            if err["type"] == "literal_error" and isinstance(expected, str):
+                choices = re.findall(r"'([^']*)'", expected)
+                hint = registry.did_you_mean(str(err["input"]), choices)
+                message += f".{hint}" if hint else ""
         located.problem(loc, message)
 
 
@@ -423,12 +437,15 @@ def _cross_check(pipeline: Pipeline, located: _Located) -> None:
                 "partition; use mode: append or merge",
             )
     from sluiceway.core.routing import routing_problems
+    from sluiceway.core.step_rules import sql_step_problems
     from sluiceway.streaming.spec_rules import stream_problems
 
     if pipeline.mode == "stream":
         for problem in stream_problems(pipeline):
             located.problem(tuple(_path_parts(problem.path)), problem.message)
 
+    for problem in sql_step_problems(pipeline):
+        located.problem(tuple(_path_parts(problem.path)), problem.message)
     for index, message in routing_problems(pipeline.checks):
         located.problem(("checks", index, "on_fail"), message)
     for name in pipeline.sources:

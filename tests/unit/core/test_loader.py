@@ -271,3 +271,20 @@ def test_a_different_spec_has_a_different_hash() -> None:
     changed = parse_spec(VALID, environ={"LAKE": "elsewhere"})
 
     assert changed.spec_hash() != base.spec_hash()
+
+
+def test_a_block_with_a_misspelt_type_is_checked_as_the_type_it_most_likely_means() -> None:
+    text = BROKEN.replace("path: data/", "path: data/\n    formt: csv")
+
+    problems = problems_of(text)
+
+    assert "Did you mean 'files'?" in problems["sources.events.type"][1]
+    assert "Did you mean 'format'?" in problems["sources.events.formt"][1]
+
+
+def test_a_value_outside_its_choices_suggests_the_closest_one() -> None:
+    text = VALID.replace("version: 1", "version: 1\nmode: strem")
+
+    [(_, message)] = problems_of(text, {"LAKE": "/data/lake"}).values()
+
+    assert "(got 'strem'). Did you mean 'stream'?" in message
