@@ -118,7 +118,9 @@ def demo(workdir: str, rows: int) -> None:
 
     cli = _cli()
     target = Path(workdir).resolve()
-    result, sample = run_demo(target, rows=rows, subscribers=[ConsoleProgress(cli.err_console)])
+    result, sample, keys_file = run_demo(
+        target, rows=rows, subscribers=[ConsoleProgress(cli.err_console)]
+    )
     d = sample.defects
     cli.console.print(
         f"[bold]generated[/] {sample.rows:,} clickstream rows in {target / 'data'} with defects: "
@@ -127,6 +129,13 @@ def demo(workdir: str, rows: int) -> None:
         f"{d.bad_email} bad emails, {d.malformed_lines + d.invalid_utf8_lines} broken lines"
     )
     cli.print_summary(result)
+    if keys_file is not None:
+        cli.console.print(
+            f"masking keys: made for this demo and kept in {keys_file}; to run or replay "
+            f"here, first: set -a; . {keys_file}; set +a   (in production they come from "
+            "your secret store)",
+            soft_wrap=True,
+        )
     cli.console.print(
         f"\nnext: sluice runs --state-dir {target / '.sluice'}\n"
         f"      sluice dlq {target / 'pipeline.yaml'}\n"

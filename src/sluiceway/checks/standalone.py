@@ -68,6 +68,10 @@ def _checks_and_source(
     checks_file: Path, data: str | None, base_dir: Path
 ) -> tuple[list[CheckConfig], FilesSourceConfig, Path]:
     """The checks, the files to read, and the folder their relative paths resolve against."""
+    if not checks_file.is_file():
+        raise SourceError(
+            f"{checks_file}: no such file; give the path of a pipeline spec or a checks file"
+        )
     if not _is_pipeline_spec(checks_file):
         if data is None:
             raise SourceError(

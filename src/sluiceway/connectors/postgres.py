@@ -155,8 +155,8 @@ def _connect_error(config: PostgresConnection, role: str, message: str) -> Sluic
     where = config.where()
     if _UNREACHABLE.search(message):
         return TransientError(
-            f"postgres {role}: cannot reach {where}: {message}. Start the server (for the "
-            "tests: `bash scripts/services/postgres.sh`) or fix host/port.",
+            f"postgres {role}: cannot reach {where}: {message}. Start the server (a local "
+            "one: `bash scripts/services/postgres.sh` in a sluiceway checkout) or fix host/port.",
             context={"postgres": where},
         )
     return ConfigError(

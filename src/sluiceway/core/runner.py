@@ -374,9 +374,15 @@ class _Runner:
         try:
             masking.check_keys(sorted(methods), self.keys)
         except ConfigError as exc:
-            raise ConfigError(
-                f"{exc}\n(the pipeline declares PII: dead-letter raw payloads are encrypted with SLUICE_ENCRYPTION_KEY)"
-            ) from exc
+            message = str(exc)
+            if "encrypt" not in self.pipeline.pii.values():
+                # encrypt is not a method of the spec: the key is the dead letters'.
+                message = message.replace(
+                    "used by masking method(s) encrypt",
+                    "for the dead letters' raw payloads (a pipeline with PII stores them "
+                    "encrypted)",
+                ).replace(", encrypt", "")
+            raise ConfigError(message) from exc
         masking.register_functions(self.ctx.engine.con, self.keys)
 
     def _run(self) -> None:

@@ -42,26 +42,51 @@ def prepare(workdir: Path, *, rows: int) -> tuple[Path, GeneratedSample]:
     return spec, sample
 
 
-def demo_keys() -> dict[str, str]:
-    """Keys for the demo's masking: from the environment, else generated for this run only."""
-    return {name: os.environ.get(name) or secrets.token_hex(32) for name in DEMO_KEYS}
+def demo_keys(workdir: Path) -> tuple[dict[str, str], Path | None]:
+    """Keys for the demo's masking: from the environment, else those a previous demo saved
+    in `<workdir>/.sluice/demo-keys.env`, else new ones saved there (mode 600), so that
+    `sluice run` and `sluice replay` in the demo folder can use them. The file, when used."""
+    path = workdir / ".sluice" / KEYS_FILE
+    saved = _read_env_file(path)
+    keys = {name: os.environ.get(name) or saved.get(name, "") for name in DEMO_KEYS}
+    if all(os.environ.get(name) for name in DEMO_KEYS):
+        return keys, None
+    missing = [name for name in DEMO_KEYS if not keys[name]]
+    if missing:
+        keys.update({name: secrets.token_hex(32) for name in missing})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("".join(f"{name}={keys[name]}\n" for name in DEMO_KEYS))
+    return keys, path
+
+
+KEYS_FILE = "demo-keys.env"
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    pairs = (line.partition("=") for line in path.read_text(encoding="utf-8").splitlines())
+    return {name.strip(): value.strip() for name, sep, value in pairs if sep}
 
 
 def run_demo(
     workdir: Path, *, rows: int, subscribers: list[Subscriber]
-) -> tuple[RunResult, GeneratedSample]:
-    """Generate the sample in `workdir`, run the example pipeline on it."""
+) -> tuple[RunResult, GeneratedSample, Path | None]:
+    """Generate the sample in `workdir`, run the example pipeline on it; the keys file the
+    demo used (None when every key came from the environment)."""
     spec, sample = prepare(workdir, rows=rows)
     pipeline = load_spec(spec)
-    environ = {**os.environ, **demo_keys()}
+    keys, keys_file = demo_keys(workdir)
     options = RunOptions(
         logical_date=sample_day(),
         base_dir=workdir,
         state_dir=workdir / ".sluice",
-        environ=environ,
+        environ={**os.environ, **keys},
         subscribers=subscribers,
     )
-    return run_pipeline(pipeline, options), sample
+    return run_pipeline(pipeline, options), sample, keys_file
 
 
 def sample_day():

@@ -227,7 +227,7 @@ def _mysql_error(conn: Connection, exc: Exception) -> Exception:
     if code in _UNREACHABLE:
         return TransientError(
             f"MySQL server {where} cannot be reached ({message}); start it "
-            f"(for the tests: `{START_SCRIPT}`) or fix host/port",
+            f"(a local one: `{START_SCRIPT}` in a sluiceway checkout) or fix host/port",
             context={"source": "mysql", "server": where},
         )
     if code in _REFUSED:

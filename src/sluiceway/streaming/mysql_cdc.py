@@ -653,7 +653,7 @@ class MySqlCdcSource:
         if code in _UNREACHABLE:
             return TransientError(
                 f"mysql_cdc {table}: cannot reach {self._where()} while {doing} ({message}). "
-                f"Start the server (for the tests: `{START_SCRIPT}`) or fix host/port.",
+                f"Start the server (a local one: `{START_SCRIPT}` in a sluiceway checkout) or fix host/port.",
                 context=self._context(),
             )
         if code in _REFUSED:

@@ -633,7 +633,7 @@ class PostgresCdcSource:
             )
         return TransientError(
             f"postgres_cdc {self.config.partition}: cannot reach {where}: {message}. Start "
-            f"the server (for the tests: `{START_SCRIPT}`) or fix host/port.",
+            f"the server (a local one: `{START_SCRIPT}` in a sluiceway checkout) or fix host/port.",
             context=self._context(),
         )
 
