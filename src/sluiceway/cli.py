@@ -403,7 +403,9 @@ def print_summary(result: RunResult) -> None:
         console.print(f"table: {sink.uri} ({state})")
     if result.dead_letter_uri:
         console.print(
-            f"dead-letter table: {result.dead_letter_uri} ({result.dead_letter_rows} row(s) this run)"
+            f"dead-letter table: {result.dead_letter_uri} ({result.dead_letter_rows} row(s) this "
+            f"run{_other_sources_rejects(result)})",
+            soft_wrap=True,
         )
     if result.note:
         console.print(f"note: {result.note}", soft_wrap=True)
@@ -413,6 +415,24 @@ def print_summary(result: RunResult) -> None:
         console.print(f"check results: {result.results_path}")
     if result.error:
         console.print(f"[red]error:[/] {escape(result.error)}", soft_wrap=True)
+
+
+def _other_sources_rejects(result: RunResult) -> str:
+    """', 2 of them from other sources (products: 2) ...' when sources other than the
+    primary rejected rows: those are in the dead-letter table, not in the row accounting."""
+    primary = result.primary_source
+    others = {
+        name: counts["rows_rejected"]
+        for name, counts in result.sources.items()
+        if name != primary and counts.get("rows_rejected")
+    }
+    if not others:
+        return ""
+    listed = ", ".join(f"{name}: {count:,}" for name, count in others.items())
+    return (
+        f", {sum(others.values()):,} of them from other sources ({listed}), which the "
+        "rows above do not count"
+    )
 
 
 def _print_checks(results: Sequence[CheckResult], *, title: str) -> None:

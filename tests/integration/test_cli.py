@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
@@ -254,6 +255,14 @@ def test_demo_runs_the_example_and_prints_the_accounting_and_tables(tmp_path) ->
     assert "SUCCEEDED" in out
     assert f"table: {demo / 'lake' / 'silver' / 'clickstream'} (version 0)" in out
     assert f"dead-letter table: {demo / 'lake' / 'dead_letter'}" in out
+    # The products lookup rejects a row too: in the dead letters, not in the rows above.
+    letters = DeltaTable(str(demo / "lake" / "dead_letter")).to_pyarrow_table()
+    from_products = letters.filter(pc.equal(letters["source"], "products")).num_rows
+    assert from_products > 0
+    assert (
+        f"({letters.num_rows} row(s) this run, {from_products} of them from other sources "
+        f"(products: {from_products})" in out
+    )
     table = DeltaTable(str(demo / "lake" / "silver" / "clickstream")).to_pyarrow_table()
     assert table.num_rows == written
 

@@ -52,6 +52,8 @@ class RunResult:
     dead_letter_rows: int = 0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    primary_source: str | None = None
+    """The source the row accounting counts (the others' rejects are dead letters too)."""
     staged_path: str | None = None
     results_path: str | None = None
     error: str | None = None

@@ -510,6 +510,7 @@ class _Runner:
             }
             self.result.sources[name] = counts
             if name == self.pipeline.primary_source:
+                self.result.primary_source = name
                 self.accounting.rows_in = read.rows_in
                 self.accounting.rows_rejected = counts["rows_rejected"]
             self.ctx.engine.create_view(
