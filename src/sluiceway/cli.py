@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -24,9 +23,10 @@ from sluiceway.core.spec import Pipeline
 from sluiceway.errors import ConfigError, SluicewayError, SpecError
 from sluiceway.observability.logs import json_logger
 from sluiceway.observability.progress import ConsoleProgress
+from sluiceway.terminal import new_console
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = new_console()
+err_console = new_console(stderr=True)
 RUN_ID_WIDTH = len("20250115T000000-0123abcd")
 
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sluiceway.checks.gx_import import Conversion, SuiteError, convert_suite, read_suite
+from sluiceway.terminal import new_console
 
 EXIT_ALL_CONVERTED = 0
 EXIT_UNREADABLE = 1
@@ -33,7 +34,7 @@ def import_gx(suite: str, output: str | None) -> None:
     The report goes to standard error. Exit 0: every expectation converted; 2: some were
     skipped (listed, not written); 1: the suite could not be read or the output written.
     """
-    err = Console(stderr=True, highlight=False)
+    err = new_console(stderr=True)
     try:
         conversion = convert_suite(read_suite(Path(suite)))
     except SuiteError as exc:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
@@ -27,9 +26,10 @@ from sluiceway.core.spec import Pipeline
 from sluiceway.errors import SpecError
 from sluiceway.observability.column_lineage import ColumnLineage, Columns, column_lineage
 from sluiceway.observability.lineage_datasets import Dataset, datasets_of
+from sluiceway.terminal import new_console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = new_console()
+err_console = new_console(stderr=True)
 Key = tuple[str, str]
 """A dataset's (namespace, name)."""
 

@@ -13,16 +13,16 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from sluiceway.errors import SpecError
 from sluiceway.gates.findings import Review
 from sluiceway.gates.review import load_for_review, project_of, read_raw, review
+from sluiceway.terminal import new_console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = new_console()
+err_console = new_console(stderr=True)
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 EXIT_PASSED, EXIT_FAILED, EXIT_UNLOADABLE = 0, 1, 2
 
