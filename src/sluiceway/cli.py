@@ -526,15 +526,30 @@ def _resumed(
     )
 
 
-def _run_store(state_dir: str | None, project_file: str | None) -> RunStore:
+def _run_store(
+    state_dir: str | None, project_file: str | None, *, empty_ok: bool = False
+) -> RunStore:
     """The run store of `--state-dir`, else of the project (`--project` or the nearest
-    sluice.yaml), else of $SLUICE_HOME or ./.sluice: where `sluice run` records its runs."""
+    sluice.yaml), else of $SLUICE_HOME or ./.sluice: where `sluice run` records its runs.
+
+    A SQLite store that does not exist is not created by a command that only reads it:
+    it says where it looked and stops (exit 0 with `empty_ok`, else 2)."""
     from sluiceway import cli_orchestrate as orchestrate
 
     context = orchestrate.find_project(project_file)
     state = _state_dir(orchestrate.state_dir_of(context, state_dir))
+    location = orchestrate.store_location_of(context, state)
+    if location.path is not None and not location.path.exists():
+        message = (
+            f"no run is recorded in {location.path}: runs are recorded where `sluice run` "
+            "ran (./.sluice), in the project's state_dir, or in --state-dir / $SLUICE_HOME"
+        )
+        if empty_ok:
+            err_console.print(message, markup=False)
+            sys.exit(0)
+        _fail(message)
     try:
-        return RunStore(orchestrate.store_location_of(context, state))
+        return RunStore(location)
     except ConfigError as exc:
         _fail(exc.message)
     raise AssertionError("unreachable")
@@ -547,7 +562,7 @@ def _run_store(state_dir: str | None, project_file: str | None) -> RunStore:
 @click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
 def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: str | None) -> None:
     """List recent runs, newest first."""
-    store = _run_store(state_dir, project_file)
+    store = _run_store(state_dir, project_file, empty_ok=True)
     # one space between columns: an 80-column terminal shows every column whole
     table = Table(header_style="bold", box=None, padding=(0, 1, 0, 0), pad_edge=False)
     table.add_column("run", no_wrap=True, min_width=RUN_ID_WIDTH)  # whole, for `sluice show`

@@ -338,3 +338,12 @@ def test_a_failed_run_shows_its_rows_as_not_published_and_why_a_check_errored(pr
     reason = next(line for line in done.stdout.splitlines() if "not_null(event_idx): " in line)
     assert "Did you mean 'event_id'" in reason  # why it errored, not only that it did
     assert not (project / "lake" / "orders").exists()
+
+
+def test_reading_commands_do_not_create_a_run_store_where_none_is(tmp_path) -> None:
+    listed = sluice("runs", cwd=tmp_path)
+    shown = sluice("show", "20250115", cwd=tmp_path)
+
+    assert listed.returncode == 0 and "no run is recorded in" in listed.stderr
+    assert shown.returncode == 2 and "no run is recorded in" in shown.stderr
+    assert not (tmp_path / ".sluice").exists()
