@@ -456,6 +456,8 @@ def _print_checks(results: Sequence[CheckResult], *, title: str) -> None:
     for check in results:
         if check.error is not None:  # it could not run: say why, not only that
             console.print(f"  {escape(check.name)}: {escape(check.error)}", soft_wrap=True)
+        elif check.check == "parseable" and not check.success:
+            console.print(f"  {escape(check.name)}: {escape(check.message)}", soft_wrap=True)
 
 
 @main.command("check-data")

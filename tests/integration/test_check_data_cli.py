@@ -208,3 +208,25 @@ def test_a_pipeline_spec_checks_its_primary_source_read_from_s3(
         ("row_count_between", "passed", 4),
         ("unique(order_id)", "passed", 1.0),
     ]
+
+
+def test_lines_that_cannot_be_parsed_fail_a_check_of_their_own_and_the_rest_is_checked(
+    tmp_path,
+) -> None:
+    folder = project(tmp_path)
+    rows = ORDERS_CSV + "5,1.0,paid,extra\n6,2.5,paid\n"  # line 6 has a field too many
+    (folder / "orders.csv").write_text(rows)
+
+    done = sluice("check-data", "checks.yaml", "--data", "orders.csv", cwd=folder)
+
+    assert done.returncode == 1, done.stderr
+    assert "every line parses" in done.stdout
+    assert "1 line(s) could not be parsed and were not checked: orders.csv:6" in done.stdout
+    assert "checks: 3 passed, 1 failed" in done.stdout  # the 5 good rows were checked
+    as_json = sluice(
+        "check-data", "checks.yaml", "--data", "orders.csv", "--format", "json", cwd=folder
+    )
+    report = json.loads(as_json.stdout)
+    [parse] = [r for r in report["checks"] if r["check"] == "parseable"]
+    assert report["ok"] is False
+    assert (parse["unexpected_count"], parse["rows_checked"]) == (1, 6)

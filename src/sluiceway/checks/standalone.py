@@ -55,11 +55,13 @@ def check_data(checks_file: Path, data: str | None, *, base_dir: Path) -> list[C
     try:
         with tempfile.TemporaryDirectory(prefix="sluice-check-data-") as cache:
             ctx = _context(engine, config, resolve_dir, Path(cache))
-            table = _read_typed(ctx, FilesSource(config))
+            table, rejects = _read_with_rejects(ctx, FilesSource(config))
             env = CheckEnv(
                 logical_date=datetime.now(UTC).date(), base_dir=checks_file.resolve().parent
             )
-            return evaluate_checks(engine, table, checks, env)
+            results = evaluate_checks(engine, table, checks, env)
+            unparsed = _unparsed_lines(engine, rejects)
+            return results + ([_parse_result(unparsed, engine.count(table))] if unparsed else [])
     finally:
         engine.close()
 
@@ -128,11 +130,18 @@ def _context(
 
 
 def _read_typed(ctx: RunContext, source: FilesSource) -> str:
-    """Every file of the source in one table `data`, typed; returns the table name."""
+    """Every file of the source in one table `data`, typed; returns the table name (CSV
+    lines that cannot be parsed are left out)."""
+    return _read_with_rejects(ctx, source)[0]
+
+
+def _read_with_rejects(ctx: RunContext, source: FilesSource) -> tuple[str, list[str]]:
+    """Every file of the source in one table `data`, typed: the table's name, and the names
+    of the tables where CSV lines that could not be parsed are recorded."""
     try:
-        selects = _typed_selects(ctx, source)
+        selects, rejects = _typed_selects(ctx, source)
         union = " UNION ALL BY NAME ".join(f"({select})" for select in selects)
-        return ctx.engine.create_table(_TABLE, union, purpose="read the data")
+        return ctx.engine.create_table(_TABLE, union, purpose="read the data"), rejects
     except SourceError:
         raise
     except SluicewayError as exc:
@@ -141,8 +150,9 @@ def _read_typed(ctx: RunContext, source: FilesSource) -> str:
         raise SourceError(f"cannot read the data: {_first_line(str(exc))}") from exc
 
 
-def _typed_selects(ctx: RunContext, source: FilesSource) -> list[str]:
-    """One SELECT per group of text files of one format and compression, one per other file."""
+def _typed_selects(ctx: RunContext, source: FilesSource) -> tuple[list[str], list[str]]:
+    """One SELECT per group of text files of one format and compression, one per other file;
+    and the rejects tables of the CSV groups (a malformed line is recorded, not fatal)."""
     config = source.config
     text_groups: dict[tuple[ff.Format, ff.Compression], list[str]] = {}
     selects = []
@@ -150,13 +160,19 @@ def _typed_selects(ctx: RunContext, source: FilesSource) -> list[str]:
         local = source.localize(ctx, uri)
         compression = ff.compression_of(uri, config.compression)
         fmt = ff.format_of(local, config.format, compression)
-        if fmt in _TEXT_READERS:
+        if fmt in _TEXT_READERS or fmt == "csv":
             text_groups.setdefault((fmt, compression), []).append(local)
         else:
             selects.append(_binary_select(ctx.engine, fmt, local, uri, compression))
+    rejects = []
     for (fmt, compression), paths in text_groups.items():
-        selects.append(_TEXT_READERS[fmt](paths, config, compression))
-    return selects
+        if fmt != "csv":
+            selects.append(_TEXT_READERS[fmt](paths, config, compression))
+            continue
+        for path in paths:  # one read per file: DuckDB keeps no rejects with union_by_name
+            rejects.append(ctx.engine.new_name("unparsed"))
+            selects.append(_csv_select(path, config, compression, rejects[-1]))
+    return selects, rejects
 
 
 def _binary_select(
@@ -169,12 +185,47 @@ def _binary_select(
     return f"SELECT * EXCLUDE ({meta}) FROM ({read.select_sql})"
 
 
-def _csv_select(paths: list[str], config: FilesSourceConfig, compression: ff.Compression) -> str:
+def _csv_select(
+    path: str, config: FilesSourceConfig, compression: ff.Compression, rejects: str
+) -> str:
     return (
-        f"SELECT * FROM read_csv({_list(paths)}, auto_detect=true, union_by_name=true, "
+        f"SELECT * FROM read_csv({quote_literal(path)}, auto_detect=true, "
         f"header={str(config.header).lower()}, delim={quote_literal(config.delimiter)}, "
         f"quote={quote_literal(config.quote)}, escape={quote_literal(config.escape)}, "
-        f"compression={quote_literal(compression)})"
+        f"compression={quote_literal(compression)}, store_rejects=true, "
+        f"rejects_table={quote_literal(rejects)}, rejects_scan={quote_literal(rejects + '_scans')})"
+    )
+
+
+def _unparsed_lines(engine: DuckDBEngine, rejects: list[str]) -> list[tuple[str, int]]:
+    """(file, line) of every CSV line that could not be parsed, in order."""
+    found: list[tuple[str, int]] = []
+    for name in rejects:
+        found += engine.execute(
+            f"SELECT DISTINCT s.file_path, r.line FROM {quote_ident(name)} r "
+            f"JOIN {quote_ident(name + '_scans')} s USING (scan_id, file_id) ORDER BY 1, 2",
+            purpose="collect the lines that could not be parsed",
+        ).fetchall()
+    return found
+
+
+def _parse_result(unparsed: list[tuple[str, int]], rows: int) -> CheckResult:
+    """A failed check that counts the lines that could not be parsed (so not checked)."""
+    where = ", ".join(f"{Path(file).name}:{line}" for file, line in unparsed[:5])
+    more = f" and {len(unparsed) - 5:,} more" if len(unparsed) > 5 else ""
+    return CheckResult(
+        check_id="parse",
+        name="every line parses",
+        check="parseable",
+        column=None,
+        severity="error",
+        success=False,
+        observed_value=len(unparsed),
+        unexpected_count=len(unparsed),
+        unexpected_percent=round(100 * len(unparsed) / (rows + len(unparsed)), 4),
+        rows_checked=rows + len(unparsed),
+        message=f"{len(unparsed):,} line(s) could not be parsed and were not checked: "
+        f"{where}{more}",
     )
 
 
@@ -189,7 +240,6 @@ def _json_select(layout: str) -> Callable[[list[str], FilesSourceConfig, ff.Comp
 
 
 _TEXT_READERS: dict[ff.Format, Callable[[list[str], FilesSourceConfig, ff.Compression], str]] = {
-    "csv": _csv_select,
     "ndjson": _json_select("newline_delimited"),
     "json": _json_select("array"),
 }
