@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hmac
 import io
 import json
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from sluiceway.observability.logs import json_logger
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clickstream_batch" / "pipeline.yaml"
 DAY = date(2025, 1, 15)
+ONE_DAY = timedelta(days=1)
+NEW_EVENTS = "n1,u1,view,1,a@example.com,203.0.113.1\nn2,u2,buy,2,b@example.com,203.0.113.2\n"
 HMAC_KEY = "integration-hmac-key"
 KEYS = {
     "SLUICE_HMAC_KEY": HMAC_KEY,
@@ -113,6 +116,10 @@ def options(folder: Path, **extra: Any) -> RunOptions:
     return RunOptions(
         logical_date=DAY, base_dir=folder, state_dir=folder / ".sluice", environ=dict(KEYS), **extra
     )
+
+
+def on_day(folder: Path, days_after: int) -> RunOptions:
+    return dataclasses.replace(options(folder), logical_date=DAY + days_after * ONE_DAY)
 
 
 def run(folder: Path, spec: dict[str, Any] | Path, **extra: Any) -> RunResult:
@@ -543,6 +550,90 @@ def test_a_replay_that_died_before_deleting_its_dead_letters_is_finished_by_the_
     assert in_table == ["e1", "e2", "e4", "e6"]  # e4 and e6 once
     payloads = dead_letters(tmp_path)["payload"].to_pylist()
     assert sorted(json.loads(p)["event_id"] for p in payloads) == ["e3", "e5"]
+
+
+def test_a_replay_key_committed_by_an_earlier_version_neither_skips_nor_empties_the_letters(
+    tmp_path, monkeypatch
+) -> None:
+    # Earlier versions committed a replay under its dead-letter ids alone, even when nothing
+    # passed. Such a commit must not make the replay after a fix skip its rows and delete
+    # every dead letter, the failing ones included.
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    from sluiceway.core import runner as runner_module
+    from sluiceway.sinks.delta import app_id
+
+    write_events(tmp_path)
+    spec = base_spec()
+    spec["sinks"] = [{"type": "delta", "path": "lake/orders", "mode": "append"}]
+    first = run(tmp_path, spec)
+    seen: list[str] = []
+    real_key = runner_module._replay_key
+    monkeypatch.setattr(
+        runner_module,
+        "_replay_key",
+        lambda key, failing: seen.append(key) or real_key(key, failing),
+    )
+    replay(load_spec(tmp_path / "pipeline.yaml"), first.run_id, options(tmp_path))
+    orders = str(tmp_path / "lake" / "orders")
+    empty = DeltaTable(orders).to_pyarrow_table().slice(0, 0)
+    old_key = CommitProperties(app_transactions=[Transaction(app_id("orders", seen[0]), 1)])
+    write_deltalake(orders, empty, mode="append", commit_properties=old_key)
+
+    spec["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
+    fixed = replay(load_spec(write_spec(tmp_path, spec)), first.run_id, options(tmp_path))
+
+    assert (fixed.passed, fixed.deleted, fixed.still_failing) == (2, 2, 2)
+    assert sorted(table(tmp_path / "lake" / "orders")["event_id"].to_pylist()) == [
+        "e1",
+        "e2",
+        "e4",
+        "e6",
+    ]
+    payloads = dead_letters(tmp_path)["payload"].to_pylist()
+    assert sorted(json.loads(p)["event_id"] for p in payloads) == ["e3", "e5"]
+
+
+def test_a_replay_that_overlaps_a_run_does_not_roll_its_positions_back(tmp_path) -> None:
+    # The replay read the positions before the run of the next day committed; its own
+    # commit must not undo that run's positions (events-b.csv would be read again).
+    write_events(tmp_path)
+    spec = base_spec()
+    spec["sources"]["events"]["incremental"] = True
+    spec["sinks"] = [{"type": "delta", "path": "lake/orders", "mode": "append"}]
+    first = run(tmp_path, spec)
+    spec["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
+    fixed = load_spec(write_spec(tmp_path, spec))
+    ran: list[RunResult] = []
+
+    def next_day_commits_meanwhile(event: Any) -> None:
+        stage = str(event.fields.get("stage"))
+        if event.name == "progress" and stage.startswith("writing sink") and not ran:
+            write_events(tmp_path, NEW_EVENTS, name="events-b.csv")
+            ran.append(run_pipeline(fixed, on_day(tmp_path, 1)))
+
+    replay(fixed, first.run_id, options(tmp_path, subscribers=[next_day_commits_meanwhile]))
+    later = run_pipeline(fixed, on_day(tmp_path, 2))
+
+    assert ran[0].ok and ran[0].accounting.rows_written == 2
+    assert later.accounting.rows_in == 0
+    ids = sorted(table(tmp_path / "lake" / "orders")["event_id"].to_pylist())
+    assert ids == ["e1", "e2", "e4", "e6", "n1", "n2"]
+
+
+def test_positions_of_a_source_that_is_not_incremental_do_not_pile_up(tmp_path) -> None:
+    spec = base_spec()
+    spec["sinks"] = [{"type": "delta", "path": "lake/orders", "mode": "append"}]
+    pipeline = load_spec(write_spec(tmp_path, spec))
+    for day in range(3):
+        for old in (tmp_path / "data" / "events").glob("*.csv"):
+            old.unlink()  # yesterday's file was moved away: each run reads one new file
+        write_events(tmp_path, name=f"day{day}.csv")
+        assert run_pipeline(pipeline, on_day(tmp_path, day)).ok
+
+    newest = DeltaTable(str(tmp_path / "lake" / "orders")).history(1)[0]
+    files = json.loads(newest["sluice.positions"])["events"]["files"]
+    assert [Path(f).name for f in files] == ["day2.csv"]  # what this run read, not all
 
 
 def test_a_replay_where_nothing_passes_commits_nothing(tmp_path) -> None:

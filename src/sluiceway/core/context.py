@@ -128,7 +128,8 @@ class WriteRequest:
         data: the audited rows.
         idempotency_key: same inputs → same key; a sink that already committed it does nothing.
         metadata: commit metadata (run id, pipeline, spec hash, accounting).
-        positions: source positions committed in the same commit as the data.
+        positions: source positions committed in the same commit as the data: every
+            source's, after this commit (see `positions_complete`).
         append_only: add rows, never replace a partition (replays of dead letters use it;
             a merge sink still merges).
         transactions: (key, version) pairs a stream batch commits instead of the
@@ -136,6 +137,8 @@ class WriteRequest:
             a sink that holds any of them at that version or later writes nothing.
         truncate: empty the table (a change source's TRUNCATE), committing the positions;
             `data` is ignored.
+        positions_complete: `positions` are all the pipeline's (a reader may stop at this
+            commit); False for a replay, which read nothing new and commits none.
     """
 
     data: pa.Table
@@ -145,6 +148,7 @@ class WriteRequest:
     append_only: bool = False
     transactions: tuple[tuple[str, int], ...] = ()
     truncate: bool = False
+    positions_complete: bool = True
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
         pipeline,
         with_changes(options, logical_date=logical_date, source_override=override, is_replay=True),
     )
-    if not result.ok:
+    if not result.ok or result.dead_letters is None:  # no verdict on the rows: keep them all
         return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result)
     failing = {
         (r["file"], r["row"])

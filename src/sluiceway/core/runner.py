@@ -55,7 +55,6 @@ from sluiceway.core.routing import (
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
 from sluiceway.core.step_retry import apply_step
-from sluiceway.core.storage import merge_positions
 from sluiceway.core.store_db import StoreLocation, resolve_location
 from sluiceway.core.watchdog import Watchdog
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
@@ -355,6 +354,13 @@ class _Runner:
         self.result.interrupted = True
         if self.has_committed:
             self._succeeded("interrupted (Ctrl-C / SIGINT)")
+        elif self.result.sinks:
+            done = ", ".join(sink.uri for sink in self.result.sinks)
+            self._failed(
+                f"interrupted (Ctrl-C / SIGINT) between sinks: {done} committed, the others "
+                "not; run it again (a sink that committed skips or converges)",
+                "Interrupted",
+            )
         else:
             self._failed(
                 "interrupted (Ctrl-C / SIGINT) before the commit: the table is as it was; "
@@ -402,7 +408,13 @@ class _Runner:
         positions = batch.positions if batch else sinks[0].committed_positions(self.ctx)
         reads = self._read_sources(positions)
         run_key = batch.run_key if batch else self._run_key(reads)
-        if batch is None and all(sink.is_committed(self.ctx, run_key) for sink in sinks):
+        # A replay's key is known only once it knows which rows still fail (_replay_key).
+        replay = self.options.is_replay
+        if (
+            batch is None
+            and not replay
+            and all(sink.is_committed(self.ctx, run_key) for sink in sinks)
+        ):
             self._skip_committed(sinks, run_key)
             return
         dead_rows: list[Future[pa.Table]] = []
@@ -423,12 +435,7 @@ class _Runner:
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
         self._audit(staged)
-        # Every commit holds the pipeline's whole positions: the sink reads only the newest.
-        committed = (
-            batch.positions
-            if batch
-            else merge_positions(positions, {n: r.position for n, r in reads.items()})
-        )
+        committed = batch.positions if batch else self._whole_positions(positions, reads)
         if self.options.is_replay:
             run_key = _replay_key(run_key, self.result.dead_letters)
         self._check_deadline()
@@ -438,6 +445,17 @@ class _Runner:
         for callback in self.ctx.after_commit:
             callback()
         self._keep_profile(staged)
+
+    def _whole_positions(
+        self, committed: dict[str, Any], reads: dict[str, SourceRead]
+    ) -> dict[str, Any]:
+        """What this run's commit records: every source's position after it, so the sink
+        reads back only the newest commit. A source's new position replaces its committed
+        one (it holds all of it: the files read so far, the highest cursor), unless empty;
+        a replay read nothing new and records nothing (its commit is not marked complete)."""
+        if self.options.is_replay:
+            return {}
+        return {**committed, **{n: r.position for n, r in reads.items() if r.position}}
 
     def _skip_committed(self, sinks: list[Any], run_key: str) -> None:
         """These exact inputs already landed: touch neither the table nor the dead letters."""
@@ -890,6 +908,7 @@ class _Runner:
                 positions=positions,
                 append_only=self.options.is_replay,
                 transactions=self.options.batch.transactions if self.options.batch else (),
+                positions_complete=not self.options.is_replay,
             )
             try:
                 written = sink.write(self.ctx, request)

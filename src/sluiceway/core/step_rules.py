@@ -37,7 +37,9 @@ def _unknown_relations(query: str, known: list[str]) -> list[str]:
         tree = sqlglot.parse_one(query, dialect="duckdb")
     except sqlglot.errors.SqlglotError:
         return []
-    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    # DuckDB's names are case-insensitive: FROM INPUT and FROM Orders are fine.
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    allowed = {name.lower() for name in known} | ctes
     found = []
     for table in tree.find_all(exp.Table):
         if table.db or table.catalog or not isinstance(table.this, exp.Identifier):
@@ -45,6 +47,6 @@ def _unknown_relations(query: str, known: list[str]) -> list[str]:
         name = table.name
         if any(mark in name for mark in "./*"):
             continue  # FROM 'data/x.parquet': DuckDB reads the file
-        if name not in ctes and name not in known and name not in found:
+        if name.lower() not in allowed and name not in found:
             found.append(name)
     return found

@@ -47,18 +47,19 @@ def demo_keys(workdir: Path) -> tuple[dict[str, str], Path | None]:
     in `<workdir>/.sluice/demo-keys.env`, else new ones saved there (mode 600), so that
     `sluice run` and `sluice replay` in the demo folder can use them. The file, when used."""
     path = workdir / ".sluice" / KEYS_FILE
-    saved = _read_env_file(path)
-    keys = {name: os.environ.get(name) or saved.get(name, "") for name in DEMO_KEYS}
-    if all(os.environ.get(name) for name in DEMO_KEYS):
-        return keys, None
-    missing = [name for name in DEMO_KEYS if not keys[name]]
-    if missing:
-        keys.update({name: secrets.token_hex(32) for name in missing})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("".join(f"{name}={keys[name]}\n" for name in DEMO_KEYS))
-    return keys, path
+    from_env = {name: os.environ[name] for name in DEMO_KEYS if os.environ.get(name)}
+    if len(from_env) == len(DEMO_KEYS):
+        return from_env, None
+    # Only keys made here go to the file: a key set in the environment is never written.
+    made = {name: value for name, value in _read_env_file(path).items() if name in DEMO_KEYS}
+    made = {
+        name: made.get(name) or secrets.token_hex(32) for name in DEMO_KEYS if name not in from_env
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("".join(f"{name}={value}\n" for name, value in made.items()))
+    return {**made, **from_env}, path
 
 
 KEYS_FILE = "demo-keys.env"

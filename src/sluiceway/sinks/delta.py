@@ -325,15 +325,15 @@ def read_positions(
     """`positions_from_history` over the newest commits only: 32, then 1,024, then all of
     them, until a complete commit of `pipeline` is among those read.
 
-    `cleaned(oldest)` is called when no complete commit of `pipeline` is left and the log
-    starts after version 0: its cleanup may have taken the pipeline's positions with it.
+    `cleaned(oldest)` is called when no commit of `pipeline` is left and the log starts
+    after version 0: its cleanup may have taken the pipeline's positions with it.
     """
     for limit in (*HISTORY_PAGES, None):
         history = table.history(limit)
         chain, complete = _positions_chain(history, pipeline)
         if complete or limit is None or len(history) < limit:
             oldest = min((int(c.get("version", 0)) for c in history), default=0)
-            if not complete and oldest > 0 and cleaned is not None:
+            if not chain and oldest > 0 and cleaned is not None:
                 cleaned(oldest)
             return _merged(chain)
     raise AssertionError("the last page is the whole history")
@@ -721,9 +721,10 @@ def _commit_properties(ctx: RunContext, request: WriteRequest) -> CommitProperti
         **request.metadata,
         PIPELINE_KEY: ctx.pipeline.pipeline,
         POSITIONS_KEY: positions,
-        COMPLETE_KEY: "true",
         IDEMPOTENCY_KEY: request.idempotency_key,
     }
+    if request.positions_complete:
+        metadata[COMPLETE_KEY] = "true"
     pipeline = ctx.pipeline.pipeline
     transactions = [
         Transaction(app_id=app_id(pipeline, key), version=version)

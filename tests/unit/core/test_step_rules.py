@@ -50,6 +50,8 @@ def test_a_misspelt_source_in_a_join_is_found_beside_ctes() -> None:
         "SELECT * FROM range(10)",
         "SELECT * FROM input WHERE id IN (SELECT id FROM events)",
         "this is not SQL sqlglot can read",
+        "SELECT * FROM INPUT JOIN Users USING (id)",
+        "WITH Clean AS (SELECT * FROM input) SELECT * FROM clean",
     ],
 )
 def test_known_relations_files_functions_and_unparsed_queries_pass(query: str) -> None:

@@ -36,3 +36,18 @@ def test_keys_set_in_the_environment_win_and_write_nothing(
 
     assert path is None and not (tmp_path / ".sluice").exists()
     assert keys["SLUICE_HMAC_KEY"] == "sluice_hmac_key-value"
+
+
+def test_a_key_set_in_the_environment_is_never_written_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_keys
+) -> None:
+    monkeypatch.setenv("SLUICE_ENCRYPTION_KEY", "secret-from-the-environment")
+
+    keys, path = demo_keys(tmp_path)
+
+    assert keys["SLUICE_ENCRYPTION_KEY"] == "secret-from-the-environment"
+    assert path is not None and "secret-from-the-environment" not in path.read_text()
+    assert sorted(line.split("=")[0] for line in path.read_text().splitlines()) == [
+        "SLUICE_HMAC_KEY",
+        "SLUICE_MASK_SALT",
+    ]

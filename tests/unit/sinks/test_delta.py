@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import date
@@ -216,6 +217,20 @@ def test_a_log_cleaned_of_every_commit_of_the_pipeline_is_reported(
     [warning] = [e for e in events if e.name == "positions_not_found"]
     assert warning.fields["log_starts_at"] == 2
     assert "delta.logRetentionDuration" in warning.fields["hint"]
+
+
+def test_a_commit_without_whole_positions_is_not_marked_and_reads_merge_past_it(
+    ctx: RunContext, tmp_path: Path
+) -> None:
+    delta = sink()
+    whole = {"orders": {"files": ["a.csv", "b.csv"]}}
+    delta.write(ctx, request(orders([1]), key="k1", positions=whole))
+    replayed = dataclasses.replace(request(orders([2]), key="k2"), positions_complete=False)
+    delta.write(ctx, replayed)
+
+    newest = DeltaTable(str(tmp_path / "lake/orders")).history(1)[0]
+    assert "sluice.positions_complete" not in newest
+    assert delta.committed_positions(ctx) == whole
 
 
 def test_committed_positions_of_a_missing_table_are_empty(ctx: RunContext) -> None:

@@ -173,3 +173,15 @@ def test_a_short_history_without_a_complete_commit_is_read_once() -> None:
 
     assert files_of(read_positions(table, "p")) == ["a.csv", "b.csv"]  # type: ignore[arg-type]
     assert table.asked == [32]
+
+
+def test_a_cleaned_log_is_reported_only_when_no_commit_of_the_pipeline_is_left() -> None:
+    calls: list[int] = []
+    kept = _History([commit(40, ["f40"]), commit(41, ["f41"])])  # unmarked, older version
+    gone = _History([commit(40, ["z"], **{PIPELINE_KEY: "other"})])
+
+    found = read_positions(kept, "p", cleaned=calls.append)  # type: ignore[arg-type]
+    missing = read_positions(gone, "p", cleaned=calls.append)  # type: ignore[arg-type]
+
+    assert (files_of(found), missing) == (["f40", "f41"], {})
+    assert calls == [40]
