@@ -66,6 +66,7 @@ def test_a_step_that_renames_a_pii_column_fails_and_publishes_nothing(tmp_path: 
         ("struct_pack(e := email)", "wrapped"),
         ("map([email], [1])", "keyed"),
         ("'{\"to\": \"' || email || '\"}'", "doc"),
+        ("'Contact ' || email || '.'", "note"),
     ],
 )
 def test_a_step_that_wraps_a_pii_column_fails_and_publishes_nothing(
@@ -119,3 +120,31 @@ def test_pii_values_a_step_changes_are_still_masked_row_by_row(tmp_path: Path) -
     assert (
         dict(zip(table["user_id"].to_pylist(), table["email"].to_pylist(), strict=True)) == expected
     )
+
+
+def test_small_numbers_in_a_list_or_text_are_not_taken_for_a_numeric_pii_id(
+    tmp_path: Path,
+) -> None:
+    # user_id is PII; the item ids are other numbers of the same range.
+    folder = tmp_path / "in"
+    folder.mkdir(parents=True)
+    lines = ["user_id,email,items"] + [
+        f"{i},user{i}@example.com,{(i * 7) % 50}|{(i * 13) % 50}" for i in range(1, 51)
+    ]
+    (folder / "users.csv").write_text("\n".join(lines) + "\n")
+    query = (
+        "SELECT user_id, email, list_transform(string_split(items, '|'), lambda x: x::INT) AS ids, "
+        "'item ' || replace(items, '|', ' and ') AS item_text FROM input"
+    )
+    spec_with_ids = spec(query)
+    spec_with_ids["pii"] = {"email": "hmac", "user_id": "hmac"}
+    options = RunOptions(
+        logical_date=date(2025, 1, 15),
+        base_dir=tmp_path,
+        state_dir=tmp_path / ".sluice",
+        environ=KEYS,
+    )
+
+    result = run_pipeline(pipeline_from_dict(spec_with_ids), options)
+
+    assert result.ok, result.error

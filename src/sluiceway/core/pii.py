@@ -22,6 +22,19 @@ _TOKEN_BREAKS = r"[^[:alnum:]@.\-_+]+"
 """Where the guard splits a value into tokens: an e-mail address or an IP stays whole."""
 
 
+def _tokens_sql(sample: str) -> str:
+    """(col, id, t): each sampled value whole, and its tokens, lower case. A token loses the
+    `. - _ +` at its ends (the full stop after an address); tokens shorter than 4 characters
+    or made of digits only are left out (a list of small numbers would match any numeric
+    id), unless they are the whole value. The value itself is not repeated per token."""
+    split = f"trim(unnest(regexp_split_to_array(lower(v), {quote_literal(_TOKEN_BREAKS)})), '.-_+')"
+    return (
+        f"SELECT DISTINCT col, id, t FROM (SELECT col, id, lower(v) AS t FROM {quote_ident(sample)} "
+        f"UNION ALL SELECT col, id, t FROM (SELECT col, id, {split} AS t FROM {quote_ident(sample)}) "
+        "WHERE length(t) >= 4 AND NOT regexp_full_match(t, '[0-9]+')) WHERE t <> ''"
+    )
+
+
 def _may_hold_text(kind: str) -> bool:
     """A DuckDB type whose values can carry a copied text value."""
     return (
@@ -132,22 +145,19 @@ class PiiMasking:
         ]
         if not self.methods or not candidates:
             return
+        distinct = " UNION ALL ".join(
+            f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)}::VARCHAR AS v FROM "
+            f"(SELECT * FROM {quote_ident(table)} USING SAMPLE reservoir({GUARD_SAMPLE_ROWS} ROWS) "
+            f"REPEATABLE (7)) WHERE {quote_ident(c)} IS NOT NULL"
+            for c in candidates
+        )
         sample = self.engine.create_table(
             self.engine.new_name("pii_probe"),
-            " UNION ALL ".join(
-                f"SELECT DISTINCT {quote_literal(c)} AS col, {quote_ident(c)}::VARCHAR AS v FROM "
-                f"(SELECT * FROM {quote_ident(table)} USING SAMPLE reservoir({GUARD_SAMPLE_ROWS} ROWS) "
-                f"REPEATABLE (7)) WHERE {quote_ident(c)} IS NOT NULL"
-                for c in candidates
-            ),
+            f"SELECT col, v, row_number() OVER () AS id FROM ({distinct})",
             purpose="sample the result for PII",
         )
         tokens = self.engine.create_table(
-            self.engine.new_name("pii_tokens"),
-            f"SELECT DISTINCT col, v, t FROM (SELECT col, v, lower(v) AS t FROM {quote_ident(sample)} "
-            f"UNION ALL SELECT col, v, unnest(regexp_split_to_array(lower(v), {quote_literal(_TOKEN_BREAKS)})) "
-            f"FROM {quote_ident(sample)}) WHERE t <> ''",
-            purpose="split the sample into tokens",
+            self.engine.new_name("pii_tokens"), _tokens_sql(sample), purpose="tokens of the sample"
         )
         try:
             totals = dict(
@@ -166,7 +176,7 @@ class PiiMasking:
         self, tokens: str, totals: dict[str, int], source: str, source_table: str, column: str
     ) -> None:
         hits = self.engine.execute(
-            f"SELECT col, count(DISTINCT v) FROM {quote_ident(tokens)} s SEMI JOIN "
+            f"SELECT col, count(DISTINCT id) FROM {quote_ident(tokens)} s SEMI JOIN "
             f"{quote_ident(source_table)} p ON s.t = lower(p.{quote_ident(column)}::VARCHAR) "
             "GROUP BY col",
             purpose="look for PII under another name",
