@@ -177,14 +177,18 @@ def _sniffed_header(
             f"SELECT * FROM read_csv({quote_literal(path)}, {_csv_options(opts, compression)}, ignore_errors=true)"
         ), True
     except StepError:
-        names = _split_header(path, compression, opts) if opts.header else []
+        names = _split_header(path, compression, opts)
         if not names:
             raise
         return names, False
 
 
 def _split_header(path: str, compression: Compression, opts: CsvOptions) -> list[str]:
-    """The first line of the file split as CSV ([] when it has none or repeats a name)."""
+    """The column names from the first line of the file split as CSV: its fields, or with
+    `header: false` DuckDB's names for that many columns (column0..., zero-padded). []
+    when there is no line, a name repeats, or the quote or escape is not one character."""
+    if len(opts.quote) != 1 or len(opts.escape) != 1 or len(opts.delimiter) != 1:
+        return []
     head = head_bytes(path, compression, 1 << 20).removeprefix(b"\xef\xbb\xbf")
     line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
     if not line.strip():
@@ -197,6 +201,9 @@ def _split_header(path: str, compression: Compression, opts: CsvOptions) -> list
         escapechar=None if opts.escape == opts.quote else opts.escape,
     )
     names = [name.strip() for name in next(reader, [])]
+    if not opts.header:
+        width = len(str(len(names) - 1))
+        names = [f"column{index:0{width}d}" for index in range(len(names))]
     return names if names and len(set(names)) == len(names) else []
 
 
@@ -215,11 +222,34 @@ def read_csv_files(
         shape: applied to the rows in the statement that parses them (e.g. the contract's
             flagging query), so the raw text rows are never stored.
     """
+    header, sniffed = _sniffed_header(files[0][0], compression, opts, engine)
+    try:
+        return _read_csv_batch(engine, files, compression, opts, shape, header, not sniffed)
+    except StepError as exc:
+        if not sniffed or "sniffing" not in exc.message:
+            raise
+        # Another file of the batch defeats the sniffer: read them all with the first's
+        # columns (the files of a batch share their header).
+        names = _split_header(files[0][0], compression, opts)
+        if not names:
+            raise
+        return _read_csv_batch(engine, files, compression, opts, shape, names, True)
+
+
+def _read_csv_batch(
+    engine: DuckDBEngine,
+    files: list[tuple[str, str]],
+    compression: Compression,
+    opts: CsvOptions,
+    shape: Shape | None,
+    header: list[str],
+    explicit: bool,
+) -> FileRead:
+    """One scan of `files`; `explicit`: with `header`'s columns, the sniffer left out."""
     rejects, scans = engine.new_name("rejects"), engine.new_name("scans")
     paths = "[" + ", ".join(quote_literal(path) for path, _ in files) + "]"
-    header, sniffed = _sniffed_header(files[0][0], compression, opts, engine)
     options = _csv_options(opts, compression)
-    if not sniffed:
+    if explicit:
         types = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in header)
         options += f", auto_detect=false, columns={{{types}}}"
     reader = (
@@ -230,10 +260,12 @@ def read_csv_files(
     columns = [*header, ROW_FILE]
     select = f"SELECT * FROM {reader}" if shape is None else shape(reader, columns)
     names = ", ".join(display for _, display in files)
-    engine.create_table(table, select, purpose=f"read CSV {names}"[:200])
-    rejects_out = _csv_rejects(engine, rejects, scans, files, compression)
-    engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
-    engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
+    try:
+        engine.create_table(table, select, purpose=f"read CSV {names}"[:200])
+        rejects_out = _csv_rejects(engine, rejects, scans, files, compression)
+    finally:
+        engine.run(f"DROP TABLE IF EXISTS {quote_ident(rejects)}")
+        engine.run(f"DROP TABLE IF EXISTS {quote_ident(scans)}")
     records = engine.count(table) + len(rejects_out)
     return FileRead(
         _numbered_files(engine, table, files), records, rejects_out, temp_tables=[table]
@@ -275,13 +307,29 @@ def _csv_rejects(
     return out
 
 
+_REJECT_TEXT_LIMIT = 9_999
+"""DuckDB keeps at most this many bytes (and one more) of a rejected line's text."""
+
+
 def _csv_reject(
     file: str, line: int, raw: bytes | None, text: str, message: str
 ) -> dict[str, object]:
-    """A malformed line as a dead letter. An unterminated quote makes the reader take every
-    line after it as part of one value: the dead letter then holds all of them, and says so,
-    so those rows are not lost from sight."""
+    """A malformed line as a dead letter; one that spans several lines (a quoted newline)
+    holds all of them.
+
+    Raises:
+        SourceError: a quote that never closes: the rest of the file cannot be read.
+    """
     spanned = text.strip("\r\n").count("\n") + 1
+    if spanned > 1 and ("unterminated quote" in message or len(text) >= _REJECT_TEXT_LIMIT):
+        # The reader took everything after the quote as one value, and keeps only the
+        # first 10,000 bytes of it: the lines after are in neither the table nor here.
+        raise SourceError(
+            f"cannot read '{file}' as CSV: line {line} opens a quote that never closes, so "
+            "the reader takes the rest of the file as one value and its rows cannot be told "
+            "apart. Fix the quote (or remove the line) and run again; nothing was written",
+            context={"file": file, "line": line},
+        )
     if spanned > 1:
         return {
             "file": file,

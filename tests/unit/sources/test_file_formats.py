@@ -127,21 +127,40 @@ def test_a_stray_quote_that_defeats_the_sniffer_is_one_reject_not_a_failed_read(
     assert (found["line"], found["raw"]) == (51, b'50,20,"x"y"')
 
 
-def test_an_unterminated_quote_dead_letters_every_line_it_swallows(
-    tmp_path, read_files, fetch_rows
-):
-    # The quote never closes: the reader takes the rest of the file as one value. Those
-    # lines are not dropped: they are in the dead letter, which says how many there are.
-    path = write(tmp_path / "orders.csv", _numbered_csv('50,"20,unterminated'))
+@pytest.mark.parametrize("rows", [100, 100_000])
+def test_a_quote_that_never_closes_stops_the_read_naming_the_line(tmp_path, read_files, rows):
+    # The reader takes the rest of the file as one value (and keeps only 10,000 bytes of
+    # it): those rows cannot be told apart, so nothing is read rather than rows lost.
+    lines = ["id,amount,note", *(f"{i},{i * 2},n{i}" for i in range(1, rows + 1))]
+    lines[50] = '50,"20,unterminated'
+    path = write(tmp_path / "orders.csv", ("\n".join(lines) + "\n").encode())
 
-    read = read_files(path)
+    with pytest.raises(SourceError, match="line 51 opens a quote that never closes"):
+        read_files(path)
 
-    assert [r["id"] for r in fetch_rows(read.table)] == [str(i) for i in range(1, 50)]
+
+def test_a_stray_quote_in_a_later_file_of_a_batch_is_one_reject(tmp_path, read_files, fetch_rows):
+    # The files share their header, so they are read by one scan; the sniffer fails on
+    # the second one, and the scan is redone with the first file's columns.
+    write(tmp_path / "in" / "a.csv", _numbered_csv("50,100,n50"))
+    write(tmp_path / "in" / "b.csv", _numbered_csv('50,20,"x"y"'))
+
+    read = read_files(str(tmp_path / "in") + "/")
+
+    assert len(fetch_rows(read.table)) == 199
     [found] = rejects(read)
-    assert found["line"] == 51
-    assert found["raw"].startswith(b'50,"20,unterminated\n51,102,n51\n')
-    assert found["raw"].rstrip(b"\n").endswith(b"100,200,n100")
-    assert "runs over 51 lines (lines 51-101" in found["reason"]
+    assert (Path(found["file"]).name, found["line"]) == ("b.csv", 51)
+
+
+def test_a_stray_quote_in_a_file_without_header_is_one_reject(tmp_path, read_files, fetch_rows):
+    data = _numbered_csv('50,20,"x"y"').split(b"\n", 1)[1]  # no header line
+    path = write(tmp_path / "orders.csv", data)
+
+    read = read_files(path, header=False)
+
+    rows = fetch_rows(read.table)
+    assert len(rows) == 99 and rows[0]["column0"] == "1"
+    assert [r["line"] for r in rejects(read)] == [50]
 
 
 def test_csv_reject_raw_bytes_are_exact_with_crlf_line_endings(tmp_path, read_files):
