@@ -135,8 +135,9 @@ class DedupStep:
                 hint=f"dedup on {', '.join(self.config.keys)}: the stream committed "
                 f"{sequence - 1} batch(es) but this folder holds no dedup state, so keys "
                 "seen before this run are unknown and their duplicates within the window are "
-                "written. Earlier runs kept it under another state folder: run from the same "
-                "folder, or pass --state-dir (or SLUICE_HOME) pointing at it",
+                "written. If earlier runs kept it under another state folder, run from the "
+                "same folder or pass --state-dir (or SLUICE_HOME) pointing at it; after a "
+                "change of the dedup keys this is expected once",
             )
         row_time, watermark = self._row_time(engine, table, state.table)
         cutoff = _timestamp(watermark - parse_window(self.config.window or ""))
