@@ -36,7 +36,13 @@ def _where(row: dict[str, Any]) -> str:
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--run", "run_id", help="Only the dead letters of this run.")
 @click.option("--limit", default=20, show_default=True, help="How many rows to show.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="json: one JSON object per dead letter per line (NDJSON; none: no output).",
+)
 @click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
 def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | None) -> None:
     """List dead-letter rows of a pipeline (PII masked; raw payloads never shown)."""
