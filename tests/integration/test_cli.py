@@ -337,6 +337,7 @@ def test_a_failed_run_shows_its_rows_as_not_published_and_why_a_check_errored(pr
     assert " written " not in done.stdout
     reason = next(line for line in done.stdout.splitlines() if "not_null(event_idx): " in line)
     assert "Did you mean 'event_id'" in reason  # why it errored, not only that it did
+    assert "not found in the checked result" in reason  # not an internal table name
     assert not (project / "lake" / "orders").exists()
 
 

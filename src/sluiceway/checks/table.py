@@ -356,7 +356,9 @@ def _missing_column(check: TableCheck, table: str, known: list[str] | None) -> s
     if column is None or known is None or column.lower() in {k.lower() for k in known}:
         return None
     hint = registry.did_you_mean(column, known)
-    return f"column '{column}' not found in table '{table}'.{hint} Columns: {', '.join(known)}."
+    # A run's staged result has an internal name (sw_staged_8) that means nothing to a user.
+    where = "the checked result" if table.startswith("sw_") else f"table '{table}'"
+    return f"column '{column}' not found in {where}.{hint} Columns: {', '.join(known)}."
 
 
 def _missing_other_column(engine: DuckDBEngine, check: TableCheck) -> str | None:
