@@ -8,7 +8,6 @@ Values that came from `${ENV}` references are never echoed in messages.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import types
@@ -256,14 +255,14 @@ def _typed(cfg: Any, path: Path_, kind: registry.PluginKind, located: _Located) 
     name = str(cfg["type"])
     plugin = registry.lookup(kind, name)
     if plugin is None:
-        hint = registry.did_you_mean(name, registry.names(kind))
+        close = registry.closest(name, registry.names(kind))
+        hint = f" Did you mean '{close}'?" if close else ""
         located.problem((*path, "type"), f"unknown {kind} type '{name}'.{hint}")
         located.failed_paths.add(path)
-        close = difflib.get_close_matches(name, registry.names(kind), n=1, cutoff=0.6)
         if close:  # the rest of the block, read as the type it most likely means
             _validate_model(
-                registry.lookup(kind, close[0]).config,  # type: ignore[union-attr]
-                {**cfg, "type": close[0]},
+                registry.lookup(kind, close).config,  # type: ignore[union-attr]
+                {**cfg, "type": close},
                 path,
                 located,
             )

@@ -64,10 +64,16 @@ def canonical(kind: PluginKind) -> list[Plugin]:
     return [unique[n] for n in sorted(unique)]
 
 
+def closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate `name` most likely meant, or None when none is close."""
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(name: str, candidates: list[str]) -> str:
     """A ' Did you mean ...?' suffix for the closest candidate, or ''."""
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    close = closest(name, candidates)
+    return f" Did you mean '{close}'?" if close else ""
 
 
 def _load_builtins() -> None:

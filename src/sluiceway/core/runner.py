@@ -374,21 +374,8 @@ class _Runner:
         self.ctx.events.emit("run_failed", error=message, error_type=error_type)
 
     def _check_keys(self) -> None:
-        methods = set(self.pipeline.pii.values())
-        if self.pipeline.pii:
-            methods.add("encrypt")
-        try:
-            masking.check_keys(sorted(methods), self.keys)
-        except ConfigError as exc:
-            message = str(exc)
-            if "encrypt" not in self.pipeline.pii.values():
-                # encrypt is not a method of the spec: the key is the dead letters'.
-                message = message.replace(
-                    "used by masking method(s) encrypt",
-                    "for the dead letters' raw payloads (a pipeline with PII stores them "
-                    "encrypted)",
-                ).replace(", encrypt", "")
-            raise ConfigError(message) from exc
+        pii = self.pipeline.pii
+        masking.check_keys(sorted(set(pii.values())), self.keys, dead_letters=bool(pii))
         masking.register_functions(self.ctx.engine.con, self.keys)
 
     def _run(self) -> None:

@@ -115,8 +115,10 @@ def _from_urlsafe_base64(text: str) -> bytes | None:
         return None
 
 
-def required_keys(methods: Iterable[str]) -> dict[str, str]:
-    """Map each environment variable the given methods need to why it is needed.
+def required_keys(methods: Iterable[str], *, dead_letters: bool = False) -> dict[str, str]:
+    """Map each environment variable the given methods need to why it is needed;
+    `dead_letters`: the encryption key of dead-letter raw payloads is needed too (a
+    pipeline with PII stores them encrypted).
 
     Methods without secrets (`truncate_ip`, `redact`) add nothing. An unknown method
     raises ValueError.
@@ -126,21 +128,29 @@ def required_keys(methods: Iterable[str]) -> dict[str, str]:
         env = _ENV_OF_METHOD.get(ensure_method(method))
         if env is not None and method not in users.setdefault(env, []):
             users[env].append(method)
-    return {
+    needed = {
         env: f"{_PURPOSE_OF_ENV[env]}, used by masking method(s) {', '.join(names)}"
         for env, names in users.items()
     }
+    if dead_letters:
+        why = "for the dead letters' raw payloads (a pipeline with PII stores them encrypted)"
+        env = ENCRYPTION_KEY_ENV
+        needed[env] = (
+            f"{needed[env]} and {why}" if env in needed else f"{_PURPOSE_OF_ENV[env]}, {why}"
+        )
+    return needed
 
 
-def check_keys(methods: Iterable[str], keys: MaskKeys) -> None:
-    """Raise ConfigError listing every secret the methods need that `keys` lacks.
+def check_keys(methods: Iterable[str], keys: MaskKeys, *, dead_letters: bool = False) -> None:
+    """Raise ConfigError listing every secret the methods (and, with `dead_letters`, the
+    dead letters' encryption) need that `keys` lacks.
 
     The message names each missing variable, what it is for and how to set it.
     Returns None when nothing is missing.
     """
     missing = {
         env: why
-        for env, why in required_keys(methods).items()
+        for env, why in required_keys(methods, dead_letters=dead_letters).items()
         if getattr(keys, _FIELD_OF_ENV[env]) is None
     }
     if missing:
