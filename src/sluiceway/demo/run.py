@@ -51,9 +51,9 @@ def demo_keys(workdir: Path) -> tuple[dict[str, str], Path | None]:
     if len(from_env) == len(DEMO_KEYS):
         return from_env, None
     # Only keys made here go to the file: a key set in the environment is never written.
-    made = {name: value for name, value in _read_env_file(path).items() if name in DEMO_KEYS}
+    saved = _read_env_file(path)
     made = {
-        name: made.get(name) or secrets.token_hex(32) for name in DEMO_KEYS if name not in from_env
+        name: saved.get(name) or secrets.token_hex(32) for name in DEMO_KEYS if name not in from_env
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
