@@ -85,6 +85,11 @@ class TransientError(SluicewayError):
     """A failure worth retrying with backoff."""
 
 
+class ConcurrentRunError(TransientError):
+    """Another run of the pipeline committed new source positions while this one ran: this
+    run read from the older ones and publishes nothing. A retry reads from the new ones."""
+
+
 class TerminalError(SluicewayError):
     """A failure that retrying will not fix: the run fails."""
 

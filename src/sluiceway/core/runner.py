@@ -60,6 +60,7 @@ from sluiceway.core.watchdog import Watchdog
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import (
     AccountingError,
+    ConcurrentRunError,
     ConfigError,
     GateFailed,
     SluicewayError,
@@ -171,6 +172,15 @@ def _replay_key(letters_key: str, failing: pa.Table) -> str:
     )
     blob = "\n".join([letters_key, *rows])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def reads_from_position(config: Any) -> bool:
+    """True for a source that reads on from its committed position (`incremental: true`,
+    `incremental:` settings or `mode: incremental`); other sources record what they read,
+    but two runs of them may overlap."""
+    return bool(getattr(config, "incremental", False)) or getattr(config, "mode", "") == (
+        "incremental"
+    )
 
 
 def _batch_sequence(batch: StreamBatch | None) -> int | None:
@@ -419,6 +429,7 @@ class _Runner:
             self.pii.guard_renamed(staged, valid)
         self.accounting.rows_written = self.staged.num_rows
         self.result.bytes_written = self.staged.nbytes
+        self._check_not_overtaken(sinks, positions, run_key)
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
         self._audit(staged)
@@ -426,6 +437,7 @@ class _Runner:
         if self.options.is_replay:
             run_key = _replay_key(run_key, self.result.dead_letters)
         self._check_deadline()
+        self._check_not_overtaken(sinks, positions, run_key)
         self.has_published = True
         self._publish(sinks, staged, run_key, committed)
         self.has_committed = True
@@ -443,6 +455,39 @@ class _Runner:
         if self.options.is_replay:
             return {}
         return {**committed, **{n: r.position for n, r in reads.items() if r.position}}
+
+    def _check_not_overtaken(
+        self, sinks: list[Any], positions: dict[str, Any], run_key: str
+    ) -> None:
+        """Fail (retryably) when another run of the pipeline committed new positions since
+        this one read them: its inputs would land twice, or its commit would roll the other
+        run's positions back. When that run committed these very inputs (the same key), the
+        sinks skip them. Checked before the dead letters and again before the commit."""
+        if self.options.batch is not None or self.options.is_replay:
+            return
+        now = sinks[0].committed_positions(self.ctx)
+        moved = sorted(
+            name
+            for name, config in self.pipeline.sources.items()
+            if reads_from_position(config) and now.get(name) != positions.get(name)
+        )
+        if not moved:
+            return
+        if all(sink.is_committed(self.ctx, run_key) for sink in sinks):
+            self.result.note = (
+                "another run of this pipeline committed these same inputs while this run "
+                "worked; they are in the table once and this run wrote nothing"
+            )
+            return
+        uri = self.ctx.resolve(getattr(sinks[0].config, "path", "")) or repr(sinks[0])
+        raise ConcurrentRunError(
+            f"another run of pipeline {self.pipeline.pipeline!r} committed new positions of "
+            f"source(s) {', '.join(moved)} to {uri} while this run was working from the "
+            "earlier ones; this run published nothing (its inputs may be the ones that run "
+            "already wrote). Run it again: it reads from the new positions. Schedule runs of "
+            "an incremental pipeline so that they do not overlap.",
+            context={"sources": moved},
+        )
 
     def _skip_committed(self, sinks: list[Any], run_key: str) -> None:
         """These exact inputs already landed: touch neither the table nor the dead letters."""

@@ -1,0 +1,224 @@
+"""Two runs of one incremental pipeline at once: the second to commit publishes nothing.
+
+Run A reads the new files, then waits inside a Python step while run B reads and commits; when
+A goes on, its commit would land the same files twice (append) or roll B's positions back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deltalake import DeltaTable
+
+from sluiceway.core.loader import load_spec
+from sluiceway.core.retry import run_with_policy
+from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
+
+KEYS = {"SLUICE_HMAC_KEY": "k" * 32, "SLUICE_ENCRYPTION_KEY": "5a" * 32}
+HEADER = "event_id,amount\n"
+WAITING_STEP = """\
+import threading
+from datetime import date
+
+started = threading.Event()
+go_on = threading.Event()
+
+
+def transform(batch):
+    started.set()
+    if not go_on.wait(60):
+        raise RuntimeError("the test never let the run go on")
+    return batch
+"""
+
+
+def spec(*, waits: bool, mode: str = "append") -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [{"sql": "SELECT * FROM input"}]
+    if waits:
+        steps.append({"python": "sw_concurrent_wait:transform"})
+    return {
+        "version": 1,
+        "pipeline": "orders",
+        "sources": {
+            "events": {
+                "type": "files",
+                "path": "data/",
+                "format": "csv",
+                "incremental": True,
+                "contract": {
+                    "columns": {
+                        "event_id": {"type": "string", "nullable": False},
+                        "amount": {"type": "double", "min": 0},
+                    }
+                },
+            }
+        },
+        "steps": steps,
+        "sinks": [{"type": "delta", "path": "lake/orders", "mode": mode}],
+        "dead_letter": {"path": "lake/dead_letter"},
+    }
+
+
+def add_file(folder: Path, name: str, *ids: str) -> None:
+    (folder / "data").mkdir(exist_ok=True)
+    (folder / "data" / name).write_text(HEADER + "".join(f"{i},1\n" for i in ids))
+
+
+def run(folder: Path, body: dict[str, Any], name: str, **extra: Any) -> RunResult:
+    path = folder / name
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return run_pipeline(
+        load_spec(path),
+        RunOptions(base_dir=folder, state_dir=folder / ".sluice", environ=dict(KEYS), **extra),
+    )
+
+
+@pytest.fixture
+def waiting_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    (tmp_path / "sw_concurrent_wait.py").write_text(WAITING_STEP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("sw_concurrent_wait", None)
+    module = importlib.import_module("sw_concurrent_wait")
+    yield module
+    module.go_on.set()
+    sys.modules.pop("sw_concurrent_wait", None)
+
+
+def overtaken(
+    folder: Path, waiting_step: Any, between: Any, body: dict[str, Any] | None = None
+) -> tuple[RunResult, RunResult]:
+    """Run A up to its Python step, run `between()` (which returns run B's result), then let
+    A finish; returns (A, B)."""
+    results: dict[str, RunResult] = {}
+    first = threading.Thread(
+        target=lambda: results.setdefault("a", run(folder, body or spec(waits=True), "a.yaml"))
+    )
+    first.start()
+    while not waiting_step.started.wait(0.1):
+        assert first.is_alive(), f"run A stopped before its Python step: {results}"
+    second = between()
+    waiting_step.go_on.set()
+    first.join(60)
+    assert not first.is_alive()
+    return results["a"], second
+
+
+def event_ids(folder: Path) -> list[str]:
+    return sorted(
+        DeltaTable(str(folder / "lake" / "orders")).to_pyarrow_table()["event_id"].to_pylist()
+    )
+
+
+def test_a_run_overtaken_by_one_that_committed_the_same_files_writes_nothing(
+    tmp_path, waiting_step
+) -> None:
+    add_file(tmp_path, "1.csv", "e1", "e2")
+
+    a, b = overtaken(tmp_path, waiting_step, lambda: run(tmp_path, spec(waits=False), "b.yaml"))
+
+    assert b.ok, b.error
+    assert a.ok, a.error
+    assert [s.skipped for s in a.sinks] == [True]
+    assert "committed these same inputs" in (a.note or "")
+    assert event_ids(tmp_path) == ["e1", "e2"]  # once, not twice
+
+
+def test_an_overtaken_merge_publishes_nothing_and_says_to_run_again(tmp_path, waiting_step) -> None:
+    add_file(tmp_path, "1.csv", "e1", "e2")
+    merge = {"type": "delta", "path": "lake/orders", "mode": "merge", "merge_keys": ["event_id"]}
+
+    def b_then_a_newer_file() -> RunResult:
+        result = run(tmp_path, {**spec(waits=False), "sinks": [merge]}, "b.yaml")
+        add_file(tmp_path, "2.csv", "e3")
+        return result
+
+    a, b = overtaken(
+        tmp_path, waiting_step, b_then_a_newer_file, body={**spec(waits=True), "sinks": [merge]}
+    )
+    after = run(tmp_path, {**spec(waits=False), "sinks": [merge]}, "b.yaml")
+
+    assert b.ok, b.error
+    assert not a.ok and a.retryable
+    assert "committed new positions of source(s) events" in (a.error or "")
+    assert "Run it again" in (a.error or "")
+    assert after.ok and after.accounting.rows_in == 1  # 2.csv only: B's positions held
+    assert event_ids(tmp_path) == ["e1", "e2", "e3"]
+
+
+def test_a_run_overtaken_by_one_that_read_more_files_does_not_roll_its_positions_back(
+    tmp_path, waiting_step
+) -> None:
+    add_file(tmp_path, "1.csv", "e1")
+
+    def newer_file_then_b() -> RunResult:
+        add_file(tmp_path, "2.csv", "e2")
+        return run(tmp_path, spec(waits=False), "b.yaml")
+
+    a, b = overtaken(tmp_path, waiting_step, newer_file_then_b)
+    add_file(tmp_path, "3.csv", "e3")
+    after = run(tmp_path, spec(waits=False), "b.yaml")
+
+    assert b.ok and not a.ok and a.retryable
+    assert after.ok and after.accounting.rows_in == 1  # only 3.csv: B's positions held
+    assert event_ids(tmp_path) == ["e1", "e2", "e3"]
+
+
+def test_a_retry_policy_retries_an_overtaken_run_from_the_new_positions(
+    tmp_path, waiting_step
+) -> None:
+    add_file(tmp_path, "1.csv", "e1")
+    results: dict[str, Any] = {}
+    path = tmp_path / "a.yaml"
+    body = {**spec(waits=True), "retries": {"max_attempts": 2, "backoff": "1s"}}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+
+    def retried() -> None:
+        results["a"] = run_with_policy(
+            load_spec(path),
+            RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice", environ=dict(KEYS)),
+            sleep=lambda _seconds: None,
+        )
+
+    first = threading.Thread(target=retried)
+    first.start()
+    assert waiting_step.started.wait(60)
+    add_file(tmp_path, "2.csv", "e2")
+    b = run(tmp_path, spec(waits=False), "b.yaml")
+    waiting_step.go_on.set()
+    first.join(60)
+
+    assert b.ok
+    assert results["a"].ok, results["a"].error
+    assert results["a"].attempt == 2 and results["a"].accounting.rows_in == 0
+    assert event_ids(tmp_path) == ["e1", "e2"]
+
+
+def test_overlapping_runs_of_a_pipeline_that_reads_in_full_both_publish(
+    tmp_path, waiting_step
+) -> None:
+    add_file(tmp_path, "1.csv", "e1")
+
+    def by_day(waits: bool) -> dict[str, Any]:
+        body = spec(waits=waits)
+        del body["sources"]["events"]["incremental"]
+        body["steps"][0] = {"sql": "SELECT *, logical_date() AS day FROM input"}
+        body["sinks"][0].update(mode="overwrite_partition", partition_by=["day"])
+        return body
+
+    a, b = overtaken(
+        tmp_path,
+        waiting_step,
+        lambda: run(tmp_path, by_day(False), "b.yaml", logical_date=date(2025, 1, 1)),
+        body=by_day(True),
+    )
+
+    assert a.ok and b.ok, (a.error, b.error)
+    days = DeltaTable(str(tmp_path / "lake" / "orders")).to_pyarrow_table()["day"].to_pylist()
+    assert sorted(map(str, days)) == ["2025-01-01", str(a.logical_date)]
