@@ -464,6 +464,88 @@ def test_incremental_sends_the_largest_cursor_seen_on_the_next_run(
     assert got == [] and third.position == {"cursor": "2024-02-01"}
 
 
+def test_a_cursor_value_of_another_type_than_the_contracts_never_moves_the_cursor(
+    ctx: RunContext, api: ApiServer
+) -> None:
+    rows = [
+        {"id": 1, "updated_at": "2024-01-03T08:00:00Z"},
+        {"id": 2, "updated_at": "zzz-bad-date"},  # sorts after every date as text
+        {"id": 3, "updated_at": "2024-01-03T09:00:00+02:00"},  # 07:00 UTC: earlier than 1
+    ]
+    api.routes["/changes"] = lambda _, __: ok({"data": rows})
+    spec = {
+        "url": api.url("/changes"),
+        "records_path": "data",
+        "incremental": {"param": "updated_since", "cursor_field": "updated_at"},
+        "contract": {"columns": {"updated_at": {"type": "timestamp"}}},
+    }
+
+    result, got = read(ctx, spec)
+
+    assert len(got) == 3  # the bad one is the contract's to reject, not the source's to drop
+    assert result.position == {"cursor": "2024-01-03T08:00:00Z"}  # as the server wrote it
+
+
+def test_a_numeric_cursor_sent_as_text_compares_as_a_number(
+    ctx: RunContext, api: ApiServer
+) -> None:
+    api.routes["/changes"] = lambda _, __: ok({"data": [{"seq": "9"}, {"seq": "10"}]})
+    spec = {
+        "url": api.url("/changes"),
+        "records_path": "data",
+        "fields": {"sequence": "seq"},
+        "incremental": {"param": "after", "cursor_field": "seq"},
+        "contract": {"columns": {"sequence": {"type": "bigint"}}},
+    }
+
+    result, _ = read(ctx, spec)
+
+    assert result.position == {"cursor": "10"}
+
+
+def test_a_dead_lettered_page_holds_the_cursor_where_it_was_and_says_so(
+    ctx: RunContext, api: ApiServer
+) -> None:
+    bodies = {
+        "1": ok({"data": [{"id": 1, "updated_at": "2024-01-01"}]}),
+        "2": (200, {}, b"<html>gateway hiccup</html>"),  # records of 2024-01-02, never seen
+        "3": ok({"data": [{"id": 3, "updated_at": "2024-01-03"}]}),
+        "4": ok({"data": []}),
+    }
+    api.routes["/changes"] = lambda q, _: bodies[q["page"]]
+    events: list[Any] = []
+    ctx.events.subscribe(events.append)
+    spec = {
+        "url": api.url("/changes"),
+        "records_path": "data",
+        "paginate": {"type": "page", "page_size": 1},
+        "on_malformed_page": "dead_letter",
+        "incremental": {"param": "updated_since", "cursor_field": "updated_at"},
+    }
+
+    result, got = read(ctx, spec, position={"cursor": "2023-12-31"})
+
+    assert [int(r["id"]) for r in got] == [1, 3]
+    assert result.position == {"cursor": "2023-12-31"}
+    held = [e for e in events if e.name == "cursor_held"]
+    assert len(held) == 1 and "1 page(s) went to the dead letters" in held[0].fields["hint"]
+
+
+def test_a_key_written_into_the_url_is_masked_wherever_the_url_is_shown(
+    ctx: RunContext, api: ApiServer
+) -> None:
+    api.routes["/things"] = lambda _, __: (404, {}, b"no such thing")
+    spec = {"url": api.url("/things?access_key=S3cretURLKEY&limit=5")}
+
+    with pytest.raises(SourceError) as caught:
+        read(ctx, spec)
+
+    message = str(caught.value)
+    assert "access_key=***" in message and "limit=5" in message
+    assert "S3cret" not in message and "S3cret" not in repr(caught.value.context)
+    assert api.hits[0].query["access_key"] == "S3cretURLKEY"  # the server still gets it
+
+
 def test_fields_flatten_nested_records_and_missing_paths_are_null(
     ctx: RunContext, api: ApiServer
 ) -> None:

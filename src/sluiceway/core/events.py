@@ -35,6 +35,7 @@ EventName = Literal[
     "positions_not_found",
     "dedup_state_missing",
     "all_rows_rejected",
+    "cursor_held",
     "run_finished",
 ]
 

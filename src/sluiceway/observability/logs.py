@@ -20,8 +20,11 @@ _LEVELS = {
     "dedup_state_missing": "warning",
     "dedup_state_unsaved": "warning",
     "all_rows_rejected": "warning",
+    "cursor_held": "warning",
 }
-WARNINGS = frozenset({"positions_not_found", "dedup_state_missing", "all_rows_rejected"})
+WARNINGS = frozenset(
+    {"positions_not_found", "dedup_state_missing", "all_rows_rejected", "cursor_held"}
+)
 """Events that carry a `hint` a person must read: shown on the console as they happen."""
 _NOT_LOGGED = frozenset({"run_finished"})  # the run's summary, printed on its own
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -30,7 +31,14 @@ from sluiceway.core import registry
 from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, RunContext, SourceRead
 from sluiceway.core.spec import Model, SourceConfig
 from sluiceway.errors import ConfigError, SourceError
-from sluiceway.sources.api_http import HttpClient, Redactor, Response, RetryPolicy, TokenBucket
+from sluiceway.sources.api_http import (
+    SECRET_PARAM,
+    HttpClient,
+    Redactor,
+    Response,
+    RetryPolicy,
+    TokenBucket,
+)
 from sluiceway.sources.api_paging import (
     MISSING,
     NEXT_URL,
@@ -43,7 +51,6 @@ from sluiceway.sources.api_paging import (
 )
 
 RAW_COLUMN = "raw_json"
-_SECRET_PARAM = re.compile(r"key|token|secret|passw|signature|sig$|auth", re.IGNORECASE)
 
 
 class ApiRateLimit(Model):
@@ -130,6 +137,8 @@ class _Rows:
     pages: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
+    bad_pages: int = 0
+    """Pages dead-lettered whole (malformed): their records were never seen."""
 
     def add(self, values: dict[str, str | None], page: str, line: int) -> None:
         for name, value in values.items():
@@ -176,11 +185,21 @@ class ApiSource:
         cursor = (position or {}).get("cursor") if self.config.incremental else None
         if self.config.incremental and cursor is None:
             cursor = self.config.incremental.initial_value
-        newest = cursor
+        newest, order = cursor, self._cursor_order()
         for page in self._pages(client, redactor, name, self._first_url(cursor)):
             digest.update(f"{page.shown}\n".encode() + page.response.body)
             ctx.events.emit("progress", stage=f"reading {name}", done=len(rows.lines), unit="rows")
-            newest = self._take(page, rows, newest)
+            newest = self._take(page, rows, newest, order)
+        if self.config.incremental and rows.bad_pages and newest != cursor:
+            ctx.events.emit(
+                "cursor_held",
+                source=name,
+                hint=f"api source '{name}': {rows.bad_pages} page(s) went to the dead letters "
+                "unread, so the cursor stays where it was (the next run asks for the same "
+                "records again; a merge sink keeps them once) rather than move past records "
+                "never loaded",
+            )
+            newest = cursor
         table = ctx.engine.register_arrow(
             ctx.engine.new_name(f"src_{name}"), rows.to_arrow(list(self.config.fields or {}))
         )
@@ -199,11 +218,13 @@ class ApiSource:
             headers["Authorization"] = f"Bearer {_env(self.config.bearer_env, 'bearer_env', name)}"
         for header, variable in self.config.header_env.items():
             headers[header] = _env(variable, f"header_env.{header}", name)
-        secrets = [v for k, v in headers.items() if _SECRET_PARAM.search(k)]
+        secrets = [v for k, v in headers.items() if SECRET_PARAM.search(k)]
         secrets += [headers[h] for h in self.config.header_env]
-        secrets += [str(v) for k, v in self.config.params.items() if _SECRET_PARAM.search(k)]
+        secrets += [str(v) for k, v in self.config.params.items() if SECRET_PARAM.search(k)]
         secrets += [_env(v, f"param_env.{k}", name) for k, v in self.config.param_env.items()]
-        secret_params = [*self.config.param_env, *filter(_SECRET_PARAM.search, self.config.params)]
+        in_url = urllib.parse.parse_qsl(urllib.parse.urlsplit(self.config.url).query)
+        secrets += [v for k, v in in_url if SECRET_PARAM.search(k)]
+        secret_params = [*self.config.param_env, *filter(SECRET_PARAM.search, self.config.params)]
         tokens = [s.split(" ", 1)[1] for s in secrets if " " in s]  # "Bearer <token>"
         redactor = Redactor([*secrets, *tokens], secret_params)
         retry = self.config.retry
@@ -221,7 +242,7 @@ class ApiSource:
             label=f"api source '{name}'",
             bucket=TokenBucket(limit.requests_per_s, limit.burst) if limit else None,
             secret_headers=frozenset(
-                k.lower() for k in headers if _SECRET_PARAM.search(k) or k in self.config.header_env
+                k.lower() for k in headers if SECRET_PARAM.search(k) or k in self.config.header_env
             ),
         )
         return client, redactor
@@ -297,7 +318,23 @@ class ApiSource:
             page.records = found
         return page
 
-    def _take(self, page: Page, rows: _Rows, newest: Any) -> Any:
+    def _cursor_order(self) -> Callable[[Any], Any]:
+        """How cursor values compare: by the contract type of the cursor's column (a value
+        that is not of that type never moves the cursor: `"zzz"` would sort after every
+        date as text and stall the source for good), else numbers as numbers, text as text."""
+        incremental, contract = self.config.incremental, self.config.contract
+        if incremental is None or contract is None:
+            return _as_is
+        fields = self.config.fields
+        column = (
+            next((c for c, path in fields.items() if path == incremental.cursor_field), None)
+            if fields is not None
+            else incremental.cursor_field
+        )
+        spec = contract.columns.get(column or "")
+        return _CURSOR_ORDERS.get(spec.type if spec else "", _as_is)
+
+    def _take(self, page: Page, rows: _Rows, newest: Any, order: Callable[[Any], Any]) -> Any:
         """Add the page's records to `rows`; returns the largest cursor seen so far."""
         if page.records is None:
             if self.config.on_malformed_page == "fail":
@@ -308,6 +345,7 @@ class ApiSource:
                     context={"page": page.shown},
                 )
             rows.reject(page.shown, None, page.response.body, str(page.malformed))
+            rows.bad_pages += 1
             return newest
         for line, record in enumerate(page.records, start=1):
             if not isinstance(record, dict):
@@ -321,7 +359,8 @@ class ApiSource:
                 continue
             rows.add(self._flatten(record), page.shown, line)
             if self.config.incremental:
-                newest = _later(newest, json_path(record, self.config.incremental.cursor_field))
+                value = json_path(record, self.config.incremental.cursor_field)
+                newest = _later(newest, value, order)
         return newest
 
     def _flatten(self, record: dict[str, Any]) -> dict[str, str | None]:
@@ -356,18 +395,52 @@ _SCALAR_TEXT: dict[type, Callable[[Any], str]] = {
 }
 
 
-def _later(current: Any, candidate: Any) -> Any:
-    """The larger cursor: numbers compare as numbers, anything else as text."""
-    if candidate is None or candidate is MISSING:
+def _later(current: Any, candidate: Any, order: Callable[[Any], Any] | None = None) -> Any:
+    """The larger cursor by `order` (a sort key, None for a value that cannot be a cursor;
+    default: numbers compare as numbers, anything else as text). The value itself is kept
+    as the server wrote it: it is sent back as the incremental parameter."""
+    order = order or _as_is
+    if candidate is None or candidate is MISSING or order(candidate) is None:
         return current
-    if current is None:
+    if current is None or order(current) is None:
         return candidate
-    numbers = all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in (current, candidate)
-    )
-    if numbers:
-        return max(current, candidate)
-    return candidate if str(candidate) > str(current) else current
+    try:
+        return candidate if order(candidate) > order(current) else current
+    except TypeError:  # 3 against "abc": compare as text
+        return candidate if str(candidate) > str(current) else current
+
+
+def _as_is(value: Any) -> Any:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _as_number(value: Any) -> Any:
+    try:
+        return Decimal(str(value)) if not isinstance(value, bool) else None
+    except InvalidOperation:
+        return None
+
+
+def _as_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_CURSOR_ORDERS: dict[str, Callable[[Any], Any]] = {
+    "integer": _as_number,
+    "bigint": _as_number,
+    "double": _as_number,
+    "float": _as_number,
+    "decimal": _as_number,
+    "date": _as_time,
+    "timestamp": _as_time,
+    "timestamp_ntz": _as_time,
+}
 
 
 def _env(variable: str, option: str, source: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -28,6 +29,8 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRY_AFTER_STATUS = frozenset({429, 503})
 BODY_QUOTE_CHARS = 200
 _MASK = "***"
+SECRET_PARAM = re.compile(r"key|token|secret|passw|signature|sig$|auth", re.IGNORECASE)
+"""Names of query parameters and headers whose values are credentials."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ class Redactor:
         parts = urllib.parse.urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        shown = [(k, _MASK if k.lower() in self.secret_params else v) for k, v in query]
+        shown = [
+            (k, _MASK if k.lower() in self.secret_params or SECRET_PARAM.search(k) else v)
+            for k, v in query
+        ]
         clean = urllib.parse.urlunsplit(
             (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
         )
