@@ -500,6 +500,52 @@ def test_killed_at_every_point_the_cdc_table_equals_the_source(
     assert delta_rows(tmp_path) == source_rows(pg, table)
 
 
+def run_cli(tmp_path: Path, table: str, fault: str | None, *, batch_rows: int) -> int:
+    spec_path = tmp_path / "pipeline.yaml"
+    spec_path.write_text(yaml.safe_dump(cdc_spec(table, batch_rows=batch_rows), sort_keys=False))
+    env = {**os.environ, "SLUICE_HOME": str(tmp_path / ".sluice")}
+    if fault:
+        env["SLUICE_STREAM_FAULT"] = fault
+    sluice = str(Path(sys.executable).parent / "sluice")
+    command = [sluice, "run", str(spec_path), "--idle-exit", "1.5", "--log-format", "json"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    return done.returncode
+
+
+@pytest.mark.parametrize("fault", ["before_write:1", "after_commit:1", "after_commit:2"])
+def test_a_first_run_killed_during_the_snapshot_is_read_again_in_full_by_the_next(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path, fault: str
+) -> None:
+    make_source(open_it=False)
+    pg.execute(f"INSERT INTO {table} SELECT i, 'n' || i, i, 'd' || i FROM generate_series(1, 40) i")
+
+    assert run_cli(tmp_path, table, fault, batch_rows=15) == -signal.SIGKILL
+    pg.execute(f"DELETE FROM {table} WHERE id IN (3, 33)")  # while no run is reading
+    assert run_cli(tmp_path, table, None, batch_rows=15) == 0
+
+    assert delta_rows(tmp_path) == source_rows(pg, table)
+    assert len(delta_rows(tmp_path)) == 38
+
+
+def test_a_snapshot_that_landed_whole_is_not_read_again(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)
+    # 30 rows in batches of 15: the last batch is full, so the end is known by reading ahead.
+    pg.execute(f"INSERT INTO {table} SELECT i, 'n' || i, i, 'd' || i FROM generate_series(1, 30) i")
+    assert run_cli(tmp_path, table, None, batch_rows=15) == 0
+    versions = DeltaTable(str(tmp_path / "lake" / "items")).version()
+
+    assert run_cli(tmp_path, table, None, batch_rows=15) == 0
+
+    assert DeltaTable(str(tmp_path / "lake" / "items")).version() == versions  # nothing again
+    assert delta_rows(tmp_path) == source_rows(pg, table)
+    newest = json.loads(
+        DeltaTable(str(tmp_path / "lake" / "items")).history(1)[0]["sluice.positions"]
+    )
+    assert newest["items"][table].endswith(":99999999")
+
+
 def test_killed_around_a_truncate_the_cdc_table_equals_the_source(
     pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
 ) -> None:

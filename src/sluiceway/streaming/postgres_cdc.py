@@ -22,7 +22,7 @@ import re
 import select
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -40,6 +40,8 @@ from sluiceway.streaming import pgoutput
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
 
 START_SCRIPT = "bash scripts/services/postgres.sh"
+SNAPSHOT_END = 99_999_999
+"""The seq of the initial snapshot's last row: committed, it says the snapshot landed whole."""
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MSG_ID = re.compile(r"^([0-9A-F]{16}):(\d+)$")
 _AUTH_FAILED = re.compile(
@@ -132,6 +134,8 @@ class _Snapshot:
     lsn: int
     taken_at: datetime
     seq: int = 0
+    ahead: list[Any] = field(default_factory=list)
+    """Rows read past the last fetch: the snapshot's last row is known as the last."""
 
 
 @dataclass
@@ -159,6 +163,8 @@ class PostgresCdcSource:
         self._stream: Any = None
         self._snapshot: _Snapshot | None = None
         self._has_committed = False
+        self._resumed = False  # told the committed position by `resuming`
+        self._committed_id: str | None = None
         self._snapshot_reading = False
         self._snapshot_chunks_unacked = 0
         self._snapshot_lsn: int | None = None
@@ -198,7 +204,9 @@ class PostgresCdcSource:
             self._check_table()
             self._ensure_publication()
             status = self._slot_status()
-            if status is not None and (self._snapshot_owed or self._slot_is_lost(status)):
+            if status is not None and (
+                self._snapshot_owed or self._slot_is_lost(status) or self._snapshot_cut_short()
+            ):
                 self._drop_slot()
                 status = None
             elif status is None and self._has_committed and self.config.on_slot_lost == "fail":
@@ -215,6 +223,26 @@ class PostgresCdcSource:
         With some, a slot that is then missing was lost (dropped, or never kept), and a new
         snapshot must replace the table's rows, not merge into them."""
         self._has_committed = bool(committed)
+        self._resumed, self._committed_id = True, committed.get(self.config.partition)
+
+    def _snapshot_cut_short(self) -> bool:
+        """The slot's initial snapshot was never wholly committed (the run that made it was
+        killed or stopped): nothing was committed since the slot was made, or the committed
+        position lies in the snapshot (just before the slot's consistent point, which no
+        acknowledgement moved) and is not its last row. The table is then read again (a
+        snapshot replacing committed rows starts with a TRUNCATE)."""
+        if not self._resumed or self.config.snapshot != "initial" or not self.config.create:
+            return False
+        if self._committed_id is None:
+            return True
+        lsn, seq = _id_key(self._committed_id)
+        rows = self._query(
+            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            (self.config.slot_name,),
+        )
+        confirmed = int(rows[0][0]) if rows and rows[0][0] is not None else None
+        return confirmed is not None and lsn == confirmed - 1 and seq != SNAPSHOT_END
 
     def close(self) -> None:
         """Disconnect; never raises. An unfinished snapshot stays owed (see `open`)."""
@@ -339,9 +367,9 @@ class PostgresCdcSource:
         return SourceError(
             f"postgres_cdc: replication slot {self.config.slot_name} is lost: {reason}. The "
             "changes since the last acknowledged position are gone: set `on_slot_lost: "
-            "resnapshot` to re-create the slot and read the table again, or drop the slot "
-            "(PostgresCdcSource.reset()) and rerun; raise max_slot_wal_keep_size to keep it "
-            "from happening again.",
+            "resnapshot` and run again, to re-create the slot and read the table again (a "
+            "TRUNCATE first, so the Delta table ends equal to the source); raise "
+            "max_slot_wal_keep_size to keep it from happening again.",
             context=self._context(),
         )
 
@@ -456,12 +484,22 @@ class PostgresCdcSource:
             rows.append((f"{snapshot.lsn:016X}:{0:08d}", b'{"__op":"t"}', snapshot.taken_at))
             snapshot.seq = 1
             max_messages -= 1
-        fetched = snapshot.cursor.fetchmany(max_messages) if max_messages > 0 else []
+        last = False
+        fetched: list[Any] = []
+        if max_messages > 0:
+            # One row more than asked: when none is left over, these are the last rows, and
+            # the last one is numbered SNAPSHOT_END so that a restart knows it committed.
+            fetched = snapshot.ahead + snapshot.cursor.fetchmany(
+                max_messages + 1 - len(snapshot.ahead)
+            )
+            fetched, snapshot.ahead = fetched[:max_messages], fetched[max_messages:]
+            last = not snapshot.ahead
         payloads = [row[0].encode() for row in fetched]
-        for payload in payloads:
-            rows.append((f"{snapshot.lsn:016X}:{snapshot.seq:08d}", payload, snapshot.taken_at))
+        for index, payload in enumerate(payloads):
+            seq = SNAPSHOT_END if last and index == len(payloads) - 1 else snapshot.seq
+            rows.append((f"{snapshot.lsn:016X}:{seq:08d}", payload, snapshot.taken_at))
             snapshot.seq += 1
-        if len(payloads) < max_messages:
+        if last:
             self._snapshot = None
             self._snapshot_reading = False
             with contextlib.suppress(Exception):
@@ -571,6 +609,8 @@ class PostgresCdcSource:
         if handle.snapshot_lsn is not None and handle.snapshot_lsn == self._snapshot_lsn:
             self._snapshot_chunks_unacked = max(0, self._snapshot_chunks_unacked - 1)
         self._outstanding = max(0, self._outstanding - 1)
+        if fetched.count:  # acknowledged after its commit: the newest committed position
+            self._committed_id = fetched.messages.column("msg_id")[-1].as_py()
 
     def positions(self, fetched: Fetched) -> dict[str, str]:
         """The last msg_id of `fetched` (one partition: the table)."""
