@@ -335,6 +335,30 @@ def test_the_stream_runner_applies_the_snapshot_and_the_changes_to_delta(
     assert [r[0] for r in delta_rows(tmp_path)] == [1, 3]
 
 
+def test_columns_beyond_the_contract_and_columns_added_at_the_source_land_too(
+    table: str, tmp_path: Path
+) -> None:
+    sql(f"INSERT INTO {table} (id, name, amount, doc) VALUES (1, 'a', 1.5, '[1]')")
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+    spec = cdc_spec(table, tmp_path / "pos.json")
+
+    def run() -> None:
+        result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+        assert result.ok, result.error
+
+    run()
+    sql(
+        f"ALTER TABLE {table} ADD COLUMN region VARCHAR(8)",
+        f"INSERT INTO {table} (id, name, amount, region) VALUES (2, 'b', 2, 'eu')",
+    )
+    run()
+
+    landed = DeltaTable(str(tmp_path / "lake" / "items")).to_pyarrow_table().to_pylist()
+    rows = {row["id"]: row for row in landed}
+    assert rows[1]["doc"] == "[1]" and rows[1]["region"] is None
+    assert rows[2]["region"] == "eu" and rows[2]["doc"] is None
+
+
 def test_an_update_that_moves_the_primary_key_leaves_no_row_under_the_old_key(
     table: str, tmp_path: Path
 ) -> None:

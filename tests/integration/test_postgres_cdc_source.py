@@ -435,6 +435,63 @@ def test_the_stream_runner_applies_the_snapshot_and_the_changes_to_delta(
     assert [r[0] for r in delta_rows(tmp_path)] == [1, 30]
 
 
+def landed_columns(folder: Path) -> dict[int, dict[str, Any]]:
+    landed = DeltaTable(str(folder / "lake" / "items")).to_pyarrow_table().to_pylist()
+    return {row["id"]: row for row in landed}
+
+
+def test_columns_the_contract_does_not_name_and_columns_added_at_the_source_land_too(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x'), (2, 'b', 2, 'y')")
+    spec = cdc_spec(table)
+    spec["sources"]["items"]["contract"]["columns"] = {
+        "id": {"type": "integer", "nullable": False},
+        "name": {"type": "string"},
+    }  # evolution: evolve (the default) keeps qty and doc, as text
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    def run() -> None:
+        result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+        assert result.ok, result.error
+
+    run()
+    assert landed_columns(tmp_path)[2] == {"id": 2, "name": "b", "qty": "2", "doc": "y"}
+    pg.execute(f"ALTER TABLE {table} ADD COLUMN region text")
+    pg.execute(f"INSERT INTO {table} VALUES (3, 'c', 3, 'z', 'eu')")
+    pg.execute(f"UPDATE {table} SET qty = 10 WHERE id = 1")
+    run()
+
+    rows = landed_columns(tmp_path)
+    assert rows[3] == {"id": 3, "name": "c", "qty": "3", "doc": "z", "region": "eu"}
+    assert rows[1] == {"id": 1, "name": "a", "qty": "10", "doc": "x", "region": None}
+    assert rows[2]["region"] is None
+
+
+def test_a_column_added_to_the_contract_later_is_added_to_the_table(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x')")
+    spec = cdc_spec(table)
+    spec["sources"]["items"]["contract"]["evolution"] = "discard_column"
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    def run() -> None:
+        result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+        assert result.ok, result.error
+
+    run()
+    pg.execute(f"ALTER TABLE {table} ADD COLUMN region text")
+    pg.execute(f"INSERT INTO {table} VALUES (2, 'b', 2, 'y', 'eu')")
+    spec["sources"]["items"]["contract"]["columns"]["region"] = {"type": "string"}
+    run()
+
+    rows = landed_columns(tmp_path)
+    assert rows[2]["region"] == "eu" and rows[1]["region"] is None
+
+
 def test_a_truncate_empties_the_table_between_the_changes_before_and_after_it(
     pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
 ) -> None:

@@ -545,9 +545,14 @@ def _apply_changes(job: _Job) -> WriteResult:
         return result
     _check_fits(table, last.select(columns), job.uri)
     predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
+    existing = set(table.schema().to_arrow().names)
+    # A column new to the table (added at the source: RELATION message, binlog metadata, or
+    # the contract) is added by the merge (merge_schema); it has no old value to keep.
     kept = {
         c: f"CASE WHEN strpos(coalesce(s.{CHANGE_UNCHANGED}, ','), {_literal(',' + c + ',')}) > 0 "
         f"THEN t.{quote_ident(c)} ELSE s.{quote_ident(c)} END"
+        if c in existing
+        else f"s.{quote_ident(c)}"
         for c in columns
     }
     (
@@ -556,7 +561,7 @@ def _apply_changes(job: _Job) -> WriteResult:
             predicate=predicate,
             source_alias="s",
             target_alias="t",
-            merge_schema=False,
+            merge_schema=True,
             writer_properties=WRITER_PROPERTIES,
             commit_properties=job.commit,
         )

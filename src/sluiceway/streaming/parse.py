@@ -54,6 +54,8 @@ def parse_messages(
     )
     arrived = engine.register_view(engine.new_name("messages"), numbered)
     names = [name for name in contract.columns if name not in CHANGE_FIELDS]
+    if change_capture and contract.evolution != "discard_column":
+        names += _columns_beyond(engine, arrived, names)
     paths = ", ".join(quote_literal(_json_path(name)) for name in names)
     # One pass over the Arrow batch: the payload is validated once and parsed once more to
     # extract every field; raw bytes are kept for the rejects only. Valid JSON that starts
@@ -189,6 +191,24 @@ _CHANGE_TEXT = (
     "json_extract(text, '$.\"__old_key\"')::VARCHAR] END"
 )
 """A change's operation, unchanged columns (a JSON list as text) and old key (JSON text)."""
+
+
+_CHANGE_KEYS = ("__op", "__unchanged", "__old_key")
+
+
+def _columns_beyond(engine: DuckDBEngine, arrived: str, names: list[str]) -> list[str]:
+    """The top-level keys of the batch's JSON objects that the contract does not name: a
+    change source's payload holds every column of the table, so a column it does not list
+    (or one added at the source) reaches the contract, which keeps (`evolve`) or rejects
+    (`freeze`) it instead of it being dropped unseen."""
+    keys = engine.fetch_arrow(
+        "SELECT DISTINCT unnest(json_keys(text)) AS key FROM "
+        f"(SELECT TRY(decode(payload)) AS text FROM {quote_ident(arrived)}) "
+        "WHERE json_valid(text) AND starts_with(ltrim(text), '{') ORDER BY key",
+        purpose="columns beyond the contract",
+    )
+    known = {*names, *_CHANGE_KEYS}
+    return [k for k in keys.column("key").to_pylist() if k not in known]
 
 
 def _json_path(field: str) -> str:
