@@ -24,10 +24,13 @@ from sluiceway.streaming.runner import StreamOptions, StreamResult, run_stream
 
 class StreamStatus:
     """One live line: events/s over the last batches, lag, age of the last commit, totals;
-    retries are printed as they happen."""
+    retries are printed as they happen. Output that is not a terminal (a log file, a pipe)
+    gets the same line printed every `every_s` seconds instead of redrawn."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, every_s: float = 10.0) -> None:
         self.console = console
+        self.every_s = every_s
+        self.printed_at: float | None = None
         self.live: Live | None = None
         self.fields: dict[str, Any] = {}
         self.pipeline = ""
@@ -40,7 +43,11 @@ class StreamStatus:
             self.pipeline = event.pipeline
             self.last_commit = time.monotonic()
             self.recent = [*self.recent[-9:], (self.last_commit, int(self.fields.get("events", 0)))]
-            if self.live is None:
+            if not self.console.is_terminal:
+                if self.printed_at is None or self.last_commit - self.printed_at >= self.every_s:
+                    self.printed_at = self.last_commit
+                    self.console.print(self._line(), soft_wrap=True)
+            elif self.live is None:
                 self.live = Live(
                     get_renderable=self._line,
                     console=self.console,

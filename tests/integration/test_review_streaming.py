@@ -181,7 +181,11 @@ def test_sigterm_while_the_broker_is_unreachable_stops_the_run_promptly(tmp_path
     run then failed with exit 1."""
     write_spec(tmp_path, stream_spec("nothing", url=f"redis://127.0.0.1:{closed_port()}/0"))
     run = sluice_run(tmp_path)
-    time.sleep(2.0)
+    assert run.stderr is not None
+    for line in run.stderr:  # the run is in its connect retries (its handler is installed)
+        if b'"retrying"' in line:
+            break
+    time.sleep(0.5)
     run.send_signal(signal.SIGTERM)
     asked = time.monotonic()
     out, _ = run.communicate(timeout=60)

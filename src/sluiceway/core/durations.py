@@ -15,26 +15,30 @@ _ISO = re.compile(
 )
 
 
-def parse_duration(text: str, *, what: str = "duration") -> timedelta:
+def parse_duration(text: str, *, what: str = "duration", allow_zero: bool = False) -> timedelta:
     """The positive duration `text` stands for.
 
     Args:
         text: e.g. '90s', '5m', '1h30m', '250ms', 'PT2H'.
         what: the setting's name, for the error ('max_age', 'window').
+        allow_zero: '0s' is a duration too (a lag of none).
 
     Raises:
-        ValueError: `text` is none of these forms, or is zero.
+        ValueError: `text` is none of these forms, or is zero (unless `allow_zero`).
     """
     value = text.strip()
-    seconds = 0.0
+    seconds, matched = 0.0, False
     if _SHORT.fullmatch(value.lower()):
         seconds = sum(float(n) * _UNITS[u] for n, u in _SHORT_PART.findall(value.lower()))
+        matched = True
     elif (iso := _ISO.fullmatch(value.upper())) and value.upper() not in ("P", "PT"):
         parts = iso.groupdict()
         seconds = sum(float(parts[u] or 0) * _UNITS[u.lower()] for u in parts)
-    if seconds <= 0:
+        matched = True
+    if not matched or seconds < 0 or (seconds == 0 and not allow_zero):
+        kind = "a duration" if allow_zero else "a positive duration"
         raise ValueError(
-            f"{what} '{text}' is not a positive duration: write e.g. '90s', '30m', '2h', "
-            "'1d', '1d12h' or ISO 8601 'PT2H'"
+            f"{what} '{text}' is not {kind}: write e.g. '90s', '30m', '2h', "
+            "'1d', '1d12h' or ISO 8601 'PT2H'" + (" ('0s' for none)" if allow_zero else "")
         )
     return timedelta(seconds=seconds)

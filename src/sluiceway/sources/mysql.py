@@ -92,7 +92,7 @@ class MySQLSourceConfig(SourceConfig):
     @classmethod
     def _lag_is_a_duration_or_number(cls, lag: str | float | None) -> str | float | None:
         if isinstance(lag, str):
-            parse_duration(lag, what="lag")
+            parse_duration(lag, what="lag", allow_zero=True)
         elif lag is not None and lag < 0:
             raise ValueError(f"lag {lag} is negative; write a number >= 0 or a duration")
         return lag

@@ -77,7 +77,7 @@ class PostgresSourceConfig(SourceConfig, pgc.PostgresConnection):
     @classmethod
     def _check_lag(cls, value: str | float | None) -> str | float | None:
         if isinstance(value, str):
-            parse_duration(value, what="lag")
+            parse_duration(value, what="lag", allow_zero=True)
         elif value is not None and value < 0:
             raise ValueError(f"lag {value} must not be negative")
         return value
@@ -337,7 +337,7 @@ def _lower_bound(last_value: str, pg_type: str, lag: str | float | None, cursor:
                 f"lag '{lag}' is a duration but cursor '{cursor}' is {pg_type}: give a number "
                 "(lag: 100) for a numeric cursor"
             )
-        seconds = parse_duration(lag, what="lag").total_seconds()
+        seconds = parse_duration(lag, what="lag", allow_zero=True).total_seconds()
         return f"({value} - INTERVAL '{seconds} seconds')"
     if pg_type not in NUMERIC_TYPES:
         raise ConfigError(

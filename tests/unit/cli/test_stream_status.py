@@ -1,0 +1,41 @@
+"""The stream status line: redrawn on a terminal, printed now and then into a log file."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from sluiceway.cli_stream import StreamStatus
+from sluiceway.core.events import Event
+
+
+def status(events: int, version: int) -> Event:
+    fields = {"events": events, "lag": 5, "version": version, "written": events, "rejected": 0}
+    return Event(name="stream_status", pipeline="clicks", run_id="r1", fields=fields)
+
+
+def test_a_log_file_gets_the_status_line_at_most_every_interval() -> None:
+    out = io.StringIO()
+    line = StreamStatus(Console(file=out, force_terminal=False, width=200), every_s=3600)
+
+    line(status(100, 1))
+    line(status(200, 2))  # within the hour: not printed again
+    line.stop()
+
+    printed = out.getvalue().splitlines()
+    assert len(printed) == 1
+    assert printed[0].startswith("clicks") and "last commit v1" in printed[0]
+    assert "written 100" in printed[0]
+
+
+def test_with_no_interval_every_batch_is_printed() -> None:
+    out = io.StringIO()
+    line = StreamStatus(Console(file=out, force_terminal=False, width=200), every_s=0)
+
+    for version in (1, 2, 3):
+        line(status(100, version))
+
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert all(f"v{version}" in text for version, text in zip((1, 2, 3), lines, strict=True))
