@@ -231,10 +231,16 @@ def test_429_waits_for_retry_after_seconds_then_reads(ctx: RunContext, api: ApiS
     api.routes["/things"] = _fails_then(
         [(429, {"Retry-After": "1"}, b'{"error": "slow down"}')], ok(items(range(1, 3)))
     )
+    events: list[Any] = []
+    ctx.events.subscribe(events.append)
     _, rows = read(ctx, {"url": api.url("/things"), "retry": {"initial_backoff_s": 0.01}})
     assert len(rows) == 2
     first, second = api.hits
     assert 0.95 <= second.at - first.at < 3
+    waits = [e.fields for e in events if e.name == "retrying"]
+    assert len(waits) == 1  # the wait is said, not silent
+    assert (waits[0]["attempt"], waits[0]["next_in_s"]) == (2, 1.0)
+    assert waits[0]["step"] == "source things" and "429" in waits[0]["error"]
 
 
 def test_503_honours_retry_after_as_an_http_date(ctx: RunContext, api: ApiServer) -> None:

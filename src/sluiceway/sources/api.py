@@ -181,6 +181,14 @@ class ApiSource:
             TransientError: the server stayed unreachable or failing over every retry.
         """
         client, redactor = self._client(name)
+        client.on_retry = lambda attempt, delay, why: ctx.events.emit(
+            "retrying",
+            step=f"source {name}",
+            attempt=attempt,
+            max_attempts=self.config.retry.max_attempts,
+            next_in_s=delay,
+            error=why,
+        )
         rows, digest = _Rows(), hashlib.sha256()
         cursor = (position or {}).get("cursor") if self.config.incremental else None
         if self.config.incremental and cursor is None:

@@ -157,6 +157,8 @@ class HttpClient:
     bucket: TokenBucket | None = None
     sleep: Callable[[float], None] = time.sleep
     secret_headers: frozenset[str] = frozenset()
+    on_retry: Callable[[int, float, str], None] | None = None
+    """Told (next attempt, seconds to wait, why) before each wait between attempts."""
     requests: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -176,7 +178,10 @@ class HttpClient:
             if isinstance(wait, Response):
                 return wait
             if attempt < self.retry.max_attempts:
-                self.sleep(wait if wait is not None else self.retry.backoff(attempt))
+                delay = wait if wait is not None else self.retry.backoff(attempt)
+                if self.on_retry is not None:
+                    self.on_retry(attempt + 1, delay, f"GET {shown}: {last}")
+                self.sleep(delay)
         raise TransientError(
             f"{self.label}: GET {shown} failed {self.retry.max_attempts} time(s), last: {last}. "
             "Check that the server is up and reachable, or raise retry.max_attempts",
