@@ -92,7 +92,9 @@ def lower_bound(mark: Mark, lag: str | float | None) -> str:
         if lag is None:
             return _quoted(value.isoformat(sep=" ") if mark.kind == "timestamp" else str(value))
         start = value if mark.kind == "timestamp" else datetime.combine(value, datetime.min.time())
-        return _quoted((start - parse_duration(lag, what="lag", allow_zero=True)).isoformat(sep=" "))
+        return _quoted(
+            (start - parse_duration(lag, what="lag", allow_zero=True)).isoformat(sep=" ")
+        )
     if mark.kind == "string":
         if lag is not None:
             raise ConfigError(f"cursor '{mark.cursor}' holds text: lag cannot apply; remove it")
