@@ -109,6 +109,13 @@ def replay(spec: str, run_id: str, run_date: Any, state_dir: str | None) -> None
         f"replayed {outcome.replayed} dead letter(s): {outcome.passed} passed and left the "
         f"dead-letter table ({outcome.deleted} deleted), {outcome.still_failing} still fail"
     )
+    if outcome.not_replayable:
+        cli.console.print(
+            f"{outcome.not_replayable} other dead letter(s) of this run cannot be replayed "
+            "(unparseable records or pages, rejects of other sources, rows a check routed): "
+            "they hold no row to rebuild; fix the input and run the date again "
+            f"(`sluice dlq {spec} --run {run_id}` lists them)"
+        )
     sys.exit(0 if outcome.run is None or outcome.run.ok else 1)
 
 

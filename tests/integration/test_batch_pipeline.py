@@ -492,6 +492,37 @@ def test_replay_after_a_fix_moves_fixed_rows_from_the_dead_letters_into_the_tabl
     ]
 
 
+def test_replay_counts_the_dead_letters_it_cannot_rerun_and_the_cli_says_why(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from sluiceway.cli import main
+
+    write_events(tmp_path, EVENTS + 'e9,u9,"view,1,x@example.com,192.0.2.9\n')  # a stray quote
+    first = run(tmp_path, base_spec())
+    fixed = base_spec()
+    fixed["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
+    fixed_path = write_spec(tmp_path, fixed)
+
+    outcome = replay(load_spec(fixed_path), first.run_id, options(tmp_path))
+    said = CliRunner().invoke(
+        main,
+        [
+            "replay",
+            str(fixed_path),
+            "--run",
+            first.run_id,
+            "--state-dir",
+            str(tmp_path / ".sluice"),
+        ],
+        env=KEYS,
+    )
+
+    assert first.accounting.rows_in == 8 and outcome.replayed == 4
+    assert outcome.not_replayable == 1  # the unparseable line: no row to rebuild
+    assert "1 other dead letter(s) of this run cannot be replayed" in said.output
+    assert f"--run {first.run_id}" in said.output
+
+
 def test_replaying_again_changes_nothing(tmp_path) -> None:
     write_events(tmp_path)
     first = run(tmp_path, base_spec())

@@ -38,6 +38,10 @@ class ReplayResult:
     still_failing: int
     deleted: int
     run: RunResult | None
+    not_replayable: int = 0
+    """Dead letters of the run that replay cannot rerun: unparseable records or pages (no
+    row to rebuild), rejects of other sources, rows a check routed; reading the source
+    again (a rerun) brings those back."""
 
 
 def dead_letter_table(pipeline: Pipeline, options: RunOptions) -> DeadLetterTable:
@@ -57,15 +61,16 @@ def dead_letter_table(pipeline: Pipeline, options: RunOptions) -> DeadLetterTabl
 def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult:
     """Replay the contract dead letters of `run_id` (primary source) through `pipeline`."""
     table = dead_letter_table(pipeline, options)
-    letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
-    letters = letters.filter(
+    everything = table.read(pipeline=pipeline.pipeline, run_id=run_id)
+    letters = everything.filter(
         pa.compute.and_(
-            pa.compute.equal(letters["stage"], "contract"),
-            pa.compute.equal(letters["source"], pipeline.primary_source),
+            pa.compute.equal(everything["stage"], "contract"),
+            pa.compute.equal(everything["source"], pipeline.primary_source),
         )
     )
+    others = everything.num_rows - letters.num_rows
     if letters.num_rows == 0:
-        return ReplayResult(0, 0, 0, 0, None)
+        return ReplayResult(0, 0, 0, 0, None, others)
     rows = _rebuild(letters, options)
     ids = {
         (r["file"], r["row"]): r["dlq_id"]
@@ -93,7 +98,7 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
         with_changes(options, logical_date=logical_date, source_override=override, is_replay=True),
     )
     if not result.ok or result.dead_letters is None:  # no verdict on the rows: keep them all
-        return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result)
+        return ReplayResult(letters.num_rows, 0, letters.num_rows, 0, result, others)
     failing = {
         (r["file"], r["row"])
         for r in _rows(result.dead_letters, ["source", "file", "row"])
@@ -102,7 +107,7 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
     passed = [dlq_id for key, dlq_id in ids.items() if key not in failing]
     deleted = table.delete(passed, metadata={"sluice.replay_run_id": result.run_id})
     return ReplayResult(
-        letters.num_rows, len(passed), letters.num_rows - len(passed), deleted, result
+        letters.num_rows, len(passed), letters.num_rows - len(passed), deleted, result, others
     )
 
 
