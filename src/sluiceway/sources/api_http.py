@@ -157,7 +157,7 @@ class HttpClient:
     bucket: TokenBucket | None = None
     sleep: Callable[[float], None] = time.sleep
     secret_headers: frozenset[str] = frozenset()
-    on_retry: Callable[[int, float, str], None] | None = None
+    on_retry: Callable[[int, float, str], object] | None = None
     """Told (next attempt, seconds to wait, why) before each wait between attempts."""
     requests: int = field(default=0, init=False)
 
