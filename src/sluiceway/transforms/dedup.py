@@ -153,24 +153,42 @@ class DedupStep:
                 f"SELECT * FROM {quote_ident(arrow)} WHERE {SEEN_AT} >= {cutoff}",
                 purpose="keys seen within the window",
             )
-            first_seen = self._anti_join(first_seen, seen)
-        fresh = engine.create_table(
-            engine.new_name("dedup_fresh"), first_seen, purpose="new keys of the batch"
-        )
         # Materialised once: in a stream the steps after dedup (enrichment lookups, staging)
-        # read its rows several times, and each read of a view would redo the window. The
-        # rows kept are those of the batch's new keys: a semi-join on `fresh` (the batch's
-        # keys) instead of a second anti-join against every key of the window.
-        on = " AND ".join(
-            f"b.{quote_ident(k)} IS NOT DISTINCT FROM f.{quote_ident(k)}" for k in self.config.keys
-        )
-        in_batch = engine.create_table(
-            engine.new_name("dedup_kept"),
-            f"SELECT b.* FROM {quote_ident(in_batch)} b SEMI JOIN {quote_ident(fresh)} f ON {on}"
-            if seen is not None
-            else f"SELECT * FROM {quote_ident(in_batch)}",
-            purpose="keep the first row of each new key",
-        )
+        # read its rows several times, and each read of a view would redo the window.
+        if seen is not None and self._kept_row_is_first_seen(engine, table):
+            # The row kept for a key is its earliest: its time is the key's first-seen time,
+            # so one anti-join of the kept rows against the window gives both the rows and
+            # the new keys (no group-by of the batch, no second join).
+            in_batch = engine.create_table(
+                engine.new_name("dedup_kept"),
+                self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen),
+                purpose="keep the first row of each new key",
+            )
+            fresh = engine.create_table(
+                engine.new_name("dedup_fresh"),
+                f"SELECT {self.keys_sql}, {row_time} AS {SEEN_AT} FROM {quote_ident(in_batch)}",
+                purpose="new keys of the batch",
+            )
+        else:
+            if seen is not None:
+                first_seen = self._anti_join(first_seen, seen)
+            fresh = engine.create_table(
+                engine.new_name("dedup_fresh"), first_seen, purpose="new keys of the batch"
+            )
+            # The rows kept are those of the batch's new keys: a semi-join on `fresh` (the
+            # batch's keys) instead of a second anti-join against every key of the window.
+            on = " AND ".join(
+                f"b.{quote_ident(k)} IS NOT DISTINCT FROM f.{quote_ident(k)}"
+                for k in self.config.keys
+            )
+            in_batch = engine.create_table(
+                engine.new_name("dedup_kept"),
+                f"SELECT b.* FROM {quote_ident(in_batch)} b SEMI JOIN {quote_ident(fresh)} f "
+                f"ON {on}"
+                if seen is not None
+                else f"SELECT * FROM {quote_ident(in_batch)}",
+                purpose="keep the first row of each new key",
+            )
         kept = engine.count(fresh)
         new_keys = engine.fetch_arrow(
             f"SELECT * FROM {quote_ident(fresh)} WHERE {SEEN_AT} >= {cutoff}",
@@ -182,6 +200,18 @@ class DedupStep:
         next_state = self._next_state(engine, seen, new_keys)
         ctx.after_commit.append(lambda: _save(ctx, state, sequence, next_state))
         return StepOutput(in_batch, deduplicated=before - kept, rows=kept)
+
+    def _kept_row_is_first_seen(self, engine: DuckDBEngine, table: str) -> bool:
+        """True when the row the step keeps for a key carries the key's first-seen time:
+        arrival time (every row of a batch has the same), or `keep: first` ordered by the
+        time column itself when it is a typed time (ordered as the window measures it)."""
+        column = self.config.time_column
+        if column is None:
+            return True
+        if self.config.keep != "first" or self.config.order_by != column:
+            return False
+        types = dict(engine.columns(table))
+        return str(types.get(column, "")).upper().startswith(("TIMESTAMP", "DATE"))
 
     def _row_time(
         self, engine: DuckDBEngine, table: str, seen: pa.Table | None

@@ -410,3 +410,70 @@ def test_a_run_without_a_batch_sequence_leaves_the_window_alone(stream_ctx: Stre
     assert ids(run_batch(replay, step, [{"event_id": i} for i in (1, 1, 2)])) == [1, 2]
     assert replay.after_commit == []
     assert state_files(replay) == ["seg-1.parquet"]
+
+
+def _reference(
+    batches: list[list[dict[str, Any]]], window: timedelta
+) -> list[list[tuple[Any, ...]]]:
+    """What windowed dedup keeps, batch by batch, computed the slow and obvious way."""
+    state: dict[Any, datetime] = {}
+    kept_per_batch = []
+    for rows in batches:
+        times = [r["t"] for r in rows if r["t"] is not None]
+        newest = max(times) if times else None
+        watermark = max([t for t in (newest, max(state.values(), default=None)) if t])
+        cutoff = watermark - window
+        seen = {k for k, at in state.items() if at >= cutoff}
+        first: dict[Any, dict[str, Any]] = {}
+        for row in sorted(rows, key=lambda r: (r["t"] is None, r["t"] or T0, r["__sw_row"])):
+            first.setdefault(row["event_id"], row)
+        kept = [row for key, row in first.items() if key not in seen]
+        kept_per_batch.append(sorted(((r["event_id"], r["__sw_row"]) for r in kept), key=str))
+        fallback = newest or watermark
+        state = {k: at for k, at in state.items() if at >= cutoff}
+        for row in kept:
+            at = min(r["t"] or fallback for r in rows if r["event_id"] == row["event_id"])
+            if at >= cutoff:
+                state[row["event_id"]] = at
+    return kept_per_batch
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"order_by": "t", "time_column": "t"},  # the kept row carries the first-seen time
+        {"time_column": "t"},  # arrival order: the general path
+    ],
+)
+def test_windowed_dedup_keeps_what_a_plain_reading_of_the_rules_keeps(
+    stream_ctx: StreamContext, options: dict[str, Any]
+) -> None:
+    import random
+
+    rng = random.Random(7)
+    number = iter(range(1, 10_000))
+    batches = []
+    for batch in range(6):
+        rows = []
+        for _ in range(60):
+            minute = rng.randrange(batch * 3, batch * 3 + 8)
+            event_time = None if rng.random() < 0.05 else T0 + timedelta(minutes=minute)
+            key = None if rng.random() < 0.03 else rng.randrange(40)
+            rows.append({"event_id": key, "t": event_time, "__sw_row": next(number)})
+        batches.append(rows)
+    step = windowed(window="10m", **options)
+
+    got = []
+    for rows in batches:
+        ctx = stream_ctx()
+        kept = run_batch(ctx, step, rows)
+        got.append(sorted(((r["event_id"], r["__sw_row"]) for r in kept), key=str))
+        commit(ctx)
+
+    expected = _reference(batches, timedelta(minutes=10))
+    if "order_by" in options:
+        assert got == expected
+    else:  # arrival order keeps another row of a key, but the same keys
+        assert [sorted((k for k, _ in b), key=str) for b in got] == [
+            sorted((k for k, _ in b), key=str) for b in expected
+        ]
