@@ -180,6 +180,25 @@ def test_cursor_pagination_sends_back_the_token_from_the_response(
     assert [h.query.get("after") for h in api.hits] == [None, "c1", "c2"]
 
 
+def test_a_page_token_named_like_a_secret_still_tells_the_pages_apart(
+    ctx: RunContext, api: ApiServer
+) -> None:
+    """Masking `page_token` made every page's __sw_file the same: dead letters of the same
+    line on two pages then shared one id."""
+    chain = {"": ("t1", [1]), "t1": ("t2", [2]), "t2": (None, [3])}
+
+    def pages(query: dict[str, str], _: dict[str, str]) -> Reply:
+        token, ids = chain[query.get("page_token", "")]
+        return ok({"items": items(range(ids[0], ids[-1] + 1)), "next": token})
+
+    api.routes["/things"] = pages
+    paging = {"type": "cursor", "cursor_path": "next", "cursor_param": "page_token"}
+    _, rows = read(ctx, {"url": api.url("/things"), "records_path": "items", "paginate": paging})
+
+    assert len({r["__sw_file"] for r in rows}) == 3
+    assert any("page_token=t2" in r["__sw_file"] for r in rows)
+
+
 def test_link_pagination_follows_rel_next_until_there_is_none(
     ctx: RunContext, api: ApiServer
 ) -> None:

@@ -77,10 +77,7 @@ class Redactor:
         parts = urllib.parse.urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        shown = [
-            (k, _MASK if k.lower() in self.secret_params or SECRET_PARAM.search(k) else v)
-            for k, v in query
-        ]
+        shown = [(k, _MASK if k.lower() in self.secret_params else v) for k, v in query]
         clean = urllib.parse.urlunsplit(
             (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
         )
