@@ -120,6 +120,8 @@ def test_a_run_overtaken_by_one_that_committed_the_same_files_writes_nothing(
     tmp_path, waiting_step
 ) -> None:
     add_file(tmp_path, "1.csv", "e1", "e2")
+    with (tmp_path / "data" / "1.csv").open("a") as csv:
+        csv.write("bad,-1\n")  # a dead letter: amount below min
 
     a, b = overtaken(tmp_path, waiting_step, lambda: run(tmp_path, spec(waits=False), "b.yaml"))
 
@@ -127,7 +129,10 @@ def test_a_run_overtaken_by_one_that_committed_the_same_files_writes_nothing(
     assert a.ok, a.error
     assert [s.skipped for s in a.sinks] == [True]
     assert "committed these same inputs" in (a.note or "")
+    assert a.accounting.rows_in == 0 and a.dead_letter_rows == 0
     assert event_ids(tmp_path) == ["e1", "e2"]  # once, not twice
+    letters = DeltaTable(str(tmp_path / "lake" / "dead_letter")).to_pyarrow_table()
+    assert letters["run_id"].to_pylist() == [b.run_id]  # B's, not rewritten under A's id
 
 
 def test_an_overtaken_merge_publishes_nothing_and_says_to_run_again(tmp_path, waiting_step) -> None:
@@ -222,3 +227,86 @@ def test_overlapping_runs_of_a_pipeline_that_reads_in_full_both_publish(
     assert a.ok and b.ok, (a.error, b.error)
     days = DeltaTable(str(tmp_path / "lake" / "orders")).to_pyarrow_table()["day"].to_pylist()
     assert sorted(map(str, days)) == ["2025-01-01", str(a.logical_date)]
+
+
+def test_a_run_that_reaches_its_commit_while_another_writes_waits_for_it(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The positions check and the commit are one turn per pipeline: a run whose check came
+    while another run was writing its files (a large batch) waits, then finds the positions
+    moved, instead of committing the same new files again."""
+    from sluiceway.sinks import delta
+
+    add_file(tmp_path, "1.csv", "e1")
+    write = delta._Job.write
+    writing, go_on = threading.Event(), threading.Event()
+
+    def slow_write(job: Any, table: Any, **options: Any) -> int:
+        if threading.current_thread().name == "run-a":
+            writing.set()
+            assert go_on.wait(60)
+        return write(job, table, **options)
+
+    monkeypatch.setattr(delta._Job, "write", slow_write)
+    results: dict[str, RunResult] = {}
+    waiting = threading.Event()
+
+    def note(event: Any) -> None:
+        if event.name == "progress" and "waiting for another run" in event.fields["stage"]:
+            waiting.set()
+
+    first = threading.Thread(
+        target=lambda: results.setdefault("a", run(tmp_path, spec(waits=False), "a.yaml")),
+        name="run-a",
+    )
+    first.start()
+    assert writing.wait(60)
+    add_file(tmp_path, "2.csv", "e2")
+    second = threading.Thread(
+        target=lambda: results.setdefault(
+            "b", run(tmp_path, spec(waits=False), "b.yaml", subscribers=[note])
+        ),
+        name="run-b",
+    )
+    second.start()
+    assert waiting.wait(60), "run B did not wait for run A's commit"
+    go_on.set()
+    first.join(60)
+    second.join(60)
+    after = run(tmp_path, spec(waits=False), "c.yaml")
+
+    assert results["a"].ok, results["a"].error
+    assert not results["b"].ok and results["b"].retryable
+    assert after.ok and after.accounting.rows_in == 1
+    assert event_ids(tmp_path) == ["e1", "e2"]
+
+
+def test_a_run_that_read_nothing_new_is_not_failed_by_one_that_committed_meanwhile(
+    tmp_path,
+) -> None:
+    add_file(tmp_path, "1.csv", "e1")
+    assert run(tmp_path, spec(waits=False), "first.yaml").ok
+    has_read, go_on = threading.Event(), threading.Event()
+
+    def hold_after_reading(event: Any) -> None:  # subscribers run in the run's thread
+        if event.name == "source_read":
+            has_read.set()
+            assert go_on.wait(60)
+
+    results: dict[str, RunResult] = {}
+    first = threading.Thread(
+        target=lambda: results.setdefault(
+            "a", run(tmp_path, spec(waits=False), "a.yaml", subscribers=[hold_after_reading])
+        )
+    )
+    first.start()
+    assert has_read.wait(60)
+    add_file(tmp_path, "2.csv", "e2")
+    b = run(tmp_path, spec(waits=False), "b.yaml")
+    go_on.set()
+    first.join(60)
+    a = results["a"]
+
+    assert b.ok and a.ok, a.error
+    assert a.accounting.rows_in == 0 and a.sinks == []
+    assert event_ids(tmp_path) == ["e1", "e2"]

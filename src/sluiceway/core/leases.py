@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -78,9 +79,11 @@ def lease_ttl(environ: dict[str, str] | None = None) -> float:
 class Lease:
     """A running run's claim on its pipeline, renewed until `release`."""
 
-    def __init__(self, db: Store, run_id: str, pipeline: str, *, ttl_s: float) -> None:
+    def __init__(
+        self, db: Store, run_id: str, pipeline: str, *, ttl_s: float, holder: str | None = None
+    ) -> None:
         self.db, self.run_id, self.pipeline, self.ttl_s = db, run_id, pipeline, ttl_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self._stop = threading.Event()
         self._renew()
         self._thread = threading.Thread(target=self._beat, name="sluice-lease", daemon=True)
@@ -108,6 +111,49 @@ class Lease:
         self._thread.join(timeout=5)
         with _connect(self.db) as con:
             con.execute("DELETE FROM leases WHERE run_id = ?", (self.run_id,))
+
+
+def take_publish_turn(
+    db: Store,
+    pipeline: str,
+    run_id: str,
+    *,
+    ttl_s: float,
+    waiting: Callable[[str], object] = lambda holder: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Lease:
+    """Wait until no other run of `pipeline` holds its publish turn, then hold it: a lease
+    under the key `publish:<pipeline>`, renewed until released, so a holder that dies frees
+    it after `ttl_s`. `waiting(holder)` is told once when another run holds it."""
+    key = f"publish:{pipeline}"
+    holder = f"{socket.gethostname()}:{os.getpid()} (run {run_id})"
+    told = False
+    while True:
+        held_by = None
+        try:
+            with _connect(db) as con:
+                con.execute(
+                    "DELETE FROM leases WHERE run_id = ? AND expires_at < ?",
+                    (key, _now().isoformat()),
+                )
+                row = con.execute("SELECT holder FROM leases WHERE run_id = ?", (key,)).fetchone()
+                if row is None:
+                    expires = (_now() + timedelta(seconds=ttl_s)).isoformat()
+                    con.execute(
+                        "INSERT INTO leases (run_id, pipeline, holder, expires_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (key, pipeline, holder, expires),
+                    )
+                else:
+                    held_by = str(row[0])
+        except db_errors() as exc:  # another run inserted it first (unique key)
+            held_by = f"another run ({type(exc).__name__})"
+        if held_by is None:
+            return Lease(db, key, pipeline, ttl_s=ttl_s, holder=holder)
+        if not told:
+            waiting(held_by)
+            told = True
+        sleep(0.2)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ Order matters and holds the promises:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -253,6 +254,7 @@ class _Runner:
         self.check_env: CheckEnv | None = None
         self.lookup_dead_rows: dict[str, list[Future[pa.Table]]] = {}
         self.has_published = False
+        self.publish_turn: leases.Lease | None = None
         self.watchdog = Watchdog(options.deadline, self.ctx.engine.con.interrupt)
 
     @property
@@ -296,6 +298,7 @@ class _Runner:
                 self._release_lease()
             if self.has_audited and not self.options.is_replay and self.options.batch is None:
                 self.store.save_metrics(self.result.metric_points())
+            self._release_publish_turn()
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
             self.ctx.events.emit("run_finished", **self.result.finished_fields())
@@ -429,7 +432,9 @@ class _Runner:
             self.pii.guard_renamed(staged, valid)
         self.accounting.rows_written = self.staged.num_rows
         self.result.bytes_written = self.staged.nbytes
-        self._check_not_overtaken(sinks, positions, run_key)
+        self._take_publish_turn()
+        if self._overtaken(sinks, positions, run_key):
+            return
         self._write_dead_letters(dead_rows, run_key)
         self.accounting.verify()
         self._audit(staged)
@@ -437,9 +442,11 @@ class _Runner:
         if self.options.is_replay:
             run_key = _replay_key(run_key, self.result.dead_letters)
         self._check_deadline()
-        self._check_not_overtaken(sinks, positions, run_key)
+        if self._overtaken(sinks, positions, run_key):  # a run of another run store
+            return
         self.has_published = True
         self._publish(sinks, staged, run_key, committed)
+        self._release_publish_turn()
         self.has_committed = True
         for callback in self.ctx.after_commit:
             callback()
@@ -456,15 +463,43 @@ class _Runner:
             return {}
         return {**committed, **{n: r.position for n, r in reads.items() if r.position}}
 
-    def _check_not_overtaken(
-        self, sinks: list[Any], positions: dict[str, Any], run_key: str
-    ) -> None:
-        """Fail (retryably) when another run of the pipeline committed new positions since
-        this one read them: its inputs would land twice, or its commit would roll the other
-        run's positions back. When that run committed these very inputs (the same key), the
-        sinks skip them. Checked before the dead letters and again before the commit."""
-        if self.options.batch is not None or self.options.is_replay:
+    def _reads_on(self) -> bool:
+        """A batch run (not a replay) of a pipeline with a source read from its position."""
+        return (
+            self.options.batch is None
+            and not self.options.is_replay
+            and any(reads_from_position(c) for c in self.pipeline.sources.values())
+        )
+
+    def _take_publish_turn(self) -> None:
+        """Runs of a pipeline that reads on from its positions publish one at a time: from
+        the positions check to the commit this run holds the pipeline's publish turn in the
+        run store, so a run that read the same positions waits, then finds them moved."""
+        if not self._reads_on():
             return
+        environ = os.environ if self.options.environ is None else self.options.environ
+        self.publish_turn = leases.take_publish_turn(
+            self.store.location,
+            self.pipeline.pipeline,
+            self.ctx.run_id,
+            ttl_s=leases.lease_ttl(dict(environ)),
+            waiting=lambda holder: self.ctx.events.emit(
+                "progress", stage=f"waiting for another run of this pipeline to publish ({holder})"
+            ),
+        )
+
+    def _release_publish_turn(self) -> None:
+        turn, self.publish_turn = self.publish_turn, None
+        if turn is not None:
+            turn.release()
+
+    def _overtaken(self, sinks: list[Any], positions: dict[str, Any], run_key: str) -> bool:
+        """Whether another run of the pipeline committed new positions since this one read
+        them. If it committed these very inputs (the same key), this run writes nothing
+        (True); otherwise it fails, retryably: its inputs would land twice, or its commit
+        would roll the other run's positions back."""
+        if not self._reads_on():
+            return False
         now = sinks[0].committed_positions(self.ctx)
         moved = sorted(
             name
@@ -472,13 +507,19 @@ class _Runner:
             if reads_from_position(config) and now.get(name) != positions.get(name)
         )
         if not moved:
-            return
+            return False
         if all(sink.is_committed(self.ctx, run_key) for sink in sinks):
+            self._skip_committed(sinks, run_key)
             self.result.note = (
                 "another run of this pipeline committed these same inputs while this run "
                 "worked; they are in the table once and this run wrote nothing"
             )
-            return
+            for name in dataclasses.asdict(self.accounting):
+                setattr(self.accounting, name, 0)
+            return True
+        if self.accounting.rows_in == 0:  # nothing new read: nothing to land twice
+            self.result.note = "another run of this pipeline committed new inputs meanwhile"
+            return True
         uri = self.ctx.resolve(getattr(sinks[0].config, "path", "")) or repr(sinks[0])
         raise ConcurrentRunError(
             f"another run of pipeline {self.pipeline.pipeline!r} committed new positions of "
