@@ -25,7 +25,7 @@ from sluiceway.streaming.runner import StreamOptions, StreamResult, run_stream
 class StreamStatus:
     """One live line: events/s over the last batches, lag, age of the last commit, totals;
     retries are printed as they happen. Output that is not a terminal (a log file, a pipe)
-    gets the same line printed every `every_s` seconds instead of redrawn."""
+    gets the line printed when a batch commits, at most every `every_s` seconds."""
 
     def __init__(self, console: Console, *, every_s: float = 10.0) -> None:
         self.console = console
@@ -46,7 +46,7 @@ class StreamStatus:
             if not self.console.is_terminal:
                 if self.printed_at is None or self.last_commit - self.printed_at >= self.every_s:
                     self.printed_at = self.last_commit
-                    self.console.print(self._line(), soft_wrap=True)
+                    self.console.print(self._line(age=False), soft_wrap=True)
             elif self.live is None:
                 self.live = Live(
                     get_renderable=self._line,
@@ -73,15 +73,16 @@ class StreamStatus:
         events = sum(count for _, count in self.recent[1:])
         return int(events / span) if span > 0 else 0
 
-    def _line(self) -> Text:
+    def _line(self, *, age: bool = True) -> Text:
+        """The line; without `age` (printed as a batch commits) the commit's age is left out."""
         f = self.fields
         lag = "?" if f.get("lag") is None else f"{f['lag']:,}"
-        age = 0.0 if self.last_commit is None else time.monotonic() - self.last_commit
+        since = 0.0 if self.last_commit is None else time.monotonic() - self.last_commit
+        commit = f"last commit v{f.get('version')}" + (f" {since:.0f}s ago" if age else "")
         return Text.assemble(
             (self.pipeline, "bold"),
-            f"  {self._rate():,} events/s  lag {lag}  ",
-            f"last commit v{f.get('version')} {age:.0f}s ago  ",
-            f"written {f.get('written', 0):,}  rejected {f.get('rejected', 0):,}",
+            f"  {self._rate():,} events/s  lag {lag}  {commit}  ",
+            f"written {f.get('written', 0):,}  rejected {f.get('rejected', 0):,} in all",
         )
 
     def stop(self) -> None:

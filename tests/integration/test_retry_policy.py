@@ -170,6 +170,33 @@ def test_a_run_past_its_timeout_is_interrupted_and_publishes_nothing(tmp_path: P
     assert not (tmp_path / "lake/orders").exists()
 
 
+def test_a_timed_out_run_says_its_count_is_incomplete_not_unbalanced(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/orders.csv").write_text("id,amount\n1,2.5\n2,3.5\n")
+    spec = {
+        "version": 1,
+        "pipeline": "slow",
+        "sources": {"orders": {"type": "files", "path": "data/*.csv", "format": "csv"}},
+        "steps": [
+            {
+                "sql": "SELECT o.*, (SELECT count(*) FROM range(20000000000) t(x) "
+                "WHERE x % 7 = 3) AS n FROM input o"
+            }
+        ],
+        "sinks": [{"type": "delta", "path": "lake/orders"}],
+        "timeout": "1s",
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(spec))
+
+    said = CliRunner().invoke(
+        main, ["run", str(tmp_path / "pipeline.yaml"), "--state-dir", str(tmp_path / ".sluice")]
+    )
+
+    assert said.exit_code == 1
+    assert "accounting: not complete" in said.output
+    assert "NOT balanced" not in said.output  # the sign of lost rows; none were
+
+
 def test_sluice_run_announces_each_retry_with_attempt_and_wait(
     tmp_path: Path, pg: Any, schema: str
 ) -> None:

@@ -25,8 +25,9 @@ def test_a_log_file_gets_the_status_line_at_most_every_interval() -> None:
 
     printed = out.getvalue().splitlines()
     assert len(printed) == 1
-    assert printed[0].startswith("clicks") and "last commit v1" in printed[0]
-    assert "written 100" in printed[0]
+    assert printed[0].startswith("clicks") and "last commit v1 " in printed[0]
+    assert "ago" not in printed[0]  # printed as the commit lands: its age says nothing
+    assert "written 100  rejected 0 in all" in printed[0]
 
 
 def test_with_no_interval_every_batch_is_printed() -> None:
