@@ -404,3 +404,20 @@ def test_a_stream_with_a_second_sink_is_refused_before_it_reads(
     assert done.returncode != 0
     assert "mode: stream writes one Delta sink (found 2)" in err.decode()
     assert landed(tmp_path) == []
+
+
+@pytest.mark.integration
+def test_a_batch_failing_an_error_check_says_how_to_keep_the_stream_flowing(
+    tmp_path: Path, client: redis.Redis, stream: str
+) -> None:
+    add_events(client, stream, ["ok-1", "bad", "ok-2"])
+    spec = stream_spec(stream)
+    spec["checks"] = [{"in_set": {"column": "event_id", "value_set": ["ok-1", "ok-2"]}}]
+
+    result = run_in_process(tmp_path, spec, idle_exit_s=1.0)
+
+    assert not result.ok
+    assert "stay unacknowledged" in (result.error or "")
+    assert "max_deliveries (5)" in (result.error or "")
+    assert "`severity: warn`" in (result.error or "") and "on_fail: dead_letter" in result.error
+    assert landed(tmp_path) == []

@@ -60,6 +60,8 @@ class RunResult:
     duration_s: float = 0.0
     dead_letters: pa.Table | None = None
     note: str | None = None
+    error_type: str | None = None
+    """The class of the error a failed run stopped on (`GateFailed`, `SourceError`...)."""
     retryable: bool = False
     """The run failed on a transient error (storage, broker): the same run may succeed later."""
     interrupted: bool = False

@@ -383,7 +383,7 @@ class _Runner:
 
     def _failed(self, message: str, error_type: str) -> None:
         self.result.status = "failed"
-        self.result.error = message
+        self.result.error, self.result.error_type = message, error_type
         self.ctx.events.emit("run_failed", error=message, error_type=error_type)
 
     def _check_keys(self) -> None:

@@ -479,8 +479,17 @@ class _StreamRunner:
             if result.ok:
                 break
             if not result.retryable or attempt == self.stream.retries:
+                hint = ""
+                if result.error_type == "GateFailed":
+                    hint = (
+                        ". The same rows fail that check at every delivery, and after "
+                        f"max_deliveries ({limit}) the whole batch goes to the dead letters: "
+                        "to keep the stream flowing, give the check `severity: warn`, or "
+                        "`on_fail: dead_letter` to route only its failing rows"
+                    )
                 raise _Stop(
-                    f"batch {sequence} failed; its messages stay unacknowledged: {result.error}"
+                    f"batch {sequence} failed; its messages stay unacknowledged: "
+                    f"{result.error}{hint}"
                 )
             self._sleep(attempt, f"commit batch {sequence}", result.error or "")
         written = result.sinks[0] if result.sinks else None
