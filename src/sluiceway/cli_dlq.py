@@ -109,6 +109,16 @@ def replay(spec: str, run_id: str, run_date: Any, state_dir: str | None) -> None
         f"replayed {outcome.replayed} dead letter(s): {outcome.passed} passed and left the "
         f"dead-letter table ({outcome.deleted} deleted), {outcome.still_failing} still fail"
     )
+    run = outcome.run
+    dropped = run.accounting.rows_filtered + run.accounting.rows_deduplicated if run else 0
+    if run is not None and outcome.passed and dropped:
+        cli.console.print(
+            f"of those that passed, {run.accounting.rows_written:,} were written and "
+            f"{dropped:,} were dropped by the steps ({run.accounting.rows_filtered:,} filtered, "
+            f"{run.accounting.rows_deduplicated:,} deduplicated), as a run of "
+            f"{run.logical_date} would drop them",
+            soft_wrap=True,
+        )
     if outcome.not_replayable:
         cli.console.print(
             f"{outcome.not_replayable} other dead letter(s) of this run cannot be replayed "

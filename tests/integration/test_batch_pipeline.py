@@ -523,6 +523,38 @@ def test_replay_counts_the_dead_letters_it_cannot_rerun_and_the_cli_says_why(tmp
     assert f"--run {first.run_id}" in said.output
 
 
+def test_replay_says_which_passing_rows_the_steps_dropped(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from sluiceway.cli import main
+
+    write_events(tmp_path)
+    spec = base_spec()
+    spec["steps"].insert(
+        0, {"sql": {"query": "SELECT * FROM input WHERE event_id <> 'e6'", "rows": "filter"}}
+    )
+    first = run(tmp_path, spec)
+    spec["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
+    fixed_path = write_spec(tmp_path, spec)
+
+    said = CliRunner().invoke(
+        main,
+        [
+            "replay",
+            str(fixed_path),
+            "--run",
+            first.run_id,
+            "--state-dir",
+            str(tmp_path / ".sluice"),
+        ],
+        env=KEYS,
+    )
+
+    assert said.exit_code == 0, said.output
+    assert "2 passed and left the dead-letter table" in said.output  # e4 and e6
+    assert "1 were written and 1 were dropped by the steps (1 filtered" in said.output
+
+
 def test_replaying_again_changes_nothing(tmp_path) -> None:
     write_events(tmp_path)
     first = run(tmp_path, base_spec())
