@@ -160,7 +160,10 @@ def _convert(
         check = _validated(plugin.config, ge_type, kwargs, expectation.get("severity"))
     except _NotCarried as exc:
         return None, _skip(index, ge_type, str(exc))
-    return check, ExpectationReport(index, ge_type, "converted", plugin.name, _kwargs(kwargs))
+    detail = _kwargs(kwargs)
+    if plugin.name in COUNTED_OTHERWISE and kwargs.get("mostly") is not None:
+        detail += f"; NOTE: {COUNTED_OTHERWISE[plugin.name]}"
+    return check, ExpectationReport(index, ge_type, "converted", plugin.name, detail)
 
 
 class _NotCarried(Exception):
@@ -251,6 +254,13 @@ def _column_exists(kwargs: Kwargs) -> Kwargs:
     return {**rest, "column_set": [kwargs.get("column")], "exact_match": False}
 
 
+# check key → how its unexpected count differs from GE's, said where `mostly` makes it matter.
+COUNTED_OTHERWISE = {
+    key: "sluiceway counts each repeat beyond a value's first occurrence as unexpected, GE "
+    "counts every row of a repeated value (5 ids twice: 5 against 10), so with `mostly` the "
+    "verdicts can differ; lower `mostly` accordingly"
+    for key in ("unique", "compound_unique")
+}
 # check key → how GE arguments become its arguments, where GE means something else by them.
 REWRITES: dict[str, Callable[[Kwargs], Kwargs]] = {
     "regex": _regex_rewrite,

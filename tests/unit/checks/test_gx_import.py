@@ -309,6 +309,26 @@ def test_an_unknown_severity_is_reported_not_guessed() -> None:
     assert "unknown severity 'x'" in report.detail
 
 
+def test_unique_with_mostly_converts_with_a_note_on_how_the_counts_differ() -> None:
+    suite = {
+        "name": "s",
+        "expectations": [
+            {
+                "type": "expect_column_values_to_be_unique",
+                "kwargs": {"column": "a", "mostly": 0.99},
+            },
+            {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "b"}},
+        ],
+    }
+
+    with_mostly, plain = convert_suite(suite).reports
+
+    assert with_mostly.outcome == "converted" and "NOTE: sluiceway counts each repeat" in (
+        with_mostly.detail
+    )
+    assert "NOTE" not in plain.detail  # without mostly both fail on any repeat
+
+
 class PositiveConfig(TableCheckConfig):
     """A check another module registers with a GE alias."""
 
