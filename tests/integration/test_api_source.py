@@ -511,6 +511,38 @@ def test_a_cursor_value_of_another_type_than_the_contracts_never_moves_the_curso
     assert result.position == {"cursor": "2024-01-03T08:00:00Z"}  # as the server wrote it
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "newest"),
+    [
+        (  # forms the contract's cast reads, beyond ISO 8601
+            {"type": "timestamp"},
+            ["2024-03-05 10:00:00 UTC", "2024-3-6 09:00:00", "junk"],
+            "2024-3-6 09:00:00",
+        ),
+        (  # the contract's own format
+            {"type": "timestamp", "strftime": "%d/%m/%Y %H:%M"},
+            ["05/03/2024 10:00", "06/03/2024 09:00", "2024-12-31"],
+            "06/03/2024 09:00",
+        ),
+        ({"type": "double"}, ["1.5", "NaN", "2.5", "inf"], "2.5"),  # NaN never wins
+    ],
+)
+def test_cursor_values_are_ordered_as_the_contract_casts_them(
+    ctx: RunContext, api: ApiServer, column: dict[str, Any], values: list[str], newest: str
+) -> None:
+    api.routes["/changes"] = lambda _, __: ok({"data": [{"at": v} for v in values]})
+    spec = {
+        "url": api.url("/changes"),
+        "records_path": "data",
+        "incremental": {"param": "since", "cursor_field": "at"},
+        "contract": {"columns": {"at": column}},
+    }
+
+    result, _ = read(ctx, spec)
+
+    assert result.position == {"cursor": newest}
+
+
 def test_a_numeric_cursor_sent_as_text_compares_as_a_number(
     ctx: RunContext, api: ApiServer
 ) -> None:

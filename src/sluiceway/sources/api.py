@@ -20,16 +20,16 @@ import os
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from sluiceway.checks.contract import cast_sql
 from sluiceway.core import registry
 from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, RunContext, SourceRead
-from sluiceway.core.spec import Model, SourceConfig
+from sluiceway.core.spec import ColumnContract, Model, SourceConfig
+from sluiceway.engines.duckdb import DuckDBEngine, quote_ident
 from sluiceway.errors import ConfigError, SourceError
 from sluiceway.sources.api_http import (
     SECRET_PARAM,
@@ -139,6 +139,8 @@ class _Rows:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     bad_pages: int = 0
     """Pages dead-lettered whole (malformed): their records were never seen."""
+    cursors: list[Any] = field(default_factory=list)
+    """The cursor value of every record, as the server wrote it."""
 
     def add(self, values: dict[str, str | None], page: str, line: int) -> None:
         for name, value in values.items():
@@ -193,11 +195,13 @@ class ApiSource:
         cursor = (position or {}).get("cursor") if self.config.incremental else None
         if self.config.incremental and cursor is None:
             cursor = self.config.incremental.initial_value
-        newest, order = cursor, self._cursor_order()
+        newest, typed = cursor, self._cursor_contract()
         for page in self._pages(client, redactor, name, self._first_url(cursor)):
             digest.update(f"{page.shown}\n".encode() + page.response.body)
             ctx.events.emit("progress", stage=f"reading {name}", done=len(rows.lines), unit="rows")
-            newest = self._take(page, rows, newest, order)
+            newest = self._take(page, rows, newest, typed is None)
+        if typed is not None:
+            newest = _newest_by_contract(ctx.engine, [cursor, *rows.cursors], typed)
         if self.config.incremental and rows.bad_pages and newest != cursor:
             ctx.events.emit(
                 "cursor_held",
@@ -334,13 +338,13 @@ class ApiSource:
             page.records = found
         return page
 
-    def _cursor_order(self) -> Callable[[Any], Any]:
-        """How cursor values compare: by the contract type of the cursor's column (a value
-        that is not of that type never moves the cursor: `"zzz"` would sort after every
-        date as text and stall the source for good), else numbers as numbers, text as text."""
+    def _cursor_contract(self) -> ColumnContract | None:
+        """The contract of the cursor's column when it types it as a number, date or time:
+        cursor values are then ordered as the contract casts them, and a value it cannot
+        cast (`"zzz"`, which would sort after every date as text) never moves the cursor."""
         incremental, contract = self.config.incremental, self.config.contract
         if incremental is None or contract is None:
-            return _as_is
+            return None
         fields = self.config.fields
         column = (
             next((c for c, path in fields.items() if path == incremental.cursor_field), None)
@@ -348,10 +352,11 @@ class ApiSource:
             else incremental.cursor_field
         )
         spec = contract.columns.get(column or "")
-        return _CURSOR_ORDERS.get(spec.type if spec else "", _as_is)
+        return spec if spec is not None and spec.type in _ORDERED_TYPES else None
 
-    def _take(self, page: Page, rows: _Rows, newest: Any, order: Callable[[Any], Any]) -> Any:
-        """Add the page's records to `rows`; returns the largest cursor seen so far."""
+    def _take(self, page: Page, rows: _Rows, newest: Any, as_text: bool) -> Any:
+        """Add the page's records (and their cursor values) to `rows`; returns the largest
+        cursor seen so far, compared as numbers or text (`as_text`; else left to the caller)."""
         if page.records is None:
             if self.config.on_malformed_page == "fail":
                 raise SourceError(
@@ -376,7 +381,10 @@ class ApiSource:
             rows.add(self._flatten(record), page.shown, line)
             if self.config.incremental:
                 value = json_path(record, self.config.incremental.cursor_field)
-                newest = _later(newest, value, order)
+                if value is not None and value is not MISSING:
+                    rows.cursors.append(value)
+                if as_text:
+                    newest = _later(newest, value)
         return newest
 
     def _flatten(self, record: dict[str, Any]) -> dict[str, str | None]:
@@ -411,52 +419,47 @@ _SCALAR_TEXT: dict[type, Callable[[Any], str]] = {
 }
 
 
-def _later(current: Any, candidate: Any, order: Callable[[Any], Any] | None = None) -> Any:
-    """The larger cursor by `order` (a sort key, None for a value that cannot be a cursor;
-    default: numbers compare as numbers, anything else as text). The value itself is kept
-    as the server wrote it: it is sent back as the incremental parameter."""
-    order = order or _as_is
-    if candidate is None or candidate is MISSING or order(candidate) is None:
+def _later(current: Any, candidate: Any) -> Any:
+    """The larger cursor: numbers compare as numbers, anything else as text."""
+    if candidate is None or candidate is MISSING:
         return current
-    if current is None or order(current) is None:
+    if current is None:
         return candidate
-    try:
-        return candidate if order(candidate) > order(current) else current
-    except TypeError:  # 3 against "abc": compare as text
-        return candidate if str(candidate) > str(current) else current
+    numbers = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in (current, candidate)
+    )
+    if numbers:
+        return max(current, candidate)
+    return candidate if str(candidate) > str(current) else current
 
 
-def _as_is(value: Any) -> Any:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+_ORDERED_TYPES = frozenset(
+    {"integer", "bigint", "double", "float", "decimal", "date", "timestamp", "timestamp_ntz"}
+)
 
 
-def _as_number(value: Any) -> Any:
-    try:
-        return Decimal(str(value)) if not isinstance(value, bool) else None
-    except InvalidOperation:
+def _newest_by_contract(engine: DuckDBEngine, values: list[Any], spec: ColumnContract) -> Any:
+    """The value (as the server wrote it) that is largest once cast as the contract casts
+    its column; values it cannot cast (or NaN, infinities) are passed over. None if none."""
+    known = [v for v in values if v is not None]
+    if not known:
         return None
-
-
-def _as_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
+    texts = pa.array([as_text(v) for v in known], pa.string())
+    view = engine.register_arrow(
+        engine.new_name("cursors"),
+        pa.table({"v": texts, "i": pa.array(range(len(known)), pa.int64())}),
+    )
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-_CURSOR_ORDERS: dict[str, Callable[[Any], Any]] = {
-    "integer": _as_number,
-    "bigint": _as_number,
-    "double": _as_number,
-    "float": _as_number,
-    "decimal": _as_number,
-    "date": _as_time,
-    "timestamp": _as_time,
-    "timestamp_ntz": _as_time,
-}
+        cast = cast_sql("v", spec)
+        finite = f" AND isfinite({cast})" if spec.type in ("double", "float") else ""
+        row = engine.fetch_one(
+            f"SELECT i FROM {quote_ident(view)} WHERE {cast} IS NOT NULL{finite} "
+            f"ORDER BY {cast} DESC, i LIMIT 1",
+            purpose="the newest cursor value",
+        )
+    finally:
+        engine.unregister(view)
+    return None if row is None else known[int(row[0])]
 
 
 def _env(variable: str, option: str, source: str) -> str:
