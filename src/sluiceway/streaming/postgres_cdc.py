@@ -40,8 +40,9 @@ from sluiceway.streaming import pgoutput
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched, StreamSourceConfig
 
 START_SCRIPT = "bash scripts/services/postgres.sh"
-SNAPSHOT_END = 99_999_999
-"""The seq of the initial snapshot's last row: committed, it says the snapshot landed whole."""
+SNAPSHOT_END = 10**18 - 1
+"""The seq of the initial snapshot's last row (no snapshot comes near it; seqs compare as
+numbers): committed, it says the snapshot landed whole."""
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MSG_ID = re.compile(r"^([0-9A-F]{16}):(\d+)$")
 _AUTH_FAILED = re.compile(
