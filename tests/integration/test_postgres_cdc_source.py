@@ -450,7 +450,10 @@ def test_columns_the_contract_does_not_name_and_columns_added_at_the_source_land
         "id": {"type": "integer", "nullable": False},
         "name": {"type": "string"},
     }  # evolution: evolve (the default) keeps qty and doc, as text
-    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+    events: list[Any] = []
+    options = RunOptions(
+        base_dir=tmp_path, state_dir=tmp_path / ".sluice", subscribers=[events.append]
+    )
 
     def run() -> None:
         result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
@@ -467,6 +470,9 @@ def test_columns_the_contract_does_not_name_and_columns_added_at_the_source_land
     assert rows[3] == {"id": 3, "name": "c", "qty": "3", "doc": "z", "region": "eu"}
     assert rows[1] == {"id": 1, "name": "a", "qty": "10", "doc": "x", "region": None}
     assert rows[2]["region"] is None
+    said = [e.fields for e in events if e.name == "columns_beyond_contract"]
+    assert [f["columns"] for f in said] == [["doc", "qty"], ["doc", "qty", "region"]]  # per run
+    assert "not masked unless named in pii:" in said[0]["hint"]
 
 
 def test_a_column_added_to_the_contract_later_is_added_to_the_table(

@@ -36,6 +36,7 @@ EventName = Literal[
     "dedup_state_missing",
     "all_rows_rejected",
     "cursor_held",
+    "columns_beyond_contract",
     "run_finished",
 ]
 

@@ -21,9 +21,16 @@ _LEVELS = {
     "dedup_state_unsaved": "warning",
     "all_rows_rejected": "warning",
     "cursor_held": "warning",
+    "columns_beyond_contract": "warning",
 }
 WARNINGS = frozenset(
-    {"positions_not_found", "dedup_state_missing", "all_rows_rejected", "cursor_held"}
+    {
+        "positions_not_found",
+        "dedup_state_missing",
+        "all_rows_rejected",
+        "cursor_held",
+        "columns_beyond_contract",
+    }
 )
 """Events that carry a `hint` a person must read: shown on the console as they happen."""
 _NOT_LOGGED = frozenset({"run_finished"})  # the run's summary, printed on its own

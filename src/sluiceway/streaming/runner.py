@@ -149,6 +149,7 @@ class _StreamRunner:
         self.name = pipeline.primary_source
         self.config = pipeline.sources[self.name]
         self.change_capture = bool(getattr(self.config, "change_capture", False))
+        self.beyond_said: set[str] = set()  # columns beyond the contract already warned of
         if self.change_capture:
             self.pipeline = with_change_columns(pipeline, self.name)
             self.config = self.pipeline.sources[self.name]
@@ -459,13 +460,15 @@ class _StreamRunner:
             self._fault_at("before_write")
             if parsed is not None:
                 return parsed.read(ctx.engine)
-            return parse_messages(
+            read = parse_messages(
                 ctx.engine,
                 messages,
                 contract,
                 max_deliveries=limit,
                 change_capture=self.change_capture,
             )
+            self._said_beyond_contract(ctx, read.table, contract)
+            return read
 
         options = replace(
             self.options,
@@ -562,6 +565,32 @@ class _StreamRunner:
             lag=lag,
             version=self.result.last_version,
             e2e_p99_s=latencies[1],
+        )
+
+    def _said_beyond_contract(self, ctx: RunContext, table: str, contract: Contract) -> None:
+        """Warn (once per stream run and column) when a change source brings columns its
+        contract does not name, e.g. one added at the source: they land as text, not masked
+        unless in `pii:`."""
+        if contract.evolution == "discard_column":
+            return
+        columns = [c for c, _ in ctx.engine.columns(table) if not c.startswith("__sw_")]
+        new = [c for c in columns if c not in contract.columns and c not in self.beyond_said]
+        if not new:
+            return
+        self.beyond_said.update(new)
+        effect = (
+            "rows with a value in them go to the dead letters (evolution: freeze)"
+            if contract.evolution == "freeze"
+            else "they land in the table as text columns (evolution: evolve), not masked "
+            "unless named in pii:"
+        )
+        self.events.emit(
+            "columns_beyond_contract",
+            source=self.name,
+            columns=new,
+            hint=f"source {self.name}: column(s) {', '.join(new)} are not in its contract: "
+            f"{effect}. Declare them in the contract (and PII in pii:), or set "
+            "evolution: discard_column to leave them out",
         )
 
     def _lag(self) -> int | None:
