@@ -443,13 +443,22 @@ def _other_sources_rejects(result: RunResult) -> str:
     )
 
 
+def _figure(value: float | None) -> str:
+    """An observed value: whole numbers in full (10,005, not 1e+04), others to 4 digits."""
+    if value is None:
+        return ""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
 def _print_checks(results: Sequence[CheckResult], *, title: str) -> None:
     table = Table(title=title, header_style="bold")
     for column in ("check", "severity", "status", "observed", "unexpected"):
         table.add_column(column)
     style = {"passed": "green", "failed": "red", "error": "magenta"}
     for check in results:
-        observed = "" if check.observed_value is None else f"{check.observed_value:.4g}"
+        observed = _figure(check.observed_value)
         unexpected = "" if check.unexpected_count is None else f"{check.unexpected_count:,}"
         table.add_row(
             check.name,
@@ -481,11 +490,11 @@ def check_data_command(checks_file: str, data: str | None, fmt: str) -> None:
 
     Exit 0: no error-level check failed; 1: one did; 2: bad spec or unreadable data.
     """
-    from sluiceway.checks.standalone import check_data
+    from sluiceway.checks.standalone import check_data_report
     from sluiceway.checks.table import blocking_failures
 
     try:
-        results = check_data(Path(checks_file), data, base_dir=Path.cwd())
+        results, samples = check_data_report(Path(checks_file), data, base_dir=Path.cwd())
     except SpecError as exc:
         _print_problems(checks_file, exc)
         sys.exit(2)
@@ -493,10 +502,20 @@ def check_data_command(checks_file: str, data: str | None, fmt: str) -> None:
         _fail(exc.message)
     blocking = blocking_failures(results)
     if fmt == "json":
-        report = {"ok": not blocking, "checks": [r.to_dict() for r in results]}
-        print(json.dumps(report, default=str))
+        checks = [
+            {**r.to_dict(), "unexpected_sample": sample}
+            for r, sample in zip(results, samples, strict=True)
+        ]
+        print(json.dumps({"ok": not blocking, "checks": checks}, default=str))
     else:
         _print_checks(results, title=f"Checks on {data or checks_file}")
+        for result, sample in zip(results, samples, strict=True):
+            if sample:
+                shown = ", ".join(repr(v) for v in sample)
+                console.print(
+                    f"  {escape(result.name)}: unexpected values include {escape(shown)}",
+                    soft_wrap=True,
+                )
     sys.exit(1 if blocking else 0)
 
 

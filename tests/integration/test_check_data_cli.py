@@ -230,3 +230,40 @@ def test_lines_that_cannot_be_parsed_fail_a_check_of_their_own_and_the_rest_is_c
     [parse] = [r for r in report["checks"] if r["check"] == "parseable"]
     assert report["ok"] is False
     assert (parse["unexpected_count"], parse["rows_checked"]) == (1, 6)
+
+
+def test_failed_checks_show_a_few_unexpected_values_but_never_of_a_pii_column(
+    tmp_path,
+) -> None:
+    (tmp_path / "orders.csv").write_text(
+        "order_id,status,email\n1,paid,a@example.com\n2,lost,not-an-email\n3,stolen,b@x.org\n"
+        + "".join(f"{i},paid,c{i}@example.com\n" for i in range(4, 10_010))
+    )
+    (tmp_path / "pipeline.yaml").write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            pipeline: orders
+            sources:
+              orders: {type: files, path: orders.csv, format: csv}
+            pii: {email: hmac}
+            checks:
+              - in_set: {column: status, value_set: [paid]}
+              - regex: {column: email, regex: "[^@]+@[^@]+"}
+              - row_count_between: {min_value: 1}
+            sinks: [{type: delta, path: lake/orders}]
+            """
+        )
+    )
+
+    table = sluice("check-data", "pipeline.yaml", cwd=tmp_path)
+    report = json.loads(
+        sluice("check-data", "pipeline.yaml", "--format", "json", cwd=tmp_path).stdout
+    )
+
+    assert table.returncode == 1
+    assert "in_set(status): unexpected values include 'lost', 'stolen'" in table.stdout
+    assert "not-an-email" not in table.stdout  # the data is not masked here
+    assert "10,009" in table.stdout  # row count in full, not 1e+04
+    samples = {c["check"]: c["unexpected_sample"] for c in report["checks"]}
+    assert samples == {"in_set": ["lost", "stolen"], "regex": [], "row_count_between": []}

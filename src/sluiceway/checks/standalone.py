@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from sluiceway.checks.table import CheckEnv, CheckResult, evaluate_checks
+from sluiceway.checks.table import CheckEnv, CheckResult, evaluate_checks, sample_unexpected
 from sluiceway.core.context import META_COLUMNS, RunContext
 from sluiceway.core.events import EventBus
 from sluiceway.core.loader import load_checks, load_spec
@@ -28,14 +28,23 @@ from sluiceway.errors import SluicewayError, SourceError, SpecError, SpecProblem
 from sluiceway.sources import file_formats as ff
 from sluiceway.sources.files import FilesSource, FilesSourceConfig
 
-__all__ = ["check_data"]
+__all__ = ["check_data", "check_data_report"]
 
 _PIPELINE_KEYS = {"pipeline", "sources", "sinks"}
 _TABLE = "data"
 
 
 def check_data(checks_file: Path, data: str | None, *, base_dir: Path) -> list[CheckResult]:
-    """Evaluate the checks of `checks_file` on `data`, outside any pipeline.
+    """The results of `check_data_report` (see there)."""
+    return check_data_report(checks_file, data, base_dir=base_dir)[0]
+
+
+def check_data_report(
+    checks_file: Path, data: str | None, *, base_dir: Path
+) -> tuple[list[CheckResult], list[list[str]]]:
+    """Evaluate the checks of `checks_file` on `data`, outside any pipeline; with a few
+    unexpected values of each failed column check (none of a column the spec's `pii:`
+    names: the data here is not masked).
 
     Args:
         checks_file: a pipeline spec or a checks file `{version: 1, checks: [...]}`.
@@ -44,13 +53,13 @@ def check_data(checks_file: Path, data: str | None, *, base_dir: Path) -> list[C
         base_dir: a relative `data` path resolves against it.
 
     Returns:
-        One result per check, in order (see `evaluate_checks`).
+        One result per check, in order (see `evaluate_checks`), and the samples of each.
 
     Raises:
         SpecError: the YAML file is not a valid spec or checks file, or holds no check.
         SourceError: the data cannot be found or read, or no data is named.
     """
-    checks, config, resolve_dir = _checks_and_source(checks_file, data, base_dir)
+    checks, config, resolve_dir, pii = _checks_and_source(checks_file, data, base_dir)
     engine = DuckDBEngine(redact_values=True)
     try:
         with tempfile.TemporaryDirectory(prefix="sluice-check-data-") as cache:
@@ -60,16 +69,25 @@ def check_data(checks_file: Path, data: str | None, *, base_dir: Path) -> list[C
                 logical_date=datetime.now(UTC).date(), base_dir=checks_file.resolve().parent
             )
             results = evaluate_checks(engine, table, checks, env)
+            shown = [
+                [] if getattr(c, "column", None) in pii else sample
+                for c, sample in zip(
+                    checks, sample_unexpected(engine, table, checks, results, env), strict=True
+                )
+            ]
             unparsed = _unparsed_lines(engine, rejects)
-            return results + ([_parse_result(unparsed, engine.count(table))] if unparsed else [])
+            if unparsed:
+                return [*results, _parse_result(unparsed, engine.count(table))], [*shown, []]
+            return results, shown
     finally:
         engine.close()
 
 
 def _checks_and_source(
     checks_file: Path, data: str | None, base_dir: Path
-) -> tuple[list[CheckConfig], FilesSourceConfig, Path]:
-    """The checks, the files to read, and the folder their relative paths resolve against."""
+) -> tuple[list[CheckConfig], FilesSourceConfig, Path, set[str]]:
+    """The checks, the files to read, the folder their relative paths resolve against, and
+    the PII columns (a spec's `pii:`)."""
     if not checks_file.is_file():
         raise SourceError(
             f"{checks_file}: no such file; give the path of a pipeline spec or a checks file"
@@ -80,8 +98,9 @@ def _checks_and_source(
                 f"{checks_file} is a checks file and names no data: pass --data PATH "
                 "(a file, folder or glob; local or s3://)"
             )
-        return load_checks(checks_file), FilesSourceConfig(path=data), base_dir
+        return load_checks(checks_file), FilesSourceConfig(path=data), base_dir, set()
     pipeline = load_spec(checks_file)
+    pii = set(pipeline.pii)
     if not pipeline.checks:
         problem = SpecProblem("checks", "the pipeline has no checks: to run")
         raise SpecError([problem], source=str(checks_file))
@@ -93,13 +112,13 @@ def _checks_and_source(
             if isinstance(primary, FilesSourceConfig)
             else FilesSourceConfig(path=data)
         )
-        return list(pipeline.checks), config, base_dir
+        return list(pipeline.checks), config, base_dir, pii
     if not isinstance(primary, FilesSourceConfig):
         raise SourceError(
             f"the primary source '{pipeline.primary_source}' is of type '{primary.type}'; "
             "check-data reads files: pass --data PATH"
         )
-    return list(pipeline.checks), primary, checks_file.resolve().parent
+    return list(pipeline.checks), primary, checks_file.resolve().parent, pii
 
 
 def _is_pipeline_spec(path: Path) -> bool:
