@@ -100,6 +100,21 @@ def test_catchup_all_runs_every_missed_date_once_and_a_second_pass_runs_nothing(
     assert sorted({p["event_date"] for p in table.partitions()}) == DATES
 
 
+def test_a_failed_scheduled_run_is_reported_with_its_error(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path, catchup="latest", checks=[{"row_count_between": {"min_value": 10}}]
+    )
+    run_once(project, FIRST_SEEN)
+
+    done = subprocess.run(
+        scheduler_command(project, THREE_DAYS_LATER), capture_output=True, text=True, timeout=300
+    )
+
+    assert done.returncode == 1
+    line = next(x for x in done.stdout.splitlines() if "daily 2025-01-18: failed" in x)
+    assert "1 error check(s) failed" in line and "row_count_between" in line
+
+
 def test_a_restarted_scheduler_resumes_from_its_last_tick(tmp_path: Path) -> None:
     project = make_project(tmp_path, catchup="all")
     run_once(project, FIRST_SEEN)

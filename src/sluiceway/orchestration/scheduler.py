@@ -194,7 +194,11 @@ class Scheduler:
                 self._alert_not_started(name, day.isoformat(), exc)
             return SlotOutcome(name, day.isoformat(), "error", error=str(exc))
         self.state.mark(name, day, result.status, run_id=result.run_id)
-        self.say(f"{name} {day}: {result.status} (run {result.run_id})")
+        attempts = (
+            f", attempt {result.attempt}/{result.max_attempts}" if result.max_attempts > 1 else ""
+        )
+        why = f": {result.error}" if result.error and not result.ok else ""
+        self.say(f"{name} {day}: {result.status} (run {result.run_id}{attempts}){why}")
         return SlotOutcome(name, day.isoformat(), result.status, result.run_id, result.error)
 
     def _alert_not_started(self, name: str, day: str, exc: Exception) -> None:
