@@ -606,7 +606,7 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: 
             r.run_id,
             r.pipeline,
             r.logical_date,
-            r.status,
+            f"{r.status} (replay)" if (r.details or {}).get("replay") else r.status,
             *(str(v if v is not None else "") for v in counts),
             "" if r.duration_s is None else f"{r.duration_s:.1f}",
         )

@@ -519,6 +519,9 @@ def test_replay_counts_the_dead_letters_it_cannot_rerun_and_the_cli_says_why(tmp
 
     assert first.accounting.rows_in == 8 and outcome.replayed == 4
     assert outcome.not_replayable == 1  # the unparseable line: no row to rebuild
+    listed = CliRunner().invoke(main, ["runs", "--state-dir", str(tmp_path / ".sluice")])
+    assert outcome.run is not None and outcome.run.replay
+    assert listed.output.count("(replay)") == 2 and "succeeded" in listed.output
     assert "1 other dead letter(s) of this run cannot be replayed" in said.output
     assert f"--run {first.run_id}" in said.output
 

@@ -72,6 +72,8 @@ class RunResult:
     """First and last logical date of a range run (a backfill of a range-capable pipeline)."""
     steps: list[dict[str, Any]] = field(default_factory=list)
     """Per step: index, step key, duration_s, deduplicated, filtered."""
+    replay: bool = False
+    """The run replayed dead letters of an earlier run of its date (`sluice replay`)."""
     attempt: int = 1
     """Which attempt of the retry policy this run was (1 without a policy)."""
     max_attempts: int = 1
@@ -134,6 +136,7 @@ class RunResult:
                 "steps": self.steps,
                 "attempt": self.attempt,
                 "bytes_written": self.bytes_written,
+                **({"replay": True} if self.replay else {}),
                 **({"date_range": list(self.date_range)} if self.date_range else {}),
             },
         )

@@ -234,6 +234,7 @@ class _Runner:
             run_id, pipeline.pipeline, self.ctx.logical_date, "running", self.accounting
         )
         self.result.attempt, self.result.max_attempts = options.attempt, options.max_attempts
+        self.result.replay = options.is_replay
         if options.date_range:
             self.result.date_range = (str(options.date_range[0]), str(options.date_range[1]))
         self.started = time.monotonic()

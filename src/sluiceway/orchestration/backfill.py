@@ -106,6 +106,8 @@ def _history(store: RunStore, pipeline: str) -> tuple[dict[str, RunRecord], set[
     latest: dict[str, RunRecord] = {}
     succeeded: set[str] = set()
     for record in records:
+        if (record.details or {}).get("replay"):
+            continue  # a replay of a date's dead letters is not a run of the date
         latest[record.logical_date] = record
         if record.status == "succeeded":
             succeeded.update(_covered(record))
