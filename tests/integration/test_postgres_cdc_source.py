@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -719,3 +720,20 @@ def test_with_resnapshot_a_lost_slot_replaces_the_table_by_a_new_snapshot(
 
     assert delta_rows(tmp_path) == source_rows(pg, table)
     assert [r[0] for r in delta_rows(tmp_path)] == [1, 3, 4]
+
+
+def test_a_stream_run_that_cannot_reach_the_database_says_database_not_broker(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    spec = cdc_spec("public.nothing_here")
+    spec["sources"]["items"]["port"] = port
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    result = run_stream(pipeline_from_dict(spec), options, StreamOptions(retries=2, backoff_s=0.01))
+
+    assert not result.ok
+    assert "could not connect to the database after 2 attempts" in (result.error or "")
+    assert START_SCRIPT in (result.error or "")

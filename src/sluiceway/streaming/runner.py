@@ -150,6 +150,7 @@ class _StreamRunner:
         self.config = pipeline.sources[self.name]
         self.change_capture = bool(getattr(self.config, "change_capture", False))
         self.beyond_said: set[str] = set()  # columns beyond the contract already warned of
+        self.server = "database" if self.change_capture else "broker"  # for messages
         if self.change_capture:
             self.pipeline = with_change_columns(pipeline, self.name)
             self.config = self.pipeline.sources[self.name]
@@ -199,7 +200,7 @@ class _StreamRunner:
                 resuming = getattr(self.source, "resuming", None)
                 if resuming is not None:  # a lost slot or a recreated topic must not go unseen
                     resuming(dict(self.positions.committed))
-                self._retrying("connect to the broker", self.source.open)
+                self._retrying(f"connect to the {self.server}", self.source.open)
                 self._loop()
             self.result.status = "succeeded"
         except _Stopped:
@@ -334,7 +335,7 @@ class _StreamRunner:
             want = settings.max_batch_rows - count
             asked = time.monotonic()
             got: Fetched = self._retrying(
-                "fetch from the broker", partial(self.source.fetch, want, wait_s)
+                f"fetch from the {self.server}", partial(self.source.fetch, want, wait_s)
             )
             if got.count == 0:
                 if fetched:
@@ -612,7 +613,7 @@ class _StreamRunner:
                 if attempt == self.stream.retries:
                     raise _Stop(f"could not {what} after {attempt} attempts: {exc}") from exc
                 self._sleep(attempt, what, str(exc))
-                reopen = what != "connect to the broker"
+                reopen = what != f"connect to the {self.server}"
         raise AssertionError("unreachable")
 
     def _sleep(self, attempt: int, what: str, reason: str) -> None:
