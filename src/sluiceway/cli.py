@@ -389,7 +389,7 @@ def print_summary(result: RunResult) -> None:
         )
     )
     console.print(rows)
-    if acc.is_balanced or result.ok or "row accounting does not add up" in (result.error or ""):
+    if acc.is_balanced or result.ok or result.error_type == "AccountingError":
         balance = "[green]balanced[/]" if acc.is_balanced else "[red]NOT balanced[/]"
         console.print(
             f"accounting: in = {kept} + rejected + deduplicated + filtered → {balance}",
@@ -398,7 +398,7 @@ def print_summary(result: RunResult) -> None:
     else:  # stopped before every row was counted: nothing is missing, the count is
         console.print(
             "accounting: not complete — the run stopped before it counted every row "
-            "(nothing was published; a rerun counts them all)",
+            "(nothing was published; the error below says why)",
             soft_wrap=True,
         )
     if result.rejected_by_rule:

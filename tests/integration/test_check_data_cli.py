@@ -267,3 +267,29 @@ def test_failed_checks_show_a_few_unexpected_values_but_never_of_a_pii_column(
     assert "10,009" in table.stdout  # row count in full, not 1e+04
     samples = {c["check"]: c["unexpected_sample"] for c in report["checks"]}
     assert samples == {"in_set": ["lost", "stolen"], "regex": [], "row_count_between": []}
+
+
+def test_a_reconcile_on_a_pii_key_shows_no_value_of_it(tmp_path) -> None:
+    (tmp_path / "orders.csv").write_text("email,amount\nalice@example.com,1\nbob@example.com,2\n")
+    (tmp_path / "ledger.csv").write_text("email,amount\nalice@example.com,1\ncarol@example.com,3\n")
+    (tmp_path / "pipeline.yaml").write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            pipeline: orders
+            sources:
+              orders: {type: files, path: orders.csv, format: csv}
+            pii: {email: hmac}
+            checks:
+              - reconcile: {against: ledger.csv, keys: [email]}
+            sinks: [{type: delta, path: lake/orders}]
+            """
+        )
+    )
+
+    table = sluice("check-data", "pipeline.yaml", cwd=tmp_path)
+    as_json = sluice("check-data", "pipeline.yaml", "--format", "json", cwd=tmp_path)
+
+    assert table.returncode == 1 and "reconcile" in table.stdout
+    for output in (table.stdout, as_json.stdout):
+        assert "bob@" not in output and "carol@" not in output

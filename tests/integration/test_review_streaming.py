@@ -421,3 +421,17 @@ def test_a_batch_failing_an_error_check_says_how_to_keep_the_stream_flowing(
     assert "max_deliveries (5)" in (result.error or "")
     assert "`severity: warn`" in (result.error or "") and "on_fail: dead_letter" in result.error
     assert landed(tmp_path) == []
+
+
+@pytest.mark.integration
+def test_the_hint_for_a_failed_table_level_check_does_not_offer_routing(
+    tmp_path: Path, client: redis.Redis, stream: str
+) -> None:
+    add_events(client, stream, ["a", "b"])
+    spec = stream_spec(stream)
+    spec["checks"] = [{"row_count_between": {"min_value": 10}}]
+
+    result = run_in_process(tmp_path, spec, idle_exit_s=1.0)
+
+    assert not result.ok and "`severity: warn`" in (result.error or "")
+    assert "on_fail" not in (result.error or "")  # a table-level check cannot route rows

@@ -70,7 +70,7 @@ def check_data_report(
             )
             results = evaluate_checks(engine, table, checks, env)
             shown = [
-                [] if getattr(c, "column", None) in pii else sample
+                [] if _reads_any(c, pii) else sample
                 for c, sample in zip(
                     checks, sample_unexpected(engine, table, checks, results, env), strict=True
                 )
@@ -81,6 +81,20 @@ def check_data_report(
             return results, shown
     finally:
         engine.close()
+
+
+def _reads_any(check: CheckConfig, columns: set[str]) -> bool:
+    """Whether `check` names one of `columns` anywhere in its settings (`column`, `keys`,
+    `column_list`, `column_A`...): its samples would show that column's values."""
+
+    def names(value: object) -> set[str]:
+        if isinstance(value, str):
+            return {value}
+        if isinstance(value, (list, tuple)):
+            return {v for v in value if isinstance(v, str)}
+        return set()
+
+    return any(names(value) & columns for value in check.model_dump().values())
 
 
 def _checks_and_source(

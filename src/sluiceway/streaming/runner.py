@@ -40,11 +40,13 @@ import pyarrow.compute as pc
 
 from sluiceway import masking
 from sluiceway.checks.contract import Shape, flagging_query
+from sluiceway.checks.table import compile_check
 from sluiceway.core import registry
 from sluiceway.core.accounting import RowAccounting
 from sluiceway.core.context import RunContext, SourceRead, WriteRequest
 from sluiceway.core.events import EventBus
 from sluiceway.core.pii import PiiMasking
+from sluiceway.core.results import RunResult
 from sluiceway.core.runner import RunOptions, StreamBatch, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore, StreamBatchRecord
 from sluiceway.core.spec import Contract, Pipeline
@@ -488,8 +490,12 @@ class _StreamRunner:
                     hint = (
                         ". The same rows fail that check at every delivery, and after "
                         f"max_deliveries ({limit}) the whole batch goes to the dead letters: "
-                        "to keep the stream flowing, give the check `severity: warn`, or "
-                        "`on_fail: dead_letter` to route only its failing rows"
+                        "to keep the stream flowing, give the check `severity: warn`"
+                        + (
+                            ", or `on_fail: dead_letter` to route only its failing rows"
+                            if self._failed_checks_can_route(result)
+                            else ""
+                        )
                     )
                 raise _Stop(
                     f"batch {sequence} failed; its messages stay unacknowledged: "
@@ -566,6 +572,18 @@ class _StreamRunner:
             lag=lag,
             version=self.result.last_version,
             e2e_p99_s=latencies[1],
+        )
+
+    def _failed_checks_can_route(self, result: RunResult) -> bool:
+        """Whether every failed error check of `result` judges rows one by one (so that
+        `on_fail: dead_letter` could route them): a table-level check cannot."""
+        failed = [
+            config
+            for config, check in zip(self.pipeline.checks, result.checks, strict=False)
+            if check.status == "failed" and check.severity == "error"
+        ]
+        return bool(failed) and all(
+            compile_check(config).row_condition() is not None for config in failed
         )
 
     def _said_beyond_contract(self, ctx: RunContext, table: str, contract: Contract) -> None:
