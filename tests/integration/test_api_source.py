@@ -215,6 +215,26 @@ def test_link_pagination_follows_rel_next_until_there_is_none(
     assert {r["__sw_file"] for r in rows if r["id"] == "5"} == {api.url("/p3")}
 
 
+def test_credentials_a_server_writes_into_next_links_are_masked_yet_pages_differ(
+    ctx: RunContext, api: ApiServer
+) -> None:
+    def page(n: int) -> str:
+        return api.url(f"/things?page={n}&X-Amz-Signature=SIG{n}SECRET&access_token=TOK{n}SECRET")
+
+    api.routes["/things"] = lambda q, _: ok(
+        items(range(int(q.get("page", 1)), int(q.get("page", 1)) + 1)),
+        {"Link": f'<{page(int(q.get("page", 1)) + 1)}>; rel="next"'}
+        if q.get("page") != "3"
+        else {},
+    )
+    _, rows = read(ctx, {"url": api.url("/things?page=1"), "paginate": {"type": "link"}})
+
+    files = [r["__sw_file"] for r in rows]
+    assert len(rows) == 3 and len(set(files)) == 3  # dead letters of two pages never share an id
+    assert not any("SECRET" in f for f in files)
+    assert all("X-Amz-Signature=***" in f and "access_token=***" in f for f in files[1:])
+
+
 def test_next_link_reads_rfc_5988_headers() -> None:
     header = '<https://a/x?page=1>; rel="prev", <https://a/x?page=3>; rel="next last"'
     assert next_link(header) == "https://a/x?page=3"

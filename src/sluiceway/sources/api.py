@@ -234,10 +234,10 @@ class ApiSource:
         secrets += [headers[h] for h in self.config.header_env]
         secrets += [str(v) for k, v in self.config.params.items() if SECRET_PARAM.search(k)]
         secrets += [_env(v, f"param_env.{k}", name) for k, v in self.config.param_env.items()]
-        # Masked in every URL shown: the configured credentials, never the pager's own
-        # parameter (a page token differs per page and names the page in __sw_file).
-        pager = self.config.paginate
-        paging = {getattr(pager, "cursor_param", None)} if pager else set()
+        # Masked in every URL shown: the configured credentials (and, by name, any other
+        # credential a server writes into a next link), never the pager's own parameter.
+        cursor_param = getattr(self.config.paginate, "cursor_param", None)
+        paging: set[str] = {cursor_param} if isinstance(cursor_param, str) else set()
         in_url = urllib.parse.parse_qsl(urllib.parse.urlsplit(self.config.url).query)
         secrets += [v for k, v in in_url if SECRET_PARAM.search(k) and k not in paging]
         secret_params = [
@@ -246,7 +246,7 @@ class ApiSource:
             *(k for k, _ in in_url if SECRET_PARAM.search(k) and k not in paging),
         ]
         tokens = [s.split(" ", 1)[1] for s in secrets if " " in s]  # "Bearer <token>"
-        redactor = Redactor([*secrets, *tokens], secret_params)
+        redactor = Redactor([*secrets, *tokens], secret_params, shown_params=paging)
         retry = self.config.retry
         limit = self.config.rate_limit
         client = HttpClient(

@@ -9,6 +9,7 @@ every URL and body quoted in an error goes through `Redactor`.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import random
 import re
@@ -61,9 +62,16 @@ class RetryPolicy:
 class Redactor:
     """Replaces secret values (tokens, keys, URL credentials) with '***' in text."""
 
-    def __init__(self, secrets: Iterable[str], secret_params: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        secrets: Iterable[str],
+        secret_params: Iterable[str] = (),
+        *,
+        shown_params: Iterable[str] = (),
+    ) -> None:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self.secret_params = {p.lower() for p in secret_params}
+        self.shown_params = {p.lower() for p in shown_params}
 
     def text(self, value: str) -> str:
         """`value` with every secret replaced, including its URL-encoded form."""
@@ -73,15 +81,26 @@ class Redactor:
         return value
 
     def url(self, url: str) -> str:
-        """`url` without user info and with secret query parameters masked."""
+        """`url` without user info and with secret query parameters masked: the configured
+        ones as `***`; others named like a credential (a presigned `X-Amz-Signature`, an
+        `access_token` in a server's next link) as `***` and a short hash of the value, so
+        that two pages still differ; `shown_params` (the pager's own) are left as they are."""
         parts = urllib.parse.urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        shown = [(k, _MASK if k.lower() in self.secret_params else v) for k, v in query]
+        shown = [(k, self._shown(k, v)) for k, v in query]
         clean = urllib.parse.urlunsplit(
             (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
         )
         return self.text(clean)
+
+    def _shown(self, name: str, value: str) -> str:
+        lowered = name.lower()
+        if lowered in self.secret_params:
+            return _MASK
+        if lowered in self.shown_params or not SECRET_PARAM.search(name):
+            return value
+        return _MASK + hashlib.sha256(value.encode()).hexdigest()[:6]
 
 
 class TokenBucket:
