@@ -43,6 +43,8 @@ START_SCRIPT = "bash scripts/services/postgres.sh"
 SNAPSHOT_END = 10**18 - 1
 """The seq of the initial snapshot's last row (no snapshot comes near it; seqs compare as
 numbers): committed, it says the snapshot landed whole."""
+_END_MARKS = frozenset({SNAPSHOT_END, 99_999_999})
+"""The end marks a committed snapshot may carry (the second, of an earlier version)."""
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MSG_ID = re.compile(r"^([0-9A-F]{16}):(\d+)$")
 _AUTH_FAILED = re.compile(
@@ -243,7 +245,7 @@ class PostgresCdcSource:
             (self.config.slot_name,),
         )
         confirmed = int(rows[0][0]) if rows and rows[0][0] is not None else None
-        return confirmed is not None and lsn == confirmed - 1 and seq != SNAPSHOT_END
+        return confirmed is not None and lsn == confirmed - 1 and seq not in _END_MARKS
 
     def close(self) -> None:
         """Disconnect; never raises. An unfinished snapshot stays owed (see `open`)."""
