@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,14 @@ def add_file(folder: Path, name: str, *ids: str) -> None:
     (folder / "data" / name).write_text(HEADER + "".join(f"{i},1\n" for i in ids))
 
 
-def run(folder: Path, body: dict[str, Any], name: str, **extra: Any) -> RunResult:
+def spec_file(folder: Path, body: dict[str, Any], name: str) -> Path:
     path = folder / name
     path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def run(folder: Path, body: dict[str, Any], name: str, **extra: Any) -> RunResult:
+    path = spec_file(folder, body, name)
     return run_pipeline(
         load_spec(path),
         RunOptions(base_dir=folder, state_dir=folder / ".sluice", environ=dict(KEYS), **extra),
@@ -310,3 +316,42 @@ def test_a_run_that_read_nothing_new_is_not_failed_by_one_that_committed_meanwhi
     assert b.ok and a.ok, a.error
     assert a.accounting.rows_in == 0 and a.sinks == []
     assert event_ids(tmp_path) == ["e1", "e2"]
+
+
+def test_a_run_waiting_for_another_to_publish_stops_at_its_timeout(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sluiceway.sinks import delta
+
+    add_file(tmp_path, "1.csv", "e1")
+    write = delta._Job.write
+    writing, go_on = threading.Event(), threading.Event()
+
+    def slow_write(job: Any, table: Any, **options: Any) -> int:
+        if threading.current_thread().name == "run-a":
+            writing.set()
+            assert go_on.wait(60)
+        return write(job, table, **options)
+
+    monkeypatch.setattr(delta._Job, "write", slow_write)
+    results: dict[str, RunResult] = {}
+    first = threading.Thread(
+        target=lambda: results.setdefault("a", run(tmp_path, spec(waits=False), "a.yaml")),
+        name="run-a",
+    )
+    first.start()
+    assert writing.wait(60)
+    add_file(tmp_path, "2.csv", "e2")
+    started = time.monotonic()
+    try:
+        b = run_with_policy(
+            load_spec(spec_file(tmp_path, {**spec(waits=False), "timeout": "1s"}, "b.yaml")),
+            RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice", environ=dict(KEYS)),
+        )
+    finally:
+        go_on.set()
+        first.join(60)
+
+    assert not b.ok and "timeout" in (b.error or "") and b.retryable
+    assert time.monotonic() - started < 15
+    assert results["a"].ok and event_ids(tmp_path) == ["e1"]

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 from deltalake import DeltaTable
 
@@ -203,3 +204,42 @@ def test_a_crashed_run_is_resumed_by_its_id_for_its_date(tmp_path: Path) -> None
         "run", "--resume", runs[0].run_id if runs[0].status == "succeeded" else runs[1].run_id
     )
     assert again.returncode == 2 and "only a crashed, interrupted or failed run" in again.stderr
+
+
+def test_a_publish_turn_that_lapsed_and_was_taken_is_neither_renewed_over_nor_released(
+    tmp_path: Path,
+) -> None:
+
+    db = tmp_path / "runs.db"
+    first = leases.take_publish_turn(db, "orders", "run-a", ttl_s=0.3)
+    first._stop.set()  # its heartbeat stops (a run store it cannot reach)
+    time.sleep(0.5)
+    second = leases.take_publish_turn(db, "orders", "run-b", ttl_s=30)
+
+    first._renew()  # a late heartbeat of the first holder
+    first.release()
+
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT holder FROM leases WHERE run_id = 'publish:orders'").fetchall()
+    assert [r[0].endswith("(run run-b)") for r in rows] == [True]
+    second.release()
+
+
+def test_a_run_waiting_for_the_publish_turn_gives_up_at_its_timeout(tmp_path: Path) -> None:
+
+    db = tmp_path / "runs.db"
+    held = leases.take_publish_turn(db, "orders", "run-a", ttl_s=30)
+    waits: list[float] = []
+
+    def timeout() -> None:
+        if len(waits) == 3:
+            raise TimeoutError("timeout 2s passed")
+
+    try:
+        with pytest.raises(TimeoutError):
+            leases.take_publish_turn(
+                db, "orders", "run-b", ttl_s=30, still_waiting=timeout, sleep=waits.append
+            )
+    finally:
+        held.release()
+    assert waits == [0.2, 0.2, 0.2]

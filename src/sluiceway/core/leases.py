@@ -80,18 +80,36 @@ class Lease:
     """A running run's claim on its pipeline, renewed until `release`."""
 
     def __init__(
-        self, db: Store, run_id: str, pipeline: str, *, ttl_s: float, holder: str | None = None
+        self,
+        db: Store,
+        run_id: str,
+        pipeline: str,
+        *,
+        ttl_s: float,
+        holder: str | None = None,
+        fenced: bool = False,
     ) -> None:
         self.db, self.run_id, self.pipeline, self.ttl_s = db, run_id, pipeline, ttl_s
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.fenced = fenced
+        """Taken by `take_publish_turn`: renewed only while its row is still this holder's
+        (another run may take it once it expired), never written over."""
         self._stop = threading.Event()
-        self._renew()
+        if not fenced:
+            self._renew()
         self._thread = threading.Thread(target=self._beat, name="sluice-lease", daemon=True)
         self._thread.start()
 
     def _renew(self) -> None:
         expires = (_now() + timedelta(seconds=self.ttl_s)).isoformat()
         with _connect(self.db) as con:
+            if self.fenced:
+                con.execute(
+                    "UPDATE leases SET expires_at = ? WHERE run_id = ? AND holder = ? "
+                    "AND expires_at >= ?",
+                    (expires, self.run_id, self.holder, _now().isoformat()),
+                )
+                return
             con.execute(
                 upsert_sql(con.dialect, "leases", _LEASE_COLUMNS, key=("run_id",)),
                 (self.run_id, self.pipeline, self.holder, expires),
@@ -106,11 +124,18 @@ class Lease:
                 continue
 
     def release(self) -> None:
-        """Stop the heartbeat and drop the lease (the run is finished)."""
+        """Stop the heartbeat and drop the lease (the run is finished); a fenced lease that
+        another holder took over is left to it."""
         self._stop.set()
         self._thread.join(timeout=5)
         with _connect(self.db) as con:
-            con.execute("DELETE FROM leases WHERE run_id = ?", (self.run_id,))
+            if self.fenced:
+                con.execute(
+                    "DELETE FROM leases WHERE run_id = ? AND holder = ?",
+                    (self.run_id, self.holder),
+                )
+            else:
+                con.execute("DELETE FROM leases WHERE run_id = ?", (self.run_id,))
 
 
 def take_publish_turn(
@@ -120,11 +145,13 @@ def take_publish_turn(
     *,
     ttl_s: float,
     waiting: Callable[[str], object] = lambda holder: None,
+    still_waiting: Callable[[], object] = lambda: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Lease:
     """Wait until no other run of `pipeline` holds its publish turn, then hold it: a lease
     under the key `publish:<pipeline>`, renewed until released, so a holder that dies frees
-    it after `ttl_s`. `waiting(holder)` is told once when another run holds it."""
+    it after `ttl_s`. `waiting(holder)` is told once when another run holds it, and
+    `still_waiting()` before each wait (it raises to give up: a run's timeout)."""
     key = f"publish:{pipeline}"
     holder = f"{socket.gethostname()}:{os.getpid()} (run {run_id})"
     told = False
@@ -149,10 +176,11 @@ def take_publish_turn(
         except db_errors() as exc:  # another run inserted it first (unique key)
             held_by = f"another run ({type(exc).__name__})"
         if held_by is None:
-            return Lease(db, key, pipeline, ttl_s=ttl_s, holder=holder)
+            return Lease(db, key, pipeline, ttl_s=ttl_s, holder=holder, fenced=True)
         if not told:
             waiting(held_by)
             told = True
+        still_waiting()
         sleep(0.2)
 
 

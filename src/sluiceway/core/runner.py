@@ -487,6 +487,7 @@ class _Runner:
             waiting=lambda holder: self.ctx.events.emit(
                 "progress", stage=f"waiting for another run of this pipeline to publish ({holder})"
             ),
+            still_waiting=self._check_deadline,
         )
 
     def _release_publish_turn(self) -> None:
