@@ -378,7 +378,7 @@ def test_a_zero_date_fails_the_read_with_advice(ctx, db) -> None:
     [
         ({"mode": "incremental", "cursor": "updated_at"}, "needs `cursor` and `primary_key`"),
         ({"query": "SELECT 1"}, "exactly one of `table` or `query`"),
-        ({"lag": "5 minutes", "cursor": "updated_at"}, "not a positive duration"),
+        ({"lag": "5 minutes", "cursor": "updated_at"}, "lag .5 minutes. is not a duration"),
         ({"dsn_env": "X"}, "`dsn_env` or `user`, not both"),
     ],
 )
