@@ -492,11 +492,16 @@ def test_replay_after_a_fix_moves_fixed_rows_from_the_dead_letters_into_the_tabl
     ]
 
 
-def test_replay_counts_the_dead_letters_it_cannot_rerun_and_the_cli_says_why(tmp_path) -> None:
+def sluice_cli(folder: Path, *args: str) -> Any:
+    """`sluice ARGS --state-dir FOLDER/.sluice` in process, with the test's keys."""
     from click.testing import CliRunner
 
     from sluiceway.cli import main
 
+    return CliRunner().invoke(main, [*args, "--state-dir", str(folder / ".sluice")], env=KEYS)
+
+
+def test_replay_counts_the_dead_letters_it_cannot_rerun_and_the_cli_says_why(tmp_path) -> None:
     write_events(tmp_path, EVENTS + 'e9,u9,"view,1,x@example.com,192.0.2.9\n')  # a stray quote
     first = run(tmp_path, base_spec())
     fixed = base_spec()
@@ -504,22 +509,11 @@ def test_replay_counts_the_dead_letters_it_cannot_rerun_and_the_cli_says_why(tmp
     fixed_path = write_spec(tmp_path, fixed)
 
     outcome = replay(load_spec(fixed_path), first.run_id, options(tmp_path))
-    said = CliRunner().invoke(
-        main,
-        [
-            "replay",
-            str(fixed_path),
-            "--run",
-            first.run_id,
-            "--state-dir",
-            str(tmp_path / ".sluice"),
-        ],
-        env=KEYS,
-    )
+    said = sluice_cli(tmp_path, "replay", str(fixed_path), "--run", first.run_id)
 
     assert first.accounting.rows_in == 8 and outcome.replayed == 4
     assert outcome.not_replayable == 1  # the unparseable line: no row to rebuild
-    listed = CliRunner().invoke(main, ["runs", "--state-dir", str(tmp_path / ".sluice")])
+    listed = sluice_cli(tmp_path, "runs")
     assert outcome.run is not None and outcome.run.replay
     assert listed.output.count("(replay)") == 2 and "succeeded" in listed.output
     assert "1 other dead letter(s) of this run cannot be replayed" in said.output
@@ -527,10 +521,6 @@ def test_replay_counts_the_dead_letters_it_cannot_rerun_and_the_cli_says_why(tmp
 
 
 def test_replay_says_which_passing_rows_the_steps_dropped(tmp_path) -> None:
-    from click.testing import CliRunner
-
-    from sluiceway.cli import main
-
     write_events(tmp_path)
     spec = base_spec()
     spec["steps"].insert(
@@ -540,18 +530,7 @@ def test_replay_says_which_passing_rows_the_steps_dropped(tmp_path) -> None:
     spec["sources"]["events"]["contract"]["columns"]["event_type"]["values"].append("refund")
     fixed_path = write_spec(tmp_path, spec)
 
-    said = CliRunner().invoke(
-        main,
-        [
-            "replay",
-            str(fixed_path),
-            "--run",
-            first.run_id,
-            "--state-dir",
-            str(tmp_path / ".sluice"),
-        ],
-        env=KEYS,
-    )
+    said = sluice_cli(tmp_path, "replay", str(fixed_path), "--run", first.run_id)
 
     assert said.exit_code == 0, said.output
     assert "2 passed and left the dead-letter table" in said.output  # e4 and e6

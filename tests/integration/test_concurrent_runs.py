@@ -235,15 +235,12 @@ def test_overlapping_runs_of_a_pipeline_that_reads_in_full_both_publish(
     assert sorted(map(str, days)) == ["2025-01-01", str(a.logical_date)]
 
 
-def test_a_run_that_reaches_its_commit_while_another_writes_waits_for_it(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The positions check and the commit are one turn per pipeline: a run whose check came
-    while another run was writing its files (a large batch) waits, then finds the positions
-    moved, instead of committing the same new files again."""
+@pytest.fixture
+def slow_writer(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The Delta write of the thread named 'run-a' (a large batch) sets the first event
+    and waits for the second before it writes."""
     from sluiceway.sinks import delta
 
-    add_file(tmp_path, "1.csv", "e1")
     write = delta._Job.write
     writing, go_on = threading.Event(), threading.Event()
 
@@ -254,6 +251,17 @@ def test_a_run_that_reaches_its_commit_while_another_writes_waits_for_it(
         return write(job, table, **options)
 
     monkeypatch.setattr(delta._Job, "write", slow_write)
+    return writing, go_on
+
+
+def test_a_run_that_reaches_its_commit_while_another_writes_waits_for_it(
+    tmp_path, slow_writer: tuple[threading.Event, threading.Event]
+) -> None:
+    """The positions check and the commit are one turn per pipeline: a run whose check came
+    while another run was writing its files (a large batch) waits, then finds the positions
+    moved, instead of committing the same new files again."""
+    add_file(tmp_path, "1.csv", "e1")
+    writing, go_on = slow_writer
     results: dict[str, RunResult] = {}
     waiting = threading.Event()
 
@@ -319,21 +327,10 @@ def test_a_run_that_read_nothing_new_is_not_failed_by_one_that_committed_meanwhi
 
 
 def test_a_run_waiting_for_another_to_publish_stops_at_its_timeout(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
+    tmp_path, slow_writer: tuple[threading.Event, threading.Event]
 ) -> None:
-    from sluiceway.sinks import delta
-
     add_file(tmp_path, "1.csv", "e1")
-    write = delta._Job.write
-    writing, go_on = threading.Event(), threading.Event()
-
-    def slow_write(job: Any, table: Any, **options: Any) -> int:
-        if threading.current_thread().name == "run-a":
-            writing.set()
-            assert go_on.wait(60)
-        return write(job, table, **options)
-
-    monkeypatch.setattr(delta._Job, "write", slow_write)
+    writing, go_on = slow_writer
     results: dict[str, RunResult] = {}
     first = threading.Thread(
         target=lambda: results.setdefault("a", run(tmp_path, spec(waits=False), "a.yaml")),

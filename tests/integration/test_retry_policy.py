@@ -142,7 +142,8 @@ def test_backoff_doubles_up_to_the_cap_and_jitter_stays_within_a_quarter() -> No
     assert backoff_seconds(jittered, 2, lambda: 0.999999) == 20.0
 
 
-def test_a_run_past_its_timeout_is_interrupted_and_publishes_nothing(tmp_path: Path) -> None:
+def slow_pipeline(tmp_path: Path) -> Path:
+    """A pipeline whose step runs far past its 1 s timeout."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data/orders.csv").write_text("id,amount\n1,2.5\n2,3.5\n")
     spec = {
@@ -159,6 +160,11 @@ def test_a_run_past_its_timeout_is_interrupted_and_publishes_nothing(tmp_path: P
         "timeout": "1s",
     }
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "pipeline.yaml"
+
+
+def test_a_run_past_its_timeout_is_interrupted_and_publishes_nothing(tmp_path: Path) -> None:
+    slow_pipeline(tmp_path)
     started = time.monotonic()
 
     result = run_with_policy(load_spec(tmp_path / "pipeline.yaml"), options(tmp_path, []))
@@ -171,22 +177,7 @@ def test_a_run_past_its_timeout_is_interrupted_and_publishes_nothing(tmp_path: P
 
 
 def test_a_timed_out_run_says_its_count_is_incomplete_not_unbalanced(tmp_path: Path) -> None:
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data/orders.csv").write_text("id,amount\n1,2.5\n2,3.5\n")
-    spec = {
-        "version": 1,
-        "pipeline": "slow",
-        "sources": {"orders": {"type": "files", "path": "data/*.csv", "format": "csv"}},
-        "steps": [
-            {
-                "sql": "SELECT o.*, (SELECT count(*) FROM range(20000000000) t(x) "
-                "WHERE x % 7 = 3) AS n FROM input o"
-            }
-        ],
-        "sinks": [{"type": "delta", "path": "lake/orders"}],
-        "timeout": "1s",
-    }
-    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(spec))
+    slow_pipeline(tmp_path)
 
     said = CliRunner().invoke(
         main, ["run", str(tmp_path / "pipeline.yaml"), "--state-dir", str(tmp_path / ".sluice")]
