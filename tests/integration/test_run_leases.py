@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -243,3 +244,24 @@ def test_a_run_waiting_for_the_publish_turn_gives_up_at_its_timeout(tmp_path: Pa
     finally:
         held.release()
     assert waits == [0.2, 0.2, 0.2]
+
+
+def test_the_publish_turn_of_a_killed_run_on_this_machine_is_taken_at_once(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "runs.db"
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    held = leases.take_publish_turn(db, "orders", "run-a", ttl_s=60)
+    held._stop.set()
+    with sqlite3.connect(db) as con:  # as if the run's process had held it, then died
+        con.execute(
+            "UPDATE leases SET holder = ? WHERE run_id = 'publish:orders'",
+            (f"{socket.gethostname()}:{killed.pid} (run run-a)",),
+        )
+    waits: list[float] = []
+
+    turn = leases.take_publish_turn(db, "orders", "run-b", ttl_s=60, sleep=waits.append)
+
+    assert waits == []  # not the 60 s until its lease expires
+    turn.release()

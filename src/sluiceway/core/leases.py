@@ -171,6 +171,9 @@ def take_publish_turn(
                         "VALUES (?, ?, ?, ?)",
                         (key, pipeline, holder, expires),
                     )
+                elif _is_dead_here(str(row[0])):  # killed on this machine: free it now
+                    con.execute("DELETE FROM leases WHERE run_id = ? AND holder = ?", (key, row[0]))
+                    continue
                 else:
                     held_by = str(row[0])
         except db_errors() as exc:  # another run inserted it first (unique key)
@@ -182,6 +185,21 @@ def take_publish_turn(
             told = True
         still_waiting()
         sleep(0.2)
+
+
+def _is_dead_here(holder: str) -> bool:
+    """Whether `holder` ('host:pid ...') is a process of this machine that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid = rest.split(" ", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user
+        return False
+    return False
 
 
 @dataclass(frozen=True)
