@@ -239,6 +239,19 @@ def test_a_column_missing_from_the_table_is_named(pg, schema, ctx) -> None:
         sink(f"{schema}.narrow", keys=["id"]).write(ctx, request(pa.table({"id": [1], "qty": [1]})))
 
 
+def test_a_number_too_big_for_its_column_names_the_column(pg, schema, ctx) -> None:
+    pg.execute(
+        f"CREATE TABLE {schema}.small (id int PRIMARY KEY, qty smallint, price numeric(6,2))"
+    )
+    data = pa.table({"id": [1, 2], "qty": [1, 2], "price": pa.array([1.5, 12345.25], pa.float64())})
+
+    with pytest.raises(SinkError, match=r"numeric field overflow") as caught:
+        sink(f"{schema}.small", keys=["id"]).write(ctx, request(data))
+
+    assert "are in column(s) price (the server does not say which)" in str(caught.value)
+    assert table_rows(pg, f"{schema}.small") == []
+
+
 def test_upsert_needs_keys() -> None:
     with pytest.raises(ValueError, match="mode: upsert needs keys"):
         PostgresSinkConfig.model_validate({"type": "postgres", "table": "t"})

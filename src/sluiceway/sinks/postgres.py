@@ -114,6 +114,51 @@ class PostgresSink:
                 for the keys), or the keys are missing, NULL or repeated in the data.
             TransientError: the server cannot be reached.
         """
+        try:
+            return self._write(ctx, request)
+        except SinkError as exc:
+            if exc.context.get("sqlstate") != "22003":
+                raise
+            too_big = self._out_of_range(ctx, request.data)
+            if not too_big:
+                raise
+            raise SinkError(
+                f"{exc.message} The value(s) that do not fit are in column(s) "
+                f"{', '.join(too_big)} (the server does not say which): widen the column(s) "
+                "or round / cap the values in a step.",
+                context=exc.context,
+            ) from None
+
+    def _out_of_range(self, ctx: RunContext, data: pa.Table) -> list[str]:
+        """The numeric and integer columns of the table that some value of `data` cannot
+        fit: 10^(precision-scale) and more, or beyond the integer type's range."""
+        rows = self._ledger_free_query(
+            ctx,
+            "SELECT column_name, data_type, numeric_precision, numeric_scale "
+            "FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+            list(self.config.schema_and_name()),
+        )
+        limits = {"smallint": 2**15, "integer": 2**31, "bigint": 2**63}
+        found = []
+        for name, data_type, precision, scale in rows:
+            kind = data[name].type if name in data.column_names else None
+            numeric = kind is not None and (
+                pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+            )
+            if not numeric:
+                continue
+            if data_type == "numeric" and precision is not None:
+                limit = 10 ** (int(precision) - int(scale or 0))
+            elif data_type in limits:
+                limit = limits[data_type]
+            else:
+                continue
+            largest = pc.max(pc.abs(data[name])).as_py()
+            if largest is not None and largest >= limit:
+                found.append(name)
+        return found
+
+    def _write(self, ctx: RunContext, request: WriteRequest) -> WriteResult:
         data = request.data
         self._check_keys(data)
         positions = _positions_json(request.positions)
@@ -201,6 +246,14 @@ class PostgresSink:
                 return []
             cur.execute(sql, params)
             return list(cur.fetchall())
+
+    def _ledger_free_query(
+        self, ctx: RunContext, sql: str, params: list[Any]
+    ) -> list[tuple[Any, ...]]:
+        """Rows of a query, in a transaction of its own."""
+        with self._transaction(ctx, "read the columns of") as cur:
+            cur.execute(sql, params)
+            return [tuple(row) for row in cur.fetchall()]
 
     def _lock(self, cur: Any, pipeline: str) -> None:
         cur.execute(
