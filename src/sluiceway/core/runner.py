@@ -522,7 +522,8 @@ class _Runner:
         if self.accounting.rows_in == 0:  # nothing new read: nothing to land twice
             self.result.note = "another run of this pipeline committed new inputs meanwhile"
             return True
-        uri = self.ctx.resolve(getattr(sinks[0].config, "path", "")) or repr(sinks[0])
+        path = getattr(sinks[0].config, "path", None)
+        uri = self.ctx.resolve(path) if path else getattr(sinks[0], "uri", repr(sinks[0]))
         raise ConcurrentRunError(
             f"another run of pipeline {self.pipeline.pipeline!r} committed new positions of "
             f"source(s) {', '.join(moved)} to {uri} while this run was working from the "
