@@ -132,7 +132,7 @@ class PostgresSink:
     def _out_of_range(self, ctx: RunContext, data: pa.Table) -> list[str]:
         """The numeric and integer columns of the table that some value of `data` cannot
         fit: 10^(precision-scale) and more, or beyond the integer type's range."""
-        rows = self._ledger_free_query(
+        rows = self._query_rows(
             ctx,
             "SELECT column_name, data_type, numeric_precision, numeric_scale "
             "FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
@@ -247,9 +247,7 @@ class PostgresSink:
             cur.execute(sql, params)
             return list(cur.fetchall())
 
-    def _ledger_free_query(
-        self, ctx: RunContext, sql: str, params: list[Any]
-    ) -> list[tuple[Any, ...]]:
+    def _query_rows(self, ctx: RunContext, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         """Rows of a query, in a transaction of its own."""
         with self._transaction(ctx, "read the columns of") as cur:
             cur.execute(sql, params)

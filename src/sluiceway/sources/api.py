@@ -14,6 +14,7 @@ position, committed with the data and sent as `incremental.param` on the next ru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -195,13 +196,15 @@ class ApiSource:
         cursor = (position or {}).get("cursor") if self.config.incremental else None
         if self.config.incremental and cursor is None:
             cursor = self.config.incremental.initial_value
-        newest, typed = cursor, self._cursor_contract()
         for page in self._pages(client, redactor, name, self._first_url(cursor)):
             digest.update(f"{page.shown}\n".encode() + page.response.body)
             ctx.events.emit("progress", stage=f"reading {name}", done=len(rows.lines), unit="rows")
-            newest = self._take(page, rows, newest, typed is None)
+            self._take(page, rows)
+        typed = self._cursor_contract()
         if typed is not None:
             newest = _newest_by_contract(ctx.engine, [cursor, *rows.cursors], typed)
+        else:
+            newest = functools.reduce(_later, rows.cursors, cursor)
         if self.config.incremental and rows.bad_pages and newest != cursor:
             ctx.events.emit(
                 "cursor_held",
@@ -239,11 +242,12 @@ class ApiSource:
         cursor_param = getattr(self.config.paginate, "cursor_param", None)
         paging: set[str] = {cursor_param} if isinstance(cursor_param, str) else set()
         in_url = urllib.parse.parse_qsl(urllib.parse.urlsplit(self.config.url).query)
-        secrets += [v for k, v in in_url if SECRET_PARAM.search(k) and k not in paging]
+        url_secrets = {k: v for k, v in in_url if SECRET_PARAM.search(k) and k not in paging}
+        secrets += url_secrets.values()
         secret_params = [
             *self.config.param_env,
             *filter(SECRET_PARAM.search, self.config.params),
-            *(k for k, _ in in_url if SECRET_PARAM.search(k) and k not in paging),
+            *url_secrets,
         ]
         tokens = [s.split(" ", 1)[1] for s in secrets if " " in s]  # "Bearer <token>"
         redactor = Redactor([*secrets, *tokens], secret_params, shown_params=paging)
@@ -354,9 +358,8 @@ class ApiSource:
         spec = contract.columns.get(column or "")
         return spec if spec is not None and spec.type in _ORDERED_TYPES else None
 
-    def _take(self, page: Page, rows: _Rows, newest: Any, as_text: bool) -> Any:
-        """Add the page's records (and their cursor values) to `rows`; returns the largest
-        cursor seen so far, compared as numbers or text (`as_text`; else left to the caller)."""
+    def _take(self, page: Page, rows: _Rows) -> None:
+        """Add the page's records (and their cursor values) to `rows`."""
         if page.records is None:
             if self.config.on_malformed_page == "fail":
                 raise SourceError(
@@ -367,7 +370,7 @@ class ApiSource:
                 )
             rows.reject(page.shown, None, page.response.body, str(page.malformed))
             rows.bad_pages += 1
-            return newest
+            return
         for line, record in enumerate(page.records, start=1):
             if not isinstance(record, dict):
                 raw = json.dumps(record, ensure_ascii=False).encode()
@@ -383,9 +386,6 @@ class ApiSource:
                 value = json_path(record, self.config.incremental.cursor_field)
                 if value is not None and value is not MISSING:
                     rows.cursors.append(value)
-                if as_text:
-                    newest = _later(newest, value)
-        return newest
 
     def _flatten(self, record: dict[str, Any]) -> dict[str, str | None]:
         if self.config.fields is None:
