@@ -148,3 +148,55 @@ def test_small_numbers_in_a_list_or_text_are_not_taken_for_a_numeric_pii_id(
     result = run_pipeline(pipeline_from_dict(spec_with_ids), options)
 
     assert result.ok, result.error
+
+
+def contract_spec() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "pipeline": "users",
+        "sources": {
+            "users": {
+                "type": "files",
+                "path": "in/",
+                "contract": {
+                    "columns": {
+                        "user_id": {"type": "string", "nullable": False},
+                        "email": {"type": "string", "format": "email"},
+                        "country": {"type": "string", "values": ["FR"]},
+                    },
+                    "evolution": "freeze",
+                    "on_violation": "dead_letter",
+                },
+            }
+        },
+        "pii": {"email": "hmac"},
+        "sinks": [{"type": "delta", "path": "lake/users", "mode": "append"}],
+    }
+
+
+def test_a_header_that_spells_a_contract_column_in_another_case_is_checked_and_masked(
+    tmp_path: Path,
+) -> None:
+    """`Email` in the file is the contract's `email`, as SQL resolves names: masked, checked,
+    and not passed beside a NULL `email` in clear."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "users.csv").write_text(
+        "USER_ID,Email,Country\nu1,one@example.com,FR\nu2,two@example.com,DE\n"
+    )
+    options = RunOptions(
+        logical_date=date(2025, 1, 15),
+        base_dir=tmp_path,
+        state_dir=tmp_path / ".sluice",
+        environ=KEYS,
+    )
+
+    result = run_pipeline(pipeline_from_dict(contract_spec()), options)
+
+    assert result.status == "succeeded", result.error
+    assert (result.accounting.rows_written, result.accounting.rows_rejected) == (1, 1)
+    rows = DeltaTable(str(tmp_path / "lake" / "users")).to_pyarrow_table().to_pylist()
+    assert [sorted(row) for row in rows] == [["country", "email", "user_id"]]
+    assert rows[0]["user_id"] == "u1" and rows[0]["country"] == "FR"
+    assert rows[0]["email"] and "@" not in rows[0]["email"]
+    assert result.rejected_by_rule == {"country.values": 1}

@@ -307,9 +307,31 @@ def flagging_query(
     def shape(relation: str, columns: list[str]) -> str:
         meta = [c for c in META_COLUMNS if c in columns]
         present = [c for c in columns if c not in META_COLUMNS]
+        renames = case_renames(contract, present)
+        if renames:
+            pairs = ", ".join(f"{quote_ident(a)} AS {quote_ident(b)}" for a, b in renames.items())
+            relation = f"(SELECT * RENAME ({pairs}) FROM {relation})"
+            present = [renames.get(c, c) for c in present]
         return _flag_sql(relation, contract, present, meta, pii, masked_payload)
 
     return shape
+
+
+def case_renames(contract: Contract, present: list[str]) -> dict[str, str]:
+    """Input columns named like a contract column but for case (`Email` for `email`): the
+    contract's name, as SQL would resolve it. Without this the contract's column would read
+    as missing (NULL) and the input's would pass beside it unchecked and unmasked. A column
+    matched exactly, or whose case-insensitive name is ambiguous, is left alone."""
+    exact = set(present)
+    by_fold: dict[str, list[str]] = {}
+    for column in present:
+        by_fold.setdefault(column.casefold(), []).append(column)
+    renames: dict[str, str] = {}
+    for name in contract.columns:
+        candidates = by_fold.get(name.casefold(), [])
+        if name not in exact and len(candidates) == 1:
+            renames[candidates[0]] = name
+    return renames
 
 
 def split_flagged(engine: DuckDBEngine, flagged: str) -> ContractResult:

@@ -54,9 +54,11 @@ def parse_messages(
     )
     arrived = engine.register_view(engine.new_name("messages"), numbered)
     names = [name for name in contract.columns if name not in CHANGE_FIELDS]
+    keys = {name: name for name in names}
     if change_capture and contract.evolution != "discard_column":
-        names += _columns_beyond(engine, arrived, names)
-    paths = ", ".join(quote_literal(_json_path(name)) for name in names)
+        keys = _payload_keys(engine, arrived, names)
+        names = list(keys)
+    paths = ", ".join(quote_literal(_json_path(key)) for key in keys.values())
     # One pass over the Arrow batch: the payload is validated once and parsed once more to
     # extract every field; raw bytes are kept for the rejects only. Valid JSON that starts
     # with '{' is an object, so json_type runs on the other rows only.
@@ -196,19 +198,30 @@ _CHANGE_TEXT = (
 _CHANGE_KEYS = ("__op", "__unchanged", "__old_key")
 
 
-def _columns_beyond(engine: DuckDBEngine, arrived: str, names: list[str]) -> list[str]:
-    """The top-level keys of the batch's JSON objects that the contract does not name: a
-    change source's payload holds every column of the table, so a column it does not list
-    (or one added at the source) reaches the contract, which keeps (`evolve`) or rejects
-    (`freeze`) it instead of it being dropped unseen."""
-    keys = engine.fetch_arrow(
+def _payload_keys(engine: DuckDBEngine, arrived: str, names: list[str]) -> dict[str, str]:
+    """Column → JSON key to read it from: the contract's columns, then the top-level keys of
+    the batch's objects that the contract does not name. A change source's payload holds
+    every column of the table, so a column the contract does not list (or one added at the
+    source) reaches the contract, which keeps (`evolve`) or rejects (`freeze`) it instead of
+    it being dropped unseen. A contract column the payload spells in another case (`Email`
+    for `email`) is read from that key, as SQL would resolve the name."""
+    found = engine.fetch_arrow(
         "SELECT DISTINCT unnest(json_keys(text)) AS key FROM "
         f"(SELECT TRY(decode(payload)) AS text FROM {quote_ident(arrived)}) "
         "WHERE json_valid(text) AND starts_with(ltrim(text), '{') ORDER BY key",
         purpose="columns beyond the contract",
     )
-    known = {*names, *_CHANGE_KEYS}
-    return [k for k in keys.column("key").to_pylist() if k not in known]
+    present = [k for k in found.column("key").to_pylist() if k not in _CHANGE_KEYS]
+    folded: dict[str, list[str]] = {}
+    for key in present:
+        folded.setdefault(key.casefold(), []).append(key)
+    keys: dict[str, str] = {}
+    for name in names:
+        spelled = folded.get(name.casefold(), [])
+        keys[name] = spelled[0] if name not in present and len(spelled) == 1 else name
+    used = set(keys.values())
+    keys.update((k, k) for k in present if k not in used)
+    return keys
 
 
 def _json_path(field: str) -> str:

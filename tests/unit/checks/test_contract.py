@@ -701,3 +701,15 @@ def test_a_null_is_not_a_format_violation_and_typed_timestamps_pass_iso(engine) 
     result = apply_contract(engine, "fmt", contract, pii={}, masked_payload=lambda c: "'{}'")
 
     assert (result.rows_valid, result.rows_rejected) == (2, 1)
+
+
+def test_case_renames_map_a_column_spelled_in_another_case_and_leave_ambiguity_alone() -> None:
+    from sluiceway.checks.contract import case_renames
+
+    contract = Contract.model_validate(
+        {"columns": {"email": {"type": "string"}, "id": {"type": "string"}, "x": {}}}
+    )
+
+    assert case_renames(contract, ["Email", "ID", "x"]) == {"Email": "email", "ID": "id"}
+    assert case_renames(contract, ["email", "Email"]) == {}  # exact name wins
+    assert case_renames(contract, ["Id", "ID"]) == {}  # two candidates: which one is unclear

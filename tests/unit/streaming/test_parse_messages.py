@@ -62,3 +62,25 @@ def test_every_message_that_cannot_be_a_row_is_a_reject_with_its_reason(engine) 
     assert rejects[2]["raw"] == b"\xff\xfe"
     assert engine.count(read.table) == 1
     assert read.rows_in == 6
+
+
+def test_a_change_payload_spelling_a_contract_column_in_another_case_fills_that_column(
+    engine,
+) -> None:
+    """A table column `Email` is the contract's `email`: read from that key, not passed on
+    beside a NULL `email` as a column beyond the contract."""
+    contract = Contract.model_validate(
+        {"columns": {"id": {"type": "bigint"}, "email": {"type": "string"}}}
+    )
+    read = parse_messages(
+        engine,
+        batch([b'{"__op": "c", "id": 1, "Email": "a@example.com", "Note": "n"}']),
+        contract,
+        max_deliveries=3,
+        change_capture=True,
+    )
+
+    rows = engine.fetch_arrow(f"SELECT * EXCLUDE (__sw_file, __sw_row) FROM {read.table}")
+    assert [c for c in rows.column_names if not c.startswith("__sw_")] == ["id", "email", "Note"]
+    assert rows.column("email").to_pylist() == ["a@example.com"]
+    assert rows.column("Note").to_pylist() == ["n"]
