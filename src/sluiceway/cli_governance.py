@@ -190,7 +190,7 @@ def forget(subject: str, paths: tuple[str, ...], dry_run: bool, state_dir: str |
     )
     _print_forget(report, dry_run)
     if dry_run:
-        sys.exit(0)
+        sys.exit(1 if any(e.problem for e in report.tables) else 0)
     sys.exit(0 if report.is_clean else 1)
 
 
@@ -221,17 +221,20 @@ def _print_forget(report: ForgetReport, dry_run: bool) -> None:
             erasure.table.target.label,
             str(erasure.rows_deleted),
             str(erasure.files_rewritten),
-            "dry run" if dry_run else _verdict(erasure),
+            ("dry run" if not erasure.problem else "FAILED") if dry_run else _verdict(erasure),
         )
     _cli().console.print(out, soft_wrap=True)
     for erasure in report.tables:
         _say(f"{erasure.table.pipeline} {erasure.table.target.label}: {erasure.table.target.uri}")
-        for problem in _failures(erasure) if not dry_run else []:
+        problems = [erasure.problem] if erasure.problem else []
+        for problem in _failures(erasure) if not dry_run else problems:
             _say(f"  FAILED: {problem}")
     for sink in report.unhandled:
         _say(f"NOT HANDLED: {sink} is not a Delta table; erase the subject there yourself")
     if dry_run:
         _say(f"dry run: {report.rows_deleted} row(s) would be deleted; nothing was changed")
+        if any(e.problem for e in report.tables):
+            _say("a real run would fail where FAILED is shown above")
         return
     _say(
         f"{report.rows_deleted} row(s) deleted. Touched tables were vacuumed with retention 0 "

@@ -402,3 +402,88 @@ def test_the_masked_forms_are_the_values_the_runner_stored(lake: Lake) -> None:
     assert len(subject_emails) == 1
     assert forms == [SUBJECT_EMAIL, *subject_emails]
     assert note is not None and "hmac" in note
+
+
+def gated_spec() -> dict[str, Any]:
+    """bronze with PII (so raw payloads are encrypted) and a pass rate its input misses."""
+    spec = bronze_spec()
+    spec["pipeline"] = "events_gated"
+    spec["sources"]["events"].pop("incremental")
+    spec["pii"] = {"email": "hmac"}
+    spec["quality"] = {"pass_rate": 0.9}
+    return spec
+
+
+def test_forget_erases_unparseable_lines_and_dead_letters_of_a_run_that_published_nothing(
+    tmp_path: Path, sluice: Callable[..., Any]
+) -> None:
+    """A malformed CSV line's raw payload is encrypted text, not JSON: it is decrypted and
+    searched for the subject as a whole token. The run failed its gate, so no sink table
+    exists: the dead letters are still erased."""
+    root = tmp_path / "gated"
+    (root / "data").mkdir(parents=True)
+    spec = root / "pipeline.yaml"
+    spec.write_text(yaml.safe_dump(gated_spec(), sort_keys=False))
+    (root / "data" / "events.csv").write_text(
+        HEADER
+        + f"e1,{SUBJECT},{SUBJECT_EMAIL},10,2025-04-01,extra\n"  # unparseable: one field too many
+        + f"e2,{SUBJECT}0,x@example.com,-1,2025-04-01\n"  # someone else: u902104170
+        + "e3,u1001,bob@example.com,3,2025-04-01\n"
+    )
+    state = root / ".sluice"
+    options = RunOptions(logical_date=DAYS[0], base_dir=root, state_dir=state, environ=KEYS)
+    assert run_pipeline(load_spec(spec), options).status == "failed"
+    letters = root / "lake" / "dead_letter"
+    assert DeltaTable(str(letters)).to_pyarrow_table().num_rows == 2
+    assert not (root / "lake" / "bronze").exists()
+
+    dry = sluice(
+        "forget",
+        "--subject",
+        f"user_id={SUBJECT}",
+        str(spec),
+        "--dry-run",
+        "--state-dir",
+        str(state),
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "1 row(s) would be deleted" in dry.output
+
+    result = sluice(
+        "forget", "--subject", f"user_id={SUBJECT}", str(spec), "--state-dir", str(state)
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "verified clean" in result.output and "FAILED" not in result.output
+    kept = DeltaTable(str(letters)).to_pyarrow_table()
+    assert kept.num_rows == 1
+    assert f'"{SUBJECT}0"' in kept.column("payload")[0].as_py()  # u902104170 is someone else
+
+
+def test_a_dry_run_shows_what_would_stop_the_real_one(
+    tmp_path: Path, sluice: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "gated"
+    (root / "data").mkdir(parents=True)
+    spec = root / "pipeline.yaml"
+    spec.write_text(yaml.safe_dump(gated_spec(), sort_keys=False))
+    (root / "data" / "events.csv").write_text(
+        HEADER + f"e1,{SUBJECT},{SUBJECT_EMAIL},-1,2025-04-01\n"
+    )
+    state = root / ".sluice"
+    options = RunOptions(logical_date=DAYS[0], base_dir=root, state_dir=state, environ=KEYS)
+    run_pipeline(load_spec(spec), options)
+    monkeypatch.setenv("SLUICE_ENCRYPTION_KEY", "cd" * 32)  # not the key the run used
+
+    result = sluice(
+        "forget",
+        "--subject",
+        f"user_id={SUBJECT}",
+        str(spec),
+        "--dry-run",
+        "--state-dir",
+        str(state),
+    )
+
+    assert result.exit_code == 1
+    assert "cannot be decrypted" in result.output and "a real run would fail" in result.output

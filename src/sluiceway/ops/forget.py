@@ -154,7 +154,11 @@ def _plan(
         unhandled = other_sinks(pipeline, ("delta", "postgres"))
         report.unhandled += [f"{pipeline.pipeline} {s}" for s in unhandled]
         tables = governed_tables(pipeline, base_dir, state_dir) + postgres_tables(pipeline)
-        has_column = has_column or any(_column_of(t, column) for t in tables)
+        has_column = (
+            has_column
+            or any(_column_of(t, column) for t in tables)
+            or (_declares(pipeline, column) and any(_has_letters(t) for t in tables))
+        )
         plan.append((forms, tables))
     if not has_column:
         raise ConfigError(
@@ -163,6 +167,25 @@ def _plan(
             "--subject COLUMN=VALUE, or run the pipelines first."
         )
     return plan
+
+
+def _declares(pipeline: Pipeline, column: str) -> bool:
+    """The spec names `column`: its subject key, or a column of a source's contract."""
+    folded = column.casefold()
+    if pipeline.compliance and (pipeline.compliance.subject_key or "").casefold() == folded:
+        return True
+    return any(
+        name.casefold() == folded
+        for source in pipeline.sources.values()
+        if getattr(source, "contract", None) is not None
+        for name in source.contract.columns  # type: ignore[union-attr]
+    )
+
+
+def _has_letters(table: GovernedTable) -> bool:
+    """A dead-letter table exists: rows rejected before any sink table was made may hold
+    the subject (a first run that failed its gate, say)."""
+    return table.kind == "dead_letter" and open_table(table.target) is not None
 
 
 def _column_of(table: GovernedTable, column: str) -> str | None:

@@ -9,6 +9,7 @@ still holds one of them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,20 +79,47 @@ class SubjectForms:
 
     def in_raw_payload(self, raw: bytes | None) -> bool | None:
         """True/False when the (decrypted) raw payload holds the subject; None when it is
-        encrypted and no key can open it."""
+        encrypted and no key can open it.
+
+        A payload that is not JSON (a malformed CSV line, a cut NDJSON line, a stream
+        message) holds the subject when one of its forms stands in it as a whole token:
+        `u42` in `u42,Ann,FR` or in `{"id": "u42", "na`, not in `u421`."""
         if raw is None:
             return False
         if any(value.encode() == raw for value in self.values):
             return True
         record = _json(raw)
-        if record is None and self.encryption_key is not None:
+        if record is not None:
+            return self.in_record(record)
+        plain: bytes | None = None
+        if self.encryption_key is not None:
             try:
-                record = _json(decrypt_value(raw, self.encryption_key))
+                plain = decrypt_value(raw, self.encryption_key)
             except Exception:
-                record = None
-        if record is None:
-            return None if raw.strip()[:1] not in (b"{", b"[") else False
-        return self.in_record(record)
+                plain = None
+        if plain is not None:
+            record = _json(plain)
+            return self.in_record(record) if record is not None else self._in_text(plain)
+        if _is_text(raw):
+            return self._in_text(raw)
+        return None
+
+    def _in_text(self, data: bytes) -> bool:
+        text = data.decode("utf-8", errors="replace")
+        return any(
+            re.search(rf"(?<![\w@.+-]){re.escape(value)}(?![\w@-]|\.\w)", text)
+            for value in self.values
+        )
+
+
+def _is_text(data: bytes) -> bool:
+    """Plain text, not an AES-GCM token: valid UTF-8 without control characters other
+    than tab, CR and LF."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text)
 
 
 def masked_forms(method: str, value: str, keys: masking.MaskKeys) -> list[str]:
