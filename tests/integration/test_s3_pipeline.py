@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -126,3 +127,21 @@ def test_rerun_on_s3_converges_to_the_same_table(bucket: str, tmp_path: Path) ->
         pipeline="s3_orders"
     )
     assert letters.num_rows == 3
+
+
+def test_local_copies_of_remote_files_do_not_outlive_the_run(bucket: str, tmp_path: Path) -> None:
+    """Copies of the input (raw, PII in clear) go with the run; a killed run's copies go
+    after a day; a folder another run may still use stays."""
+    cache = tmp_path / ".sluice" / "cache"
+    stale, busy = cache / "killed-run" / "x" / "a.csv", cache / "running" / "x" / "a.csv"
+    for path in (stale, busy):
+        path.parent.mkdir(parents=True)
+        path.write_text("order_id\n1\n")
+    two_days_ago = time.time() - 2 * 86_400
+    os.utime(cache / "killed-run", (two_days_ago, two_days_ago))
+
+    result = _run(bucket, tmp_path)
+
+    assert result.ok, result.error
+    assert sorted(p.name for p in cache.iterdir()) == ["running"]
+    assert busy.exists()

@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -302,6 +303,8 @@ class _Runner:
             self._release_publish_turn()
             self.workers.shutdown(wait=True, cancel_futures=True)
             self.ctx.engine.close()
+            # Local copies of remote input files: raw data (PII in clear) not kept past the run.
+            shutil.rmtree(self.ctx.state_dir / "cache" / self.ctx.run_id, ignore_errors=True)
             self.ctx.events.emit("run_finished", **self.result.finished_fields())
         return self.result
 

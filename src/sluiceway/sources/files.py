@@ -7,10 +7,13 @@ read is its position, committed by the sink in the same commit as the data.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import hashlib
 import os
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -248,10 +251,11 @@ class FilesSource:
         if not storage.is_remote(uri):
             return uri
         fs, path = storage.arrow_filesystem(uri, self.config.storage_options)
-        target = (
-            ctx.state_dir / "cache" / ctx.run_id / hashlib.sha256(uri.encode()).hexdigest()[:16]
-        )
-        target.mkdir(parents=True, exist_ok=True)
+        cache = ctx.state_dir / "cache"
+        _sweep(cache, keep=ctx.run_id)
+        target = cache / ctx.run_id / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (cache / ctx.run_id).chmod(0o700)
         local = target / Path(path).name
         with fs.open_input_stream(path, compression=None) as src, open(local, "wb") as dst:
             while chunk := src.read(8 << 20):
@@ -269,6 +273,18 @@ class FilesSource:
             return
         union = " UNION ALL BY NAME ".join(f"({read.select_sql})" for read in reads)
         ctx.engine.create_view(table, union, purpose="combine source files")
+
+
+def _sweep(cache: Path, *, keep: str, older_than_s: float = 86_400) -> None:
+    """Remove what killed runs left in the cache (a run removes its own folder when it ends):
+    folders untouched for a day."""
+    if not cache.is_dir():
+        return
+    limit = time.time() - older_than_s
+    for folder in cache.iterdir():
+        with contextlib.suppress(OSError):
+            if folder.name != keep and folder.stat().st_mtime < limit:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _shaped(ctx: RunContext, read: ff.FileRead, shape: ff.Shape) -> ff.FileRead:
