@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,54 @@ def read_csv_files(
         shape: applied to the rows in the statement that parses them (e.g. the contract's
             flagging query), so the raw text rows are never stored.
     """
+    try:
+        return _read_csv_files(engine, files, compression, opts, shape)
+    except StepError as exc:
+        if "invalid state" not in exc.message and "sniffing" not in exc.message:
+            raise
+        if not any(_has_mixed_endings(path, compression) for path, _ in files):
+            raise
+    # Some lines end in CRLF and others in LF (files appended to by different tools): the
+    # parser takes one line ending per file. Read copies with CRLF turned into LF.
+    with tempfile.TemporaryDirectory(prefix="sluice-csv-") as folder:
+        copies = [
+            (_with_lf_endings(path, compression, Path(folder) / f"{index}.csv"), display)
+            for index, (path, display) in enumerate(files)
+        ]
+        return _read_csv_files(engine, copies, "none", opts, shape)
+
+
+def _has_mixed_endings(path: str, compression: Compression) -> bool:
+    crlf = lf = 0
+    tail = b""
+    with _open(path, compression) as handle:
+        while chunk := handle.read(8 << 20):
+            data = tail + chunk
+            crlf += data.count(b"\r\n") - tail.count(b"\r\n")
+            lf += chunk.count(b"\n")
+            tail = data[-1:]
+    return 0 < crlf < lf
+
+
+def _with_lf_endings(path: str, compression: Compression, target: Path) -> str:
+    """A copy of the file with every CRLF as LF (line numbers do not change)."""
+    with _open(path, compression) as handle, open(target, "wb") as out:
+        carry = b""
+        while chunk := handle.read(8 << 20):
+            data = carry + chunk
+            carry = b"\r" if data.endswith(b"\r") else b""
+            out.write(data[: len(data) - len(carry)].replace(b"\r\n", b"\n"))
+        out.write(carry)
+    return str(target)
+
+
+def _read_csv_files(
+    engine: DuckDBEngine,
+    files: list[tuple[str, str]],
+    compression: Compression,
+    opts: CsvOptions,
+    shape: Shape | None,
+) -> FileRead:
     header, sniffed = _sniffed_header(files[0][0], compression, opts, engine)
     try:
         return _read_csv_batch(engine, files, compression, opts, shape, header, not sniffed)

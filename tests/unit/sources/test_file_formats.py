@@ -172,6 +172,27 @@ def test_csv_reject_raw_bytes_are_exact_with_crlf_line_endings(tmp_path, read_fi
     assert read.rows_in == 3
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_csv_with_both_crlf_and_lf_line_endings_is_read_with_its_bad_lines_as_rejects(
+    tmp_path, read_files, fetch_rows, compressed
+):
+    data = b"id,name\r\n1,alice\r\nshort\n2,bob\n3,carol,extra\r\n4,dan\n"
+    name = "orders.csv.gz" if compressed else "orders.csv"
+    path = write(tmp_path / name, gzip.compress(data) if compressed else data)
+
+    read = read_files(path)
+
+    assert [(r["id"], r["name"]) for r in fetch_rows(read.table)] == [
+        ("1", "alice"),
+        ("2", "bob"),
+        ("4", "dan"),
+    ]
+    assert [(r["file"], r["line"], r["raw"]) for r in rejects(read)] == [
+        (path, 3, b"short"),
+        (path, 5, b"3,carol,extra"),
+    ]
+
+
 def test_csv_line_with_invalid_utf8_becomes_a_reject_holding_the_original_bytes(
     tmp_path, read_files, fetch_rows
 ):
