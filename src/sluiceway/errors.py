@@ -90,6 +90,11 @@ class ConcurrentRunError(TransientError):
     run read from the older ones and publishes nothing. A retry reads from the new ones."""
 
 
+class StorageUnavailable(TransientError):
+    """An object store or file server could not be reached (refused, timed out, name not
+    resolved): a later attempt may succeed."""
+
+
 class TerminalError(SluicewayError):
     """A failure that retrying will not fix: the run fails."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import date
@@ -145,3 +146,49 @@ def test_local_copies_of_remote_files_do_not_outlive_the_run(bucket: str, tmp_pa
     assert result.ok, result.error
     assert sorted(p.name for p in cache.iterdir()) == ["running"]
     assert busy.exists()
+
+
+def _run_spec(spec_text: str, tmp_path: Path):
+    environ = {**os.environ, **ENV}
+    options = RunOptions(
+        logical_date=date(2025, 1, 16),
+        base_dir=tmp_path,
+        state_dir=tmp_path / ".sluice",
+        environ=environ,
+    )
+    return run_pipeline(parse_spec(spec_text, environ=environ), options)
+
+
+def test_an_unreachable_source_endpoint_fails_the_run_as_retryable(
+    bucket: str, tmp_path: Path
+) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there
+    spec = SPEC.format(bucket=bucket, endpoint=ENDPOINT).replace(
+        f'path: s3://{bucket}/landing/orders/\n    storage_options: {{endpoint_url: "{ENDPOINT}"}}',
+        f'path: s3://{bucket}/landing/orders/\n    storage_options: {{endpoint_url: "http://127.0.0.1:{port}"}}',
+    )
+    assert f"127.0.0.1:{port}" in spec
+
+    result = _run_spec(spec, tmp_path)
+
+    assert result.status == "failed" and result.retryable
+    assert result.error_type == "StorageUnavailable"
+    assert f"cannot list s3://{bucket}/landing/orders" in (result.error or "")
+    assert "could not be reached" in (result.error or "")
+    assert "please report" not in (result.error or "")
+
+
+def test_a_missing_source_bucket_is_named(bucket: str, tmp_path: Path) -> None:
+    spec = SPEC.format(bucket=bucket, endpoint=ENDPOINT).replace(
+        f"path: s3://{bucket}/landing/orders/", "path: s3://sluice-no-such-bucket/landing/"
+    )
+
+    result = _run_spec(spec, tmp_path)
+
+    assert result.status == "failed" and not result.retryable
+    assert "the bucket 'sluice-no-such-bucket' of s3://sluice-no-such-bucket/landing" in (
+        result.error or ""
+    )

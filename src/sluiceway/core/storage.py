@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake.exceptions import DeltaError
 
-from sluiceway.errors import ConfigError, SinkError
+from sluiceway.errors import ConfigError, SinkError, StorageUnavailable
 
 S3_SCHEMES = ("s3", "s3a")
 DEFAULT_REGION = "us-east-1"
@@ -174,6 +174,24 @@ def redact(text: str, options: Mapping[str, str]) -> str:
     return text
 
 
+_UNREACHABLE = re.compile(
+    r"NETWORK_CONNECTION|Could not connect|Failed to connect|Connection refused|"
+    r"error sending request|dns error|Could not resolve|timed out|curlCode: (?:6|7|28)\b|"
+    r"Error performing \w+ .* after \d+ retries",
+    re.IGNORECASE,
+)
+UNREACHABLE_ADVICE = (
+    "the storage server could not be reached: check endpoint_url and the network; a "
+    "`retries:` policy retries such a run"
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when a storage error says the server could not be reached (worth a retry),
+    not that it refused the request."""
+    return is_storage_error(exc) and bool(_UNREACHABLE.search(str(exc)))
+
+
 def is_storage_error(exc: BaseException) -> bool:
     """True for errors raised by the storage libraries (delta-rs, pyarrow, the OS).
 
@@ -205,6 +223,10 @@ def storage_errors(
     except Exception as exc:
         if not is_storage_error(exc):
             raise
+        if is_unreachable(exc):
+            raise StorageUnavailable(
+                f"{what}: {error_summary(exc, options)}. {UNREACHABLE_ADVICE}", context=context
+            ) from exc
         hint = advice(exc) if callable(advice) else advice
         raise SinkError(f"{what}: {error_summary(exc, options)}. {hint}", context=context) from exc
 

@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from sluiceway.core import registry, storage
 from sluiceway.core.context import RunContext, SourceRead
 from sluiceway.core.spec import SourceConfig
 from sluiceway.engines.duckdb import quote_ident
-from sluiceway.errors import SourceError
+from sluiceway.errors import SluicewayError, SourceError, StorageUnavailable
 from sluiceway.sources import file_formats as ff
 
 _SKIP_PREFIXES = (".", "_")
@@ -116,7 +116,30 @@ class FilesSource:
             found.extend(matched)
         return sorted(dict.fromkeys(found))
 
+    @contextlib.contextmanager
+    def _remote(self, what: str, uri: str) -> Iterator[None]:
+        """A storage failure as a SourceError, or StorageUnavailable (retried by a
+        `retries:` policy) when the server could not be reached."""
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, SluicewayError) or not storage.is_storage_error(exc):
+                raise
+            summary = storage.error_summary(exc, self.config.storage_options)
+            if storage.is_unreachable(exc):
+                raise StorageUnavailable(
+                    f"cannot {what} {uri}: {summary}. {storage.UNREACHABLE_ADVICE}"
+                ) from exc
+            raise SourceError(
+                f"cannot {what} {uri}: {summary}. Check the bucket, the credentials and "
+                "the source's storage_options"
+            ) from exc
+
     def _list_remote(self, uri: str) -> list[str]:
+        with self._remote("list", uri):
+            return self._list_remote_files(uri)
+
+    def _list_remote_files(self, uri: str) -> list[str]:
         fs, path = storage.arrow_filesystem(uri, self.config.storage_options)
         scheme = uri.split("://", 1)[0]
         import pyarrow.fs as pafs
@@ -127,6 +150,12 @@ class FilesSource:
         if info.type == pafs.FileType.File:
             return [f"{scheme}://{path}"]
         if info.type == pafs.FileType.NotFound:
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise SourceError(
+                    f"the bucket '{bucket}' of {uri} does not exist (or these credentials "
+                    "cannot see it); check the path and the source's storage_options"
+                )
             return []
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
         files = [
@@ -142,7 +171,8 @@ class FilesSource:
             stat = os.stat(uri)
             return stat.st_size, stat.st_mtime_ns
         fs, path = storage.arrow_filesystem(uri, self.config.storage_options)
-        info = fs.get_file_info(path)
+        with self._remote("look up", uri):
+            info = fs.get_file_info(path)
         return info.size, info.mtime_ns
 
     def _read_all(
@@ -257,7 +287,11 @@ class FilesSource:
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
         (cache / ctx.run_id).chmod(0o700)
         local = target / Path(path).name
-        with fs.open_input_stream(path, compression=None) as src, open(local, "wb") as dst:
+        with (
+            self._remote("copy", uri),
+            fs.open_input_stream(path, compression=None) as src,
+            open(local, "wb") as dst,
+        ):
             while chunk := src.read(8 << 20):
                 dst.write(chunk)
         return str(local)
