@@ -341,7 +341,12 @@ def _report(exc: ValidationError, prefix: Path_, located: _Located) -> None:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = _unknown_key_message(err["loc"], exc.title)
-        elif not _is_secret(loc, located) and "input" in err and err["type"] != "missing":
+        elif (
+            not _is_secret(loc, located)
+            and "storage_options" not in loc  # may hold keys written in the spec
+            and "input" in err
+            and err["type"] != "missing"
+        ):
             message = f"{message} (got {_short(err['input'])})"
             expected = (err.get("ctx") or {}).get("expected")
             if err["type"] == "literal_error" and isinstance(expected, str):

@@ -24,6 +24,7 @@ from sluiceway.core.spec_meta import (
     Sla,
     check_duration,
 )
+from sluiceway.core.storage import StorageOptions
 
 ColumnType = Literal[
     "string",
@@ -215,7 +216,7 @@ class DeadLetterConfig(Model):
     """Where rejected rows go."""
 
     path: str = Field(description="Delta table of the dead-letter rows (local path or s3://).")
-    storage_options: dict[str, str] = Field(
+    storage_options: StorageOptions = Field(
         default_factory=dict,
         repr=False,
         description="Object-store options (endpoint, region, keys by ${ENV}).",

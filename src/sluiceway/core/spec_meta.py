@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sluiceway.core.durations import parse_duration
+from sluiceway.core.storage import StorageOptions
 
 Layer = Literal["bronze", "silver", "gold"]
 AccessPattern = Literal["full", "incremental", "cdc", "stream", "api", "snapshot"]
@@ -243,7 +244,7 @@ class TierConfig(_Model):
     compression_level: int = Field(
         9, ge=1, le=22, description="ZSTD level of the files written to this tier."
     )
-    storage_options: dict[str, str] = Field(
+    storage_options: StorageOptions = Field(
         default_factory=dict,
         repr=False,
         description="Object-store options of this tier's location (use ${ENV} for secrets).",

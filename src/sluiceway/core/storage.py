@@ -14,18 +14,20 @@ every sink resumes the same way.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake.exceptions import DeltaError
+from pydantic import AfterValidator
 
 from sluiceway.errors import ConfigError, SinkError, StorageUnavailable
 
@@ -48,6 +50,59 @@ _ERROR_CUT_MARKERS = ("Preview of invalid data",)
 _QUOTED_VALUE = re.compile(r"'[^']*'")
 _ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 _LONGEST_SUMMARY = 800
+
+
+# Keys the object store takes besides the short names above (object_store's S3 and client
+# settings, delta-rs' own), lower case and without the `aws_` prefix the S3 ones may carry.
+_KNOWN_KEYS = frozenset(
+    {
+        *_ALIASES,
+        "default_region", "bucket", "bucket_name", "token", "virtual_hosted_style_request",
+        "imdsv1_fallback", "metadata_endpoint", "container_credentials_relative_uri",
+        "skip_signature", "s3_express", "copy_if_not_exists", "conditional_put",
+        "sse_kms_key_id", "server_side_encryption", "sse_bucket_key_enabled",
+        "checksum_algorithm", "unsigned_payload", "request_payer", "profile",
+        "s3_locking_provider", "s3_allow_unsafe_rename", "dynamo_table_name",
+        "delta_dynamo_table_name", "force_credential_load", "allow_invalid_certificates",
+        "connect_timeout", "default_content_type", "http1_only", "http2_only",
+        "http2_keep_alive_interval", "http2_keep_alive_timeout", "http2_keep_alive_while_idle",
+        "http2_max_frame_size", "pool_idle_timeout", "pool_max_idle_per_host", "proxy_url",
+        "proxy_ca_certificate", "proxy_excludes", "timeout", "user_agent",
+        "randomize_addresses", "max_retries", "retry_timeout", "backoff_config",
+        "init_backoff", "max_backoff", "base",
+    }
+)  # fmt: skip
+
+
+_OTHER_STORES = ("azure_", "google_", "gcs_")
+
+
+def check_storage_options(options: dict[str, str]) -> dict[str, str]:
+    """The spec's `storage_options`, or ValueError naming a key no object store takes (a
+    typo such as `endpoint_ur` would otherwise be ignored and the default endpoint used)."""
+    for key in options:
+        folded = key.lower()
+        bare = folded.removeprefix("aws_")
+        if folded in _KNOWN_KEYS or bare in _KNOWN_KEYS or f"aws_{bare}" in _normal_aliases():
+            continue
+        if folded.startswith(_OTHER_STORES):  # Azure and Google tables take their own keys
+            continue
+        close = difflib.get_close_matches(folded, sorted(_KNOWN_KEYS), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(
+            f"unknown storage option '{key}': {hint}Known: endpoint_url, region, "
+            "access_key_id, secret_access_key, session_token, allow_http, and the object "
+            "store's own settings (e.g. AWS_S3_LOCKING_PROVIDER, timeout)"
+        )
+    return options
+
+
+def _normal_aliases() -> set[str]:
+    return {value.lower() for value in _ALIASES.values()}
+
+
+StorageOptions = Annotated[dict[str, str], AfterValidator(check_storage_options)]
+"""The type of every spec's `storage_options`: unknown keys are spec errors."""
 
 
 @dataclass(frozen=True)

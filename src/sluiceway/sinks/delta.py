@@ -40,6 +40,7 @@ from sluiceway.core.durations import parse_duration
 from sluiceway.core.spec import SinkConfig
 from sluiceway.core.spec_meta import TierConfig
 from sluiceway.core.storage import (
+    StorageOptions,
     delta_storage_options,
     merge_positions,
     prepare_local,
@@ -83,7 +84,7 @@ class DeltaSinkConfig(SinkConfig):
         description="SQL predicate of the rows overwrite_partition replaces; may use "
         "{logical_date}. Default: partition_by IN the values present in the data.",
     )
-    storage_options: dict[str, str] = Field(
+    storage_options: StorageOptions = Field(
         default_factory=dict,
         repr=False,
         description="Object-store options (endpoint_url, region, access_key_id, "

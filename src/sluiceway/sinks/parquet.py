@@ -33,6 +33,7 @@ from sluiceway.core import registry
 from sluiceway.core.context import RunContext, WriteRequest, WriteResult
 from sluiceway.core.spec import SinkConfig
 from sluiceway.core.storage import (
+    StorageOptions,
     arrow_filesystem,
     merge_positions,
     storage_errors,
@@ -64,7 +65,7 @@ class ParquetSinkConfig(SinkConfig):
         description="overwrite_partition: replace the partitions present in the data; "
         "append: add files named after the idempotency key.",
     )
-    storage_options: dict[str, str] = Field(
+    storage_options: StorageOptions = Field(
         default_factory=dict,
         repr=False,
         description="Object-store options (endpoint_url, region, access_key_id, "

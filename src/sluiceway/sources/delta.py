@@ -30,7 +30,12 @@ from pydantic import Field, field_validator, model_validator
 from sluiceway.core import registry
 from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, RunContext, SourceRead
 from sluiceway.core.spec import SourceConfig
-from sluiceway.core.storage import delta_storage_options, error_summary, is_storage_error
+from sluiceway.core.storage import (
+    StorageOptions,
+    delta_storage_options,
+    error_summary,
+    is_storage_error,
+)
 from sluiceway.engines.duckdb import quote_ident, quote_literal
 from sluiceway.errors import SourceError, StepError
 from sluiceway.ops.tier_read import HOT, TierLocation, declared_tiers, read_tiers
@@ -56,7 +61,7 @@ class DeltaSourceConfig(SourceConfig):
     columns: list[str] | None = Field(
         None, min_length=1, description="Only these columns (default: every column)."
     )
-    storage_options: dict[str, str] = Field(
+    storage_options: StorageOptions = Field(
         default_factory=dict,
         repr=False,
         description="Object-store options (endpoint_url, region, access_key_id, "

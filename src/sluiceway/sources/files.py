@@ -23,6 +23,7 @@ from pydantic import Field
 from sluiceway.core import registry, storage
 from sluiceway.core.context import RunContext, SourceRead
 from sluiceway.core.spec import SourceConfig
+from sluiceway.core.storage import StorageOptions
 from sluiceway.engines.duckdb import quote_ident
 from sluiceway.errors import SluicewayError, SourceError, StorageUnavailable
 from sluiceway.sources import file_formats as ff
@@ -48,7 +49,7 @@ class FilesSourceConfig(SourceConfig):
     header: bool = Field(True, description="CSV files start with a header line.")
     quote: str = Field('"', description="CSV quote character.", max_length=1)
     escape: str = Field('"', description="CSV escape character.", max_length=1)
-    storage_options: dict[str, str] = Field(
+    storage_options: StorageOptions = Field(
         default_factory=dict,
         repr=False,
         description="Object-store options (endpoint_url, region, keys by ${ENV}).",

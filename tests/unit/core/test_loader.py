@@ -288,3 +288,38 @@ def test_a_value_outside_its_choices_suggests_the_closest_one() -> None:
     [(_, message)] = problems_of(text, {"LAKE": "/data/lake"}).values()
 
     assert "(got 'strem'). Did you mean 'stream'?" in message
+
+
+STORAGE = textwrap.dedent(
+    """\
+    version: 1
+    pipeline: orders
+    sources:
+      orders:
+        type: files
+        path: s3://landing/orders/
+        storage_options: {endpoint_ur: "http://127.0.0.1:9000", AWS_S3_LOCKING_PROVIDER: x}
+    sinks:
+      - type: delta
+        path: s3://lake/orders
+        storage_options:
+          secret_acess_key: the-secret-itself
+          aws_virtual_hosted_style_request: "false"
+          AWS_ALLOW_HTTP: "true"
+          timeout: 30s
+    dead_letter:
+      path: s3://lake/dead_letter
+      storage_options: {region: eu-west-1, access_key_id: k, secret_access_key: s}
+    """
+)
+
+
+def test_a_misspelt_storage_option_is_a_problem_with_a_suggestion_and_no_value() -> None:
+    problems = problems_of(STORAGE)
+
+    assert sorted(problems) == ["sinks[0].storage_options", "sources.orders.storage_options"]
+    line, message = problems["sources.orders.storage_options"]
+    assert line == 7 and "'endpoint_ur': did you mean 'endpoint_url'?" in message
+    line, message = problems["sinks[0].storage_options"]
+    assert "'secret_acess_key': did you mean 'secret_access_key'?" in message
+    assert "the-secret-itself" not in message

@@ -117,12 +117,12 @@ def test_a_bearer_header_holding_an_env_reference_is_not_a_literal_credential() 
 
 def test_a_bearer_header_with_the_token_in_clear_still_fails() -> None:
     data = spec()
-    data["sources"]["orders"].update(storage_options={"authorization": f"Bearer {SECRET}"})
+    data["sources"]["orders"].update(storage_options={"aws_session_token": f"Bearer {SECRET}"})
 
     [found] = not_passed(reviewed(data), "source inventory")
 
     assert found.status == "fail"
-    assert found.where == "sources.orders.storage_options.authorization"
+    assert found.where == "sources.orders.storage_options.aws_session_token"
     assert SECRET not in found.reason + found.fix
 
 
