@@ -259,12 +259,27 @@ def _sql(state: _State, step: Any, label: str) -> None:
         )
         annotate_types(query, schema=tables)
         outputs = _sql_outputs(query, tables, state)
+        spelled = _spellings(step.query, state)
     except Exception as exc:  # best effort: a query sqlglot cannot resolve is opaque
         _opaque(state, step, label)
         state.notes[-1] += f" (sqlglot: {type(exc).__name__})"
         return
-    state.columns = {name: kind for name, (kind, _) in outputs.items()}
-    state.origins = {name: origins for name, (_, origins) in outputs.items()}
+    # sqlglot folds DuckDB's names to lower case; the table keeps them as written.
+    state.columns = {spelled.get(name, name): kind for name, (kind, _) in outputs.items()}
+    state.origins = {spelled.get(name, name): origins for name, (_, origins) in outputs.items()}
+
+
+def _spellings(query: str, state: _State) -> dict[str, str]:
+    """Lower-cased name → the name as the step's output spells it: its select aliases and
+    columns as written, else the input's and the sources' columns."""
+    parsed = sqlglot.parse_one(query, dialect="duckdb")
+    selects = parsed.selects if isinstance(parsed, exp.Query) else []
+    names = [
+        *(c for cols in state.sources.values() for c in cols),
+        *state.columns,
+        *(s.alias_or_name for s in selects if s.alias_or_name and s.alias_or_name != "*"),
+    ]
+    return {name.lower(): name for name in names}
 
 
 def _sql_outputs(
@@ -296,10 +311,18 @@ def _sql_outputs(
 
 def _leaf_origins(table: str, column: str, state: _State, step: Transformation) -> list[Origin]:
     if table == "input":
-        return [o.then(step) for o in state.origins.get(column, [])]
+        name = _as_spelled(column, state.origins)
+        return [o.then(step) for o in state.origins.get(name, [])]
     if table in state.sources:
-        return [Origin(table, column).then(step)]
+        return [Origin(table, _as_spelled(column, state.sources[table])).then(step)]
     return []
+
+
+def _as_spelled(column: str, names: Mapping[str, Any]) -> str:
+    """`column` as `names` spell it (sqlglot hands names back in lower case)."""
+    if column in names:
+        return column
+    return next((name for name in names if name.lower() == column.lower()), column)
 
 
 def _describe(select: exp.Expr) -> Transformation:

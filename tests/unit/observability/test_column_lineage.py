@@ -147,3 +147,22 @@ def test_a_source_without_a_contract_has_unknown_columns_and_a_note(steps: list[
     result = lineage_of(steps, raw={"type": "files", "path": "x.csv"})
     assert result.columns == {}
     assert "the columns of source raw are unknown" in result.notes[0]
+
+
+def test_quoted_mixed_case_columns_keep_their_names_origins_and_masking() -> None:
+    people = {
+        "type": "files",
+        "path": "people.csv",
+        "contract": {"columns": {"Full Name": {"type": "string"}, "Country": {"type": "string"}}},
+    }
+
+    result = lineage_of(
+        [{"sql": 'SELECT "Full Name", upper("Country") AS Country FROM input'}],
+        pii={"Full Name": "hash"},
+        people=people,
+    )
+
+    assert list(result.columns) == ["Full Name", "Country"]
+    assert origins(result, "Full Name") == [("people", "Full Name")]
+    assert origins(result, "Country") == [("people", "Country")]
+    assert [o.is_masked for o in result.origins["Full Name"]] == [True]
