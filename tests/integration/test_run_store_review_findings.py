@@ -172,6 +172,48 @@ def test_the_dashboard_takes_the_run_saved_last_as_latest_among_runs_of_one_seco
     assert [r.run_id for r in page] == [r.run_id for r in store.list()]
 
 
+def test_a_replay_is_left_out_of_trends_freshness_and_the_last_success(
+    location: StoreLocation, tmp_path: Path
+) -> None:
+    """A `sluice replay` of a date's dead letters is a run, not a load of the date."""
+    store = RunStore(location)
+    checks = [{"check_id": "c1", "name": "rows", "check": "row_count", "status": "passed"}]
+    store.save(
+        run(
+            "20250115T020000-load",
+            rows_in=1512,
+            rows_written=1476,
+            rows_rejected=36,
+            finished_at="20250115T020100",
+            details={"checks": checks},
+        )
+    )
+    store.save(
+        run(
+            "20250116T090000-replay",
+            "20250116T090000",
+            rows_in=33,
+            rows_written=0,
+            rows_rejected=33,
+            finished_at="20250116T090100",
+            details={"checks": checks, "replay": True},
+        )
+    )
+
+    state = StoreReader(location).pipeline_states()["orders"]
+    index = RunIndex(tmp_path, location=location)
+    exposition = render_metrics(location).decode()
+
+    assert state.last is not None and state.last.run_id == "20250116T090000-replay"
+    assert state.last_success is not None
+    assert state.last_success.run_id == "20250115T020000-load"
+    assert [(p.run_id, p.rows_in) for p in index.run_points("orders", 10)] == [
+        ("20250115T020000-load", 1512)
+    ]
+    assert {p.run_id for p in index.check_points("orders", 10)} == {"20250115T020000-load"}
+    assert 'sluice_last_success_timestamp_seconds{pipeline="orders"} 1.73690646e+09' in exposition
+
+
 # --- PostgreSQL locations ---------------------------------------------------------------------
 
 

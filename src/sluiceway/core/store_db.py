@@ -86,6 +86,12 @@ def pg_params(params: Sequence[Any]) -> tuple[Any, ...]:
     )
 
 
+NOT_A_REPLAY = "details NOT LIKE '%\"replay\": true%'"
+"""SQL: the run is not a `sluice replay` of dead letters (`store_json` writes the flag as
+`"replay": true`). A replay is a run, but not a load of its date: trends, freshness and the
+last success leave it out."""
+
+
 def store_json(value: Any) -> str:
     """`value` as JSON text every reader of the store accepts (SQLite `json_extract`,
     PostgreSQL `::jsonb`): NaN and ±Infinity become null, NUL characters U+FFFD; objects JSON

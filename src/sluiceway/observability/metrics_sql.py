@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sluiceway.core.store_db import Dialect, json_text
+from sluiceway.core.store_db import NOT_A_REPLAY, Dialect, json_text
 
 _ISO_FINISHED = (
     "CASE WHEN finished_at GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9]*' "
@@ -31,7 +31,8 @@ _SQLITE: dict[str, str] = {
     "tables": "SELECT name FROM sqlite_master",
     "last_success": (
         f"SELECT pipeline, MAX(CAST(strftime('%s', {_ISO_FINISHED}) AS INTEGER)) FROM runs "
-        "WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY pipeline"
+        f"WHERE status = 'succeeded' AND finished_at IS NOT NULL AND {NOT_A_REPLAY} "
+        "GROUP BY pipeline"
     ),
     "checks": (
         "SELECT r.pipeline, json_extract(c.value, '$.name'), json_extract(c.value, '$.severity'), "
@@ -70,7 +71,8 @@ _POSTGRESQL: dict[str, str] = {
     ),
     "last_success": (
         "SELECT pipeline, MAX(floor(EXTRACT(EPOCH FROM finished_at::timestamptz))) FROM runs "
-        "WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY pipeline"
+        f"WHERE status = 'succeeded' AND finished_at IS NOT NULL AND {NOT_A_REPLAY} "
+        "GROUP BY pipeline"
     ),
     "checks": (
         "SELECT r.pipeline, c.value ->> 'name', c.value ->> 'severity', c.value ->> 'status', "

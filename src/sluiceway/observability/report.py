@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway.core.runstore import RunRecord
-from sluiceway.core.store_db import StoreLocation, connect, db_errors, resolve_location
+from sluiceway.core.store_db import (
+    NOT_A_REPLAY,
+    StoreLocation,
+    connect,
+    db_errors,
+    resolve_location,
+)
 from sluiceway.errors import ConfigError
 from sluiceway.observability.report_charts import line_chart, status_strip
 from sluiceway.observability.report_html import (
@@ -194,7 +200,7 @@ class RunIndex:
         """The most recent `limit` runs of a pipeline, oldest first."""
         sql = (
             "SELECT run_id, logical_date, status, rows_in, rows_written, rows_rejected FROM runs "
-            f"WHERE pipeline = ? {NEWEST_FIRST[self.dialect]} LIMIT ?"
+            f"WHERE pipeline = ? AND {NOT_A_REPLAY} {NEWEST_FIRST[self.dialect]} LIMIT ?"
         )
         return [RunPoint(*row) for row in reversed(list(self._query(sql, (pipeline, limit))))]
 

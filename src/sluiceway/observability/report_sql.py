@@ -7,7 +7,7 @@ the same second, the one the store saved last is the newest.
 
 from __future__ import annotations
 
-from sluiceway.core.store_db import Dialect
+from sluiceway.core.store_db import NOT_A_REPLAY, Dialect
 
 _COUNTS = """run_id, pipeline, logical_date, status, duration_s, rows_in, rows_written,
     rows_rejected, rows_deduplicated,"""
@@ -41,7 +41,7 @@ store saved last (the highest rowid / id) is the newest."""
 CHECK_POINTS: dict[Dialect, str] = {
     "sqlite": f"""
 WITH recent AS (SELECT run_id, logical_date, started_at, details FROM runs
-                WHERE pipeline = ? {NEWEST_FIRST["sqlite"]} LIMIT ?)
+                WHERE pipeline = ? AND {NOT_A_REPLAY} {NEWEST_FIRST["sqlite"]} LIMIT ?)
 SELECT recent.run_id, json_extract(c.value, '$.check_id'), json_extract(c.value, '$.name'),
        json_extract(c.value, '$.check'), json_extract(c.value, '$.column'),
        json_extract(c.value, '$.status'), json_extract(c.value, '$.observed_value')
@@ -49,7 +49,7 @@ FROM recent, json_each(recent.details, '$.checks') AS c
 """,
     "postgresql": f"""
 WITH recent AS (SELECT run_id, logical_date, started_at, id, details FROM runs
-                WHERE pipeline = ? {NEWEST_FIRST["postgresql"]} LIMIT ?)
+                WHERE pipeline = ? AND {NOT_A_REPLAY} {NEWEST_FIRST["postgresql"]} LIMIT ?)
 SELECT recent.run_id, c.value ->> 'check_id', c.value ->> 'name', c.value ->> 'check',
        c.value ->> 'column', c.value ->> 'status', c.value -> 'observed_value'
 FROM recent, jsonb_array_elements(

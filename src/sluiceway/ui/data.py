@@ -18,6 +18,7 @@ from typing import Any
 
 from sluiceway.core.runstore import RUN_METRICS
 from sluiceway.core.store_db import (
+    NOT_A_REPLAY,
     Dialect,
     StoreConnection,
     StoreLocation,
@@ -135,7 +136,9 @@ class StoreReader:
         last = {r["pipeline"]: _run(r) for r in self._rows(_LATEST.format(where="", saved=saved))}
         ok = {
             r["pipeline"]: _run(r)
-            for r in self._rows(_LATEST.format(where="WHERE status = 'succeeded'", saved=saved))
+            for r in self._rows(
+                _LATEST.format(where=f"WHERE status = 'succeeded' AND {NOT_A_REPLAY}", saved=saved)
+            )
         }
         return {
             name: PipelineState(name, counts[name], last.get(name), ok.get(name)) for name in counts
