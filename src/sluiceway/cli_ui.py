@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +40,20 @@ def build_dashboard(
     root = Path.cwd()
     state: Path | None = None
     run_store: str | None = None
+    discover: Callable[[], list[Path]] | None = None
     if project_file is not None:
         project = load_project(project_file)
         root = project_file.resolve().parent
-        paths = sorted({*project.spec_paths(root), *paths})
         state = root / project.state_dir
         run_store = project.run_store
+        discover = functools.partial(project.spec_paths, root)
+
     if state_dir or state is None:
         state = _cli()._state_dir(state_dir)
     state = state.resolve()
     return Dashboard(
         reader=StoreReader(resolve_location(state, run_store=run_store, root=root)),
-        catalog=SpecCatalog(paths, root),
+        catalog=SpecCatalog(paths, root, discover=discover),
         state_dir=state,
         form_token=new_form_token(),
     )

@@ -256,6 +256,30 @@ def test_unknown_pipelines_and_runs_answer_404(site: Site) -> None:
     assert fetch(site.url + "/nowhere")[0] == 404
 
 
+def test_specs_added_removed_or_broken_while_the_server_runs_show_as_they_are_now(
+    site: Site,
+) -> None:
+    folder = site.root / "pipelines"
+    extra = {
+        **DAILY_SPEC,
+        "pipeline": "weekly_orders",
+        "sinks": [{"type": "delta", "path": "../lake/weekly", "mode": "append"}],
+    }
+    (folder / "weekly.yaml").write_text(yaml.safe_dump(extra))
+    (folder / "typo.yaml").write_text("version: 1\npipeline: typo\nsources: {}\nsinkz: []\n")
+    (folder / "orders.yaml").unlink()
+
+    _, lineage, _ = fetch(site.url + "/lineage")
+    _, home, _ = fetch(site.url + "/")
+    status, run_page, _ = fetch(site.url + f"/runs/{quote(site.orders_run.run_id)}")
+
+    assert "weekly_orders" in lineage
+    assert "typo.yaml: 3 problem(s)" in home and "sinks (line 1): Field required" in home
+    assert "the spec file is missing" not in home
+    assert status == 200 and "/dlq/orders" not in run_page
+    assert "sluice dlq SPEC --run" in run_page
+
+
 def test_a_replay_post_without_the_form_token_is_refused(site: Site) -> None:
     url = f"{site.url}/dlq/orders/replay?run={quote(site.orders_run.run_id)}"
 

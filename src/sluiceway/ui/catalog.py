@@ -8,9 +8,10 @@ types, descriptions, PII methods and owners are read: never options, DSNs or cre
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,28 @@ class SpecCatalog:
         root: the project folder, for short dataset labels.
     """
 
-    def __init__(self, paths: list[Path], root: Path) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        root: Path,
+        *,
+        discover: Callable[[], list[Path]] | None = None,
+    ) -> None:
         self.paths = paths
         self.root = root.resolve()
+        self.discover = discover
         self._cache: dict[Path, tuple[float, LoadedSpec]] = {}
         self._lock = threading.Lock()
 
     def specs(self) -> list[LoadedSpec]:
-        """Every spec, loaded (or with its problem), in file order."""
+        """Every spec, loaded (or with its problem), in file order: the files given, and
+        those the project's `specs:` patterns match now (a spec added later shows)."""
+        paths = self.paths
+        if self.discover is not None:
+            with contextlib.suppress(OSError, SluicewayError):
+                paths = sorted({*paths, *self.discover()})
         with self._lock:
-            return [self._load(path) for path in self.paths]
+            return [self._load(path) for path in paths]
 
     def _load(self, path: Path) -> LoadedSpec:
         try:
@@ -94,7 +107,9 @@ class SpecCatalog:
         try:
             loaded = LoadedSpec(path, load_spec(path))
         except SluicewayError as exc:
-            loaded = LoadedSpec(path, None, redact(str(exc).splitlines()[0]))
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            said = lines[0].rstrip(":") + (f": {lines[1].removeprefix('- ')}" if lines[1:] else "")
+            loaded = LoadedSpec(path, None, redact(said))
         self._cache[path] = (mtime, loaded)
         return loaded
 

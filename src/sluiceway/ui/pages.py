@@ -186,6 +186,16 @@ def _point_status(day: str, observed: dict[str, float], unexpected: dict[str, fl
     return "failed" if unexpected.get(day, 0) > 0 else "passed"
 
 
+def _letters_link(app: Dashboard, run: RunRow) -> str:
+    """The dead-letter browser needs the pipeline's spec (it says where the table is)."""
+    if run.pipeline in app.catalog.pipelines():
+        return link(f"/dlq/{segment(run.pipeline)}", "Show dead-letter rows", run=run.run_id)
+    return (
+        f"No spec of the project defines '{_esc(run.pipeline)}' now: "
+        f"<code>sluice dlq SPEC --run {_esc(run.run_id)}</code> with its spec shows them."
+    )
+
+
 def run_page(app: Dashboard, run_id: str) -> str:
     """`/runs/<id>`: accounting waterfall, step timings, checks, outputs and the error."""
     run = app.reader.run(run_id)
@@ -211,8 +221,7 @@ def run_page(app: Dashboard, run_id: str) -> str:
         waterfall(stages),
         _rejected_by_rule(details.get("rejected_by_rule") or {}),
         "<h2>Dead letters</h2>",
-        f"<p>{letters:,} dead-letter row(s) written. "
-        f"{link(f'/dlq/{segment(run.pipeline)}', 'Show dead-letter rows', run=run.run_id)}</p>",
+        f"<p>{letters:,} dead-letter row(s) written. {_letters_link(app, run)}</p>",
         "<h2>Step timings</h2>",
         timing_bars(steps),
         "<h2>Checks</h2>",
