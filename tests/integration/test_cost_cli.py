@@ -14,6 +14,8 @@ from click.testing import CliRunner, Result
 from deltalake import DeltaTable, write_deltalake
 
 from sluiceway.cli_tier import cost, tier
+from sluiceway.core.loader import load_spec
+from sluiceway.core.runner import RunOptions, run_pipeline
 from sluiceway.core.runstore import RunRecord, RunStore
 
 pytestmark = pytest.mark.integration
@@ -122,10 +124,50 @@ def test_hot_growth_is_measured_from_the_table_and_projected_a_year(tmp_path: Pa
     write_spec(tmp_path, spec_of(budget=None))
     fill_lake(tmp_path)
     report = json.loads(run_cost(tmp_path, "--format", "json").output)["pipelines"][0]
-    hot = next(row for row in report["tables"] if row["label"] == "sinks[0]")
+    rows = {row["label"]: row for row in report["tables"]}
+    hot, warm, cold = rows["sinks[0]"], rows["sinks[0].warm"], rows["sinks[0].cold"]
     assert hot["growth_from"] == "history"
     assert hot["bytes_per_day"] == pytest.approx(hot["bytes"])
-    assert hot["projected_bytes"] == pytest.approx(hot["bytes"] * 366)
+    # A year of growth by age: 30 days stay hot (warm: after 30d), 335 reach warm, none cold.
+    per_day = hot["bytes_per_day"]
+    assert hot["projected_bytes"] == pytest.approx(hot["bytes"] + per_day * 30)
+    assert warm["growth_from"] == "moves from sinks[0]"
+    assert warm["projected_bytes"] == pytest.approx(warm["bytes"] + per_day * 335)
+    assert (cold["growth_from"], cold["projected_bytes"]) == ("none", cold["bytes"])
+
+
+def test_a_tiered_sink_grows_by_what_its_runs_wrote_not_by_what_tiering_left_hot(
+    tmp_path: Path,
+) -> None:
+    """Runs of sluiceway write 40 rows a day; tiering then moves every partition out of the
+    hot table. The growth is still 40 rows' bytes a day, landing in the colder tiers."""
+    spec = spec_of(budget=None)
+    spec["sinks"][0]["tiers"] = [{"name": "cold", "path": "lake/cold", "after": "1d"}]
+    path = write_spec(tmp_path, spec)
+    (tmp_path / "data").mkdir()
+    for index in range(3):
+        (tmp_path / "data" / f"d{index}.csv").write_text(
+            "id,day\n" + "".join(f"{index}{n},2025-01-0{index + 1}\n" for n in range(40))
+        )
+    environ = {"SLUICE_HOME": str(tmp_path)}
+    options = RunOptions(
+        logical_date=date(2025, 1, 3), base_dir=tmp_path, state_dir=tmp_path, environ=environ
+    )
+    assert run_pipeline(load_spec(path), options).ok
+    moved = CliRunner().invoke(
+        tier, [str(path), "--as-of", "2026-01-31", "--state-dir", str(tmp_path)]
+    )
+    assert moved.exit_code == 0, moved.output
+    assert live_bytes(tmp_path / "lake" / "hot") == 0
+
+    report = json.loads(run_cost(tmp_path, "--format", "json").output)["pipelines"][0]
+
+    rows = {row["label"]: row for row in report["tables"]}
+    cold = rows["sinks[0].cold"]
+    per_row = live_bytes(tmp_path / "lake" / "cold") / 120
+    assert rows["sinks[0]"]["bytes_per_day"] == pytest.approx(120 * per_row)  # one day old
+    assert cold["growth_from"] == "moves from sinks[0]"
+    assert cold["projected_bytes"] == pytest.approx(cold["bytes"] + 120 * per_row * 364)
 
 
 def test_over_budget_warns_exits_zero_and_fails_only_when_asked(tmp_path: Path) -> None:

@@ -3,14 +3,16 @@ compute of the last 30 days of runs, and a 12-month projection against the budge
 
 Growth is measured on the tables pipelines write (a sink's hot tier, the dead-letter table):
 the bytes of the live files added in the last 30 days (or since the first commit, when the
-table is younger) per day. Colder tiers only receive moved partitions, so they add no growth
-of their own. A table that does not exist yet grows by the spec's inventory volume.
+table is younger) per day. A sink with colder tiers loses files to the moves, so its growth
+is the rows its runs added in the window at the bytes per row of all its tiers, and a year
+of it is spread over the tiers by age (`_tiered`). A table that does not exist yet grows by
+the spec's inventory volume.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from sluiceway.core.durations import parse_duration
 from sluiceway.core.replay import dead_letter_table
 from sluiceway.core.runner import RunOptions
 from sluiceway.core.runstore import RunStore
@@ -165,10 +168,12 @@ def cost_report(
     """
     moment = now or datetime.now(UTC)
     growth = pipeline.cost.growth_per_year if pipeline.cost else None
+    targets = _targets(pipeline, base_dir, state_dir)
     tables = [
         _table_cost(target, prices, growth, moment, inventory_bytes_per_day(pipeline))
-        for target in _targets(pipeline, base_dir, state_dir)
+        for target in targets
     ]
+    tables = _tiered(targets, tables, prices, growth, moment)
     durations = _run_durations(pipeline.pipeline, state_dir, moment)
     hours, compute = compute_cost(durations, prices["compute_hour"])
     return CostReport(
@@ -192,6 +197,7 @@ class _Target:
     options: dict[str, str]
     is_written: bool
     pipeline: str | None = None  # the dead-letter table is shared: count this partition only
+    after_days: float | None = None  # a tier: partitions older than this many days move here
 
 
 def _targets(pipeline: Pipeline, base_dir: Path, state_dir: Path) -> list[_Target]:
@@ -205,7 +211,10 @@ def _targets(pipeline: Pipeline, base_dir: Path, state_dir: Path) -> list[_Targe
         for level in sink.tiers:
             label = f"sinks[{index}].{level.name}"
             uri = _resolve(level.path, base_dir)
-            targets.append(_Target(label, level.name, uri, dict(level.storage_options), False))
+            after = parse_duration(level.after, what="after").total_seconds() / 86_400
+            targets.append(
+                _Target(label, level.name, uri, dict(level.storage_options), False, None, after)
+            )
     letters = dead_letter_table(pipeline, RunOptions(base_dir=base_dir, state_dir=state_dir))
     tier = "hot" if is_remote(letters.uri) else "local"
     options = dict(pipeline.dead_letter.storage_options) if pipeline.dead_letter else {}
@@ -247,6 +256,76 @@ def _table_cost(
         projected_bytes=future,
         projected_storage_per_month=storage_cost(future, price),
     )
+
+
+def _tiered(
+    targets: list[_Target],
+    tables: list[TableCost],
+    prices: Mapping[str, float],
+    growth: float | None,
+    now: datetime,
+) -> list[TableCost]:
+    """Growth of a sink with colder tiers. Moves take files out of its hot table, so the
+    files left there undercount what the pipeline writes: the rows its runs added in the
+    window (commit metrics) at the bytes per row of all tiers are the growth (the live
+    files when no run of sluiceway wrote the table). A year of it is spread over the tiers
+    by age: the hot table keeps the days before the first `after`, each tier the days up
+    to the next one's, within the year."""
+    out = list(tables)
+    for index, target in enumerate(targets):
+        tiers = [i for i, t in enumerate(targets) if t.label.startswith(f"{target.label}.")]
+        if not target.is_written or not tiers:
+            continue
+        opened = [_open(targets[i]) for i in [index, *tiers]]
+        hot = opened[0]
+        if hot is None:
+            continue
+        rows = _rows_per_day(hot, _ms(now))
+        per_day = out[index].bytes_per_day
+        if rows is not None:
+            per_day = rows * _bytes_per_row([t for t in opened if t is not None])
+        bounds = [0.0, *(targets[i].after_days or 0.0 for i in tiers), float("inf")]
+        for position, i in enumerate([index, *tiers]):
+            days = max(min(bounds[position + 1], DAYS_PER_YEAR) - bounds[position], 0.0)
+            table = out[i]
+            price = storage_price(prices, table.tier, is_remote=is_remote(table.uri))
+            future = table.bytes + per_day * days * (growth or 1.0)
+            out[i] = replace(
+                table,
+                bytes_per_day=per_day if days else 0.0,
+                growth_from=(table.growth_from if i == index else f"moves from {target.label}")
+                if days
+                else "none",
+                projected_bytes=future,
+                projected_storage_per_month=storage_cost(future, price),
+            )
+    return out
+
+
+def _rows_per_day(table: DeltaTable, now_ms: int) -> float | None:
+    """Rows the pipeline's runs added per day in the last 30 days (since the first commit
+    when it is more recent); commits of other writers (tier moves, compaction) left out.
+    None when no run of sluiceway wrote the table."""
+    start = now_ms - WINDOW_DAYS * _DAY_MS
+    history = table.history()
+    if not any("sluice.run_id" in commit for commit in history):
+        return None
+    first = min((int(c["timestamp"]) for c in history), default=start)
+    rows = sum(
+        int((commit.get("operationMetrics") or {}).get("num_added_rows") or 0)
+        for commit in history
+        if int(commit["timestamp"]) >= start and "sluice.run_id" in commit
+    )
+    return rows / max((now_ms - max(start, first)) / _DAY_MS, 1.0)
+
+
+def _bytes_per_row(tables: list[DeltaTable]) -> float:
+    size = rows = 0
+    for table in tables:
+        actions = pa.table(table.get_add_actions(flatten=True))
+        size += int(pc.sum(actions["size_bytes"]).as_py() or 0)
+        rows += int(pc.sum(actions["num_records"]).as_py() or 0)
+    return size / rows if rows else 0.0
 
 
 def _own_files(actions: pa.Table, pipeline: str | None) -> pa.Table:
