@@ -35,7 +35,9 @@ def _where(row: dict[str, Any]) -> str:
 @click.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--run", "run_id", help="Only the dead letters of this run.")
-@click.option("--limit", default=20, show_default=True, help="How many rows to show.")
+@click.option(
+    "--limit", default=20, show_default=True, help="How many rows to show (0: every row)."
+)
 @click.option(
     "--format",
     "fmt",
@@ -56,7 +58,12 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
         letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
     except SluicewayError as exc:
         cli._fail(str(exc))
-    shown = letters.drop_columns(["raw_payload"]).slice(0, limit).to_pylist()
+    shown = letters.drop_columns(["raw_payload"]).slice(0, limit or None).to_pylist()
+    if len(shown) < letters.num_rows:
+        click.echo(
+            f"showing {len(shown)} of {letters.num_rows} dead letters; --limit 0 shows every one",
+            err=True,
+        )
     if fmt == "json":
         for row in shown:
             print(json.dumps(row, default=str))

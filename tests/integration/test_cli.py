@@ -225,6 +225,37 @@ def test_dlq_lists_rejected_rows_without_clear_pii(project) -> None:
         assert value not in table.stdout + as_json.stdout
 
 
+def test_dlq_says_when_it_shows_fewer_rows_than_there_are(project) -> None:
+    run_json(project)
+
+    one = sluice(
+        "dlq",
+        "pipeline.yaml",
+        "--format",
+        "json",
+        "--limit",
+        "1",
+        "--state-dir",
+        ".sluice",
+        cwd=project,
+    )
+    every = sluice(
+        "dlq",
+        "pipeline.yaml",
+        "--format",
+        "json",
+        "--limit",
+        "0",
+        "--state-dir",
+        ".sluice",
+        cwd=project,
+    )
+
+    assert len(one.stdout.splitlines()) == 1
+    assert "showing 1 of 2 dead letters; --limit 0 shows every one" in one.stderr
+    assert len(every.stdout.splitlines()) == 2 and "showing" not in every.stderr
+
+
 def test_demo_runs_the_example_and_prints_the_accounting_and_tables(tmp_path) -> None:
     demo = tmp_path / "demo"
 
