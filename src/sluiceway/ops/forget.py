@@ -15,6 +15,7 @@ The value itself is never printed, logged or audited: only `subject_fingerprint`
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from deltalake import CommitProperties
+from deltalake import CommitProperties, DeltaTable
 
 from sluiceway import masking
 from sluiceway.cli_storage import TableTarget
@@ -39,7 +40,13 @@ from sluiceway.ops.forget_scan import ScanResult, SubjectForms, pipeline_forms, 
 from sluiceway.ops.retention import GovernedTable, governed_tables, open_table, other_sinks
 from sluiceway.ops.tiering import recover_manifests, tier_layout
 from sluiceway.sinks.dead_letter import DeadLetterTable
-from sluiceway.sinks.delta import DeltaSinkConfig
+from sluiceway.sinks.delta import (
+    COMPLETE_KEY,
+    PIPELINE_KEY,
+    POSITIONS_KEY,
+    DeltaSinkConfig,
+    read_positions,
+)
 
 _METADATA_KEY = "sluice.forget_subject"
 
@@ -323,6 +330,9 @@ def _cut_log(table: GovernedTable) -> None:
     commits' statistics (minValues/maxValues) and delete predicates hold the value."""
     target = table.target
     delta = target.open()
+    with target.errors("carry the pipeline's positions past the cut of"):
+        if _carry_positions(delta, table.pipeline):
+            delta = target.open()
     version = delta.version()
     with target.errors("checkpoint"):
         delta.create_checkpoint()
@@ -333,6 +343,31 @@ def _cut_log(table: GovernedTable) -> None:
             head = name.split(".", 1)[0]
             if info.type == pafs.FileType.File and head.isdigit() and int(head) < version:
                 filesystem.delete_file(info.path)
+
+
+def _carry_positions(delta: DeltaTable, pipeline: str) -> bool:
+    """Make the newest commit hold `pipeline`'s positions when it does not (forget's delete,
+    an optimize): the cut removes the older commits that hold them, and a run (a stream
+    above all) would else read its sources again from the start. Returns True when a
+    commit was made (a table property change that carries them)."""
+    newest = delta.history(1)
+    if newest and newest[0].get(PIPELINE_KEY) == pipeline and newest[0].get(COMPLETE_KEY) == "true":
+        return False
+    positions = read_positions(delta, pipeline)
+    if not positions:
+        return False
+    delta.alter.set_table_properties(
+        {"sluice.positions_carried_from": str(delta.version())},
+        raise_if_not_exists=False,
+        commit_properties=CommitProperties(
+            custom_metadata={
+                PIPELINE_KEY: pipeline,
+                POSITIONS_KEY: json.dumps(positions, sort_keys=True),
+                COMPLETE_KEY: "true",
+            }
+        ),
+    )
+    return True
 
 
 def _holding_history(
