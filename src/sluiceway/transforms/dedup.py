@@ -124,7 +124,12 @@ class DedupStep:
         that never commits leaves the state as it was.
         """
         engine = ctx.engine
-        state = key_state(ctx.state_dir, ctx.pipeline.pipeline, self.config.keys)
+        pii = {name.casefold() for name in ctx.pipeline.pii}
+        hashed = {k for k in self.config.keys if k.casefold() in pii}
+        # The state is on disk: a PII key is kept as its SHA-256, never in clear (a new
+        # state folder, since the digest of the keys names it).
+        marks = [f"sha256:{k}" for k in sorted(hashed)]
+        state = key_state(ctx.state_dir, ctx.pipeline.pipeline, [*self.config.keys, *marks])
         state.load(sequence - 1)
         if state.is_missing:
             state.is_missing = False  # said once per stream run
@@ -141,9 +146,9 @@ class DedupStep:
             )
         row_time, watermark = self._row_time(engine, table, state.table)
         cutoff = _timestamp(watermark - parse_window(self.config.window or ""))
+        stored = ", ".join(f"{_stored(k, hashed)} AS {quote_ident(k)}" for k in self.config.keys)
         first_seen = (
-            f"SELECT {self.keys_sql}, min({row_time}) AS {SEEN_AT} "
-            f"FROM {quote_ident(table)} GROUP BY ALL"
+            f"SELECT {stored}, min({row_time}) AS {SEEN_AT} FROM {quote_ident(table)} GROUP BY ALL"
         )
         seen = None
         if state.table is not None:
@@ -161,24 +166,24 @@ class DedupStep:
             # the new keys (no group-by of the batch, no second join).
             in_batch = engine.create_table(
                 engine.new_name("dedup_kept"),
-                self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen),
+                self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen, hashed),
                 purpose="keep the first row of each new key",
             )
             fresh = engine.create_table(
                 engine.new_name("dedup_fresh"),
-                f"SELECT {self.keys_sql}, {row_time} AS {SEEN_AT} FROM {quote_ident(in_batch)}",
+                f"SELECT {stored}, {row_time} AS {SEEN_AT} FROM {quote_ident(in_batch)}",
                 purpose="new keys of the batch",
             )
         else:
             if seen is not None:
-                first_seen = self._anti_join(first_seen, seen)
+                first_seen = self._anti_join(first_seen, seen, set())
             fresh = engine.create_table(
                 engine.new_name("dedup_fresh"), first_seen, purpose="new keys of the batch"
             )
             # The rows kept are those of the batch's new keys: a semi-join on `fresh` (the
             # batch's keys) instead of a second anti-join against every key of the window.
             on = " AND ".join(
-                f"b.{quote_ident(k)} IS NOT DISTINCT FROM f.{quote_ident(k)}"
+                f"{_stored(k, hashed, 'b')} IS NOT DISTINCT FROM f.{quote_ident(k)}"
                 for k in self.config.keys
             )
             in_batch = engine.create_table(
@@ -234,9 +239,12 @@ class DedupStep:
         watermark = max(known) if known else now
         return f"coalesce({event_time}, {_timestamp(newest or watermark)})", watermark
 
-    def _anti_join(self, select: str, seen: str) -> str:
+    def _anti_join(self, select: str, seen: str, hashed: set[str]) -> str:
+        """Rows of `select` whose key is not in the state `seen` (`hashed`: key columns of
+        `select` still in clear, which the state holds as their SHA-256)."""
         on = " AND ".join(
-            f"b.{quote_ident(k)} IS NOT DISTINCT FROM s.{quote_ident(k)}" for k in self.config.keys
+            f"{_stored(k, hashed, 'b')} IS NOT DISTINCT FROM s.{quote_ident(k)}"
+            for k in self.config.keys
         )
         return f"SELECT b.* FROM ({select}) b ANTI JOIN {quote_ident(seen)} s ON {on}"
 
@@ -256,6 +264,12 @@ class DedupStep:
             return table
         newest_first = pc.sort_indices(table, sort_keys=[(SEEN_AT, "descending")])
         return table.take(newest_first[: self.config.max_keys])
+
+
+def _stored(key: str, hashed: set[str], alias: str | None = None) -> str:
+    """A key column as the state holds it: a PII key as the hex SHA-256 of its text."""
+    column = f"{alias}.{quote_ident(key)}" if alias else quote_ident(key)
+    return f"sha256(CAST({column} AS VARCHAR))" if key in hashed else column
 
 
 def _save(ctx: RunContext, state: KeyState, sequence: int, table: pa.Table) -> None:

@@ -477,3 +477,40 @@ def test_windowed_dedup_keeps_what_a_plain_reading_of_the_rules_keeps(
         assert [sorted((k for k, _ in b), key=str) for b in got] == [
             sorted((k for k, _ in b), key=str) for b in expected
         ]
+
+
+def test_a_pii_key_is_kept_on_disk_as_its_hash_and_still_dedups(stream_ctx: StreamContext):
+    """The state outlives the batch on disk: an email key is stored as its SHA-256."""
+    step = DedupStep(DedupStepConfig(keys=["email", "n"], window="5m"))
+
+    def batch(sequence: int | None = None) -> RunContext:
+        ctx = stream_ctx(sequence)
+        pipeline = ctx.pipeline.model_copy(update={"pii": {"Email": "hmac"}})
+        return dataclasses.replace(ctx, pipeline=pipeline)
+
+    first = batch()
+    rows = [{"email": "ann@example.com", "n": 1}, {"email": None, "n": 1}]
+    assert len(run_batch(first, step, rows)) == 2
+    commit(first)
+    window_state.flush()
+    window_state.forget_loaded()  # a restart: the next batch reads the files
+
+    second = batch()
+    again = [
+        {"email": "ann@example.com", "n": 1},
+        {"email": None, "n": 1},
+        {"email": "ann@example.com", "n": 2},
+    ]
+    assert run_batch(second, step, again) == [{"email": "ann@example.com", "n": 2}]
+    folder = first.state_dir / "stream_state" / "clicks"
+    files = list(folder.rglob("*.parquet"))
+    assert files
+    stored = [row for path in files for row in pq.read_table(path).to_pylist()]
+    assert all(row["email"] in (None, sha256_hex("ann@example.com")) for row in stored)
+    assert all(b"ann@example.com" not in path.read_bytes() for path in files)
+
+
+def sha256_hex(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
