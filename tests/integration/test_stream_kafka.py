@@ -73,3 +73,51 @@ def finish_slowly(folder: Path) -> dict:
     out, err = done.communicate(timeout=180)
     assert done.returncode == 0, err.decode()[-2000:]
     return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_a_kafka_batch_failing_a_check_is_dead_lettered_after_max_deliveries(
+    tmp_path,
+    bootstrap,  # noqa: F811
+    make_topic,  # noqa: F811
+) -> None:
+    """Kafka counts no deliveries: the runner does, so a batch that fails an error check
+    at every run ends in the dead letters after max_deliveries instead of blocking."""
+    topic = make_topic(1)
+    write_spec(tmp_path, bootstrap, topic)
+    path = tmp_path / "pipeline.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["sources"]["events"]["max_deliveries"] = 2
+    data["checks"] = [{"not_null": {"column": "amount"}}]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    values = [
+        json.dumps({"event_id": f"e{i}", "amount": None if i == 5 else i}).encode()
+        for i in range(20)
+    ]
+    _produce(bootstrap, topic, values, 1)
+
+    codes = []
+    for _ in range(2):
+        run = sluice_run(tmp_path, "--idle-exit", "4")
+        _, err = run.communicate(timeout=180)
+        codes.append(run.returncode)
+        assert "not_null" in err.decode()
+    summary = finish_quickly(tmp_path)
+
+    assert codes == [1, 1]
+    assert landed(tmp_path) == []
+    assert sorted(dead_lettered(tmp_path)) == sorted(f"e{i}" for i in range(20))
+    assert summary["status"] == "succeeded"
+
+    more = [json.dumps({"event_id": f"n{i}", "amount": i}).encode() for i in range(3)]
+    _produce(bootstrap, topic, more, 1)
+    finish_quickly(tmp_path)
+    assert sorted(landed(tmp_path)) == ["n0", "n1", "n2"]  # counted deliveries were cleared
+
+
+def finish_quickly(folder: Path) -> dict:
+    """A clean run after runs that ended by themselves (no session left to expire)."""
+    done = sluice_run(folder, "--idle-exit", "4")
+    out, err = done.communicate(timeout=180)
+    assert done.returncode == 0, err.decode()[-2000:]
+    return json.loads(out.decode().strip().splitlines()[-1])

@@ -37,6 +37,7 @@ EventName = Literal[
     "all_rows_rejected",
     "cursor_held",
     "columns_beyond_contract",
+    "stopped_with_lag",
     "run_finished",
 ]
 

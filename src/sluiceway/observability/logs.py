@@ -22,6 +22,7 @@ _LEVELS = {
     "all_rows_rejected": "warning",
     "cursor_held": "warning",
     "columns_beyond_contract": "warning",
+    "stopped_with_lag": "warning",
 }
 WARNINGS = frozenset(
     {
@@ -30,6 +31,7 @@ WARNINGS = frozenset(
         "all_rows_rejected",
         "cursor_held",
         "columns_beyond_contract",
+        "stopped_with_lag",
     }
 )
 """Events that carry a `hint` a person must read: shown on the console as they happen."""

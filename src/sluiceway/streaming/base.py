@@ -161,6 +161,8 @@ class StreamSource(Protocol):
     # lexicographic order is the position order (`position_after`). With it the runner
     # compares whole batches at once instead of calling `position_after` per message; see
     # `integer_order_keys`.
+    # Optional: `is_assigned() -> bool` — False while a consumer group has not given this
+    # consumer its partitions yet (Kafka): `--idle-exit` does not count that wait.
 
     def close(self) -> None:
         """Disconnect; never raises."""

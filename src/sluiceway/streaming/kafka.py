@@ -395,6 +395,10 @@ class KafkaSource:
         """Integer columns ordering `msg_ids`, for comparing a whole batch at once."""
         return integer_order_keys(msg_ids)
 
+    def is_assigned(self) -> bool:
+        """True once the group gave this consumer partitions to read."""
+        return self._consumer is not None and bool(self._consumer.assignment())
+
     def lag(self) -> int | None:
         """Sum over assigned partitions of high watermark minus position; None if unknown.
 

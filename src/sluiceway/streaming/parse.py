@@ -55,7 +55,7 @@ def parse_messages(
     arrived = engine.register_view(engine.new_name("messages"), numbered)
     names = [name for name in contract.columns if name not in CHANGE_FIELDS]
     keys = {name: name for name in names}
-    if change_capture and contract.evolution != "discard_column":
+    if contract.evolution != "discard_column":
         keys = _payload_keys(engine, arrived, names)
         names = list(keys)
     paths = ", ".join(quote_literal(_json_path(key)) for key in keys.values())
@@ -200,11 +200,11 @@ _CHANGE_KEYS = ("__op", "__unchanged", "__old_key")
 
 def _payload_keys(engine: DuckDBEngine, arrived: str, names: list[str]) -> dict[str, str]:
     """Column → JSON key to read it from: the contract's columns, then the top-level keys of
-    the batch's objects that the contract does not name. A change source's payload holds
-    every column of the table, so a column the contract does not list (or one added at the
-    source) reaches the contract, which keeps (`evolve`) or rejects (`freeze`) it instead of
-    it being dropped unseen. A contract column the payload spells in another case (`Email`
-    for `email`) is read from that key, as SQL would resolve the name."""
+    the batch's objects that the contract does not name. A field the contract does not list
+    (a new field of the producer, a column a change source added) reaches the contract,
+    which keeps (`evolve`) or rejects (`freeze`) it instead of it being dropped unseen. A
+    contract column the payload spells in another case (`Email` for `email`) is read from
+    that key, as SQL would resolve the name."""
     found = engine.fetch_arrow(
         "SELECT DISTINCT unnest(json_keys(text)) AS key FROM "
         f"(SELECT TRY(decode(payload)) AS text FROM {quote_ident(arrived)}) "

@@ -54,6 +54,7 @@ from sluiceway.core.store_db import resolve_location
 from sluiceway.engines.duckdb import DuckDBEngine
 from sluiceway.errors import ConfigError, SluicewayError, SpecError, TransientError
 from sluiceway.streaming.base import Fetched, StreamSource
+from sluiceway.streaming.deliveries import DeliveryLedger
 from sluiceway.streaming.parse import (
     TRUNCATE_PAYLOAD,
     Parsed,
@@ -105,6 +106,10 @@ class StreamResult:
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+
+ASSIGNMENT_WAIT_S = 30.0
+"""Longest wait for a consumer group's partitions that `--idle-exit` does not count."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,9 @@ class _StreamRunner:
             datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8] + "-stream"
         )
         self.result = StreamResult(self.run_id, pipeline.pipeline)
+        self.deliveries = DeliveryLedger(
+            self.state_dir / "stream_state" / pipeline.pipeline / f"deliveries-{self.name}.json"
+        )
         self.store = RunStore(
             options.run_store or resolve_location(self.state_dir, environ=environ)
         )
@@ -253,7 +261,7 @@ class _StreamRunner:
         )
 
     def _loop(self) -> None:
-        last_message = time.monotonic()
+        last_message = opened = time.monotonic()
         ahead: Future[_Prepared] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="sluice-fetch") as fetcher:
             try:
@@ -263,9 +271,12 @@ class _StreamRunner:
                     prepared = ahead.result() if ahead is not None else self._prepare(False)
                     ahead = None
                     if not prepared.batch:
+                        if self._awaiting_partitions(opened):
+                            last_message = time.monotonic()
                         idle = time.monotonic() - last_message
                         if self.stream.idle_exit_s is not None and idle >= self.stream.idle_exit_s:
                             self.result.stopped_by = "idle"
+                            self._said_waiting()
                             return
                         continue
                     limit = self.stream.max_batches
@@ -293,6 +304,7 @@ class _StreamRunner:
             return _Prepared(batch, started)
         messages = first_of_each(pa.concat_tables([f.messages for f in batch]))
         keys = self.positions.order_keys(messages.column("msg_id"))
+        messages = self.deliveries.counted(messages, keys)
         parsed = None
         if ahead and not self.change_capture:
             contract = self.config.contract
@@ -462,6 +474,7 @@ class _StreamRunner:
                 return None
             self._fault_at("before_write")
             if parsed is not None:
+                self._said_beyond_contract(contract, parsed.rows.column_names)
                 return parsed.read(ctx.engine)
             read = parse_messages(
                 ctx.engine,
@@ -470,7 +483,7 @@ class _StreamRunner:
                 max_deliveries=limit,
                 change_capture=self.change_capture,
             )
-            self._said_beyond_contract(ctx, read.table, contract)
+            self._said_beyond_contract(contract, [c for c, _ in ctx.engine.columns(read.table)])
             return read
 
         options = replace(
@@ -485,6 +498,7 @@ class _StreamRunner:
             if result.ok:
                 break
             if not result.retryable or attempt == self.stream.retries:
+                self.deliveries.failed(messages, keys)
                 hint = ""
                 if result.error_type == "GateFailed":
                     hint = (
@@ -509,6 +523,7 @@ class _StreamRunner:
                 f"'{self.name}' with the same pipeline; stopping this one"
             )
         self.positions.committed = positions[self.name]
+        self.deliveries.committed(messages)
         acc = self.result.accounting
         for term in (
             "rows_in",
@@ -586,14 +601,17 @@ class _StreamRunner:
             compile_check(config).row_condition() is not None for config in failed
         )
 
-    def _said_beyond_contract(self, ctx: RunContext, table: str, contract: Contract) -> None:
-        """Warn (once per stream run and column) when a change source brings columns its
-        contract does not name, e.g. one added at the source: they land as text, not masked
-        unless in `pii:`."""
+    def _said_beyond_contract(self, contract: Contract, columns: list[str]) -> None:
+        """Warn (once per stream run and column) when messages bring fields their contract
+        does not name (a new field of the producer, a column added at a change source): they
+        land as text, not masked unless in `pii:`, or their rows are rejected (`freeze`)."""
         if contract.evolution == "discard_column":
             return
-        columns = [c for c, _ in ctx.engine.columns(table) if not c.startswith("__sw_")]
-        new = [c for c in columns if c not in contract.columns and c not in self.beyond_said]
+        new = [
+            c
+            for c in columns
+            if not c.startswith("__sw_") and c not in contract.columns and c not in self.beyond_said
+        ]
         if not new:
             return
         self.beyond_said.update(new)
@@ -611,6 +629,29 @@ class _StreamRunner:
             f"{effect}. Declare them in the contract (and PII in pii:), or set "
             "evolution: discard_column to leave them out",
         )
+
+    def _awaiting_partitions(self, opened: float) -> bool:
+        """The consumer group has not assigned this consumer its partitions yet (a Kafka
+        rebalance takes seconds): an empty fetch then says nothing about the stream being
+        idle. At most `ASSIGNMENT_WAIT_S` is waited, so a consumer the group leaves without
+        partitions still ends by `--idle-exit`."""
+        is_assigned = getattr(self.source, "is_assigned", None)
+        if is_assigned is None or time.monotonic() - opened > ASSIGNMENT_WAIT_S:
+            return False
+        return not is_assigned()
+
+    def _said_waiting(self) -> None:
+        """An idle stop with messages still waiting (they were not delivered to this
+        consumer in time) says so: the run ends but the stream is not drained."""
+        lag = self._lag()
+        if lag:
+            self.events.emit(
+                "stopped_with_lag",
+                lag=lag,
+                hint=f"stopped by --idle-exit with {lag:,} message(s) still waiting in the "
+                f"{self.server}: no message came within the idle time. Run again (or raise "
+                "--idle-exit) to read them",
+            )
 
     def _lag(self) -> int | None:
         try:

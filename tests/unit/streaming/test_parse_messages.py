@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pytest
 
 from sluiceway.core.spec import Contract
 from sluiceway.streaming.base import MESSAGE_SCHEMA
@@ -84,3 +85,26 @@ def test_a_change_payload_spelling_a_contract_column_in_another_case_fills_that_
     assert [c for c in rows.column_names if not c.startswith("__sw_")] == ["id", "email", "Note"]
     assert rows.column("email").to_pylist() == ["a@example.com"]
     assert rows.column("Note").to_pylist() == ["n"]
+
+
+@pytest.mark.parametrize(
+    ("evolution", "columns"),
+    [("evolve", ["id", "country"]), ("freeze", ["id", "country"]), ("discard_column", ["id"])],
+)
+def test_a_field_the_contract_does_not_name_reaches_it_unless_discarded(
+    engine, evolution: str, columns: list[str]
+) -> None:
+    """A producer's new field is not dropped unseen: the contract keeps it (evolve) or
+    rejects its rows (freeze); only discard_column leaves it out."""
+    contract = Contract.model_validate(
+        {"columns": {"id": {"type": "string"}}, "evolution": evolution}
+    )
+    read = parse_messages(
+        engine,
+        batch([b'{"id": "a"}', b'{"id": "b", "country": "FR"}']),
+        contract,
+        max_deliveries=3,
+    )
+
+    rows = engine.fetch_arrow(f"SELECT * EXCLUDE (__sw_file, __sw_row) FROM {read.table}")
+    assert rows.column_names == columns
