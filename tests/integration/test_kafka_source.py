@@ -272,8 +272,70 @@ def test_avro_messages_arrive_as_json_and_undecodable_ones_stay_raw(
     decoded = [json.loads(row["payload"]) for row in rows[:5]]
     assert decoded == [{**r, "blob": "AAE="} for r in records]
     assert rows[5]["payload"] == b""
+    assert rows[5]["reason"].startswith("the value is not Avro of avro_schema")
     assert source.undecodable == 1
     assert source.payload_format == "json"
+
+
+def test_avro_values_of_an_older_writer_schema_are_resolved_and_others_carry_a_reason(
+    bootstrap: str, make_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    """v1 values read with v2 (one field added, with a default) via avro_writer_schemas; a
+    JSON document or a value of an unrelated schema is not read half: it keeps its raw
+    bytes and says why."""
+    v1 = {
+        "type": "record",
+        "name": "Click",
+        "fields": [{"name": "event_id", "type": "string"}, {"name": "amount", "type": "double"}],
+    }
+    v2 = {
+        **v1,
+        "fields": [*v1["fields"], {"name": "country", "type": ["null", "string"], "default": None}],
+    }
+    other = {"type": "record", "name": "X", "fields": [{"name": "n", "type": "long"}]}
+    (tmp_path / "v1.avsc").write_text(json.dumps(v1))
+    (tmp_path / "v2.avsc").write_text(json.dumps(v2))
+
+    def encode(schema: dict, record: dict) -> bytes:
+        buffer = io.BytesIO()
+        schemaless_writer(buffer, parse_schema(schema), record)
+        return buffer.getvalue()
+
+    values = [
+        encode(v1, {"event_id": "a", "amount": 1.5}),
+        encode(v2, {"event_id": "b", "amount": 2.5, "country": "FR"}),
+        b'{"event_id": "c", "amount": 3}',
+        encode(other, {"n": 7}),
+    ]
+    topic = make_topic(1)
+    _produce(bootstrap, topic, values, partitions=1)
+    source = _source(
+        bootstrap,
+        topic,
+        format="avro",
+        avro_schema=str(tmp_path / "v2.avsc"),
+        avro_writer_schemas=[str(tmp_path / "v1.avsc")],
+    )
+    try:
+        rows = [r for b in _drain(source, 4) for r in b.messages.to_pylist()]
+    finally:
+        source.close()
+
+    assert [json.loads(r["payload"]) for r in rows[:2]] == [
+        {"event_id": "a", "amount": 1.5, "country": None},
+        {"event_id": "b", "amount": 2.5, "country": "FR"},
+    ]
+    assert [r["reason"] for r in rows] == [
+        None,
+        None,
+        *[
+            "the value is not Avro of avro_schema or avro_writer_schemas (it cannot be read "
+            "whole with any of them)"
+        ]
+        * 2,
+    ]
+    assert [r["payload"] for r in rows[2:]] == values[2:]
+    assert source.undecodable == 2
 
 
 def test_open_raises_a_transient_error_naming_the_address_when_nothing_listens() -> None:

@@ -37,6 +37,10 @@ MESSAGE_SCHEMA = pa.schema(
 text), its raw bytes, when the broker received it (None if unknown), and how many times it has
 been delivered (1 on first delivery; None if the broker does not say)."""
 
+SOURCE_REASON = "reason"
+"""An optional column after MESSAGE_SCHEMA's: why the source could not decode a message
+(kept raw); the parse dead-letters it with that reason."""
+
 
 def behind_committed(
     kind: str, where: str, partition: str, committed: str, newest: int

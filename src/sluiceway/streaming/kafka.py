@@ -34,6 +34,7 @@ from sluiceway.core import registry
 from sluiceway.errors import ConfigError, SourceError, TransientError
 from sluiceway.streaming.base import (
     MESSAGE_SCHEMA,
+    SOURCE_REASON,
     Fetched,
     StreamSourceConfig,
     behind_committed,
@@ -105,6 +106,12 @@ class KafkaSourceConfig(StreamSourceConfig):
     avro_schema: str | None = Field(
         None, description="Path to the .avsc file of the messages (format: avro only)."
     )
+    avro_writer_schemas: list[str] = Field(
+        default_factory=list,
+        description="Older .avsc files the topic's messages may have been written with: a "
+        "value is decoded with the first schema (avro_schema, then these) that reads it whole, "
+        "and resolved to avro_schema (fields it added get their defaults).",
+    )
     auto_offset_reset: OffsetReset = Field(
         "earliest", description="Where a group without committed offsets starts."
     )
@@ -132,6 +139,8 @@ class KafkaSourceConfig(StreamSourceConfig):
             raise ValueError("topic must name at least one topic, and no empty name")
         if (self.format == "avro") != (self.avro_schema is not None):
             raise ValueError("avro_schema is required with format: avro, and only with it")
+        if self.avro_writer_schemas and self.format != "avro":
+            raise ValueError("avro_writer_schemas go with format: avro only")
         managed = sorted(_MANAGED_OPTIONS & (set(self.options) | set(self.secret_options)))
         if managed:
             raise ValueError(
@@ -163,6 +172,7 @@ class KafkaSource:
         """Messages whose ack the group refused after a rebalance (they come again)."""
         self._consumer: Any = None
         self._avro_schema: Any = None
+        self._avro_writers: list[Any] = []
 
     @property
     def _where(self) -> str:
@@ -186,6 +196,10 @@ class KafkaSource:
             return
         if self.config.format == "avro":
             self._avro_schema = _load_avro_schema(self.config.avro_schema or "")
+            self._avro_writers = [
+                None,  # avro_schema itself: no resolution needed
+                *(_load_avro_schema(path) for path in self.config.avro_writer_schemas),
+            ]
         consumer = self._new_consumer()
         try:
             metadata = self._metadata(consumer)
@@ -308,8 +322,9 @@ class KafkaSource:
             kind, stamp = message.timestamp()
             timestamps.append(stamp if kind else None)
             last[(topic, partition)] = offset
+        reasons: list[str | None] = []
         if self._avro_schema is not None:
-            payloads = self._avro_to_json(payloads)
+            payloads, reasons = self._avro_to_json(payloads)
         table = pa.Table.from_arrays(
             [
                 pa.array(partitions, pa.string()),
@@ -320,6 +335,8 @@ class KafkaSource:
             ],
             schema=MESSAGE_SCHEMA,
         )
+        if any(reasons):
+            table = table.append_column(SOURCE_REASON, pa.array(reasons, pa.string()))
         return Fetched(messages=table, handle=last)
 
     def _on_error(self, error: Any) -> None:
@@ -339,20 +356,42 @@ class KafkaSource:
             raise TransientError(f"Kafka error at {self._where}: {error.str()}; {START_HINT}")
         self.skipped[error.name()] += 1
 
-    def _avro_to_json(self, payloads: list[bytes | None]) -> list[bytes | None]:
+    def _avro_to_json(
+        self, payloads: list[bytes | None]
+    ) -> tuple[list[bytes | None], list[str | None]]:
+        """Each value decoded to JSON bytes, and why a value could not be (its raw bytes
+        are kept for the dead letter; the reason goes with it)."""
         decoded: list[bytes | None] = []
+        reasons: list[str | None] = []
         for raw in payloads:
-            if raw is None:
-                decoded.append(None)
-                continue
-            try:
-                record = schemaless_reader(io.BytesIO(raw), self._avro_schema, None)
-                decoded.append(json.dumps(record, default=_json_default).encode())
-            except Exception:
-                # Left raw, it fails the runner's JSON parse and reaches the dead letters.
+            record = None if raw is None else self._avro_record(raw)
+            if raw is not None and record is None:
                 self.undecodable += 1
+                reasons.append(
+                    "the value is not Avro of avro_schema"
+                    + (" or avro_writer_schemas" if len(self._avro_writers) > 1 else "")
+                    + " (it cannot be read whole with any of them)"
+                )
                 decoded.append(raw)
-        return decoded
+                continue
+            reasons.append(None)
+            decoded.append(None if record is None else record)
+        return decoded, reasons
+
+    def _avro_record(self, raw: bytes) -> bytes | None:
+        """JSON bytes of the value, read with the first writer schema that reads it to its
+        last byte (a value left half read was written with another schema)."""
+        for writer in self._avro_writers:
+            buffer = io.BytesIO(raw)
+            try:
+                record = schemaless_reader(
+                    buffer, writer or self._avro_schema, self._avro_schema if writer else None
+                )
+            except Exception:
+                continue
+            if buffer.tell() == len(raw):
+                return json.dumps(record, default=_json_default).encode()
+        return None
 
     def ack(self, fetched: Fetched) -> None:
         """Commit, synchronously, the offset after the last message of each partition.

@@ -21,6 +21,7 @@ from sluiceway.checks.contract import Shape
 from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, SourceRead
 from sluiceway.core.spec import Contract
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
+from sluiceway.streaming.base import SOURCE_REASON
 
 CHANGE_FIELDS = {
     "__sw_op": "string",
@@ -53,6 +54,7 @@ def parse_messages(
         ROW_NUMBER, pa.array(np.arange(1, messages.num_rows + 1, dtype=np.int64))
     )
     arrived = engine.register_view(engine.new_name("messages"), numbered)
+    source_reason = quote_ident(SOURCE_REASON) if SOURCE_REASON in messages.column_names else "NULL"
     names = [name for name in contract.columns if name not in CHANGE_FIELDS]
     keys = {name: name for name in names}
     if contract.evolution != "discard_column":
@@ -75,6 +77,7 @@ def parse_messages(
                  CASE
                    WHEN deliveries > {int(max_deliveries)}
                      THEN 'delivered ' || deliveries || ' times (max_deliveries: {int(max_deliveries)})'
+                   WHEN {source_reason} IS NOT NULL THEN {source_reason}
                    WHEN payload IS NULL THEN 'the message has no payload'
                    WHEN text IS NULL THEN 'the payload is not valid UTF-8'
                    WHEN NOT json_valid(text) THEN 'the payload is not valid JSON'

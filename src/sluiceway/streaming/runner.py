@@ -302,7 +302,8 @@ class _StreamRunner:
         batch, started = self._collect()
         if not batch:
             return _Prepared(batch, started)
-        messages = first_of_each(pa.concat_tables([f.messages for f in batch]))
+        tables = [f.messages for f in batch]
+        messages = first_of_each(pa.concat_tables(tables, promote_options="default"))
         keys = self.positions.order_keys(messages.column("msg_id"))
         messages = self.deliveries.counted(messages, keys)
         parsed = None

@@ -108,3 +108,16 @@ def test_a_field_the_contract_does_not_name_reaches_it_unless_discarded(
 
     rows = engine.fetch_arrow(f"SELECT * EXCLUDE (__sw_file, __sw_row) FROM {read.table}")
     assert rows.column_names == columns
+
+
+def test_a_message_the_source_could_not_decode_is_rejected_with_the_sources_reason(engine):
+    messages = batch([b'{"id": "ok"}', b"\x02\x0a"]).append_column(
+        "reason", pa.array([None, "the value is not Avro of avro_schema"], pa.string())
+    )
+
+    read = parse_messages(engine, messages, CONTRACT, max_deliveries=3)
+
+    assert [(r["raw"], r["reason"]) for r in read.parse_rejects.to_pylist()] == [
+        (b"\x02\x0a", "the value is not Avro of avro_schema")
+    ]
+    assert engine.count(read.table) == 1
