@@ -19,6 +19,8 @@ import io
 import json
 import logging
 import os
+import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -41,7 +43,10 @@ from sluiceway.streaming.base import (
     integer_order_keys,
 )
 
-START_HINT = "start the test mock with `bash scripts/services/kafka.sh`, or check the address"
+START_HINT = (
+    "check that the brokers are up and reachable from here (the local test cluster: "
+    "`bash scripts/services/kafka.sh`)"
+)
 _MANAGED_OPTIONS = frozenset(
     {
         "bootstrap.servers",
@@ -75,7 +80,29 @@ _REBALANCED_CODES = frozenset(
 )
 _FILL_WAIT_S = 0.1
 _LAG_TIMEOUT_S = 1.0
+
+
+class _Repeats(logging.Filter):
+    """librdkafka says the same thing (a broker down: FAIL, connection refused) several
+    times a second: let each message through once a minute. The runner's own `retrying`
+    events say what is being retried and for how long."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.said: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        if now - self.said.get(key, -self.every_s) < self.every_s:
+            return False
+        self.said[key] = now
+        return True
+
+
 _LOG = logging.getLogger(__name__)
+_LOG.addFilter(_Repeats())
 _TRANSIENT_CODES = frozenset(
     {
         KafkaError._TRANSPORT,
