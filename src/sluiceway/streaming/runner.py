@@ -206,6 +206,11 @@ class _StreamRunner:
         self.events.emit("run_started", logical_date=str(datetime.now(UTC).date()))
         try:
             with _signals(self._request_stop):
+                # Before anything is read: a missing masking key would else show only at
+                # the first message, and an idle run would end "succeeded".
+                pii = self.pipeline.pii
+                keys = masking.MaskKeys.from_env(self.environ)
+                masking.check_keys(sorted(set(pii.values())), keys, dead_letters=bool(pii))
                 self._load_committed()
                 resuming = getattr(self.source, "resuming", None)
                 if resuming is not None:  # a lost slot or a recreated topic must not go unseen
