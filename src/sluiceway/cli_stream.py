@@ -142,6 +142,7 @@ def stream_summary(result: StreamResult) -> dict[str, Any]:
         "already_committed": result.already_committed,
         "last_version": result.last_version,
         "stopped_by": result.stopped_by,
+        "checks_warned": result.checks_warned,
         "error": result.error,
         "duration_s": result.duration_s,
     }
@@ -162,5 +163,8 @@ def _print(result: StreamResult) -> None:
         f"+ deduplicated {acc.rows_deduplicated:,} + filtered {acc.rows_filtered:,}; "
         f"{result.already_committed:,} redelivered message(s) were already committed"
     )
+    if result.checks_warned:
+        said = ", ".join(f"{name} ({n} batch(es))" for name, n in result.checks_warned.items())
+        cli.console.print(f"[yellow]checks that warned:[/] {said}", soft_wrap=True)
     if result.error:
         cli.console.print(f"[red]error:[/] {result.error}", soft_wrap=True)

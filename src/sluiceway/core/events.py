@@ -38,6 +38,7 @@ EventName = Literal[
     "cursor_held",
     "columns_beyond_contract",
     "stopped_with_lag",
+    "check_warned",
     "run_finished",
 ]
 

@@ -23,6 +23,7 @@ _LEVELS = {
     "cursor_held": "warning",
     "columns_beyond_contract": "warning",
     "stopped_with_lag": "warning",
+    "check_warned": "warning",
 }
 WARNINGS = frozenset(
     {
@@ -32,6 +33,7 @@ WARNINGS = frozenset(
         "cursor_held",
         "columns_beyond_contract",
         "stopped_with_lag",
+        "check_warned",
     }
 )
 """Events that carry a `hint` a person must read: shown on the console as they happen."""

@@ -102,6 +102,8 @@ class StreamResult:
     error: str | None = None
     stopped_by: str | None = None
     duration_s: float = 0.0
+    checks_warned: dict[str, int] = field(default_factory=dict)
+    """Check name → batches it failed in as a warning (they were committed)."""
 
     @property
     def ok(self) -> bool:
@@ -530,6 +532,7 @@ class _StreamRunner:
             )
         self.positions.committed = positions[self.name]
         self.deliveries.committed(messages)
+        self._warned(sequence, [c for c in result.checks if c.status != "passed"])
         acc = self.result.accounting
         for term in (
             "rows_in",
@@ -636,6 +639,23 @@ class _StreamRunner:
             "evolution: discard_column to leave them out",
         )
 
+    def _warned(self, sequence: int, failed: list[Any]) -> None:
+        """Checks a committed batch failed as warnings: counted in the run record, and said
+        the first time each fails in this run."""
+        for check in failed:
+            first = check.name not in self.result.checks_warned
+            self.result.checks_warned[check.name] = self.result.checks_warned.get(check.name, 0) + 1
+            if first:
+                self.events.emit(
+                    "check_warned",
+                    check=check.name,
+                    batch=sequence,
+                    hint=f"check {check.name} failed on batch {sequence} (severity: warn: the "
+                    "batch was committed): "
+                    + (check.message or "see the check's result")
+                    + ". Its count per run is in `sluice show RUN`",
+                )
+
     def _awaiting_partitions(self, opened: float) -> bool:
         """The consumer group has not assigned this consumer its partitions yet (a Kafka
         rebalance takes seconds): an empty fetch then says nothing about the stream being
@@ -729,6 +749,11 @@ class _StreamRunner:
                     "batches": self.result.batches,
                     "already_committed": self.result.already_committed,
                     "stopped_by": self.result.stopped_by,
+                    **(
+                        {"checks_warned": dict(self.result.checks_warned)}
+                        if self.result.checks_warned
+                        else {}
+                    ),
                 },
                 error=self.result.error,
             )
