@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -487,3 +488,28 @@ def test_a_dry_run_shows_what_would_stop_the_real_one(
 
     assert result.exit_code == 1
     assert "cannot be decrypted" in result.output and "a real run would fail" in result.output
+
+
+def test_forget_erases_the_subject_from_the_staged_result_a_failed_gate_kept(
+    tmp_path: Path, sluice: Callable[..., Any]
+) -> None:
+    root = tmp_path / "gated"
+    (root / "data").mkdir(parents=True)
+    spec_data = bronze_spec()
+    spec_data["sources"]["events"].pop("incremental")
+    spec_data["checks"] = [{"row_count_between": {"max_value": 1}}]
+    spec = root / "pipeline.yaml"
+    spec.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+    (root / "data" / "events.csv").write_text(HEADER + "\n".join(DAY_ROWS[0]) + "\n")
+    state = root / ".sluice"
+    options = RunOptions(logical_date=DAYS[0], base_dir=root, state_dir=state, environ=KEYS)
+    result = run_pipeline(load_spec(spec), options)
+    assert result.status == "failed" and result.staged_path
+    staged = Path(result.staged_path) / "staged.parquet"
+    assert SUBJECT in pq.read_table(staged)["user_id"].to_pylist()
+
+    done = sluice("forget", "--subject", f"user_id={SUBJECT}", str(spec), "--state-dir", str(state))
+
+    assert done.exit_code == 0, done.output
+    assert "1 row(s) deleted from the staged results" in done.output
+    assert sorted(pq.read_table(staged)["user_id"].to_pylist()) == ["u1001", "u1002"]

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable
 
 from sluiceway import masking
@@ -127,6 +129,13 @@ def forget_subject(
             report.tables.append(erasure)
             if erasure.rows_deleted and not is_dry_run and table.kind != "postgres":
                 touched[table.target.uri] = table
+    staged = _erase_staged(state_dir, everything, is_dry_run) if state_dir else 0
+    if staged:
+        verb = "would be deleted" if is_dry_run else "deleted"
+        report.notes.append(
+            f"{staged} row(s) {verb} from the staged results kept by runs that failed their "
+            f"checks ({state_dir}/staging)"
+        )
     if not is_dry_run:
         _record_moves(pipelines, report, everything)
         _seal(touched, report, everything)
@@ -164,7 +173,13 @@ def _plan(
         has_column = (
             has_column
             or any(_column_of(t, column) for t in tables)
-            or (_declares(pipeline, column) and any(_has_letters(t) for t in tables))
+            or (
+                _declares(pipeline, column)
+                and (
+                    any(_has_letters(t) for t in tables)
+                    or (state_dir is not None and any((state_dir / "staging").glob("*/*.parquet")))
+                )
+            )
         )
         plan.append((forms, tables))
     if not has_column:
@@ -343,6 +358,26 @@ def _cut_log(table: GovernedTable) -> None:
             head = name.split(".", 1)[0]
             if info.type == pafs.FileType.File and head.isdigit() and int(head) < version:
                 filesystem.delete_file(info.path)
+
+
+def _erase_staged(state_dir: Path, forms: SubjectForms, is_dry_run: bool) -> int:
+    """Rows of the subject in `staging/<run>/staged.parquet` (what a run that failed its
+    checks kept for inspection): rewritten without them. Returns the rows found."""
+    found = 0
+    values = pa.array(sorted(forms.values))
+    for path in sorted((state_dir / "staging").glob("*/staged.parquet")):
+        table = pq.read_table(path)
+        column = next(
+            (n for n in table.column_names if n.casefold() == forms.column.casefold()), None
+        )
+        if column is None:
+            continue
+        hit = pc.fill_null(pc.is_in(table[column].cast(pa.string()), value_set=values), False)
+        count = int(pc.sum(hit).as_py() or 0)
+        found += count
+        if count and not is_dry_run:
+            pq.write_table(table.filter(pc.invert(hit)), path, compression="zstd")
+    return found
 
 
 def _carry_positions(delta: DeltaTable, pipeline: str) -> bool:
