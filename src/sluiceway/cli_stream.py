@@ -21,6 +21,9 @@ from sluiceway.observability.logs import WARNINGS, json_logger
 from sluiceway.observability.progress import warning_message
 from sluiceway.streaming.runner import StreamOptions, StreamResult, run_stream
 
+IDLE_AFTER_S = 5.0
+"""No batch committed for this long: the status line says 0 events/s."""
+
 
 class StreamStatus:
     """One live line: events/s over the last batches, lag, age of the last commit, totals;
@@ -36,6 +39,7 @@ class StreamStatus:
         self.pipeline = ""
         self.last_commit: float | None = None
         self.recent: list[tuple[float, int]] = []
+        self.unprinted = False  # a log file has not seen the newest status yet
 
     def __call__(self, event: Event) -> None:
         if event.name == "stream_status":
@@ -47,6 +51,9 @@ class StreamStatus:
                 if self.printed_at is None or self.last_commit - self.printed_at >= self.every_s:
                     self.printed_at = self.last_commit
                     self.console.print(self._line(age=False), soft_wrap=True)
+                    self.unprinted = False
+                else:
+                    self.unprinted = True
             elif self.live is None:
                 self.live = Live(
                     get_renderable=self._line,
@@ -67,6 +74,8 @@ class StreamStatus:
             )
 
     def _rate(self) -> int:
+        if self.last_commit is not None and time.monotonic() - self.last_commit > IDLE_AFTER_S:
+            return 0  # no batch for a while: the stream is idle, not at the last batch's rate
         if len(self.recent) < 2:
             return int(self.fields.get("events_per_s", 0))
         span = self.recent[-1][0] - self.recent[0][0]
@@ -89,6 +98,9 @@ class StreamStatus:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        if self.unprinted:  # the log's last status line would else be stale
+            self.unprinted = False
+            self.console.print(self._line(age=False), soft_wrap=True)
 
 
 def run_stream_command(
