@@ -58,6 +58,8 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
         letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
     except SluicewayError as exc:
         cli._fail(str(exc))
+    raw = letters.column("raw_payload")
+    empty = [r is None or r == b"" for r in raw.slice(0, limit or None).to_pylist()]
     shown = letters.drop_columns(["raw_payload"]).slice(0, limit or None).to_pylist()
     if len(shown) < letters.num_rows:
         click.echo(
@@ -71,7 +73,7 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
     out = Table(title=f"{letters.num_rows} dead-letter row(s) in {table.uri}", header_style="bold")
     for column in ("dlq_id", "run", "source", "where", "stage", "errors", "payload"):
         out.add_column(column, overflow="fold")
-    for row in shown:
+    for row, is_empty in zip(shown, empty, strict=True):
         where = _where(row)
         errors = "; ".join(
             f"{e['column'] or '*'}.{e['rule']}: {e['reason']}" for e in row["errors"] or []
@@ -83,7 +85,7 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
             where,
             row["stage"],
             errors,
-            (row["payload"] or "(encrypted)")[:120],
+            (row["payload"] or ("(no payload)" if is_empty else "(encrypted)"))[:120],
         )
     cli.console.print(out)
 

@@ -4,6 +4,8 @@ warned. Real Redis (`bash scripts/services/redis.sh`)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from .test_stream_exactly_once import Producer, sluice_run, spec
+from .test_stream_exactly_once import SLUICE, Producer, sluice_run, spec
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +61,25 @@ def test_a_warn_check_failed_by_batches_is_said_and_counted(
     assert batches == summary["batches"] >= 3
     said = [json.loads(line) for line in err.decode().splitlines() if "check_warned" in line]
     assert len(said) == 1 and said[0]["check"] == name
+
+
+def test_a_message_without_a_payload_is_shown_as_such_in_the_dead_letters(
+    tmp_path: Path, stream: str, redis_bytes: redis.Redis
+) -> None:
+    spec(tmp_path, stream)
+    redis_bytes.xadd(stream, {"other": "x"})  # no `data` field: nothing to parse
+    run = sluice_run(tmp_path, "--idle-exit", "1")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err.decode()[-2000:]
+
+    listed = subprocess.run(
+        [SLUICE, "dlq", "pipeline.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLUICE_HOME": str(tmp_path / ".sluice"), "COLUMNS": "250"},
+        timeout=60,
+    )
+
+    assert "the message has no payload" in listed.stdout
+    assert "(no payload)" in listed.stdout and "(encrypted)" not in listed.stdout
