@@ -246,7 +246,8 @@ def test_forget_records_the_fingerprint_and_never_the_value_in_the_audit_log(
     entries = list(AuditLog(lake.state).entries(action="forget"))
     rows = {e.pipeline: e.rows_affected for e in entries}
     assert rows == {"events_bronze": 4, "events_silver": 3, "users_gold": 1}
-    fingerprint = subject_fingerprint("user_id", SUBJECT)
+    fingerprint = subject_fingerprint("user_id", SUBJECT, KEYS["SLUICE_HMAC_KEY"].encode())
+    assert fingerprint.startswith("hmac:")  # a keyed fingerprint: guesses cannot be tested
     assert [e.details["subject"] for e in entries] == [fingerprint] * 3
     assert all(e.details["verified"] for e in entries)
     assert SUBJECT.encode() not in (lake.state / "audit.jsonl").read_bytes()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import getpass
 import hashlib
+import hmac
 import json
 import os
 import socket
@@ -69,9 +70,16 @@ def actor(environ: Mapping[str, str] | None = None) -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def subject_fingerprint(column: str, value: str) -> str:
-    """A stable, non-reversible name for a data subject (never its value in clear)."""
-    return "sha256:" + hashlib.sha256(f"{column}={value}".encode()).hexdigest()[:16]
+def subject_fingerprint(column: str, value: str, key: bytes | None = None) -> str:
+    """A stable, non-reversible name for a data subject (never its value in clear).
+
+    With `key` (SLUICE_HMAC_KEY) it is an HMAC, which nobody without the key can test
+    guesses against (a plain hash of a short id or a known email can be found by trying
+    them); without it, a SHA-256."""
+    text = f"{column}={value}".encode()
+    if key:
+        return "hmac:" + hmac.new(key, text, hashlib.sha256).hexdigest()[:16]
+    return "sha256:" + hashlib.sha256(text).hexdigest()[:16]
 
 
 class AuditLog:

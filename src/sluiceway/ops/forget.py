@@ -113,7 +113,7 @@ def forget_subject(
         ConfigError: the column is in no table, or a needed key is not set.
     """
     keys = masking.MaskKeys.from_env(os.environ if environ is None else environ)
-    report = ForgetReport(subject_fingerprint(column, value), column)
+    report = ForgetReport(subject_fingerprint(column, value, keys.hmac_key), column)
     plan = _plan(pipelines, column, value, keys, state_dir, report)
     everything = SubjectForms(
         column,

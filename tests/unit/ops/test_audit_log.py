@@ -84,3 +84,13 @@ def test_a_subject_fingerprint_is_stable_and_never_holds_the_value() -> None:
     assert first != subject_fingerprint("user_id", "u90210418")
     assert first != subject_fingerprint("customer_id", "u90210417")
     assert "u90210417" not in first
+
+
+def test_with_the_hmac_key_the_fingerprint_is_keyed() -> None:
+    plain = subject_fingerprint("user_id", "u42")
+    keyed = subject_fingerprint("user_id", "u42", b"key-one")
+
+    assert plain.startswith("sha256:") and keyed.startswith("hmac:")
+    assert keyed == subject_fingerprint("user_id", "u42", b"key-one")
+    assert keyed != subject_fingerprint("user_id", "u42", b"key-two")
+    assert keyed.split(":")[1] != plain.split(":")[1]
