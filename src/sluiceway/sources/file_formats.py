@@ -576,9 +576,17 @@ def _json_objects(
             f"SELECT DISTINCT unnest(json_keys(line)) AS k FROM {quote_ident(checked)} WHERE kind = 'OBJECT' ORDER BY k"
         ).fetchall()
     ]
+    # Keys that differ only in case are one column, as SQL resolves names (two would else
+    # be `Email` and `email_1`, the second beside the contract's column, unchecked); keys
+    # that cannot be a column (empty, a reserved `__sw_` name) are left out.
+    spellings: dict[str, list[str]] = {}
+    for key in keys:
+        if key and not key.lower().startswith("__sw_"):
+            spellings.setdefault(key.casefold(), []).append(key)
     columns = ", ".join(
-        f"json_extract_string(line, {quote_literal('$.' + _json_key(k))}) AS {quote_ident(k)}"
-        for k in keys
+        _coalesced([f"json_extract_string(line, {quote_literal('$.' + _json_key(k))})" for k in ks])
+        + f" AS {quote_ident(ks[0])}"
+        for ks in spellings.values()
     )
     select = (
         f"SELECT {columns + ', ' if columns else ''}{quote_literal(display)} AS {ROW_FILE}, {ROW_NUMBER} "
@@ -595,6 +603,10 @@ def _json_objects(
         rejects,
         temp_tables=[objects],
     )
+
+
+def _coalesced(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else f"coalesce({', '.join(values)})"
 
 
 def _json_key(key: str) -> str:

@@ -56,11 +56,12 @@ def parse_messages(
     arrived = engine.register_view(engine.new_name("messages"), numbered)
     source_reason = quote_ident(SOURCE_REASON) if SOURCE_REASON in messages.column_names else "NULL"
     names = [name for name in contract.columns if name not in CHANGE_FIELDS]
-    keys = {name: name for name in names}
+    keys = {name: [name] for name in names}
     if contract.evolution != "discard_column":
         keys = _payload_keys(engine, arrived, names)
         names = list(keys)
-    paths = ", ".join(quote_literal(_json_path(key)) for key in keys.values())
+    spelled = [key for spellings in keys.values() for key in spellings]
+    paths = ", ".join(quote_literal(_json_path(key)) for key in spelled)
     # One pass over the Arrow batch: the payload is validated once and parsed once more to
     # extract every field; raw bytes are kept for the rejects only. Valid JSON that starts
     # with '{' is an object, so json_type runs on the other rows only.
@@ -96,9 +97,13 @@ def parse_messages(
         f"FROM {quote_ident(judged)} WHERE reason IS NOT NULL ORDER BY {ROW_NUMBER}",
         purpose="collect unparseable messages",
     ).cast(PARSE_REJECT_SCHEMA)
-    fields = [
-        f"__sw_fields[{index}] AS {quote_ident(name)}" for index, name in enumerate(names, start=1)
-    ]
+    fields, index = [], 1
+    for name, spellings in keys.items():
+        # A field spelled two ways in one batch (`email` and `Email`) is one column.
+        read = [f"__sw_fields[{index + n}]" for n in range(len(spellings))]
+        index += len(spellings)
+        value = read[0] if len(read) == 1 else f"coalesce({', '.join(read)})"
+        fields.append(f"{value} AS {quote_ident(name)}")
     if change_capture:
         fields += [
             "__sw_change[1] AS __sw_op",
@@ -201,29 +206,34 @@ _CHANGE_TEXT = (
 _CHANGE_KEYS = ("__op", "__unchanged", "__old_key")
 
 
-def _payload_keys(engine: DuckDBEngine, arrived: str, names: list[str]) -> dict[str, str]:
-    """Column → JSON key to read it from: the contract's columns, then the top-level keys of
-    the batch's objects that the contract does not name. A field the contract does not list
-    (a new field of the producer, a column a change source added) reaches the contract,
-    which keeps (`evolve`) or rejects (`freeze`) it instead of it being dropped unseen. A
-    contract column the payload spells in another case (`Email` for `email`) is read from
-    that key, as SQL would resolve the name."""
+def _payload_keys(engine: DuckDBEngine, arrived: str, names: list[str]) -> dict[str, list[str]]:
+    """Column → the JSON keys to read it from: the contract's columns, then the top-level
+    keys of the batch's objects that the contract does not name. A field the contract does
+    not list (a new field of the producer, a column a change source added) reaches the
+    contract, which keeps (`evolve`) or rejects (`freeze`) it instead of it being dropped
+    unseen. Keys that differ only in case are one column, as SQL resolves names (`Email` is
+    the contract's `email`; both in one batch are read as one, the exact spelling first).
+    Keys that cannot be a column (empty, or a reserved `__sw_` name) are left out."""
     found = engine.fetch_arrow(
         "SELECT DISTINCT unnest(json_keys(text)) AS key FROM "
         f"(SELECT TRY(decode(payload)) AS text FROM {quote_ident(arrived)}) "
         "WHERE json_valid(text) AND starts_with(ltrim(text), '{') ORDER BY key",
         purpose="columns beyond the contract",
     )
-    present = [k for k in found.column("key").to_pylist() if k not in _CHANGE_KEYS]
-    folded: dict[str, list[str]] = {}
+    present = [
+        k
+        for k in found.column("key").to_pylist()
+        if k and k not in _CHANGE_KEYS and not k.lower().startswith("__sw_")
+    ]
+    by_fold: dict[str, list[str]] = {}
     for key in present:
-        folded.setdefault(key.casefold(), []).append(key)
-    keys: dict[str, str] = {}
+        by_fold.setdefault(key.casefold(), []).append(key)
+    keys: dict[str, list[str]] = {}
     for name in names:
-        spelled = folded.get(name.casefold(), [])
-        keys[name] = spelled[0] if name not in present and len(spelled) == 1 else name
-    used = set(keys.values())
-    keys.update((k, k) for k in present if k not in used)
+        others = [k for k in by_fold.pop(name.casefold(), []) if k != name]
+        keys[name] = [name, *others]
+    for spellings in by_fold.values():
+        keys[spellings[0]] = spellings
     return keys
 
 

@@ -292,6 +292,22 @@ def test_ndjson_lines_with_invalid_utf8_are_rejected_and_later_lines_keep_their_
     assert read.rows_in == 5
 
 
+def test_ndjson_keys_differing_only_in_case_are_one_column(tmp_path, read_files, fetch_rows):
+    path = write(
+        tmp_path / "people.ndjson",
+        b'{"id": "1", "email": "a@x.org"}\n{"id": "2", "Email": "b@x.org", "": 1}\n',
+    )
+
+    read = read_files(path)
+
+    rows = fetch_rows(read.table)
+    assert [sorted(k for k in r if not k.startswith("__sw_")) for r in rows] == [
+        ["Email", "id"],
+        ["Email", "id"],
+    ]
+    assert [r["Email"] for r in rows] == ["a@x.org", "b@x.org"]
+
+
 def test_an_empty_ndjson_file_reads_no_rows(tmp_path, read_files, engine):
     path = write(tmp_path / "events.ndjson", b"")
 

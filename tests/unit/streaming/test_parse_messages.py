@@ -121,3 +121,32 @@ def test_a_message_the_source_could_not_decode_is_rejected_with_the_sources_reas
         (b"\x02\x0a", "the value is not Avro of avro_schema")
     ]
     assert engine.count(read.table) == 1
+
+
+def test_one_batch_spelling_a_field_two_ways_reads_it_as_one_column(engine) -> None:
+    contract = Contract.model_validate(
+        {"columns": {"id": {"type": "string"}, "email": {"type": "string"}}}
+    )
+    read = parse_messages(
+        engine,
+        batch([b'{"id": "1", "email": "a@x.org"}', b'{"id": "2", "Email": "b@x.org"}']),
+        contract,
+        max_deliveries=3,
+    )
+
+    rows = engine.fetch_arrow(f"SELECT * EXCLUDE (__sw_file) FROM {read.table} ORDER BY __sw_row")
+    assert rows.column_names == ["id", "email", "__sw_row"]
+    assert rows.column("email").to_pylist() == ["a@x.org", "b@x.org"]
+
+
+def test_keys_that_cannot_be_columns_do_not_break_the_batch(engine) -> None:
+    read = parse_messages(
+        engine,
+        batch([b'{"id": "1", "": "x", "__sw_row": 99}', b'{"id": "2"}']),
+        CONTRACT,
+        max_deliveries=3,
+    )
+
+    rows = engine.fetch_arrow(f"SELECT id, __sw_row FROM {read.table} ORDER BY __sw_row")
+    assert rows.to_pylist() == [{"id": "1", "__sw_row": 1}, {"id": "2", "__sw_row": 2}]
+    assert [c for c, _ in engine.columns(read.table)].count("__sw_row") == 1  # not renamed
