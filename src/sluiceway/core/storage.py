@@ -70,35 +70,37 @@ _KNOWN_KEYS = frozenset(
         "proxy_ca_certificate", "proxy_excludes", "timeout", "user_agent",
         "randomize_addresses", "max_retries", "retry_timeout", "backoff_config",
         "init_backoff", "max_backoff", "base",
+        # Azure and Google Cloud Storage tables take their own short names too.
+        "account_name", "account_key", "access_key", "sas_token", "sas_key", "client_id",
+        "client_secret", "tenant_id", "authority_id", "authority_host", "use_emulator",
+        "use_fabric_endpoint", "msi_endpoint", "msi_resource_id", "object_id",
+        "federated_token_file", "use_azure_cli", "container_name", "bearer_token",
+        "service_account", "service_account_path", "service_account_key",
+        "application_credentials",
     }
 )  # fmt: skip
 
 
-_OTHER_STORES = ("azure_", "google_", "gcs_")
+_STORE_PREFIXES = ("aws_", "azure_", "google_", "gcs_")
 
 
 def check_storage_options(options: dict[str, str]) -> dict[str, str]:
-    """The spec's `storage_options`, or ValueError naming a key no object store takes (a
-    typo such as `endpoint_ur` would otherwise be ignored and the default endpoint used)."""
+    """The spec's `storage_options`, or ValueError for a key that looks like a misspelt
+    known one (`endpoint_ur` would otherwise be ignored and the default endpoint used).
+    Keys with a store's prefix (`AWS_…`, `azure_…`, `google_…`) and keys close to no known
+    one pass to the object store as they are: it knows settings this list does not."""
     for key in options:
         folded = key.lower()
-        bare = folded.removeprefix("aws_")
-        if folded in _KNOWN_KEYS or bare in _KNOWN_KEYS or f"aws_{bare}" in _normal_aliases():
+        if folded in _KNOWN_KEYS or folded.startswith(_STORE_PREFIXES):
             continue
-        if folded.startswith(_OTHER_STORES):  # Azure and Google tables take their own keys
-            continue
-        close = difflib.get_close_matches(folded, sorted(_KNOWN_KEYS), n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ValueError(
-            f"unknown storage option '{key}': {hint}Known: endpoint_url, region, "
-            "access_key_id, secret_access_key, session_token, allow_http, and the object "
-            "store's own settings (e.g. AWS_S3_LOCKING_PROVIDER, timeout)"
-        )
+        close = difflib.get_close_matches(folded, sorted(_KNOWN_KEYS), n=1, cutoff=0.75)
+        if close:
+            raise ValueError(
+                f"unknown storage option '{key}': did you mean '{close[0]}'? Known: "
+                "endpoint_url, region, access_key_id, secret_access_key, session_token, "
+                "allow_http, and the object store's own settings (AWS_* names pass as they are)"
+            )
     return options
-
-
-def _normal_aliases() -> set[str]:
-    return {value.lower() for value in _ALIASES.values()}
 
 
 StorageOptions = Annotated[dict[str, str], AfterValidator(check_storage_options)]

@@ -323,3 +323,18 @@ def test_a_misspelt_storage_option_is_a_problem_with_a_suggestion_and_no_value()
     line, message = problems["sinks[0].storage_options"]
     assert "'secret_acess_key': did you mean 'secret_access_key'?" in message
     assert "the-secret-itself" not in message
+
+
+def test_store_settings_this_list_does_not_know_pass_to_the_store() -> None:
+    from sluiceway.core.storage import check_storage_options
+
+    given = {
+        "AWS_ROLE_ARN": "arn:aws:iam::1:role/x",
+        "aws_web_identity_token_file": "/var/run/token",
+        "sas_token": "t",
+        "account_name": "a",
+        "google_service_account": "/k.json",
+        "some_future_setting": "1",
+    }
+
+    assert check_storage_options(given) == given
