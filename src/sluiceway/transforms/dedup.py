@@ -9,6 +9,8 @@ memory moves forward only with committed data.
 
 from __future__ import annotations
 
+import hmac
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Literal, cast
 
@@ -22,6 +24,7 @@ from sluiceway.core.events import EventName
 from sluiceway.core.spec import StepConfig
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import StepError
+from sluiceway.masking.crypto import hmac_pads
 from sluiceway.transforms.window_state import SEEN_AT, KeyState, key_state, parse_window
 
 _STATE_UNSAVED = cast(EventName, "dedup_state_unsaved")
@@ -126,9 +129,11 @@ class DedupStep:
         engine = ctx.engine
         pii = {name.casefold() for name in ctx.pipeline.pii}
         hashed = {k for k in self.config.keys if k.casefold() in pii}
-        # The state is on disk: a PII key is kept as its SHA-256, never in clear (a new
-        # state folder, since the digest of the keys names it).
-        marks = [f"sha256:{k}" for k in sorted(hashed)]
+        # The state is on disk: a PII key is kept as a keyed digest, never in clear nor as a
+        # plain hash a dictionary reverses. Its own state folder (the digest of the keys,
+        # the marks included, names it), so a new key starts a new window.
+        digest = _state_digest(ctx, hashed)
+        marks = [f"{digest.mark}:{k}" for k in sorted(hashed)] if digest else []
         state = key_state(ctx.state_dir, ctx.pipeline.pipeline, [*self.config.keys, *marks])
         state.load(sequence - 1)
         if state.is_missing:
@@ -146,7 +151,9 @@ class DedupStep:
             )
         row_time, watermark = self._row_time(engine, table, state.table)
         cutoff = _timestamp(watermark - parse_window(self.config.window or ""))
-        stored = ", ".join(f"{_stored(k, hashed)} AS {quote_ident(k)}" for k in self.config.keys)
+        stored = ", ".join(
+            f"{_stored(k, hashed, digest)} AS {quote_ident(k)}" for k in self.config.keys
+        )
         first_seen = (
             f"SELECT {stored}, min({row_time}) AS {SEEN_AT} FROM {quote_ident(table)} GROUP BY ALL"
         )
@@ -166,7 +173,7 @@ class DedupStep:
             # the new keys (no group-by of the batch, no second join).
             in_batch = engine.create_table(
                 engine.new_name("dedup_kept"),
-                self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen, hashed),
+                self._anti_join(f"SELECT * FROM {quote_ident(in_batch)}", seen, hashed, digest),
                 purpose="keep the first row of each new key",
             )
             fresh = engine.create_table(
@@ -176,14 +183,14 @@ class DedupStep:
             )
         else:
             if seen is not None:
-                first_seen = self._anti_join(first_seen, seen, set())
+                first_seen = self._anti_join(first_seen, seen, set(), None)
             fresh = engine.create_table(
                 engine.new_name("dedup_fresh"), first_seen, purpose="new keys of the batch"
             )
             # The rows kept are those of the batch's new keys: a semi-join on `fresh` (the
             # batch's keys) instead of a second anti-join against every key of the window.
             on = " AND ".join(
-                f"{_stored(k, hashed, 'b')} IS NOT DISTINCT FROM f.{quote_ident(k)}"
+                f"{_stored(k, hashed, digest, 'b')} IS NOT DISTINCT FROM f.{quote_ident(k)}"
                 for k in self.config.keys
             )
             in_batch = engine.create_table(
@@ -239,11 +246,11 @@ class DedupStep:
         watermark = max(known) if known else now
         return f"coalesce({event_time}, {_timestamp(newest or watermark)})", watermark
 
-    def _anti_join(self, select: str, seen: str, hashed: set[str]) -> str:
+    def _anti_join(self, select: str, seen: str, hashed: set[str], digest: _Digest | None) -> str:
         """Rows of `select` whose key is not in the state `seen` (`hashed`: key columns of
-        `select` still in clear, which the state holds as their SHA-256)."""
+        `select` still in clear, which the state holds as their `digest`)."""
         on = " AND ".join(
-            f"{_stored(k, hashed, 'b')} IS NOT DISTINCT FROM s.{quote_ident(k)}"
+            f"{_stored(k, hashed, digest, 'b')} IS NOT DISTINCT FROM s.{quote_ident(k)}"
             for k in self.config.keys
         )
         return f"SELECT b.* FROM ({select}) b ANTI JOIN {quote_ident(seen)} s ON {on}"
@@ -266,10 +273,43 @@ class DedupStep:
         return table.take(newest_first[: self.config.max_keys])
 
 
-def _stored(key: str, hashed: set[str], alias: str | None = None) -> str:
-    """A key column as the state holds it: a PII key as the hex SHA-256 of its text."""
+@dataclass(frozen=True)
+class _Digest:
+    """HMAC-SHA-256 under a key of the state's own, derived from a masking key."""
+
+    inner: bytes
+    outer: bytes
+    mark: str  # names the key in the state folder's digest, never reveals it
+
+    def sql(self, column_sql: str) -> str:
+        text = f"encode(CAST({column_sql} AS VARCHAR))"
+        inner = f"unhex(sha256(from_hex('{self.inner.hex()}') || {text}))"
+        return f"sha256(from_hex('{self.outer.hex()}') || {inner})"
+
+
+def _state_digest(ctx: RunContext, hashed: set[str]) -> _Digest | None:
+    """The digest of PII keys in the state, keyed by a key derived from the pipeline's
+    masking keys (a PII pipeline always has SLUICE_ENCRYPTION_KEY, for its dead letters)."""
+    if not hashed:
+        return None
+    keys = ctx.secrets
+    secret = None
+    if keys is not None:
+        secret = keys.encryption_key or keys.hmac_key or keys.salt
+    if secret is None:
+        raise StepError(
+            f"dedup on the PII column(s) {', '.join(sorted(hashed))} keeps their keys on disk "
+            "as a keyed digest: set SLUICE_ENCRYPTION_KEY (the key the dead letters use)"
+        )
+    derived = hmac.digest(secret, b"sluiceway dedup state", "sha256")
+    inner, outer = hmac_pads(derived)
+    return _Digest(inner, outer, "hmac-" + hmac.digest(derived, b"mark", "sha256")[:4].hex())
+
+
+def _stored(key: str, hashed: set[str], digest: _Digest | None, alias: str | None = None) -> str:
+    """A key column as the state holds it: a PII key as its keyed digest."""
     column = f"{alias}.{quote_ident(key)}" if alias else quote_ident(key)
-    return f"sha256(CAST({column} AS VARCHAR))" if key in hashed else column
+    return digest.sql(column) if key in hashed and digest is not None else column
 
 
 def _save(ctx: RunContext, state: KeyState, sequence: int, table: pa.Table) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pytest
 
 from sluiceway.core.context import RunContext
 from sluiceway.errors import StepError
+from sluiceway.masking import MaskKeys
 from sluiceway.transforms import window_state
 from sluiceway.transforms.dedup import DedupStep, DedupStepConfig
 
@@ -479,14 +481,18 @@ def test_windowed_dedup_keeps_what_a_plain_reading_of_the_rules_keeps(
         ]
 
 
-def test_a_pii_key_is_kept_on_disk_as_its_hash_and_still_dedups(stream_ctx: StreamContext):
-    """The state outlives the batch on disk: an email key is stored as its SHA-256."""
+def test_a_pii_key_is_kept_on_disk_as_a_keyed_digest_and_still_dedups(
+    stream_ctx: StreamContext,
+):
+    """The state outlives the batch on disk: an email key is stored as an HMAC under a key
+    derived from the masking keys, neither in clear nor as a plain hash."""
     step = DedupStep(DedupStepConfig(keys=["email", "n"], window="5m"))
+    keys = MaskKeys(encryption_key=bytes(range(32)))
 
     def batch(sequence: int | None = None) -> RunContext:
         ctx = stream_ctx(sequence)
         pipeline = ctx.pipeline.model_copy(update={"pii": {"Email": "hmac"}})
-        return dataclasses.replace(ctx, pipeline=pipeline)
+        return dataclasses.replace(ctx, pipeline=pipeline, secrets=keys)
 
     first = batch()
     rows = [{"email": "ann@example.com", "n": 1}, {"email": None, "n": 1}]
@@ -502,15 +508,20 @@ def test_a_pii_key_is_kept_on_disk_as_its_hash_and_still_dedups(stream_ctx: Stre
         {"email": "ann@example.com", "n": 2},
     ]
     assert run_batch(second, step, again) == [{"email": "ann@example.com", "n": 2}]
-    folder = first.state_dir / "stream_state" / "clicks"
-    files = list(folder.rglob("*.parquet"))
+    files = list((first.state_dir / "stream_state" / "clicks").rglob("*.parquet"))
     assert files
-    stored = [row for path in files for row in pq.read_table(path).to_pylist()]
-    assert all(row["email"] in (None, sha256_hex("ann@example.com")) for row in stored)
+    stored = {row["email"] for path in files for row in pq.read_table(path).to_pylist()}
+    assert None in stored and len(stored) == 2
+    assert hashlib.sha256(b"ann@example.com").hexdigest() not in stored
     assert all(b"ann@example.com" not in path.read_bytes() for path in files)
 
 
-def sha256_hex(text: str) -> str:
-    import hashlib
+def test_a_pii_key_without_any_masking_key_stops_the_step(stream_ctx: StreamContext):
+    ctx = stream_ctx()
+    ctx = dataclasses.replace(
+        ctx, pipeline=ctx.pipeline.model_copy(update={"pii": {"email": "redact"}})
+    )
+    step = DedupStep(DedupStepConfig(keys=["email"], window="5m"))
 
-    return hashlib.sha256(text.encode()).hexdigest()
+    with pytest.raises(StepError, match="SLUICE_ENCRYPTION_KEY"):
+        run_batch(ctx, step, [{"email": "a@x.org"}])
