@@ -105,11 +105,18 @@ class SubjectForms:
         return None
 
     def _in_text(self, data: bytes) -> bool:
+        """A form stands as a whole field: between delimiters of CSV or JSON (`,;|` tab,
+        quotes, brackets, spaces, `=`) or the ends of the text; a sentence's last word may
+        end with a full stop. `7` is not in `2024/7/1` nor `u421` in `u4210`."""
         text = data.decode("utf-8", errors="replace")
         return any(
-            re.search(rf"(?<![\w@.+-]){re.escape(value)}(?![\w@-]|\.\w)", text)
+            re.search(rf"{_FIELD_START}{re.escape(value)}{_FIELD_END}", text)
             for value in self.values
         )
+
+
+_FIELD_START = r"(?:^|(?<=[\s,;|\"'\[{(=]))"
+_FIELD_END = r"(?=$|[\s,;|\"'\]})]|\.(?:\s|$))"
 
 
 def _is_text(data: bytes) -> bool:

@@ -45,3 +45,11 @@ def test_an_encrypted_payload_no_key_opens_is_unknown() -> None:
     token = encrypt_value(b"e1,u42,ann@example.com", bytes(32))
 
     assert forms("u42").in_raw_payload(token) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "holds"),
+    [(b"2024/7/1,c9,FR", False), (b"at 12:7 c9", False), (b'{"customer_id": 7, "qt', True)],
+)
+def test_a_number_is_a_field_not_a_piece_of_a_date_or_time(raw: bytes, holds: bool) -> None:
+    assert forms("7").in_raw_payload(raw) is holds
