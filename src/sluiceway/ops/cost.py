@@ -285,19 +285,26 @@ def _tiered(
         if rows is not None:
             per_day = rows * _bytes_per_row([t for t in opened if t is not None])
         bounds = [0.0, *(targets[i].after_days or 0.0 for i in tiers), float("inf")]
-        for position, i in enumerate([index, *tiers]):
+        members = [index, *tiers]
+        future = [0.0] * len(members)
+        for position, i in enumerate(members):
+            # What a tier holds now is a year older then: it sits where that age belongs
+            # (its youngest age, `bounds[position]`, decides).
+            aged = bounds[position] + DAYS_PER_YEAR
+            future[max(p for p, b in enumerate(bounds[:-1]) if b <= aged)] += out[i].bytes
+        for position, i in enumerate(members):
             days = max(min(bounds[position + 1], DAYS_PER_YEAR) - bounds[position], 0.0)
+            future[position] += per_day * days * (growth or 1.0)
             table = out[i]
             price = storage_price(prices, table.tier, is_remote=is_remote(table.uri))
-            future = table.bytes + per_day * days * (growth or 1.0)
             out[i] = replace(
                 table,
                 bytes_per_day=per_day if days else 0.0,
                 growth_from=(table.growth_from if i == index else f"moves from {target.label}")
                 if days
                 else "none",
-                projected_bytes=future,
-                projected_storage_per_month=storage_cost(future, price),
+                projected_bytes=future[position],
+                projected_storage_per_month=storage_cost(future[position], price),
             )
     return out
 
@@ -305,18 +312,31 @@ def _tiered(
 def _rows_per_day(table: DeltaTable, now_ms: int) -> float | None:
     """Rows the pipeline's runs added per day in the last 30 days (since the first commit
     when it is more recent); commits of other writers (tier moves, compaction) left out.
-    None when no run of sluiceway wrote the table."""
+    A merge counts the rows it inserted less those it deleted; of several writes of one
+    logical date (a rerun replacing its partition) only the newest counts. None when no
+    run of sluiceway wrote the table."""
     start = now_ms - WINDOW_DAYS * _DAY_MS
     history = table.history()
     if not any("sluice.run_id" in commit for commit in history):
         return None
     first = min((int(c["timestamp"]) for c in history), default=start)
-    rows = sum(
-        int((commit.get("operationMetrics") or {}).get("num_added_rows") or 0)
-        for commit in history
-        if int(commit["timestamp"]) >= start and "sluice.run_id" in commit
-    )
-    return rows / max((now_ms - max(start, first)) / _DAY_MS, 1.0)
+    by_date: dict[str, int] = {}
+    appended = 0
+    for commit in sorted(history, key=lambda c: int(c["timestamp"])):
+        if int(commit["timestamp"]) < start or "sluice.run_id" not in commit:
+            continue
+        metrics = commit.get("operationMetrics") or {}
+        if commit.get("operation") == "MERGE":
+            appended += int(metrics.get("num_target_rows_inserted") or 0)
+            appended -= int(metrics.get("num_target_rows_deleted") or 0)
+        elif (commit.get("operationParameters") or {}).get("mode") == "Overwrite":
+            by_date[str(commit.get("sluice.logical_date"))] = int(
+                metrics.get("num_added_rows") or 0
+            )
+        else:
+            appended += int(metrics.get("num_added_rows") or 0)
+    rows = appended + sum(by_date.values())
+    return max(rows, 0) / max((now_ms - max(start, first)) / _DAY_MS, 1.0)
 
 
 def _bytes_per_row(tables: list[DeltaTable]) -> float:

@@ -122,3 +122,36 @@ def test_inventory_volume_gives_rows_times_row_bytes_per_day(tmp_path: Path) -> 
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert inventory_bytes_per_day(load_spec(path)) == pytest.approx(2e6 * 50 + 1e9)
+
+
+def test_rows_per_day_counts_merge_inserts_and_one_write_per_logical_date(tmp_path: Path):
+    import pyarrow as pa
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+    from sluiceway.ops.cost import _rows_per_day
+
+    path = str(tmp_path / "t")
+
+    def meta(day: str) -> CommitProperties:
+        return CommitProperties(
+            custom_metadata={"sluice.run_id": f"r-{day}", "sluice.logical_date": day}
+        )
+
+    rows = pa.table({"id": [1, 2, 3], "d": ["a", "a", "a"]})
+    write_deltalake(path, rows, commit_properties=meta("2025-01-01"))  # 3 appended
+    again = pa.table({"id": [1, 2], "d": ["a", "a"]})
+    for _ in range(2):  # a date written twice (a rerun): its newest write counts, once
+        write_deltalake(
+            path, again, mode="overwrite", predicate="d = 'a'", commit_properties=meta("2025-01-02")
+        )
+    DeltaTable(path).merge(
+        pa.table({"id": [2, 7, 8], "d": ["a", "a", "a"]}),
+        predicate="t.id = s.id",
+        source_alias="s",
+        target_alias="t",
+        commit_properties=meta("2025-01-03"),
+    ).when_matched_update_all().when_not_matched_insert_all().execute()  # 2 inserted
+    write_deltalake(path, rows, mode="append")  # another writer: not counted
+
+    now_ms = int(DeltaTable(path).history(1)[0]["timestamp"]) + 1
+    assert _rows_per_day(DeltaTable(path), now_ms) == 3 + 2 + 2
