@@ -234,7 +234,10 @@ def read_csv_files(
     # parser takes one line ending per file. Read copies with CRLF turned into LF.
     with tempfile.TemporaryDirectory(prefix="sluice-csv-") as folder:
         copies = [
-            (_with_lf_endings(path, compression, Path(folder) / f"{index}.csv"), display)
+            (
+                _with_lf_endings(path, compression, Path(folder) / f"{index}.csv", opts.quote),
+                display,
+            )
             for index, (path, display) in enumerate(files)
         ]
         return _read_csv_files(engine, copies, "none", opts, shape)
@@ -252,14 +255,22 @@ def _has_mixed_endings(path: str, compression: Compression) -> bool:
     return 0 < crlf < lf
 
 
-def _with_lf_endings(path: str, compression: Compression, target: Path) -> str:
-    """A copy of the file with every CRLF as LF (line numbers do not change)."""
+def _with_lf_endings(path: str, compression: Compression, target: Path, quote: str) -> str:
+    """A copy of the file with every CRLF that ends a line as LF (line numbers do not
+    change); one inside a quoted value is part of the value and stays."""
+    mark = quote.encode()[:1] or b'"'
+    inside = False
     with _open(path, compression) as handle, open(target, "wb") as out:
         carry = b""
         while chunk := handle.read(8 << 20):
             data = carry + chunk
             carry = b"\r" if data.endswith(b"\r") else b""
-            out.write(data[: len(data) - len(carry)].replace(b"\r\n", b"\n"))
+            parts = data[: len(data) - len(carry)].split(mark)
+            for index, part in enumerate(parts):
+                if index:
+                    out.write(mark)
+                    inside = not inside
+                out.write(part if inside else part.replace(b"\r\n", b"\n"))
         out.write(carry)
     return str(target)
 

@@ -193,6 +193,20 @@ def test_a_csv_with_both_crlf_and_lf_line_endings_is_read_with_its_bad_lines_as_
     ]
 
 
+def test_a_quoted_crlf_in_a_file_with_mixed_line_endings_stays_in_its_value(
+    tmp_path, read_files, fetch_rows
+):
+    path = write(tmp_path / "notes.csv", b'id,note\n1,"two\r\nlines"\n2,plain\r\n3,x\n')
+
+    read = read_files(path)
+
+    assert [(r["id"], r["note"]) for r in fetch_rows(read.table)] == [
+        ("1", "two\r\nlines"),
+        ("2", "plain"),
+        ("3", "x"),
+    ]
+
+
 def test_csv_line_with_invalid_utf8_becomes_a_reject_holding_the_original_bytes(
     tmp_path, read_files, fetch_rows
 ):
