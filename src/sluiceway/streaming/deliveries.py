@@ -95,6 +95,20 @@ class DeliveryLedger:
             self.entries = {p: e for p, e in self.entries.items() if p not in done}
             self._save()
 
+    def prune(self, committed: dict[str, Any]) -> None:
+        """Forget the partitions whose committed position is past what failed there (the
+        batch was dead-lettered by another consumer, or the offsets were reset)."""
+        stale = [
+            p
+            for p, entry in self.entries.items()
+            if p in committed
+            and _as_int(committed[p]) is not None
+            and _as_int(committed[p]) >= entry["last"]  # type: ignore[operator]
+        ]
+        if stale:
+            self.entries = {p: e for p, e in self.entries.items() if p not in stale}
+            self._save()
+
     def _carries_counts(self, messages: pa.Table, keys: list[pa.Array] | None) -> bool:
         """Counts this ledger set (a batch it counted failed again)."""
         return bool(self.entries) and keys is not None and len(keys) == 1
@@ -105,3 +119,10 @@ class DeliveryLedger:
         data: dict[str, Any] = self.entries
         temporary.write_text(json.dumps(data, sort_keys=True))
         os.replace(temporary, self.path)
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

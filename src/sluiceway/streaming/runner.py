@@ -20,6 +20,8 @@ of times; the broker is reopened after a failure.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import signal
@@ -172,8 +174,15 @@ class _StreamRunner:
             datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8] + "-stream"
         )
         self.result = StreamResult(self.run_id, pipeline.pipeline)
+        # Per consumer group and topics: another group reads the same offsets afresh.
+        reader = json.dumps(
+            [getattr(self.config, "group_id", None), getattr(self.config, "topics", None)]
+        )
         self.deliveries = DeliveryLedger(
-            self.state_dir / "stream_state" / pipeline.pipeline / f"deliveries-{self.name}.json"
+            self.state_dir
+            / "stream_state"
+            / pipeline.pipeline
+            / f"deliveries-{self.name}-{hashlib.sha256(reader.encode()).hexdigest()[:8]}.json"
         )
         self.store = RunStore(
             options.run_store or resolve_location(self.state_dir, environ=environ)
@@ -256,6 +265,7 @@ class _StreamRunner:
             "read the committed positions", lambda: self.sink.committed_positions(ctx)
         )
         self.positions.committed = dict(positions.get(self.name, {}))
+        self.deliveries.prune(self.positions.committed)
         # Kept in every commit: a commit holds all the pipeline's positions (see sinks.delta).
         self.other_positions = {k: v for k, v in positions.items() if k != self.name}
         versions = [

@@ -63,3 +63,15 @@ def test_a_broker_that_counts_deliveries_is_left_alone(tmp_path: Path):
     ledger.failed(counted, integer_order_keys(counted.column("msg_id")))
 
     assert ledger.entries == {} and not (tmp_path / "d.json").exists()
+
+
+def test_a_partition_committed_past_what_failed_is_forgotten(tmp_path: Path):
+    ledger = DeliveryLedger(tmp_path / "d.json")
+    fail(ledger, batch("t:0", range(10, 13)))
+    fail(ledger, batch("t:1", range(10, 13)))
+
+    ledger.prune({"t:0": "12", "t:1": "11"})  # t:0 moved on (dead-lettered elsewhere)
+
+    reloaded = DeliveryLedger(tmp_path / "d.json")
+    assert deliveries(reloaded, batch("t:0", range(10, 13))) == [None] * 3
+    assert deliveries(reloaded, batch("t:1", range(10, 13))) == [2, 2, 2]
