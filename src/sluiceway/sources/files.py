@@ -152,7 +152,7 @@ class FilesSource:
             return [f"{scheme}://{path}"]
         if info.type == pafs.FileType.NotFound:
             bucket = path.split("/", 1)[0]
-            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            if _bucket_is_missing(fs, bucket):
                 raise SourceError(
                     f"the bucket '{bucket}' of {uri} does not exist (or these credentials "
                     "cannot see it); check the path and the source's storage_options"
@@ -308,6 +308,17 @@ class FilesSource:
             return
         union = " UNION ALL BY NAME ".join(f"({read.select_sql})" for read in reads)
         ctx.engine.create_view(table, union, purpose="combine source files")
+
+
+def _bucket_is_missing(fs: Any, bucket: str) -> bool:
+    """True only when the store says the bucket does not exist: credentials limited to a
+    prefix may not look at the bucket itself, and that is no reason to fail the run."""
+    import pyarrow.fs as pafs
+
+    try:
+        return bool(fs.get_file_info(bucket).type == pafs.FileType.NotFound)
+    except OSError:
+        return False
 
 
 def _sweep(cache: Path, *, keep: str, older_than_s: float = 86_400) -> None:
