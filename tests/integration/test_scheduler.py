@@ -115,6 +115,35 @@ def test_a_failed_scheduled_run_is_reported_with_its_error(tmp_path: Path) -> No
     assert "1 error check(s) failed" in line and "row_count_between" in line
 
 
+def test_a_pipeline_whose_upstream_failed_for_a_date_is_not_run_for_it(tmp_path: Path) -> None:
+    """As `sluice run --all`: the downstream date is skipped, said and recorded, not built
+    from stale data."""
+    project = make_project(
+        tmp_path, catchup="latest", checks=[{"row_count_between": {"min_value": 10}}]
+    )
+    downstream = {
+        "version": 1,
+        "pipeline": "weekly",
+        "depends_on": ["daily"],
+        "schedule": {"cron": "0 2 * * *", "catchup": "latest"},
+        "sources": {"daily": {"type": "delta", "path": "../lake/daily"}},
+        "sinks": [{"type": "delta", "path": "../lake/weekly", "mode": "append"}],
+    }
+    (tmp_path / "pipelines" / "weekly.yaml").write_text(yaml.safe_dump(downstream))
+    run_once(project, FIRST_SEEN)
+
+    done = subprocess.run(
+        scheduler_command(project, THREE_DAYS_LATER), capture_output=True, text=True, timeout=300
+    )
+
+    assert "daily 2025-01-18: failed" in done.stdout
+    assert "weekly 2025-01-18: skipped (upstream daily failed for 2025-01-18)" in done.stdout
+    assert "weekly 2025-01-18: starting" not in done.stdout
+    claims = ScheduleState(tmp_path / ".sluice" / "runs.db").claims("weekly")
+    assert [(c.logical_date, c.status) for c in claims] == [("2025-01-18", "upstream_failed")]
+    assert not (tmp_path / "lake" / "weekly").exists()
+
+
 def test_a_restarted_scheduler_resumes_from_its_last_tick(tmp_path: Path) -> None:
     project = make_project(tmp_path, catchup="all")
     run_once(project, FIRST_SEEN)
