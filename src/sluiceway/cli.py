@@ -306,12 +306,29 @@ def run(
             subscribers=hooks,
             run_store=orchestrate.store_location_of(context, _state_dir(state_dir)),
         )
+    terminated = _sigterm_interrupts()
     result = _run_spec(pipeline, spec, day, log_format, state_dir, project=context)
     if log_format == "json":
         print(json.dumps(summary_data(result), default=str))
     else:
         print_summary(result)
-    sys.exit(130 if result.interrupted else 0 if result.ok else 1)
+    sys.exit((143 if terminated else 130) if result.interrupted else 0 if result.ok else 1)
+
+
+def _sigterm_interrupts() -> list[int]:
+    """SIGTERM (what a scheduler such as Airflow sends to stop a task) stops a batch run as
+    Ctrl-C does: the run ends interrupted, recorded so, the table as it was. Returns a list
+    that holds the signal once it came (the exit code is then 143, 128 + SIGTERM)."""
+    import signal
+
+    came: list[int] = []
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    return came
 
 
 def _enforce_review(

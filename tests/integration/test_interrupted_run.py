@@ -1,5 +1,6 @@
-"""Ctrl-C (SIGINT) on a batch run: before the commit the run fails as interrupted, the table
-is untouched and `sluice run` exits 130; after the commit the run stays succeeded."""
+"""Ctrl-C (SIGINT) or SIGTERM on a batch run: before the commit the run fails as
+interrupted, the table is untouched and `sluice run` exits 130 (143 for SIGTERM); after the
+commit the run stays succeeded."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from deltalake import DeltaTable
 
@@ -47,9 +49,11 @@ def write_pipeline(tmp_path: Path, steps: list[dict[str, Any]]) -> Path:
     return path
 
 
-def test_ctrl_c_before_the_commit_fails_the_run_as_interrupted_and_exits_130(
-    tmp_path: Path,
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_before_the_commit_fails_the_run_as_interrupted(
+    tmp_path: Path, stop: signal.Signals, code: int
 ) -> None:
+    """SIGTERM is what a scheduler (Airflow) sends to stop a task: it is Ctrl-C's twin."""
     marker = tmp_path / "step-started"
     (tmp_path / "sw_slow_step.py").write_text(SLOW_STEP.format(marker=str(marker)))
     spec = write_pipeline(tmp_path, [{"python": {"function": "sw_slow_step:transform"}}])
@@ -69,11 +73,11 @@ def test_ctrl_c_before_the_commit_fails_the_run_as_interrupted_and_exits_130(
         assert time.monotonic() < deadline, "the step never started"
         time.sleep(0.05)
 
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=60)
 
-    assert process.returncode == 130, (out, err)
-    assert "interrupted (Ctrl-C / SIGINT) before the commit" in out + err
+    assert process.returncode == code, (out, err)
+    assert "interrupted (Ctrl-C / SIGINT / SIGTERM) before the commit" in out + err
     assert "please report it" not in out + err
     assert not DeltaTable.is_deltatable(str(tmp_path / "lake/orders"))
     [record] = RunStore(tmp_path / ".sluice" / "runs.db").list(pipeline="orders")

@@ -370,17 +370,17 @@ class _Runner:
     def _interrupted(self) -> None:
         self.result.interrupted = True
         if self.has_committed:
-            self._succeeded("interrupted (Ctrl-C / SIGINT)")
+            self._succeeded("interrupted (Ctrl-C / SIGINT / SIGTERM)")
         elif self.result.sinks:
             done = ", ".join(sink.uri for sink in self.result.sinks)
             self._failed(
-                f"interrupted (Ctrl-C / SIGINT) between sinks: {done} committed, the others "
+                f"interrupted (Ctrl-C / SIGINT / SIGTERM) between sinks: {done} committed, the others "
                 "not; run it again (a sink that committed skips or converges)",
                 "Interrupted",
             )
         else:
             self._failed(
-                "interrupted (Ctrl-C / SIGINT) before the commit: the table is as it was; "
+                "interrupted (Ctrl-C / SIGINT / SIGTERM) before the commit: the table is as it was; "
                 "run it again",
                 "Interrupted",
             )
