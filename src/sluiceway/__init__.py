@@ -8,12 +8,15 @@ assert result.ok, result.error
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from sluiceway.core.events import Event
 from sluiceway.core.loader import load_spec, parse_spec, pipeline_from_dict
-from sluiceway.core.runner import RunOptions, RunResult, run_pipeline
+from sluiceway.core.runner import RunResult
 from sluiceway.core.spec import ColumnContract, Contract, Pipeline
 from sluiceway.errors import SluicewayError, SpecError
 
@@ -36,27 +39,65 @@ def run(
     logical_date: date | None = None,
     base_dir: str | Path | None = None,
     state_dir: str | Path | None = None,
+    project: str | Path | None = None,
+    subscribers: Sequence[Callable[[Event], None]] = (),
 ) -> RunResult:
-    """Run a pipeline (a `Pipeline`, or the path of its YAML spec) once.
+    """Run a pipeline (a `Pipeline`, or the path of its YAML spec) once, as `sluice run`
+    does: with the spec's `retries` and `timeout`, and the project's settings (state folder,
+    run store, alerts, lineage) when it belongs to one.
 
-    Relative paths in the spec resolve against `base_dir` (default: the spec's folder when
-    given a path, else the current folder). Data problems never raise: look at
-    `result.status`, `result.error`, `result.checks` and `result.accounting`.
+    Args:
+        pipeline: the model, or its spec file.
+        logical_date: the date the run is for (default: today, UTC).
+        base_dir: where the spec's relative paths resolve (default: the spec's folder when
+            given a path, else the current folder).
+        state_dir: where runs are recorded (default: the project's, else $SLUICE_HOME, else
+            ./.sluice).
+        project: the project file (default: the nearest `sluice.yaml` above the spec's
+            folder, or above `base_dir` for a model).
+        subscribers: called with every event of the run (progress, warnings, the result),
+            e.g. to log them from an orchestrator's task.
+
+    Data problems never raise: look at `result.status`, `result.error`, `result.checks` and
+    `result.accounting`.
 
     Raises:
-        SpecError: the spec is invalid.
+        SpecError: the spec is invalid (a model built in Python is checked as a YAML spec is).
         ConfigError: a key the pipeline needs is missing.
     """
-    if not isinstance(pipeline, Pipeline):
-        spec_path = Path(pipeline)
+    from sluiceway.core.loader import load_project
+    from sluiceway.core.project import find_project_file
+    from sluiceway.orchestration import ProjectContext, ProjectSpec, run_project_pipeline
+
+    if isinstance(pipeline, Pipeline):
+        # The cross-field rules a YAML spec is held to (the loader's) hold for a model too.
+        pipeline = pipeline_from_dict(pipeline.to_data())
+        folder = Path(base_dir or Path.cwd()).resolve()
+        spec_path = folder / f"{pipeline.pipeline}.yaml"
+    else:
+        spec_path = Path(pipeline).resolve()
         pipeline = load_spec(spec_path)
-        base_dir = base_dir or spec_path.resolve().parent
-    options = RunOptions(
-        logical_date=logical_date,
-        base_dir=Path(base_dir) if base_dir else None,
-        state_dir=Path(state_dir) if state_dir else None,
+        folder = Path(base_dir).resolve() if base_dir else spec_path.parent
+        spec_path = folder / spec_path.name
+    project_file = Path(project) if project else find_project_file(folder)
+    context = None
+    if project_file is not None:
+        project_file = project_file.resolve()
+        context = ProjectContext(load_project(project_file), project_file.parent, project_file)
+    state = (
+        Path(state_dir)
+        if state_dir
+        else context.state_dir()
+        if context is not None
+        else Path(os.environ.get("SLUICE_HOME") or Path.cwd() / ".sluice")
     )
-    return run_pipeline(pipeline, options)
+    return run_project_pipeline(
+        ProjectSpec(pipeline, spec_path),
+        context,
+        state_dir=state,
+        logical_date=logical_date,
+        subscribers=subscribers,
+    )
 
 
 __all__ = [

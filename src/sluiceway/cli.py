@@ -262,7 +262,10 @@ def run(
         )
     if run_all == bool(target):
         _fail("give one pipeline (a spec file or a pipeline NAME) or --all, not both or neither")
-    context = orchestrate.find_project(project_file)
+    spec_file = Path(target) if target and Path(target).is_file() else None
+    context = orchestrate.find_project(
+        project_file, near=spec_file.resolve().parent if spec_file else None
+    )
     state_dir = orchestrate.state_dir_of(context, state_dir)
     day = run_date.date() if run_date else None
     if run_all or downstream:

@@ -69,12 +69,18 @@ def _spec_error(exc: SpecError) -> NoReturn:
     sys.exit(2)
 
 
-def find_project(project_file: str | None) -> ProjectContext | None:
-    """The project of `--project FILE`, else the nearest `sluice.yaml` (None: no project).
+def find_project(project_file: str | None, *, near: Path | None = None) -> ProjectContext | None:
+    """The project of `--project FILE`, else the nearest `sluice.yaml` above `near` (a spec's
+    folder: its project, wherever the command runs from) or the working folder (None: no
+    project).
 
     Exits 2 with every problem when the project file is invalid or missing.
     """
-    path = Path(project_file) if project_file else find_project_file()
+    path = Path(project_file) if project_file else None
+    if path is None and near is not None:
+        path = find_project_file(near)
+    if path is None and not project_file:
+        path = find_project_file()
     if path is None:
         return None
     if not path.is_file():
