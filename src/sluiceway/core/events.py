@@ -39,6 +39,7 @@ EventName = Literal[
     "columns_beyond_contract",
     "stopped_with_lag",
     "check_warned",
+    "nothing_replaced",
     "run_finished",
 ]
 

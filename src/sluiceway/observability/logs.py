@@ -24,6 +24,7 @@ _LEVELS = {
     "columns_beyond_contract": "warning",
     "stopped_with_lag": "warning",
     "check_warned": "warning",
+    "nothing_replaced": "warning",
 }
 WARNINGS = frozenset(
     {
@@ -34,6 +35,7 @@ WARNINGS = frozenset(
         "columns_beyond_contract",
         "stopped_with_lag",
         "check_warned",
+        "nothing_replaced",
     }
 )
 """Events that carry a `hint` a person must read: shown on the console as they happen."""

@@ -248,10 +248,25 @@ class DeltaSink:
             ),
         )
         prepare_local(uri)
+        mode = write_mode(self.config.mode, request)
+        if (
+            mode == "overwrite_partition"
+            and request.data.num_rows == 0
+            and not request.truncate
+            and not self.config.replace_where
+        ):
+            ctx.events.emit(
+                "nothing_replaced",
+                sink=uri,
+                hint=f"the run wrote no rows, so overwrite_partition replaced no partition of "
+                f"{uri}: rows an earlier run of this date wrote there stay. To empty the date "
+                "when a rerun finds nothing, name it: replace_where: "
+                "\"<date column> = '{logical_date}'\"",
+            )
         with self._errors("write to", uri):
             if request.truncate:
                 return _truncate(job)
-            return _WRITERS[write_mode(self.config.mode, request)](job)
+            return _WRITERS[mode](job)
 
     def is_committed(self, ctx: RunContext, idempotency_key: str) -> bool:
         """True when an append of `idempotency_key` is already in the table (a rerun would be skipped)."""
