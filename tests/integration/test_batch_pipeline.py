@@ -370,10 +370,36 @@ def test_an_incremental_source_reads_each_file_once_and_commits_its_position(tmp
     positions = [
         json.loads(c["sluice.positions"]) for c in sorted(commits, key=lambda c: c["version"])
     ]
-    assert positions == [
-        {"events": {"files": [str(first_file)]}},
-        {"events": {"files": [str(first_file), str(second_file)]}},
+    assert [p["events"]["files"] for p in positions] == [
+        [str(first_file)],
+        [str(first_file), str(second_file)],
     ]
+    assert [sorted(p["events"]["stamps"]) for p in positions] == [
+        [str(first_file)],
+        [str(first_file), str(second_file)],
+    ]
+
+
+def test_a_file_changed_after_it_was_loaded_incrementally_is_said_once(tmp_path) -> None:
+    spec = base_spec()
+    spec["sources"]["events"]["incremental"] = True
+    spec["sinks"] = [{"type": "delta", "path": "lake/orders", "mode": "append"}]
+    path = write_spec(tmp_path, spec)
+    loaded = write_events(tmp_path, "e1,u1,view,1,a@example.com,192.0.2.1\n", name="a.csv")
+    run(tmp_path, path)
+    with loaded.open("a") as handle:  # a row appended to a file already loaded
+        handle.write("e9,u9,view,9,z@example.com,192.0.2.9\n")
+    write_events(tmp_path, "e2,u2,buy,2,b@example.com,192.0.2.2\n", name="b.csv")
+
+    said: list[Any] = []
+    second = run(tmp_path, path, subscribers=[said.append])
+    again: list[Any] = []
+    third = run(tmp_path, path, subscribers=[again.append])
+
+    assert second.accounting.rows_in == 1  # b.csv only: a.csv is read once
+    [warning] = [e for e in said if e.name == "files_changed_since_loaded"]
+    assert warning.fields["files"] == 1 and "a.csv" in warning.fields["hint"]
+    assert third.ok and not [e for e in again if e.name == "files_changed_since_loaded"]
 
 
 # --- PII --------------------------------------------------------------------------------------

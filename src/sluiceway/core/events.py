@@ -40,6 +40,7 @@ EventName = Literal[
     "stopped_with_lag",
     "check_warned",
     "nothing_replaced",
+    "files_changed_since_loaded",
     "run_finished",
 ]
 

@@ -25,6 +25,7 @@ _LEVELS = {
     "stopped_with_lag": "warning",
     "check_warned": "warning",
     "nothing_replaced": "warning",
+    "files_changed_since_loaded": "warning",
 }
 WARNINGS = frozenset(
     {
@@ -36,6 +37,7 @@ WARNINGS = frozenset(
         "stopped_with_lag",
         "check_warned",
         "nothing_replaced",
+        "files_changed_since_loaded",
     }
 )
 """Events that carry a `hint` a person must read: shown on the console as they happen."""

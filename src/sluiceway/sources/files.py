@@ -81,6 +81,11 @@ class FilesSource:
         found = self.list_files(ctx)
         done = set((position or {}).get("files", [])) if self.config.incremental else set()
         todo = [f for f in found if f not in done]
+        stats = {uri: self._stat(uri) for uri in todo}
+        stamps: dict[str, str] = {}
+        if self.config.incremental:
+            stamps = self._changed_since_loaded(ctx, name, found, position or {})
+            stamps.update({uri: _stamp(stats[uri]) for uri in todo})
         reads = self._read_all(ctx, name, todo, shape)
         table = ctx.engine.new_name(f"src_{name}")
         self._union(ctx, table, reads, shape)
@@ -89,14 +94,41 @@ class FilesSource:
             table=table,
             rows_in=sum(read.records for read in reads),
             parse_rejects=rejects,
-            position={"files": sorted(done | set(todo))}
+            position={"files": sorted(done | set(todo)), "stamps": stamps}
             if self.config.incremental
             else {"files": todo},
             typed=any(read.typed for read in reads),
-            fingerprint=_fingerprint(todo, self._stat),
+            fingerprint=_fingerprint(todo, stats.__getitem__),
             temp_tables=[temp for read in reads for temp in read.temp_tables],
             is_shaped=shape is not None,
         )
+
+    def _changed_since_loaded(
+        self, ctx: RunContext, name: str, found: list[str], position: dict[str, Any]
+    ) -> dict[str, str]:
+        """The size and modification time of the local files loaded before (kept with the
+        positions), warning of those that changed since: an incremental load reads a file
+        once, so rows added to it later are not read."""
+        before = position.get("stamps") or {}
+        now = {
+            uri: _stamp(self._stat(uri))
+            for uri in found
+            if uri in before and not storage.is_remote(uri)
+        }
+        changed = sorted(uri for uri, stamp in now.items() if stamp != before[uri])
+        if changed:
+            shown = ", ".join(Path(uri).name for uri in changed[:5])
+            ctx.events.emit(
+                "files_changed_since_loaded",
+                source=name,
+                files=len(changed),
+                hint=f"source {name}: {len(changed)} file(s) loaded by an earlier run changed "
+                f"since ({shown}{', …' if len(changed) > 5 else ''}): an incremental load "
+                "reads each file once, so what was added to them is not read. Write new data "
+                "to new files; to load a changed file again, rename it",
+            )
+        listed = set(found)
+        return {**{uri: stamp for uri, stamp in before.items() if uri in listed}, **now}
 
     def list_files(self, ctx: RunContext) -> list[str]:
         """Every file the path matches, sorted; raises SourceError when none does."""
@@ -342,6 +374,10 @@ def _shaped(ctx: RunContext, read: ff.FileRead, shape: ff.Shape) -> ff.FileRead:
     return ff.FileRead(
         f"SELECT * FROM {quote_ident(table)}", read.records, read.rejects, read.typed, [table]
     )
+
+
+def _stamp(stat: tuple[int | None, int | None]) -> str:
+    return f"{stat[0]}:{stat[1]}"
 
 
 def _fingerprint(uris: list[str], stat: Callable[[str], tuple[int | None, int | None]]) -> str:
