@@ -400,10 +400,13 @@ def _model_named(title: str) -> type[BaseModel] | None:
         for plugin in registry.canonical(kind):
             if plugin.config.__name__ == title:
                 return plugin.config
-    from sluiceway.core import spec
+    from sluiceway.core import project, spec, spec_meta
 
-    candidate = getattr(spec, title, None)
-    return candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None
+    for module in (spec, spec_meta, project):
+        candidate = getattr(module, title, None)
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _is_secret(loc: Path_, located: _Located) -> bool:

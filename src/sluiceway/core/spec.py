@@ -267,7 +267,9 @@ class Pipeline(Model):
         min_length=1, description="Where the result lands."
     )
     dead_letter: DeadLetterConfig | None = Field(
-        None, description="Dead-letter table (default: .sluice/dead_letter/<pipeline>)."
+        None,
+        description="Dead-letter table (default: <state folder>/dead_letter, shared by the "
+        "pipelines of that folder, partitioned by pipeline).",
     )
 
     layer: Layer | None = Field(

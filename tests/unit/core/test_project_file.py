@@ -67,3 +67,16 @@ def test_an_incomplete_alert_route_is_a_problem_at_its_line(
 def test_an_unknown_time_zone_is_a_problem(tmp_path: Path) -> None:
     found = problems(tmp_path, "version: 1\nproject: p\ntimezone: Europe/Pariss\n")
     assert "unknown time zone 'Europe/Pariss'" in found["timezone"][1]
+
+
+def test_a_misspelt_project_key_gets_a_suggestion(tmp_path: Path) -> None:
+    from sluiceway.core.loader import load_project
+    from sluiceway.errors import SpecError
+
+    path = tmp_path / "sluice.yaml"
+    path.write_text("version: 1\nproject: shop\npipelines: [pipelines/]\nmax_worker: 2\n")
+
+    with pytest.raises(SpecError) as raised:
+        load_project(path)
+
+    assert "unknown key 'max_worker'. Did you mean 'max_workers'?" in str(raised.value)
