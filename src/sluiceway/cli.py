@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -121,6 +122,7 @@ def main() -> None:
 def validate(specs: tuple[str, ...]) -> None:
     """Check specs and report every problem at once (path, line, did-you-mean)."""
     failed = 0
+    loaded: dict[str, Any] = {}
     for spec in specs:
         try:
             pipeline = load_spec(spec)
@@ -128,11 +130,40 @@ def validate(specs: tuple[str, ...]) -> None:
             failed += 1
             _print_problems(spec, exc)
             continue
+        loaded[spec] = pipeline
         console.print(
             f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
             f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)"
         )
+    if any(p.depends_on for p in loaded.values()):
+        problem = _dependency_problem(loaded)
+        if problem is not None:
+            failed += 1
+            _print_problems("depends_on", problem)
     sys.exit(1 if failed else 0)
+
+
+def _dependency_problem(loaded: dict[str, Any]) -> SpecError | None:
+    """Unknown names and cycles in the `depends_on` of the specs given, with the other
+    pipelines of their project (as `sluice run --all` would find them)."""
+    from sluiceway.core.loader import load_project
+    from sluiceway.core.project import find_project_file
+    from sluiceway.orchestration.graph import ProjectSpec, build_graph, load_project_specs
+
+    specs: dict[str, Any] = {}
+    first = Path(next(iter(loaded))).resolve().parent
+    project_file = find_project_file(first)
+    if project_file is not None:
+        # The project's own problems are `sluice run --all`'s to report.
+        with contextlib.suppress(SpecError):
+            specs.update(load_project_specs(load_project(project_file), project_file.parent))
+    for path, pipeline in loaded.items():
+        specs[pipeline.pipeline] = ProjectSpec(pipeline, Path(path).resolve())
+    try:
+        build_graph(specs)
+    except SpecError as exc:
+        return exc
+    return None
 
 
 def _current_record(store: Any, run_id: str) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+import yaml
 from deltalake import DeltaTable
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clickstream_batch" / "pipeline.yaml"
@@ -136,6 +137,28 @@ def test_validate_reports_each_problem_with_file_line_and_a_suggestion(tmp_path)
     assert "bad.yaml:8" in done.stderr and "steps[0].dedupe" in done.stderr
     assert "Did you mean 'dedup'?" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_validate_reports_an_unknown_dependency_and_a_cycle(tmp_path) -> None:
+    def write(name: str, depends_on: list[str]) -> None:
+        spec = {
+            "version": 1,
+            "pipeline": name,
+            "depends_on": depends_on,
+            "sources": {"s": {"type": "files", "path": "x.csv"}},
+            "sinks": [{"type": "delta", "path": f"lake/{name}"}],
+        }
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+
+    write("orders", ["custmers"])
+    unknown = sluice("validate", "orders.yaml", cwd=tmp_path)
+    write("orders", ["revenue"])
+    write("revenue", ["orders"])
+    cycle = sluice("validate", "orders.yaml", "revenue.yaml", cwd=tmp_path)
+
+    assert unknown.returncode == 1
+    assert "unknown pipeline 'custmers'" in unknown.stderr
+    assert cycle.returncode == 1 and "dependency cycle" in cycle.stderr
 
 
 def test_validate_accepts_the_example(tmp_path) -> None:
