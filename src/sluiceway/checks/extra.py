@@ -52,7 +52,7 @@ def other_table(name: str, env: CheckEnv) -> tuple[str, str | None]:
     """
     if name in env.tables:
         return quote_ident(env.tables[name]), None
-    reader = _reader_for(name)
+    reader = reader_for(name)
     if reader is None:
         known = ", ".join(f"'{t}'" for t in sorted(env.tables)) or "none"
         hint = registry.did_you_mean(name, sorted(env.tables))
@@ -66,7 +66,7 @@ def other_table(name: str, env: CheckEnv) -> tuple[str, str | None]:
     return f"{reader}({quote_literal(str(path))})", None
 
 
-def _reader_for(name: str) -> str | None:
+def reader_for(name: str) -> str | None:
     stem = re.sub(r"\.(gz|zst)$", "", name.lower())
     return next((reader for ext, reader in FILE_READERS.items() if stem.endswith(ext)), None)
 

@@ -455,9 +455,37 @@ def _cross_check(pipeline: Pipeline, located: _Located) -> None:
         located.problem(tuple(_path_parts(problem.path)), problem.message)
     for index, message in routing_problems(pipeline.checks):
         located.problem(("checks", index, "on_fail"), message)
+    for index, field, message in _other_table_problems(pipeline):
+        located.problem(("checks", index, field), message)
     for name in pipeline.sources:
         if name == "input" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             located.problem(
                 ("sources", name),
                 f"source name '{name}' must be an SQL identifier other than 'input'",
             )
+
+
+def _other_table_problems(pipeline: Pipeline) -> list[tuple[int, str, str]]:
+    """Checks naming another table (`values_exist_in`'s `to_table`, `row_count_equal_other_
+    table`'s `other_table_name`) that is neither a source nor a file path: said now, not
+    when the run reaches its checks."""
+    from sluiceway.checks.extra import FILE_READERS, reader_for
+
+    problems = []
+    sources = sorted(pipeline.sources)
+    for index, check in enumerate(pipeline.checks):
+        for field in ("to_table", "other_table_name"):
+            name = getattr(check, field, None)
+            if not isinstance(name, str) or name in pipeline.sources or reader_for(name):
+                continue
+            hint = registry.did_you_mean(name, sources)
+            problems.append(
+                (
+                    index,
+                    field,
+                    f"unknown table '{name}'.{hint} Name a source of this pipeline (known: "
+                    f"{', '.join(sources)}) or a local file path ending in "
+                    f"{', '.join(FILE_READERS)}",
+                )
+            )
+    return problems

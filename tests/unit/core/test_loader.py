@@ -338,3 +338,27 @@ def test_store_settings_this_list_does_not_know_pass_to_the_store() -> None:
     }
 
     assert check_storage_options(given) == given
+
+
+def test_a_check_naming_a_table_that_is_neither_a_source_nor_a_file_is_a_problem() -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        pipeline: orders
+        sources:
+          orders: {type: files, path: orders.csv}
+          customers: {type: files, path: customers.csv}
+        checks:
+          - values_exist_in: {column: customer_id, to_table: customerz}
+          - values_exist_in: {column: customer_id, to_table: ref/customers.parquet}
+          - values_exist_in: {column: customer_id, to_table: customers}
+        sinks:
+          - {type: delta, path: lake/orders}
+        """
+    )
+
+    problems = problems_of(text)
+
+    [(path, (_, message))] = problems.items()
+    assert path.startswith("checks[0]")
+    assert "unknown table 'customerz'. Did you mean 'customers'?" in message
