@@ -403,6 +403,7 @@ def summary_data(result: RunResult) -> dict[str, Any]:
             "rows": result.dead_letter_rows,
             "by_rule": result.rejected_by_rule,
         },
+        "published": bool(result.sinks),
         "staged_path": result.staged_path,
         "results_path": result.results_path,
         "error": result.error,
@@ -649,10 +650,19 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: 
     table.add_column("pipeline", overflow="fold")
     table.add_column("date", no_wrap=True, min_width=len("2025-01-15"))
     table.add_column("status", no_wrap=True)
+    # out: rows published ('–' for a run that published nothing: its rows were only staged)
     for column in ("in", "out", "rej", "dup", "secs"):  # written, rejected, deduplicated
         table.add_column(column, justify="right")
     for r in store.list(pipeline=pipeline, limit=limit):
-        counts = (r.rows_in, r.rows_written, r.rows_rejected, r.rows_deduplicated)
+        details = r.details or {}
+        # A stream commits batch by batch: what it wrote stays whatever its end.
+        published = (
+            r.status == "succeeded"
+            or bool(details.get("sinks"))
+            or (details.get("mode") == "stream")
+        )
+        written = r.rows_written if published or r.status == "running" else "–"
+        counts = (r.rows_in, written, r.rows_rejected, r.rows_deduplicated)
         table.add_row(
             r.run_id,
             r.pipeline,

@@ -253,6 +253,8 @@ def summary_table(outcomes: list[Outcome]) -> Table:
         if result is not None:
             acc = result.accounting
             counts = [f"{v:,}" for v in (acc.rows_in, acc.rows_written, acc.rows_rejected)]
+            if not result.ok and not result.sinks:  # staged, never published
+                counts[1] = "–"
             secs = f"{result.duration_s:.1f}"
         style = _STYLE[outcome.status]
         table.add_row(

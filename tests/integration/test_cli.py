@@ -217,6 +217,30 @@ def test_runs_lists_runs_and_show_finds_one_by_prefix(project) -> None:
     assert record["details"]["sinks"][0]["skipped"] is True
 
 
+def test_a_run_that_published_nothing_shows_no_rows_written(project) -> None:
+    spec = yaml.safe_load((project / "pipeline.yaml").read_text())
+    spec["checks"] = [{"row_count_between": {"max_value": 1}}]  # fails: nothing is published
+    (project / "pipeline.yaml").write_text(yaml.safe_dump(spec))
+    done = sluice(
+        "run",
+        "pipeline.yaml",
+        "--date",
+        "2025-01-15",
+        "--log-format",
+        "json",
+        "--state-dir",
+        ".sluice",
+        cwd=project,
+    )
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+
+    listed = sluice("runs", "--state-dir", ".sluice", cwd=project, columns=120)
+
+    assert done.returncode == 1 and summary["published"] is False
+    [row] = [line for line in listed.stdout.splitlines() if str(summary["run_id"]) in line]
+    assert row.split()[3:6] == ["failed", "4", "–"]
+
+
 def test_show_of_an_unknown_run_fails_with_a_hint(project) -> None:
     run_json(project)
 
