@@ -57,7 +57,8 @@ class DriftConfig(ColumnCheckConfig):
     threshold: float | None = Field(
         None,
         gt=0,
-        description="Largest allowed PSI or KS statistic (default: PSI 0.2, KS 0.1).",
+        description="Largest allowed PSI or KS statistic (default: PSI 0.2, KS 0.1, each "
+        "raised to what small samples differ by chance; a threshold set here is used as given).",
     )
     baseline: str = Field(
         "previous",
@@ -71,6 +72,28 @@ class DriftConfig(ColumnCheckConfig):
         if self.mostly is not None:
             raise ValueError("'mostly' does not apply to drift: its statistic is one number")
         return self
+
+
+PSI_ROWS_PER_BUCKET = 10
+"""Fewest values per bucket, on each side, for a PSI verdict."""
+
+
+def sampling_noise(measure: str, n: int, m: int, buckets: int) -> float:
+    """How large the statistic grows by chance alone (1 time in 100) when samples of `n`
+    and `m` values come from one distribution: the KS critical value at α = 0.01, or for
+    PSI (about χ² with buckets − 1 degrees of freedom times 1/n + 1/m) twice its 99th
+    percentile. On 300 rows a day PSI reaches ~0.3 by chance: a fixed 0.2 would call that
+    drift."""
+    if n <= 0 or m <= 0:
+        return 0.0
+    if measure == "ks":
+        return 1.628 * math.sqrt((n + m) / (n * m))
+    df = max(buckets - 1, 1)
+    # Wilson–Hilferty: the χ² quantile from the normal one (z = 2.326 for 99 %). Doubled:
+    # the buckets come from the baseline's own quantiles and empty ones count as EPSILON,
+    # so measured PSI of one distribution spreads about twice as wide as χ² says.
+    chi2 = df * (1 - 2 / (9 * df) + 2.326 * math.sqrt(2 / (9 * df))) ** 3
+    return 2 * chi2 * (1 / n + 1 / m)
 
 
 def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
@@ -134,12 +157,40 @@ class DriftCheck(TableCheck):
         expected, actual = _DISTRIBUTIONS[plan.measure](baseline, values, judged)
         statistic = (ks_statistic if plan.measure == "ks" else psi)(expected, actual)
         name = "KS statistic" if plan.measure == "ks" else "PSI"
-        threshold = self._threshold(plan.measure)
+        fewest = min(judged, baseline.count)
+        if plan.measure != "ks" and fewest < PSI_ROWS_PER_BUCKET * len(expected):
+            note = (
+                f"too few values to judge by PSI: {fewest:,} on one side for {len(expected)} "
+                f"buckets (PSI needs about {PSI_ROWS_PER_BUCKET} per bucket; on fewer it "
+                "swings widely by chance)"
+                + (
+                    "; method ks judges numbers on small samples"
+                    if plan.measure != "psi_categorical"
+                    else ""
+                )
+            )
+            return Outcome(True, statistic, None, None, f"Drift of {self._subject()}: {note}.")
+        configured = self._threshold(plan.measure)
+        # The default threshold is raised to the sampling noise of small samples; one the
+        # spec sets is used as given.
+        noise = (
+            sampling_noise(plan.measure, judged, baseline.count, len(expected))
+            if self.config.threshold is None
+            else 0.0
+        )
+        threshold = max(configured, noise)
         success = statistic <= threshold
         verdict = "no drift" if success else "drifted"
+        raised = (
+            f" (the threshold {configured:g} raised to what samples of {judged:,} and "
+            f"{baseline.count:,} values differ by chance 1 time in 100)"
+            if noise > configured
+            else ""
+        )
         message = (
             f"Expected the {name} of {self._subject()} against the baseline profile "
-            f"{plan.label} to be at most {threshold:g}; it was {statistic:.4g} ({verdict})."
+            f"{plan.label} to be at most {threshold:.4g}{raised}; it was {statistic:.4g} "
+            f"({verdict})."
         )
         return Outcome(success, statistic, None, None, message)
 

@@ -361,3 +361,41 @@ def test_the_loader_validates_drift_settings() -> None:
 
     text = str(caught.value)
     assert "checks[0].drift.method" in text and "'psi', 'ks' or 'auto'" in text
+
+
+def test_small_samples_of_one_distribution_are_not_drift_but_a_shift_still_is(
+    engine, tmp_path
+) -> None:
+    """300 rows a day of one distribution: PSI reaches ~0.3 and KS ~0.1 by chance alone;
+    the default thresholds are raised to that noise, and a real shift still fails."""
+    sample = np.random.default_rng(11)
+    keep_baseline(engine, tmp_path, load(engine, "base", x=sample.normal(0, 1, 300)))
+    now = {"same": sample.normal(0, 1, 300), "moved": sample.normal(1, 1, 300)}
+    tables = {name: load(engine, name, x=values) for name, values in now.items()}
+
+    for method in ("psi", "ks"):
+        same = drift(engine, tables["same"], tmp_path, column="x", method=method)
+        moved = drift(engine, tables["moved"], tmp_path, column="x", method=method)
+        assert same.status == "passed", same.message
+        assert "differ by chance 1 time in 100" in same.message
+        assert moved.status == "failed", moved.message
+
+
+def test_psi_on_too_few_values_for_its_buckets_gives_no_verdict(engine, tmp_path) -> None:
+    sample = np.random.default_rng(5)
+    keep_baseline(engine, tmp_path, load(engine, "base", x=sample.normal(0, 1, 100)))
+
+    result = drift(
+        engine, load(engine, "now", x=sample.normal(3, 1, 100)), tmp_path, column="x", method="psi"
+    )
+
+    assert result.status == "passed"
+    assert "too few values to judge by PSI" in result.message and "method ks" in result.message
+
+
+def test_sampling_noise_fades_with_the_sample_size() -> None:
+    from sluiceway.checks.drift import sampling_noise
+
+    assert sampling_noise("psi", 300, 300, 14) == pytest.approx(0.37, abs=0.02)
+    assert sampling_noise("psi", 100_000, 100_000, 14) < 0.002
+    assert sampling_noise("ks", 100, 100, 10) == pytest.approx(0.23, abs=0.01)
