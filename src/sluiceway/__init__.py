@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway.core.events import Event
-from sluiceway.core.loader import load_spec, parse_spec, pipeline_from_dict
+from sluiceway.core.loader import cross_checked, load_spec, parse_spec, pipeline_from_dict
 from sluiceway.core.runner import RunResult
 from sluiceway.core.spec import ColumnContract, Contract, Pipeline
 from sluiceway.errors import SluicewayError, SpecError
@@ -70,8 +70,8 @@ def run(
     from sluiceway.orchestration import ProjectContext, ProjectSpec, run_project_pipeline
 
     if isinstance(pipeline, Pipeline):
-        # The cross-field rules a YAML spec is held to (the loader's) hold for a model too.
-        pipeline = pipeline_from_dict(pipeline.to_data())
+        # The rules between fields a YAML spec is held to (the loader's) hold for a model too.
+        pipeline = cross_checked(pipeline)
         folder = Path(base_dir or Path.cwd()).resolve()
         spec_path = folder / f"{pipeline.pipeline}.yaml"
     else:

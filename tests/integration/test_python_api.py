@@ -133,3 +133,18 @@ def test_sluice_run_of_a_projects_spec_from_elsewhere_uses_the_projects_state(
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(RunStore(tmp_path / "proj" / "state" / "runs.db").list()) == 1
     assert not (elsewhere / ".sluice").exists()
+
+
+def test_the_examples_loaded_as_models_run_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defaults the user never set do not trip the rules between fields."""
+    monkeypatch.setenv("SLUICE_HMAC_KEY", "k")
+    monkeypatch.setenv("SLUICE_ENCRYPTION_KEY", "ab" * 32)
+    example = Path(__file__).parents[2] / "examples" / "clickstream_batch" / "pipeline.yaml"
+    model = sluiceway.Pipeline.from_yaml(example)  # type: ignore[attr-defined]
+
+    result = sluiceway.run(model, base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    assert result.status == "failed"  # no data in tmp_path: the run starts and says so
+    assert "no file matches" in (result.error or "")

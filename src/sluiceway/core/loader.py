@@ -160,6 +160,16 @@ def pipeline_from_dict(data: Mapping[str, Any]) -> Pipeline:
     return pipeline
 
 
+def cross_checked(pipeline: Pipeline) -> Pipeline:
+    """`pipeline` (a model built in Python) held to the rules between fields that a YAML spec
+    is held to when it is loaded. Raises SpecError with every problem."""
+    located = _Located()
+    _cross_check(pipeline, located)
+    if located.problems:
+        raise SpecError(located.problems, source=f"pipeline {pipeline.pipeline!r}")
+    return pipeline
+
+
 def _to_data(node: yaml.Node, path: Path_, located: _Located, environ: Mapping[str, str]) -> Any:
     located.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
