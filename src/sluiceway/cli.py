@@ -622,8 +622,10 @@ def _run_store(
     location = orchestrate.store_location_of(context, state)
     if location.path is not None and not location.path.exists():
         message = (
-            f"no run is recorded in {location.path}: runs are recorded where `sluice run` "
-            "ran (./.sluice), in the project's state_dir, or in --state-dir / $SLUICE_HOME"
+            f"no run is recorded in {location.path}: runs are recorded in the state_dir of "
+            "the spec's project (found from the spec's folder; run this inside it or pass "
+            "--project), else where `sluice run` ran (./.sluice), or in --state-dir / "
+            "$SLUICE_HOME"
         )
         if empty_ok:
             err_console.print(message, markup=False)

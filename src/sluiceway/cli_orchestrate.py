@@ -307,7 +307,9 @@ def backfill(
 ) -> None:
     """Run a pipeline once per logical date from --from to --to (both included), or once
     over the range when the spec is `range_capable`. Exit 1 if any date failed."""
-    context = find_project(project_file)
+    # As `sluice run SPEC`: the project of a spec file is found from the spec's folder.
+    near = Path(target).resolve().parent if Path(target).is_file() else None
+    context = find_project(project_file, near=near)
     spec = resolve_spec(target, context)
     if spec.pipeline.mode == "stream":
         _fail(f"pipeline '{spec.name}' is a stream pipeline: a backfill runs batch pipelines")

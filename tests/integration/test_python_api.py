@@ -133,6 +133,26 @@ def test_sluice_run_of_a_projects_spec_from_elsewhere_uses_the_projects_state(
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(RunStore(tmp_path / "proj" / "state" / "runs.db").list()) == 1
     assert not (elsewhere / ".sluice").exists()
+    # backfill of the same spec from the same folder sees that run: nothing to do
+    plan = subprocess.run(
+        [
+            str(sluice),
+            "backfill",
+            str(spec),
+            "--from",
+            "2025-01-15",
+            "--to",
+            "2025-01-15",
+            "--dry-run",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "missing" not in plan.stdout, plan.stdout
 
 
 def test_the_examples_loaded_as_models_run_unchanged(
