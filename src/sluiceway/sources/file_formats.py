@@ -232,15 +232,20 @@ def read_csv_files(
             raise
     # Some lines end in CRLF and others in LF (files appended to by different tools): the
     # parser takes one line ending per file. Read copies with CRLF turned into LF.
+    # A CRLF inside a quoted value is kept; when the quotes cannot be followed (a quote
+    # inside a field, an escape character), every CRLF becomes LF instead.
     with tempfile.TemporaryDirectory(prefix="sluice-csv-") as folder:
-        copies = [
-            (
-                _with_lf_endings(path, compression, Path(folder) / f"{index}.csv", opts.quote),
-                display,
-            )
-            for index, (path, display) in enumerate(files)
-        ]
-        return _read_csv_files(engine, copies, "none", opts, shape)
+        for quote in (opts.quote, None):
+            copies = [
+                (_with_lf_endings(path, compression, Path(folder) / f"{i}.csv", quote), shown)
+                for i, (path, shown) in enumerate(files)
+            ]
+            try:
+                return _read_csv_files(engine, copies, "none", opts, shape)
+            except StepError:
+                if quote is None:
+                    raise
+    raise AssertionError("the last attempt returns or raises")
 
 
 def _has_mixed_endings(path: str, compression: Compression) -> bool:
@@ -255,17 +260,18 @@ def _has_mixed_endings(path: str, compression: Compression) -> bool:
     return 0 < crlf < lf
 
 
-def _with_lf_endings(path: str, compression: Compression, target: Path, quote: str) -> str:
+def _with_lf_endings(path: str, compression: Compression, target: Path, quote: str | None) -> str:
     """A copy of the file with every CRLF that ends a line as LF (line numbers do not
-    change); one inside a quoted value is part of the value and stays."""
-    mark = quote.encode()[:1] or b'"'
+    change); with `quote`, one inside a quoted value is part of the value and stays."""
+    mark = (quote or "").encode()[:1] or b"\x00"
     inside = False
     with _open(path, compression) as handle, open(target, "wb") as out:
         carry = b""
         while chunk := handle.read(8 << 20):
             data = carry + chunk
             carry = b"\r" if data.endswith(b"\r") else b""
-            parts = data[: len(data) - len(carry)].split(mark)
+            body = data[: len(data) - len(carry)]
+            parts = body.split(mark) if quote else [body]
             for index, part in enumerate(parts):
                 if index:
                     out.write(mark)

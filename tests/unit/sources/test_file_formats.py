@@ -207,6 +207,16 @@ def test_a_quoted_crlf_in_a_file_with_mixed_line_endings_stays_in_its_value(
     ]
 
 
+def test_a_mixed_ending_file_whose_quotes_cannot_be_followed_is_still_read(
+    tmp_path, read_files, fetch_rows
+):
+    path = write(tmp_path / "tv.csv", b'id,note\n1,5" screen\n2,plain\r\n3,x\n4,y\r\n5,z\n')
+
+    read = read_files(path)
+
+    assert [r["id"] for r in fetch_rows(read.table)] == ["1", "2", "3", "4", "5"]
+
+
 def test_csv_line_with_invalid_utf8_becomes_a_reject_holding_the_original_bytes(
     tmp_path, read_files, fetch_rows
 ):
