@@ -135,35 +135,61 @@ def validate(specs: tuple[str, ...]) -> None:
             f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
             f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)"
         )
-    if any(p.depends_on for p in loaded.values()):
-        problem = _dependency_problem(loaded)
-        if problem is not None:
-            failed += 1
-            _print_problems("depends_on", problem)
+    for spec, problems in _dependency_problems(loaded).items():
+        failed += 1
+        _print_problems(spec, SpecError(problems))
     sys.exit(1 if failed else 0)
 
 
-def _dependency_problem(loaded: dict[str, Any]) -> SpecError | None:
-    """Unknown names and cycles in the `depends_on` of the specs given, with the other
-    pipelines of their project (as `sluice run --all` would find them)."""
+def _dependency_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:
+    """Unknown names and cycles in the `depends_on` of the specs given (spec → problems),
+    against the other pipelines of each one's project, as `sluice run --all` would find
+    them. Specs of the project that do not load are left out, and only the specs given are
+    judged (another spec's own unknown names are its problems)."""
     from sluiceway.core.loader import load_project
     from sluiceway.core.project import find_project_file
-    from sluiceway.orchestration.graph import ProjectSpec, build_graph, load_project_specs
+    from sluiceway.core.registry import did_you_mean
+    from sluiceway.errors import SpecProblem
+    from sluiceway.orchestration.graph import find_cycle
 
-    specs: dict[str, Any] = {}
-    first = Path(next(iter(loaded))).resolve().parent
-    project_file = find_project_file(first)
-    if project_file is not None:
-        # The project's own problems are `sluice run --all`'s to report.
-        with contextlib.suppress(SpecError):
-            specs.update(load_project_specs(load_project(project_file), project_file.parent))
+    found: dict[str, list[Any]] = {}
     for path, pipeline in loaded.items():
-        specs[pipeline.pipeline] = ProjectSpec(pipeline, Path(path).resolve())
-    try:
-        build_graph(specs)
-    except SpecError as exc:
-        return exc
-    return None
+        if not pipeline.depends_on:
+            continue
+        graph: dict[str, tuple[str, ...]] = {}
+        project_file = find_project_file(Path(path).resolve().parent)
+        if project_file is not None:
+            with contextlib.suppress(SpecError):
+                project = load_project(project_file)
+                for other in project.spec_paths(project_file.parent):
+                    with contextlib.suppress(SluicewayError):
+                        model = load_spec(other)
+                        graph.setdefault(model.pipeline, tuple(model.depends_on))
+        for other_model in loaded.values():  # the specs validated together know each other
+            graph.setdefault(other_model.pipeline, tuple(other_model.depends_on))
+        graph[pipeline.pipeline] = tuple(pipeline.depends_on)
+        known = sorted(graph)
+        problems = [
+            SpecProblem(
+                f"depends_on[{index}]",
+                f"pipeline '{pipeline.pipeline}' depends on unknown pipeline '{name}' "
+                f"(pipelines in the project: {', '.join(known)}).{did_you_mean(name, known)}",
+            )
+            for index, name in enumerate(pipeline.depends_on)
+            if name not in graph
+        ]
+        cycle = find_cycle({n: [d for d in deps if d in graph] for n, deps in graph.items()})
+        if cycle and pipeline.pipeline in cycle:
+            problems.append(
+                SpecProblem(
+                    "depends_on",
+                    f"dependency cycle: {' → '.join(cycle)}; remove one of these depends_on "
+                    "entries",
+                )
+            )
+        if problems:
+            found[path] = problems
+    return found
 
 
 def _current_record(store: Any, run_id: str) -> Any:

@@ -161,6 +161,31 @@ def test_validate_reports_an_unknown_dependency_and_a_cycle(tmp_path) -> None:
     assert cycle.returncode == 1 and "dependency cycle" in cycle.stderr
 
 
+def test_validate_judges_only_the_specs_given_against_the_loadable_ones(tmp_path) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (tmp_path / "sluice.yaml").write_text("version: 1\nproject: p\npipelines: [pipelines/]\n")
+
+    def write(name: str, depends_on: list[str], source_type: str = "files") -> None:
+        spec = {
+            "version": 1,
+            "pipeline": name,
+            "depends_on": depends_on,
+            "sources": {"s": {"type": source_type, "path": "x.csv"}},
+            "sinks": [{"type": "delta", "path": f"lake/{name}"}],
+        }
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+
+    write("a", ["b"])
+    write("b", [])
+    write("c", [], source_type="filez")  # broken: not a's business
+    write("d", ["zzz"])  # d's own problem
+
+    done = sluice("validate", "pipelines/a.yaml", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+
+
 def test_validate_accepts_the_example(tmp_path) -> None:
     done = sluice("validate", str(EXAMPLE), cwd=tmp_path)
 
