@@ -138,10 +138,51 @@ def test_a_pipeline_whose_upstream_failed_for_a_date_is_not_run_for_it(tmp_path:
 
     assert "daily 2025-01-18: failed" in done.stdout
     assert "weekly 2025-01-18: skipped (upstream daily failed for 2025-01-18)" in done.stdout
+    assert "`sluice run weekly --date 2025-01-18`" in done.stdout
     assert "weekly 2025-01-18: starting" not in done.stdout
     claims = ScheduleState(tmp_path / ".sluice" / "runs.db").claims("weekly")
     assert [(c.logical_date, c.status) for c in claims] == [("2025-01-18", "upstream_failed")]
     assert not (tmp_path / "lake" / "weekly").exists()
+
+
+def test_an_upstream_date_rerun_by_hand_after_it_failed_lets_the_downstream_run(
+    tmp_path: Path,
+) -> None:
+    project = make_project(
+        tmp_path, catchup="latest", checks=[{"row_count_between": {"min_value": 10}}]
+    )
+    spec_path = tmp_path / "pipelines" / "daily.yaml"
+    downstream = {
+        "version": 1,
+        "pipeline": "weekly",
+        "depends_on": ["daily"],
+        "schedule": {"cron": "0 5 * * *", "catchup": "latest"},
+        "sources": {"daily": {"type": "delta", "path": "../lake/daily"}},
+        "sinks": [{"type": "delta", "path": "../lake/weekly", "mode": "append"}],
+    }
+    (tmp_path / "pipelines" / "weekly.yaml").write_text(yaml.safe_dump(downstream))
+    run_once(project, FIRST_SEEN)
+    failing = subprocess.run(
+        scheduler_command(project, "2025-01-18T03:00:00+00:00"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "daily 2025-01-18: failed" in failing.stdout
+    fixed = yaml.safe_load(spec_path.read_text())
+    fixed.pop("checks")
+    spec_path.write_text(yaml.safe_dump(fixed))
+    by_hand = subprocess.run(
+        [SLUICE, "run", "daily", "--date", "2025-01-18", "--project", str(project)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert by_hand.returncode == 0, by_hand.stdout + by_hand.stderr
+
+    later = run_once(project, "2025-01-18T06:00:00+00:00")
+
+    assert "weekly 2025-01-18: succeeded" in later.stdout, later.stdout
 
 
 def test_a_restarted_scheduler_resumes_from_its_last_tick(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from sluiceway.orchestration.schedule_math import (
     zone_of,
 )
 from sluiceway.orchestration.schedule_state import ACTIVE, ScheduleState
+from sluiceway.ui.data import parse_instant
 
 MIN_GRACE = timedelta(seconds=60)
 Say = Callable[[str], None]
@@ -173,7 +174,8 @@ class Scheduler:
                 self.state.mark(name, day, UPSTREAM_FAILED)
                 self.say(
                     f"{name} {day}: skipped ({why}); once it succeeds, run this date with "
-                    f"`sluice run --date {day}` or `sluice backfill --reprocess missing`"
+                    f"`sluice run {name} --date {day}` (or `sluice backfill {name} --from "
+                    f"{day} --to {day}`)"
                 )
                 outcomes.append(SlotOutcome(name, day.isoformat(), UPSTREAM_FAILED, error=why))
                 continue
@@ -185,9 +187,25 @@ class Scheduler:
         failed = []
         for dependency in self.specs[name].pipeline.depends_on:
             claim = self.state.get(dependency, day)
-            if claim is not None and claim.status not in ("succeeded", *ACTIVE):
+            if (
+                claim is not None
+                and claim.status not in ("succeeded", *ACTIVE)
+                and not self._succeeded_since(dependency, day, claim.finished_at)
+            ):
                 failed.append(dependency)
         return failed
+
+    def _succeeded_since(self, pipeline: str, day: date, since: str | None) -> bool:
+        """A run of `pipeline` for `day` succeeded after its scheduled one ended (someone
+        ran the date again by hand once it was fixed)."""
+        recent = self.store.list(pipeline=pipeline, limit=50)
+        return any(
+            r.logical_date == day.isoformat()
+            and r.status == "succeeded"
+            and not (r.details or {}).get("replay")
+            and (since is None or (parse_instant(r.started_at) or _EPOCH) >= _instant(since))
+            for r in recent
+        )
 
     def _run_one(self, name: str, slot: datetime) -> SlotOutcome:
         spec, day = self.specs[name], logical_date_of(slot)
@@ -253,3 +271,10 @@ class Scheduler:
             routes = ", ".join(f"{route}: {what}" for route, what in outcomes.items())
             lines.append(f"{alert.key}: {alert.summary} ({routes or 'no route'})")
         return lines
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _instant(text: str) -> datetime:
+    return parse_instant(text) or _EPOCH
