@@ -380,7 +380,11 @@ def test_an_incremental_source_reads_each_file_once_and_commits_its_position(tmp
     ]
 
 
-def test_a_file_changed_after_it_was_loaded_incrementally_is_said_once(tmp_path) -> None:
+def test_a_file_changed_after_it_was_loaded_incrementally_is_said_until_a_run_commits(
+    tmp_path,
+) -> None:
+    """The stamps move with the positions: the warning stops once a run has committed
+    (here, one that read a new file)."""
     spec = base_spec()
     spec["sources"]["events"]["incremental"] = True
     spec["sinks"] = [{"type": "delta", "path": "lake/orders", "mode": "append"}]
