@@ -367,7 +367,15 @@ def run(
             run_store=orchestrate.store_location_of(context, _state_dir(state_dir)),
         )
     terminated = _sigterm_interrupts()
-    result = _run_spec(pipeline, spec, day, log_format, state_dir, project=context)
+    try:
+        result = _run_spec(pipeline, spec, day, log_format, state_dir, project=context)
+    except KeyboardInterrupt:  # between two attempts of the retry policy: no run under way
+        err_console.print(
+            "interrupted while waiting to retry: the last attempt failed and is recorded; "
+            "nothing was published by it",
+            markup=False,
+        )
+        sys.exit(143 if terminated else 130)
     if log_format == "json":
         print(json.dumps(summary_data(result), default=str))
     else:

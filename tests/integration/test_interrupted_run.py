@@ -106,3 +106,45 @@ def test_ctrl_c_after_the_commit_leaves_the_run_succeeded(tmp_path: Path) -> Non
     assert DeltaTable(str(tmp_path / "lake/orders")).to_pyarrow_table().num_rows == 3
     [record] = RunStore(tmp_path / ".sluice" / "runs.db").list(pipeline="orders")
     assert record.status == "succeeded"
+
+
+FLAKY_STEP = """
+from pathlib import Path
+from sluiceway.errors import TransientError
+
+def transform(batch):
+    Path({marker!r}).write_text("failed once")
+    raise TransientError("the service is down")
+"""
+
+
+def test_sigterm_while_waiting_to_retry_exits_143_with_a_message(tmp_path: Path) -> None:
+    marker = tmp_path / "attempted"
+    (tmp_path / "sw_flaky_step.py").write_text(FLAKY_STEP.format(marker=str(marker)))
+    spec = write_pipeline(tmp_path, [{"python": {"function": "sw_flaky_step:transform"}}])
+    data = yaml.safe_load(spec.read_text())
+    data["retries"] = {"max_attempts": 3, "backoff": "30s"}
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SLUICE_HOME": str(tmp_path / ".sluice")}
+    sluice = Path(sys.executable).parent / "sluice"
+    process = subprocess.Popen(
+        [str(sluice), "run", str(spec), "--date", "2025-01-15"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the step never ran"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the failed attempt is recorded, the backoff has begun
+
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 143, (out, err)
+    assert "interrupted while waiting to retry" in err
+    assert "Aborted" not in out + err
