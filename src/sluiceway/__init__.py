@@ -53,8 +53,8 @@ def run(
             given a path, else the current folder).
         state_dir: where runs are recorded (default: the project's, else $SLUICE_HOME, else
             ./.sluice).
-        project: the project file (default: the nearest `sluice.yaml` above the spec's
-            folder, or above `base_dir` for a model).
+        project: the project file (default: the nearest `sluice.yaml` above `base_dir`
+            when given, else above the spec's folder, or the current folder for a model).
         subscribers: called with every event of the run (progress, warnings, the result),
             e.g. to log them from an orchestrator's task.
 

@@ -486,7 +486,9 @@ def _other_table_problems(pipeline: Pipeline) -> list[tuple[int, str, str]]:
     for index, check in enumerate(pipeline.checks):
         for field in ("to_table", "other_table_name"):
             name = getattr(check, field, None)
-            if not isinstance(name, str) or name in pipeline.sources or reader_for(name):
+            if not isinstance(name, str) or name in pipeline.sources:
+                continue
+            if reader_for(name) and "://" not in name:
                 continue
             hint = registry.did_you_mean(name, sources)
             problems.append(
@@ -495,7 +497,8 @@ def _other_table_problems(pipeline: Pipeline) -> list[tuple[int, str, str]]:
                     field,
                     f"unknown table '{name}'.{hint} Name a source of this pipeline (known: "
                     f"{', '.join(sources)}) or a local file path ending in "
-                    f"{', '.join(FILE_READERS)}",
+                    f"{', '.join(FILE_READERS)} (a local path: object stores are read as a "
+                    "source of the pipeline)",
                 )
             )
     return problems

@@ -322,7 +322,7 @@ def _rows_per_day(table: DeltaTable, now_ms: int) -> float | None:
     first = min((int(c["timestamp"]) for c in history), default=start)
     by_date: dict[str, int] = {}
     appended = 0
-    for commit in sorted(history, key=lambda c: int(c["timestamp"])):
+    for commit in sorted(history, key=lambda c: int(c.get("version", 0))):
         if int(commit["timestamp"]) < start or "sluice.run_id" not in commit:
             continue
         metrics = commit.get("operationMetrics") or {}

@@ -6,7 +6,8 @@ deliveries, so `max_deliveries` ends the loop by dead-lettering them. A Kafka co
 has offsets. The ledger remembers, per partition, the offsets of the batch that failed and
 how many times; the next read of those offsets carries that count as its deliveries, so the
 same `max_deliveries` rule applies. It lives in the state folder
-(`stream_state/<pipeline>/deliveries-<source>.json`) because a failed batch ends the run.
+(`stream_state/<pipeline>/deliveries-<source>-<hash of group and topics>.json`) because a
+failed batch ends the run.
 """
 
 from __future__ import annotations
