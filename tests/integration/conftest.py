@@ -186,3 +186,11 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
         return
     schema = request.getfixturevalue("schema")
     yield parse_location(f"{RUN_STORE_PG_URL}?schema={schema}", base=tmp_path)
+
+
+@pytest.fixture
+def stream(redis_bytes: redis.Redis) -> Iterator[str]:
+    """A Redis stream name of this test only, deleted afterwards."""
+    name = f"sluice-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    redis_bytes.delete(name)

@@ -49,19 +49,13 @@ def write_pipeline(tmp_path: Path, steps: list[dict[str, Any]]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_or_sigterm_before_the_commit_fails_the_run_as_interrupted(
-    tmp_path: Path, stop: signal.Signals, code: int
-) -> None:
-    """SIGTERM is what a scheduler (Airflow) sends to stop a task: it is Ctrl-C's twin."""
-    marker = tmp_path / "step-started"
-    (tmp_path / "sw_slow_step.py").write_text(SLOW_STEP.format(marker=str(marker)))
-    spec = write_pipeline(tmp_path, [{"python": {"function": "sw_slow_step:transform"}}])
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SLUICE_HOME": str(tmp_path / ".sluice")}
+def run_until(folder: Path, spec: Path, marker: Path) -> subprocess.Popen[str]:
+    """`sluice run` of `spec` in a process of its own, once its step has written `marker`."""
+    env = {**os.environ, "PYTHONPATH": str(folder), "SLUICE_HOME": str(folder / ".sluice")}
     sluice = Path(sys.executable).parent / "sluice"
     process = subprocess.Popen(
         [str(sluice), "run", str(spec), "--date", "2025-01-15"],
-        cwd=tmp_path,
+        cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -70,8 +64,20 @@ def test_ctrl_c_or_sigterm_before_the_commit_fails_the_run_as_interrupted(
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the step never started"
+        assert time.monotonic() < deadline, "the step never ran"
         time.sleep(0.05)
+    return process
+
+
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_before_the_commit_fails_the_run_as_interrupted(
+    tmp_path: Path, stop: signal.Signals, code: int
+) -> None:
+    """SIGTERM is what a scheduler (Airflow) sends to stop a task: it is Ctrl-C's twin."""
+    marker = tmp_path / "step-started"
+    (tmp_path / "sw_slow_step.py").write_text(SLOW_STEP.format(marker=str(marker)))
+    spec = write_pipeline(tmp_path, [{"python": {"function": "sw_slow_step:transform"}}])
+    process = run_until(tmp_path, spec, marker)
 
     process.send_signal(stop)
     out, err = process.communicate(timeout=60)
@@ -125,21 +131,7 @@ def test_sigterm_while_waiting_to_retry_exits_143_with_a_message(tmp_path: Path)
     data = yaml.safe_load(spec.read_text())
     data["retries"] = {"max_attempts": 3, "backoff": "30s"}
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SLUICE_HOME": str(tmp_path / ".sluice")}
-    sluice = Path(sys.executable).parent / "sluice"
-    process = subprocess.Popen(
-        [str(sluice), "run", str(spec), "--date", "2025-01-15"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the step never ran"
-        time.sleep(0.05)
+    process = run_until(tmp_path, spec, marker)
     time.sleep(1.0)  # the failed attempt is recorded, the backoff has begun
 
     process.send_signal(signal.SIGTERM)

@@ -4,8 +4,6 @@ rejected (freeze), never dropped unseen. Real Redis (`bash scripts/services/redi
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +14,6 @@ from deltalake import DeltaTable
 from .test_stream_exactly_once import finish, sluice_run, spec
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def stream(redis_bytes: redis.Redis) -> Iterator[str]:
-    name = f"sluice-test-evolution-{uuid.uuid4().hex[:10]}"
-    yield name
-    redis_bytes.delete(name)
 
 
 def with_evolution(folder: Path, stream: str, evolution: str) -> None:

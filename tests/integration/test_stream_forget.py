@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +14,6 @@ import redis
 from .test_stream_exactly_once import SLUICE, Producer, finish, landed, spec
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def stream(redis_bytes: redis.Redis) -> Iterator[str]:
-    name = f"sluice-test-forget-{uuid.uuid4().hex[:10]}"
-    yield name
-    redis_bytes.delete(name)
 
 
 def test_a_stream_goes_on_after_a_subject_is_forgotten(

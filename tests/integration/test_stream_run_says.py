@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +15,6 @@ import yaml
 from .test_stream_exactly_once import SLUICE, Producer, sluice_run, spec
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def stream(redis_bytes: redis.Redis) -> Iterator[str]:
-    name = f"sluice-test-startup-{uuid.uuid4().hex[:10]}"
-    yield name
-    redis_bytes.delete(name)
 
 
 def test_a_missing_masking_key_stops_the_stream_before_it_reads(
