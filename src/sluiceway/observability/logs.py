@@ -12,21 +12,6 @@ from typing import TextIO
 
 from sluiceway.core.events import Event, Subscriber
 
-_LEVELS = {
-    "run_failed": "error",
-    "gate_failed": "error",
-    "rows_rejected": "warning",
-    "positions_not_found": "warning",
-    "dedup_state_missing": "warning",
-    "dedup_state_unsaved": "warning",
-    "all_rows_rejected": "warning",
-    "cursor_held": "warning",
-    "columns_beyond_contract": "warning",
-    "stopped_with_lag": "warning",
-    "check_warned": "warning",
-    "nothing_replaced": "warning",
-    "files_changed_since_loaded": "warning",
-}
 WARNINGS = frozenset(
     {
         "positions_not_found",
@@ -41,6 +26,13 @@ WARNINGS = frozenset(
     }
 )
 """Events that carry a `hint` a person must read: shown on the console as they happen."""
+_LEVELS = {
+    "run_failed": "error",
+    "gate_failed": "error",
+    "rows_rejected": "warning",
+    "dedup_state_unsaved": "warning",
+    **dict.fromkeys(WARNINGS, "warning"),
+}
 _NOT_LOGGED = frozenset({"run_finished"})  # the run's summary, printed on its own
 
 

@@ -72,7 +72,10 @@ class DeliveryLedger:
 
     def failed(self, messages: pa.Table, keys: list[pa.Array] | None) -> None:
         """Count one more failed delivery of the batch `messages`."""
-        if not self.applies(messages, keys) and not self._carries_counts(messages, keys):
+        # Counted here when the broker gave none, or when this ledger set the counts (a
+        # batch it counted failed again).
+        counted_here = bool(self.entries) and keys is not None and len(keys) == 1
+        if not self.applies(messages, keys) and not counted_here:
             return
         assert keys is not None
         grouped = pa.table({"p": messages.column("partition"), "k": keys[0]}).group_by("p")
@@ -100,19 +103,11 @@ class DeliveryLedger:
         """Forget the partitions whose committed position is past what failed there (the
         batch was dead-lettered by another consumer, or the offsets were reset)."""
         stale = [
-            p
-            for p, entry in self.entries.items()
-            if p in committed
-            and _as_int(committed[p]) is not None
-            and _as_int(committed[p]) >= entry["last"]  # type: ignore[operator]
+            p for p, entry in self.entries.items() if _as_int(committed.get(p)) >= entry["last"]
         ]
         if stale:
             self.entries = {p: e for p, e in self.entries.items() if p not in stale}
             self._save()
-
-    def _carries_counts(self, messages: pa.Table, keys: list[pa.Array] | None) -> bool:
-        """Counts this ledger set (a batch it counted failed again)."""
-        return bool(self.entries) and keys is not None and len(keys) == 1
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +117,9 @@ class DeliveryLedger:
         os.replace(temporary, self.path)
 
 
-def _as_int(value: Any) -> int | None:
+def _as_int(value: Any) -> int:
+    """An offset as a number; -1 (before every offset) when there is none."""
     try:
         return int(value)
     except (TypeError, ValueError):
-        return None
+        return -1
