@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 _UNITS = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _SHORT = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|[wdhms]))+")
@@ -42,3 +42,20 @@ def parse_duration(text: str, *, what: str = "duration", allow_zero: bool = Fals
             "'1d', '1d12h' or ISO 8601 'PT2H'" + (" ('0s' for none)" if allow_zero else "")
         )
     return timedelta(seconds=seconds)
+
+
+def parse_instant(text: str | None) -> datetime | None:
+    """A compact ('20250115T020000') or ISO timestamp as UTC (naive means UTC).
+
+    Returns:
+        The instant, or None for an empty or unreadable text.
+    """
+    if not text:
+        return None
+    for parse in (lambda t: datetime.strptime(t[:15], "%Y%m%dT%H%M%S"), datetime.fromisoformat):
+        try:
+            instant = parse(text)
+        except ValueError:
+            continue
+        return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+    return None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from sluiceway.core.durations import parse_instant
 from sluiceway.core.events import Event
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.store_db import resolve_location
@@ -38,7 +39,6 @@ from sluiceway.orchestration.schedule_math import (
     zone_of,
 )
 from sluiceway.orchestration.schedule_state import ACTIVE, ScheduleState
-from sluiceway.ui.data import parse_instant
 
 MIN_GRACE = timedelta(seconds=60)
 Say = Callable[[str], None]

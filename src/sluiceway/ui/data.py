@@ -12,10 +12,11 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sluiceway.core.durations import parse_instant
 from sluiceway.core.runstore import RUN_METRICS
 from sluiceway.core.store_db import (
     NOT_A_REPLAY,
@@ -79,23 +80,6 @@ class PipelineState:
     runs: int
     last: RunRow | None
     last_success: RunRow | None
-
-
-def parse_instant(text: str | None) -> datetime | None:
-    """A compact ('20250115T020000') or ISO timestamp as UTC (naive means UTC).
-
-    Returns:
-        The instant, or None for an empty or unreadable text.
-    """
-    if not text:
-        return None
-    for parse in (lambda t: datetime.strptime(t[:15], "%Y%m%dT%H%M%S"), datetime.fromisoformat):
-        try:
-            instant = parse(text)
-        except ValueError:
-            continue
-        return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
-    return None
 
 
 class StoreReader:
