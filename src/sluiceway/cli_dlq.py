@@ -45,15 +45,18 @@ def _where(row: dict[str, Any]) -> str:
     default="table",
     help="json: one JSON object per dead letter per line (NDJSON; none: no output).",
 )
-@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+@click.option(
+    "--state-dir",
+    help="Where runs are recorded (default: the spec's project's state_dir, else "
+    "$SLUICE_HOME or ./.sluice).",
+)
 def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | None) -> None:
     """List dead-letter rows of a pipeline (PII masked; raw payloads never shown)."""
     cli = _cli()
     try:
         pipeline = load_spec(spec)
-        options = RunOptions(
-            base_dir=Path(spec).resolve().parent, state_dir=cli._state_dir(state_dir)
-        )
+        state, _ = _state_of(spec, state_dir)
+        options = RunOptions(base_dir=Path(spec).resolve().parent, state_dir=state)
         table = dead_letter_table(pipeline, options)
         letters = table.read(pipeline=pipeline.pipeline, run_id=run_id)
     except SluicewayError as exc:
@@ -99,16 +102,22 @@ def dlq(spec: str, run_id: str | None, limit: int, fmt: str, state_dir: str | No
     type=click.DateTime(["%Y-%m-%d"]),
     help="Logical date of the replay run (default: the date of the run replayed).",
 )
-@click.option("--state-dir", help="Where runs are recorded (default: $SLUICE_HOME or ./.sluice).")
+@click.option(
+    "--state-dir",
+    help="Where runs are recorded (default: the spec's project's state_dir, else "
+    "$SLUICE_HOME or ./.sluice).",
+)
 def replay(spec: str, run_id: str, run_date: Any, state_dir: str | None) -> None:
     """Send a run's dead letters back through the pipeline after the spec was fixed."""
     cli = _cli()
-    options = RunOptions(
-        logical_date=run_date.date() if run_date else None,
-        base_dir=Path(spec).resolve().parent,
-        state_dir=cli._state_dir(state_dir),
-    )
     try:
+        state, store = _state_of(spec, state_dir)
+        options = RunOptions(
+            logical_date=run_date.date() if run_date else None,
+            base_dir=Path(spec).resolve().parent,
+            state_dir=state,
+            run_store=store,
+        )
         outcome = replay_run(load_spec(spec), run_id, options)
     except SluicewayError as exc:
         cli._fail(str(exc))
@@ -174,3 +183,13 @@ def demo(workdir: str, rows: int) -> None:
         f"      sluice report --state-dir {target / '.sluice'} --open"
     )
     sys.exit(0 if result.ok else 1)
+
+
+def _state_of(spec: str, state_dir: str | None) -> tuple[Path, Any]:
+    """The state folder and run store of `spec`'s runs: --state-dir, else its project's
+    (found from the spec's folder, as `sluice run SPEC` finds it), else the default."""
+    from sluiceway import cli_orchestrate as orchestrate
+
+    context = orchestrate.find_project(None, near=Path(spec).resolve().parent)
+    state = Path(_cli()._state_dir(orchestrate.state_dir_of(context, state_dir)))
+    return state, orchestrate.store_location_of(context, state)

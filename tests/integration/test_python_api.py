@@ -4,6 +4,7 @@ loader's rules for a model built in Python."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +169,35 @@ def test_the_examples_loaded_as_models_run_unchanged(
 
     assert result.status == "failed"  # no data in tmp_path: the run starts and says so
     assert "no file matches" in (result.error or "")
+
+
+def test_dlq_and_replay_of_a_projects_spec_use_the_projects_state_folder(
+    tmp_path: Path,
+) -> None:
+    contract = {"columns": {"id": {"type": "integer"}, "amount": {"type": "double", "min": 1}}}
+    spec = write_project(tmp_path / "proj")
+    data = yaml.safe_load(spec.read_text())
+    data["sources"]["orders"]["contract"] = contract  # 0.5 breaks min: 1
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    sluice = Path(sys.executable).parent / "sluice"
+    env = {k: v for k, v in os.environ.items() if k not in ("SLUICE_HOME", "SLUICE_RUN_STORE")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(sluice), *args],
+            cwd=tmp_path / "proj",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ran = run("run", str(spec), "--date", "2025-01-15", "--log-format", "json")
+    run_id = json.loads(ran.stdout.strip().splitlines()[-1])["run_id"]
+    listed = run("dlq", str(spec), "--format", "json")
+    replayed = run("replay", str(spec), "--run", run_id)
+
+    assert (tmp_path / "proj" / "state" / "dead_letter").is_dir()
+    assert [json.loads(line)["run_id"] for line in listed.stdout.splitlines()] == [run_id]
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "replayed 1 dead letter(s): 0 passed" in replayed.stdout
