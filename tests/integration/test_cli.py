@@ -110,7 +110,8 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_json(project: Path) -> dict[str, object]:
+def run_logged(project: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    """`sluice run` of the project's spec with JSON logs: the process and its summary."""
     done = sluice(
         "run",
         "pipeline.yaml",
@@ -122,8 +123,13 @@ def run_json(project: Path) -> dict[str, object]:
         ".sluice",
         cwd=project,
     )
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_json(project: Path) -> dict[str, object]:
+    done, summary = run_logged(project)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return summary
 
 
 def test_validate_reports_each_problem_with_file_line_and_a_suggestion(tmp_path) -> None:
@@ -246,18 +252,7 @@ def test_a_run_that_published_nothing_shows_no_rows_written(project) -> None:
     spec = yaml.safe_load((project / "pipeline.yaml").read_text())
     spec["checks"] = [{"row_count_between": {"max_value": 1}}]  # fails: nothing is published
     (project / "pipeline.yaml").write_text(yaml.safe_dump(spec))
-    done = sluice(
-        "run",
-        "pipeline.yaml",
-        "--date",
-        "2025-01-15",
-        "--log-format",
-        "json",
-        "--state-dir",
-        ".sluice",
-        cwd=project,
-    )
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    done, summary = run_logged(project)
 
     listed = sluice("runs", "--state-dir", ".sluice", cwd=project, columns=120)
 

@@ -406,6 +406,17 @@ def test_the_masked_forms_are_the_values_the_runner_stored(lake: Lake) -> None:
     assert note is not None and "hmac" in note
 
 
+def run_once(root: Path, spec_data: dict[str, Any], rows: str) -> tuple[Path, Path, Any]:
+    """Write the spec and one day's events under `root`, run it: (spec, state, result)."""
+    (root / "data").mkdir(parents=True)
+    spec = root / "pipeline.yaml"
+    spec.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+    (root / "data" / "events.csv").write_text(HEADER + rows)
+    state = root / ".sluice"
+    options = RunOptions(logical_date=DAYS[0], base_dir=root, state_dir=state, environ=KEYS)
+    return spec, state, run_pipeline(load_spec(spec), options)
+
+
 def gated_spec() -> dict[str, Any]:
     """bronze with PII (so raw payloads are encrypted) and a pass rate its input misses."""
     spec = bronze_spec()
@@ -422,19 +433,15 @@ def test_forget_erases_unparseable_lines_and_dead_letters_of_a_run_that_publishe
     """A malformed CSV line's raw payload is encrypted text, not JSON: it is decrypted and
     searched for the subject as a whole token. The run failed its gate, so no sink table
     exists: the dead letters are still erased."""
-    root = tmp_path / "gated"
-    (root / "data").mkdir(parents=True)
-    spec = root / "pipeline.yaml"
-    spec.write_text(yaml.safe_dump(gated_spec(), sort_keys=False))
-    (root / "data" / "events.csv").write_text(
-        HEADER
-        + f"e1,{SUBJECT},{SUBJECT_EMAIL},10,2025-04-01,extra\n"  # unparseable: one field too many
+    spec, state, result = run_once(
+        tmp_path / "gated",
+        gated_spec(),
+        f"e1,{SUBJECT},{SUBJECT_EMAIL},10,2025-04-01,extra\n"  # unparseable: one field too many
         + f"e2,{SUBJECT}0,x@example.com,-1,2025-04-01\n"  # someone else: u902104170
-        + "e3,u1001,bob@example.com,3,2025-04-01\n"
+        + "e3,u1001,bob@example.com,3,2025-04-01\n",
     )
-    state = root / ".sluice"
-    options = RunOptions(logical_date=DAYS[0], base_dir=root, state_dir=state, environ=KEYS)
-    assert run_pipeline(load_spec(spec), options).status == "failed"
+    assert result.status == "failed"
+    root = spec.parent
     letters = root / "lake" / "dead_letter"
     assert DeltaTable(str(letters)).to_pyarrow_table().num_rows == 2
     assert not (root / "lake" / "bronze").exists()
@@ -465,16 +472,9 @@ def test_forget_erases_unparseable_lines_and_dead_letters_of_a_run_that_publishe
 def test_a_dry_run_shows_what_would_stop_the_real_one(
     tmp_path: Path, sluice: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "gated"
-    (root / "data").mkdir(parents=True)
-    spec = root / "pipeline.yaml"
-    spec.write_text(yaml.safe_dump(gated_spec(), sort_keys=False))
-    (root / "data" / "events.csv").write_text(
-        HEADER + f"e1,{SUBJECT},{SUBJECT_EMAIL},-1,2025-04-01\n"
+    spec, state, _ = run_once(
+        tmp_path / "gated", gated_spec(), f"e1,{SUBJECT},{SUBJECT_EMAIL},-1,2025-04-01\n"
     )
-    state = root / ".sluice"
-    options = RunOptions(logical_date=DAYS[0], base_dir=root, state_dir=state, environ=KEYS)
-    run_pipeline(load_spec(spec), options)
     monkeypatch.setenv("SLUICE_ENCRYPTION_KEY", "cd" * 32)  # not the key the run used
 
     result = sluice(
@@ -494,17 +494,10 @@ def test_a_dry_run_shows_what_would_stop_the_real_one(
 def test_forget_erases_the_subject_from_the_staged_result_a_failed_gate_kept(
     tmp_path: Path, sluice: Callable[..., Any]
 ) -> None:
-    root = tmp_path / "gated"
-    (root / "data").mkdir(parents=True)
     spec_data = bronze_spec()
     spec_data["sources"]["events"].pop("incremental")
     spec_data["checks"] = [{"row_count_between": {"max_value": 1}}]
-    spec = root / "pipeline.yaml"
-    spec.write_text(yaml.safe_dump(spec_data, sort_keys=False))
-    (root / "data" / "events.csv").write_text(HEADER + "\n".join(DAY_ROWS[0]) + "\n")
-    state = root / ".sluice"
-    options = RunOptions(logical_date=DAYS[0], base_dir=root, state_dir=state, environ=KEYS)
-    result = run_pipeline(load_spec(spec), options)
+    spec, state, result = run_once(tmp_path / "gated", spec_data, "\n".join(DAY_ROWS[0]) + "\n")
     assert result.status == "failed" and result.staged_path
     staged = Path(result.staged_path) / "staged.parquet"
     assert SUBJECT in pq.read_table(staged)["user_id"].to_pylist()
