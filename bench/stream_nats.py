@@ -1,12 +1,14 @@
 """Benchmark: the clickstream_stream example on 1M events from NATS JetStream.
 
-The same events, spec and measures as `bench/stream_redis.py` (backlog mode). Only the
-source differs: the example's `redis_streams` source is replaced by a `nats` source on a
-fresh JetStream stream (file storage). The enrichment hashes stay in Redis. The plain
-consumer here is nats-py: a pull subscription that fetches `--raw-count` messages and acks
-each one.
+The same events, spec and measures as `bench/stream_redis.py`, in its two modes: backlog
+(fill the stream, then run: throughput) and live (run while a producer process publishes at
+`--rate`: end-to-end latency). Only the source differs: the example's `redis_streams`
+source is replaced by a `nats` source on a fresh JetStream stream (file storage). The
+enrichment hashes stay in Redis. The plain consumer here is nats-py: a pull subscription
+that fetches `--raw-count` messages and acks each one.
 
     .venv/bin/python bench/stream_nats.py                  # 1M events
+    .venv/bin/python bench/stream_nats.py --mode live --rate 50000
     .venv/bin/python bench/stream_nats.py --events 300000 --profile
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -61,22 +64,57 @@ def write_spec(workdir: Path, *, url: str, stream: str, subject: str) -> None:
     (workdir / "pipeline.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-async def fill(url: str, stream: str, subject: str, payloads: list[bytes]) -> float:
-    """Create the stream and publish every payload (core publish, flushed); events/s."""
+async def create(url: str, stream: str, subject: str) -> None:
     nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name=stream, subjects=[subject], storage=StorageType.FILE))
-    started = time.perf_counter()
-    for i, payload in enumerate(payloads, 1):
-        await nc.publish(subject, payload)
-        if i % PUBLISH_FLUSH_EVERY == 0:
+    await nc.jetstream().add_stream(
+        StreamConfig(name=stream, subjects=[subject], storage=StorageType.FILE)
+    )
+    await nc.close()
+
+
+async def publish(nc: nats.NATS, subject: str, payloads: list[bytes], rate: float = 0.0) -> None:
+    """Core publish of every payload, flushed every `PUBLISH_FLUSH_EVERY` (or every 20th of
+    a second's worth at `rate` events/s, sleeping so that the rate holds on average)."""
+    sent = 0
+    for size in bench.produce.chunks(len(payloads), rate):
+        for payload in payloads[sent : sent + size]:
+            await nc.publish(subject, payload)
+        sent += size
+        if rate > 0 or sent % PUBLISH_FLUSH_EVERY < size:
             await nc.flush()
     await nc.flush()
+
+
+async def fill(url: str, stream: str, subject: str, payloads: list[bytes]) -> float:
+    """Create the stream and publish every payload; events/s until JetStream holds them."""
+    await create(url, stream, subject)
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    started = time.perf_counter()
+    await publish(nc, subject, payloads)
     while (await js.stream_info(stream)).state.messages < len(payloads):
         await asyncio.sleep(0.05)
     seconds = time.perf_counter() - started
     await nc.close()
     return len(payloads) / seconds
+
+
+def send_at_rate(url: str, subject: str, payloads: list[bytes], rate: float) -> None:
+    """The live producer: runs in a forked process, so it has a core of its own."""
+
+    async def send() -> None:
+        nc = await nats.connect(url)
+        await publish(nc, subject, payloads, rate)
+        await nc.close()
+
+    started = time.perf_counter()
+    asyncio.run(send())
+    seconds = time.perf_counter() - started
+    print(
+        f"producer: {len(payloads):,} events in {seconds:.1f} s, {len(payloads) / seconds:,.0f}/s"
+    )
+    sys.stdout.flush()
+    os._exit(0)  # no finalizers: they would close the parent's connections
 
 
 async def raw_rate(url: str, stream: str, subject: str, count: int, total: int) -> tuple:
@@ -114,6 +152,14 @@ async def delete_stream(url: str, stream: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--mode",
+        choices=("backlog", "live"),
+        default="backlog",
+        help="backlog: fill the stream, then run (throughput); live: run while a producer "
+        "process publishes at --rate (latency)",
+    )
+    parser.add_argument("--rate", type=float, default=50_000, help="live: events/s published")
     parser.add_argument("--batch-rows", type=int, default=200_000, help="stream.max_batch_rows")
     parser.add_argument("--batch-seconds", type=float, default=1.0)
     parser.add_argument("--raw-count", type=int, default=10_000, help="batch of the raw fetch")
@@ -129,7 +175,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.mode = "backlog"
     client = redis.Redis.from_url(args.url)
     try:
         client.ping()
@@ -153,22 +198,38 @@ def main(argv: list[str] | None = None) -> int:
         "SLUICE_ENCRYPTION_KEY": os.environ.get("SLUICE_ENCRYPTION_KEY") or secrets.token_hex(32),
         "BENCH_IDLE_EXIT": "3",
     }
-    print(f"JetStream stream {stream}, {args.events:,} events, workdir {args.workdir}")
+    print(
+        f"JetStream stream {stream}, {args.events:,} events, mode {args.mode}, "
+        f"workdir {args.workdir}"
+    )
     bench.produce.load_hashes(client, users=10_000, products=2_000)
     payloads, kinds = bench.generate(args.events, defects=args.defects, seed=args.seed)
     try:
         try:
-            rate = asyncio.run(fill(args.nats_url, stream, subject, payloads))
+            if args.mode == "backlog":
+                rate = asyncio.run(fill(args.nats_url, stream, subject, payloads))
+                print(f"published {rate:,.0f} events/s")
+            else:
+                asyncio.run(create(args.nats_url, stream, subject))
         except (OSError, nats.errors.NoServersError) as exc:
             raise SystemExit(
                 f"NATS not reachable at {args.nats_url} ({exc}): start it with "
                 "`bash scripts/services/nats.sh`"
             ) from exc
-        print(f"published {rate:,.0f} events/s")
-        raw, enqueued = asyncio.run(
-            raw_rate(args.nats_url, stream, subject, args.raw_count, args.events)
-        )
-        run = bench.run_sluice(args.workdir, env, profile=args.profile)
+        if args.mode == "backlog":
+            raw, enqueued = asyncio.run(
+                raw_rate(args.nats_url, stream, subject, args.raw_count, args.events)
+            )
+            run = bench.run_sluice(args.workdir, env, profile=args.profile)
+        else:
+            sender = multiprocessing.get_context("fork").Process(
+                target=send_at_rate, args=(args.nats_url, subject, payloads, args.rate)
+            )
+            run = bench.run_sluice(args.workdir, env, profile=args.profile, on_ready=sender.start)
+            sender.join()
+            raw, enqueued = asyncio.run(
+                raw_rate(args.nats_url, stream, subject, args.raw_count, args.events)
+            )
         run.extra["latencies"] = bench.e2e_latencies(run.batches, enqueued)
         ok = bench.report(args, run, raw, kinds, raw_label="raw nats-py fetch+ack")
         if args.profile:
