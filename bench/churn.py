@@ -7,7 +7,9 @@ measured). Then, each in a fresh subprocess: sluiceway runs the example's spec u
 partitioned by feature_date, dead letters); the reference is one DuckDB SQL job over the
 Parquet exports computing the same features (same validity rules, same HMAC, same checks)
 into partitioned Parquet. Prints both times, the ratio (goal: at most 1.5×) and verifies
-that the two outputs hold the same rows.
+that the two outputs hold the same rows. In the same runs it times the floor of the
+example's extract: `psql` copying the two PostgreSQL tables out in binary into /dev/null
+(no Python, nothing kept), which bounds what any reader of those tables can do.
 
     .venv/bin/python bench/churn.py --customers 1000000 --repeat 3
 """
@@ -442,12 +444,33 @@ def compare_outputs(workdir: Path, lake: str) -> tuple[int, int, int]:
     return int(count[0]) if count else 0, int(only[0][0]), int(only[1][0])  # type: ignore[index]
 
 
+def extract_floor(args: argparse.Namespace) -> float:
+    """Seconds `psql` takes to COPY the example's two PostgreSQL tables out in binary into
+    /dev/null: what reading them costs before any client does anything with the rows."""
+    started = time.perf_counter()
+    for table in ("customers", "transactions"):
+        subprocess.run(
+            [
+                "psql",
+                args.dsn,
+                "-qAt",
+                "-c",
+                f"COPY {args.schema}.{table} TO STDOUT (FORMAT binary)",
+            ],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+    return time.perf_counter() - started
+
+
 def median_of(runs: list[Measurement], role: str) -> Measurement:
     mine = sorted((m for m in runs if m.role == role), key=lambda m: m.seconds)
     return mine[(len(mine) - 1) // 2]
 
 
-def report(runs: list[Measurement], customers: int, export: tuple[float, float]) -> None:
+def report(
+    runs: list[Measurement], customers: int, export: tuple[float, float], floors: list[float]
+) -> None:
     """Print the figures of the median runs and the ratios."""
     ours, ref = median_of(runs, "sluiceway"), median_of(runs, "reference")
     on_parquet = median_of(runs, "sluiceway-parquet")
@@ -470,6 +493,14 @@ def report(runs: list[Measurement], customers: int, export: tuple[float, float])
     )
     print(
         f"ratio sluiceway on the Parquet exports/reference: {on_parquet.seconds / ref.seconds:.2f}x"
+    )
+    floor = sorted(floors)[(len(floors) - 1) // 2]
+    bound = floor / ref.seconds
+    print(
+        f"extract floor (psql binary COPY of customers and transactions into /dev/null): "
+        f"{floor:.2f}s median ({', '.join(f'{f:.2f}' for f in floors)}); floor/reference: "
+        f"{bound:.2f}x"
+        + (f", above the {GOAL}x goal before any row is used" if bound > GOAL else "")
     )
     all_in = ref.seconds + sum(export)
     print(
@@ -499,7 +530,10 @@ def run_bench(args: argparse.Namespace) -> None:
         "SLUICE_ENCRYPTION_KEY": os.environ.get("SLUICE_ENCRYPTION_KEY", secrets.token_hex(32)),
     }
     runs: list[Measurement] = []
+    floors: list[float] = []
     for attempt in range(1, args.repeat + 1):
+        floors.append(extract_floor(args))
+        print(f"run {attempt} extract floor: {floors[-1]:.2f}s", flush=True)
         for role in ROLES:
             runs.append(run_child(role, args, env))
             print(
@@ -515,7 +549,7 @@ def run_bench(args: argparse.Namespace) -> None:
         )
         if only_ours or only_ref or rows != runs[-1].rows_written:
             raise SystemExit("the outputs differ")
-    report(runs, args.customers, export)
+    report(runs, args.customers, export, floors)
 
 
 def main(argv: list[str] | None = None) -> None:
