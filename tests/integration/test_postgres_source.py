@@ -16,6 +16,7 @@ import yaml
 from deltalake import DeltaTable
 from pydantic import ValidationError
 
+from sluiceway.checks import contract as contract_mod
 from sluiceway.core.context import RunContext
 from sluiceway.core.loader import load_spec
 from sluiceway.core.runner import RunOptions, run_pipeline
@@ -418,3 +419,84 @@ def test_an_incremental_pipeline_into_delta_equals_the_source_after_two_runs(
     assert second.accounting.is_balanced
     assert lake_rows(tmp_path) == source_rows(pg, table)
     assert len(source_rows(pg, table)) == 102
+
+
+def test_a_full_read_applies_the_contract_as_it_loads_and_dead_letters_the_breaking_rows(
+    pg, schema, tmp_path, monkeypatch
+) -> None:
+    table = f"{schema}.payments"
+    pg.execute(f"CREATE TABLE {table} (id int, Amount numeric(8, 2), note text)")
+    pg.execute(
+        f"INSERT INTO {table} VALUES (1, 10.50, 'ok'), (2, -3.00, 'refund?'), (NULL, 1.00, 'x'), "
+        "(4, NULL, 'no amount'), (5, 999999.99, 'big')"
+    )
+    spec = {
+        "version": 1,
+        "pipeline": "pg_payments",
+        "sources": {
+            "payments": {
+                "type": "postgres",
+                **PG,
+                "table": table,
+                "contract": {
+                    "columns": {
+                        "id": {"type": "bigint", "nullable": False},
+                        "amount": {"type": "decimal", "precision": 8, "scale": 2, "min": 0},
+                    },
+                    "evolution": "evolve",
+                },
+            }
+        },
+        "sinks": [{"type": "delta", "path": "lake/payments"}],
+        "dead_letter": {"path": "lake/dead_letter"},
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    options = RunOptions(
+        logical_date=date(2025, 1, 15), base_dir=tmp_path, state_dir=tmp_path / ".sluice"
+    )
+
+    def second_pass(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the contract ran as a pass of its own over the loaded rows")
+
+    monkeypatch.setattr(contract_mod, "apply_contract", second_pass)
+
+    result = run_pipeline(load_spec(tmp_path / "pipeline.yaml"), options)
+
+    assert result.ok, result.error
+    assert result.accounting.to_dict()["rows_in"] == 5
+    assert (result.accounting.rows_written, result.accounting.rows_rejected) == (3, 2)
+    landed = DeltaTable(str(tmp_path / "lake" / "payments")).to_pyarrow_table().to_pylist()
+    assert sorted((r["id"], r["amount"], r["note"]) for r in landed) == [
+        (1, Decimal("10.50"), "ok"),
+        (4, None, "no amount"),
+        (5, Decimal("999999.99"), "big"),
+    ]
+    dead = DeltaTable(str(tmp_path / "lake" / "dead_letter")).to_pyarrow_table().to_pylist()
+    reasons = {
+        json.loads(r["payload"])["note"]: (
+            r["row"],
+            [(e["rule"], e["column"]) for e in r["errors"]],
+        )
+        for r in dead
+    }
+    assert reasons == {"refund?": (2, [("min", "amount")]), "x": (3, [("not_null", "id")])}
+
+
+def test_an_incremental_read_keeps_its_own_types_and_leaves_the_contract_to_the_runner(
+    pg, schema, ctx
+) -> None:
+    pg.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at timestamptz NOT NULL)")
+    pg.execute(f"INSERT INTO {schema}.ev VALUES (1, '2024-01-01 00:00+00')")
+    shape_calls: list[str] = []
+
+    def shape(relation: str, columns: list[str]) -> str:
+        shape_calls.append(relation)
+        return f"SELECT * FROM {relation}"
+
+    config = {"mode": "incremental", "cursor": "at", "primary_key": ["id"]}
+    incremental = source(table=f"{schema}.ev", **config).read(ctx, "ev", position=None, shape=shape)
+    full = source(table=f"{schema}.ev").read(ctx, "ev_full", position=None, shape=shape)
+
+    assert not incremental.is_shaped and full.is_shaped
+    assert len(shape_calls) == 1
+    assert incremental.position["last_value"].startswith("2024-01-01 00:00:00")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from sluiceway.core.context import META_COLUMNS, ROW_ERRORS, ROW_FILE, ROW_NUMBER
+from sluiceway.core.context import META_COLUMNS, ROW_ERRORS, ROW_FILE, ROW_NUMBER, Shape
 from sluiceway.core.spec import ColumnContract, Contract
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.masking.ip import IPV6_PATTERN
@@ -262,7 +262,6 @@ def _rule_struct(rule: Rule) -> str:
     )
 
 
-Shape = Callable[[str, list[str]], str]
 FLAG_COLUMNS = ("__sw_bad", "__sw_warn", "__sw_errors", "__sw_payload", "__sw_raw")
 
 

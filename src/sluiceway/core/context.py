@@ -66,6 +66,11 @@ class RunContext:
         return str(p if p.is_absolute() else (self.base_dir / p).resolve())
 
 
+Shape = Callable[[str, list[str]], str]
+"""A query shape: (relation SQL, its columns) → the SELECT that reshapes it, such as the
+contract's flagging query, which a source can run in the statement that loads its rows."""
+
+
 @dataclass
 class SourceRead:
     """What a source hands to the runner.

@@ -20,12 +20,11 @@ from typing import Literal
 import pyarrow as pa
 import zstandard
 
-from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER
+from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, Shape
 from sluiceway.engines.duckdb import DuckDBEngine, quote_ident, quote_literal
 from sluiceway.errors import SourceError, StepError
 
 Format = Literal["csv", "ndjson", "json", "parquet", "avro"]
-Shape = Callable[[str, list[str]], str]
 Compression = Literal["none", "gzip", "zstd"]
 
 _EXTENSIONS: dict[str, Format] = {

@@ -24,7 +24,14 @@ from pydantic import Field, field_validator, model_validator
 
 from sluiceway.connectors import postgres as pgc
 from sluiceway.core import registry
-from sluiceway.core.context import PARSE_REJECT_SCHEMA, ROW_FILE, ROW_NUMBER, RunContext, SourceRead
+from sluiceway.core.context import (
+    PARSE_REJECT_SCHEMA,
+    ROW_FILE,
+    ROW_NUMBER,
+    RunContext,
+    Shape,
+    SourceRead,
+)
 from sluiceway.core.durations import parse_duration
 from sluiceway.core.spec import SourceConfig
 from sluiceway.engines.duckdb import quote_ident, quote_literal
@@ -106,8 +113,21 @@ class PostgresSource:
     def __init__(self, config: PostgresSourceConfig) -> None:
         self.config = config
 
-    def read(self, ctx: RunContext, name: str, *, position: dict[str, Any] | None) -> SourceRead:
+    def read(
+        self,
+        ctx: RunContext,
+        name: str,
+        *,
+        position: dict[str, Any] | None,
+        shape: Shape | None = None,
+    ) -> SourceRead:
         """Read the table or query (in incremental mode, the rows from the position on).
+
+        A full read applies `shape` (the contract's flagging query) in the statement that
+        loads the rows, so the contract costs no pass of its own over them. An incremental
+        read loads the rows as PostgreSQL typed them and leaves the contract to the runner:
+        its deduplication on the primary key and its high-water mark read the cursor in its
+        own type, whatever the contract casts it to (or leaves out).
 
         Raises:
             TransientError: the server cannot be reached.
@@ -118,8 +138,10 @@ class PostgresSource:
         since = self._since(position)
         sql = self._select(since)
         table = ctx.engine.new_name(f"src_{name}")
+        if self.config.mode == "incremental":
+            shape = None
         with pgc.connect(self.config, role=f"source {name}") as conn:
-            schema = self._load(ctx, conn, name, sql, table)
+            schema = self._load(ctx, conn, name, sql, table, shape)
         deduplicated = self._dedup(ctx, table)
         rows = ctx.engine.count(table)
         if deduplicated:
@@ -131,6 +153,7 @@ class PostgresSource:
             position=self._position(ctx, table, schema, since),
             typed=True,
             fingerprint=self._fingerprint(ctx, table, sql, rows),
+            is_shaped=shape is not None,
         )
 
     def _since(self, position: dict[str, Any] | None) -> dict[str, str] | None:
@@ -154,8 +177,11 @@ class PostgresSource:
             f"SELECT * FROM ({base}) AS sw_q WHERE sw_q.{pgc.quote_pg_ident(cfg.cursor)} >= {bound}"
         )
 
-    def _load(self, ctx: RunContext, conn: Any, name: str, sql: str, table: str) -> pa.Schema:
-        """Stream the query's rows into DuckDB table `table`; returns the Arrow schema."""
+    def _load(
+        self, ctx: RunContext, conn: Any, name: str, sql: str, table: str, shape: Shape | None
+    ) -> pa.Schema:
+        """Stream the query's rows into DuckDB table `table`, through `shape` when given;
+        returns the Arrow schema."""
         cursor = conn.cursor()
         cursor.adbc_statement.set_options(
             **{"adbc.postgresql.batch_size_hint_bytes": str(self.config.chunk_bytes)}
@@ -170,13 +196,14 @@ class PostgresSource:
         self._check_named_columns(name, reader.schema.names)
         view = f"__pg_{table}"
         ctx.engine.con.register(view, stream.reader())
+        select = (
+            f"SELECT {', '.join(columns)}, {quote_literal(self.config.label())} AS {ROW_FILE}, "
+            f"{ROW_NUMBER} FROM {quote_ident(view)}"
+        )
+        if shape is not None:
+            select = shape(f"({select})", [*reader.schema.names, ROW_FILE, ROW_NUMBER])
         try:
-            ctx.engine.create_table(
-                table,
-                f"SELECT {', '.join(columns)}, {quote_literal(self.config.label())} AS {ROW_FILE}, "
-                f"{ROW_NUMBER} FROM {quote_ident(view)}",
-                purpose=f"load postgres source {name}",
-            )
+            ctx.engine.create_table(table, select, purpose=f"load postgres source {name}")
         except StepError as exc:
             if stream.failure is not None:
                 raise self._error(name, stream.failure, "stream the rows") from None
@@ -257,8 +284,9 @@ class PostgresSource:
 
     @staticmethod
     def _fingerprint(ctx: RunContext, table: str, sql: str, rows: int) -> str:
-        """The query and a hash of every value read: same rows → same fingerprint."""
-        columns = [c for c, _ in ctx.engine.columns(table) if c not in (ROW_FILE, ROW_NUMBER)]
+        """The query and a hash of every value read: same rows → same fingerprint. Only the
+        row's own columns count: not its number, nor the contract's flags when shaped."""
+        columns = [c for c, _ in ctx.engine.columns(table) if not c.startswith("__sw_")]
         content = "0"
         if columns and rows:
             (content,) = ctx.engine.fetch_one(
