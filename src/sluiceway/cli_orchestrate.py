@@ -7,6 +7,7 @@ the project lookup and the pipeline resolution used by both commands live here.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from datetime import date, datetime
@@ -216,12 +217,14 @@ def run_many(
             warn=lambda m: err.print(f"[yellow]{escape(m)}[/]"),
         )
 
+    stop = _stop_on_sigterm()
     outcomes = run_graph(
         graph.depends_on,
         names,
         run_one,
         workers=workers or context.project.max_workers,
         on_outcome=None if log_format == "json" else _print_outcome,
+        stop=stop,
     )
     reason = "stream pipeline: it runs continuously; start it with `sluice run NAME`"
     ordered = [outcomes[n] for wave in waves(graph.depends_on, names) for n in wave]
@@ -230,7 +233,24 @@ def run_many(
         print(json.dumps([_outcome_data(o) for o in ordered], default=str))
     else:
         _cli().console.print(summary_table(ordered))
-    sys.exit(1 if any(o.status == "failed" for o in ordered) else 0)
+    sys.exit(143 if stop.is_set() else 1 if any(o.status == "failed" for o in ordered) else 0)
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """SIGTERM (what a scheduler or a service manager sends to stop a task) stops the
+    project run as the scheduler stops: the running pipelines finish (each publishes or not,
+    as a whole), none starts after it, and the command exits 143 (128 + SIGTERM)."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            _cli().err_console.print(
+                "SIGTERM: finishing the running pipelines; no other starts", markup=False
+            )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
 
 
 def _print_outcome(outcome: Outcome) -> None:

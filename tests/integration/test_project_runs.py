@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -127,6 +128,44 @@ def test_a_failed_pipeline_skips_its_downstream_while_the_other_branch_completes
     assert not (shop / "lake" / "d").exists()
     assert runs_of(shop, "d") == 0
     assert "Traceback" not in done.stderr
+
+
+def test_sigterm_lets_the_running_pipelines_finish_and_starts_no_other(shop) -> None:
+    """What a service manager sends to stop `sluice run --all`: b and c (running) publish
+    and are recorded, d (not started) is skipped as stopped, the command exits 143."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    process = subprocess.Popen(
+        [*SLUICE, "run", "--all", "--workers", "2", "--log-format", "json"],
+        cwd=shop,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    started: set[str] = set()
+    for line in process.stderr:  # until b and c run (a has succeeded)
+        if line.startswith("{") and json.loads(line)["event"] == "run_started":
+            started.add(json.loads(line)["pipeline"])
+        if {"b", "c"} <= started:
+            break
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 143, err[-2000:]
+    summary = {p["pipeline"]: p for p in json.loads(out)}
+    assert {n: p["status"] for n, p in summary.items()} == {
+        "a": "succeeded",
+        "b": "succeeded",
+        "c": "succeeded",
+        "d": "skipped",
+    }
+    assert "stopped before it started" in summary["d"]["reason"]
+    assert "SIGTERM: finishing the running pipelines" in err
+    assert rows(shop / "lake" / "b") == rows(shop / "lake" / "c") == 3
+    assert not (shop / "lake" / "d").exists() and runs_of(shop, "d") == 0
+    statuses = [r.status for r in RunStore(shop / "state" / "runs.db").list(limit=10)]
+    assert sorted(statuses) == ["succeeded"] * 3
 
 
 def test_run_downstream_runs_the_pipeline_and_its_dependents_only(shop) -> None:

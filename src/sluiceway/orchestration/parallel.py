@@ -8,6 +8,7 @@ connection and run-store connections, so runs in threads share no engine state.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,6 +42,7 @@ class Outcome:
 
 
 RunOne = Callable[[str], RunResult]
+STOPPED = "stopped before it started (a stop request came); run it again"
 
 
 def run_graph(
@@ -50,6 +52,7 @@ def run_graph(
     *,
     workers: int,
     on_outcome: Callable[[Outcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Outcome]:
     """Run `names` in dependency order, independent ones in parallel.
 
@@ -60,6 +63,8 @@ def run_graph(
             raises (e.g. a missing key) fails that pipeline only.
         workers: how many pipelines run at once (at least 1).
         on_outcome: called in the calling thread as each pipeline finishes or is skipped.
+        stop: once set (a stop request), no pipeline starts: the running ones finish and the
+            others are skipped, "stopped before it started".
 
     Returns:
         Every pipeline of `names` → its outcome.
@@ -76,6 +81,10 @@ def run_graph(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sluice-run") as pool:
         running: dict[Future[Outcome], str] = {}
         while pending or running:
+            if stop is not None and stop.is_set():
+                for name in sorted(pending):
+                    settle(Outcome(name, "skipped", reason=STOPPED))
+                pending.clear()
             for name in _blocked(pending, outcomes):
                 upstream = next(d for d in sorted(pending[name]) if d in outcomes)
                 del pending[name]
