@@ -890,3 +890,105 @@ def test_a_malformed_page_that_echoes_the_token_does_not_leak_it(
     with pytest.raises(SourceError, match="not JSON") as caught:
         read(ctx, {"url": api.url("/things"), "bearer_env": "API_TOKEN"})
     assert "<p>***" in str(caught.value) and "SECRET" not in str(caught.value)
+
+
+def test_a_dead_lettered_page_that_echoes_credentials_keeps_them_masked(
+    ctx: RunContext, api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "tok-SECRET-123")
+    monkeypatch.setenv("API_KEY", "key-SECRET-456")
+    api.routes["/things"] = lambda query, headers: (
+        200,
+        {},
+        f"<html>debug: {headers['authorization']} key={query['api_key']}</html>".encode(),
+    )
+    api.routes["/odd"] = lambda query, _: ok([f"echo {query['api_key']}", {"id": 1}])
+    spec = {
+        "bearer_env": "API_TOKEN",
+        "param_env": {"api_key": "API_KEY"},
+        "on_malformed_page": "dead_letter",
+    }
+
+    page, _ = read(ctx, {"url": api.url("/things"), **spec})
+    record, rows = read(ctx, {"url": api.url("/odd"), **spec})
+
+    raws = [r["raw"] for r in [*page.parse_rejects.to_pylist(), *record.parse_rejects.to_pylist()]]
+    assert raws == [b"<html>debug: *** key=***</html>", b'"echo ***"']
+    assert len(rows) == 1
+
+
+def test_credentials_never_follow_a_next_link_to_another_host(
+    ctx: RunContext, api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "tok-SECRET-123")
+    other_host = api.url("/p2").replace("127.0.0.1", "localhost")
+    api.routes["/things"] = lambda _, __: ok(
+        items(range(1, 2)), {"Link": f'<{other_host}>; rel="next"'}
+    )
+    api.routes["/p2"] = lambda _, __: ok(items(range(2, 3)))
+    spec = {"url": api.url("/things"), "bearer_env": "API_TOKEN", "paginate": {"type": "link"}}
+
+    _, rows = read(ctx, spec)
+
+    assert len(rows) == 2
+    assert [(h.path, h.headers.get("authorization")) for h in api.hits] == [
+        ("/things", "Bearer tok-SECRET-123"),
+        ("/p2", None),
+    ]
+
+
+def test_a_401_from_another_host_says_the_credentials_were_not_sent_there(
+    ctx: RunContext, api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "tok-SECRET-123")
+    other_host = api.url("/elsewhere").replace("127.0.0.1", "localhost")
+    api.routes["/things"] = lambda _, __: (302, {"Location": other_host}, b"")
+    api.routes["/elsewhere"] = lambda _, headers: (
+        (401, {}, b"who are you") if "authorization" not in headers else ok([])
+    )
+
+    with pytest.raises(SourceError, match="HTTP 401") as caught:
+        read(ctx, {"url": api.url("/things"), "bearer_env": "API_TOKEN"})
+
+    message = str(caught.value)
+    assert "another host (localhost" in message and "never sent to another host" in message
+    assert "SECRET" not in message
+
+
+def test_decimals_keep_every_digit_the_server_wrote(ctx: RunContext, api: ApiServer) -> None:
+    api.routes["/things"] = lambda _, __: (
+        200,
+        {},
+        b'[{"id": 1, "amount": 1234567890.123456789, "nested": {"x": 0.1}}, '
+        b'{"id": 2, "amount": 99999999999999999999.99, "nested": null}, {"id": 3, "amount": 1e-7}]',
+    )
+
+    _, rows = read(ctx, {"url": api.url("/things")})
+
+    assert [r["amount"] for r in rows] == [
+        "1234567890.123456789",
+        "99999999999999999999.99",
+        "1e-7",
+    ]
+    assert rows[0]["nested"] == '{"x": 0.1}'
+
+
+def test_a_record_with_a_lone_surrogate_is_a_dead_letter_not_a_failed_read(
+    ctx: RunContext, api: ApiServer
+) -> None:
+    api.routes["/things"] = lambda _, __: (
+        200,
+        {},
+        b'[{"id": 1, "name": "ok"}, {"id": 2, "name": "lone \\ud83d surrogate"}, '
+        b'{"id": 3, "name": "pair \\ud83d\\ude00"}]',
+    )
+
+    result, rows = read(ctx, {"url": api.url("/things")})
+
+    assert [(r["id"], r["name"]) for r in rows] == [("1", "ok"), ("3", "pair \U0001f600")]
+    [reject] = result.parse_rejects.to_pylist()
+    assert (
+        reject["line"] == 2 and "['name']" in reject["reason"] and "surrogate" in reject["reason"]
+    )
+    assert b"\\ud83d" in reject["raw"]
+    assert result.rows_in == 3

@@ -380,6 +380,34 @@ def test_an_incremental_source_reads_each_file_once_and_commits_its_position(tmp
     ]
 
 
+def test_an_incremental_source_without_a_contract_and_nothing_new_succeeds_writing_nothing(
+    tmp_path,
+) -> None:
+    """No new file and no contract: no column is known, so no step could even be bound; the
+    run succeeds, says why nothing was written and leaves the position as it was."""
+    spec = base_spec()
+    spec["sources"]["events"]["incremental"] = True
+    del spec["sources"]["events"]["contract"]
+    spec["pii"] = {}
+    spec["steps"] = [{"sql": "SELECT event_id, user_id FROM input"}]
+    spec["checks"] = []
+    spec["sinks"] = [{"type": "delta", "path": "lake/orders", "mode": "append"}]
+    path = write_spec(tmp_path, spec)
+    write_events(tmp_path, "e1,u1,view,1,a@example.com,192.0.2.1\n", name="a.csv")
+
+    first = run(tmp_path, path)
+    idle = run(tmp_path, path)
+    write_events(tmp_path, "e2,u2,buy,2,b@example.com,192.0.2.2\n", name="b.csv")
+    third = run(tmp_path, path)
+
+    assert first.ok and third.ok, (first.error, third.error)
+    assert idle.ok, idle.error
+    assert (idle.accounting.rows_in, idle.accounting.rows_written, idle.sinks) == (0, 0, [])
+    assert "read nothing new" in (idle.note or "")
+    events = DeltaTable(str(tmp_path / "lake" / "orders")).to_pyarrow_table()
+    assert sorted(events["event_id"].to_pylist()) == ["e1", "e2"]
+
+
 def test_a_file_changed_after_it_was_loaded_incrementally_is_said_until_a_run_commits(
     tmp_path,
 ) -> None:

@@ -421,6 +421,8 @@ class _Runner:
         ):
             self._skip_committed(sinks, run_key)
             return
+        if self._nothing_read(reads[self.pipeline.primary_source]):
+            return
         dead_rows: list[Future[pa.Table]] = []
         valid = self._validate_sources(reads, run_key, dead_rows)
         table = self._apply_steps(
@@ -546,6 +548,26 @@ class _Runner:
             uri = self.ctx.resolve(getattr(sink.config, "path", ""))
             self.result.sinks.append(WriteResult(uri=uri, rows_written=0, skipped=True))
         self.ctx.events.emit("commit_skipped", reason="inputs already committed", run_key=run_key)
+
+    def _nothing_read(self, primary: SourceRead) -> bool:
+        """The primary source read nothing and knows no column (an incremental source with no
+        new file or record, and no contract or declared fields to give its columns): there
+        is nothing to validate, transform, check or write, and no step could even be bound.
+        The run succeeds with nothing published; the positions stay as they are."""
+        if primary.rows_in or primary.parse_rejects.num_rows:
+            return False
+        columns = [c for c, _ in self.ctx.engine.columns(primary.table)]
+        if any(not c.startswith("__sw_") for c in columns):
+            return False
+        name = self.pipeline.primary_source
+        self.result.primary_source = name
+        self.result.sources[name] = {"rows_in": 0, "rows_rejected": 0}
+        self.result.note = (
+            f"source {name} read nothing new (no row, and no column known without a contract "
+            "or declared fields): nothing was checked or written"
+        )
+        self.ctx.events.emit("commit_skipped", reason="no new input")
+        return True
 
     def _read_sources(self, positions: dict[str, Any]) -> dict[str, SourceRead]:
         reads: dict[str, SourceRead] = {}

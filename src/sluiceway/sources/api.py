@@ -159,7 +159,17 @@ class _Rows:
     def reject(self, page: str, line: int | None, raw: bytes, reason: str) -> None:
         self.rejects.append({"file": page, "line": line, "raw": raw, "reason": reason})
 
-    def to_arrow(self, declared: list[str]) -> pa.Table:
+    def to_arrow(self, declared: list[str], redactor: Redactor) -> pa.Table:
+        """The records as a table of text columns; a record holding text that is not valid
+        Unicode (a lone UTF-16 surrogate, which JSON's `\\ud83d` escape can spell) becomes a
+        dead letter instead of failing the whole read."""
+        try:
+            return self._arrow(declared)
+        except UnicodeEncodeError:
+            self._reject_unencodable(redactor)
+            return self._arrow(declared)
+
+    def _arrow(self, declared: list[str]) -> pa.Table:
         names = declared + [n for n in self.columns if n not in declared]
         data = {
             n: pa.array(self.columns.get(n, [None] * len(self.lines)), pa.string()) for n in names
@@ -167,6 +177,26 @@ class _Rows:
         data[ROW_FILE] = pa.array(self.pages, pa.string())
         data[ROW_NUMBER] = pa.array(self.lines, pa.int64())
         return pa.table(data)
+
+    def _reject_unencodable(self, redactor: Redactor) -> None:
+        bad: dict[int, list[str]] = {}
+        for name, values in self.columns.items():
+            for index, value in enumerate(values):
+                if value is not None and not _is_encodable(value):
+                    bad.setdefault(index, []).append(name)
+        for index, names in sorted(bad.items()):
+            record = {n: v[index] for n, v in self.columns.items() if v[index] is not None}
+            self.reject(
+                self.pages[index],
+                self.lines[index],
+                _redacted(json.dumps(record).encode(), redactor),  # \ud83d escaped, as sent
+                f"field(s) {names} hold a lone UTF-16 surrogate (an unpaired \\uD800-\\uDFFF "
+                "escape), which is not valid Unicode text",
+            )
+        keep = [i for i in range(len(self.lines)) if i not in bad]
+        self.columns = {n: [v[i] for i in keep] for n, v in self.columns.items()}
+        self.pages = [self.pages[i] for i in keep]
+        self.lines = [self.lines[i] for i in keep]
 
 
 class ApiSource:
@@ -199,7 +229,7 @@ class ApiSource:
         for page in self._pages(client, redactor, name, self._first_url(cursor)):
             digest.update(f"{page.shown}\n".encode() + page.response.body)
             ctx.events.emit("progress", stage=f"reading {name}", done=len(rows.lines), unit="rows")
-            self._take(page, rows)
+            self._take(page, rows, redactor)
         typed = self._cursor_contract()
         if typed is not None:
             newest = _newest_by_contract(ctx.engine, [cursor, *rows.cursors], typed)
@@ -216,7 +246,8 @@ class ApiSource:
             )
             newest = cursor
         table = ctx.engine.register_arrow(
-            ctx.engine.new_name(f"src_{name}"), rows.to_arrow(list(self.config.fields or {}))
+            ctx.engine.new_name(f"src_{name}"),
+            rows.to_arrow(list(self.config.fields or {}), redactor),
         )
         return SourceRead(
             table=table,
@@ -268,6 +299,7 @@ class ApiSource:
             secret_headers=frozenset(
                 k.lower() for k in headers if SECRET_PARAM.search(k) or k in self.config.header_env
             ),
+            home=self.config.url,
         )
         return client, redactor
 
@@ -322,7 +354,7 @@ class ApiSource:
     def _parse(self, response: Response, shown: str) -> Page:
         page = Page(shown, response)
         try:
-            page.document = json.loads(response.body)
+            page.document = json.loads(response.body, parse_float=ExactFloat)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             page.malformed = f"the page is not JSON ({exc})"
             return page
@@ -358,8 +390,10 @@ class ApiSource:
         spec = contract.columns.get(column or "")
         return spec if spec is not None and spec.type in _ORDERED_TYPES else None
 
-    def _take(self, page: Page, rows: _Rows) -> None:
-        """Add the page's records (and their cursor values) to `rows`."""
+    def _take(self, page: Page, rows: _Rows, redactor: Redactor) -> None:
+        """Add the page's records (and their cursor values) to `rows`. What goes to the dead
+        letters is redacted: a server may echo the credentials it was sent (a debug error
+        page), and a dead letter is kept, shown and copied where secrets must not go."""
         if page.records is None:
             if self.config.on_malformed_page == "fail":
                 raise SourceError(
@@ -368,12 +402,14 @@ class ApiSource:
                     "or set on_malformed_page: dead_letter to keep going",
                     context={"page": page.shown},
                 )
-            rows.reject(page.shown, None, page.response.body, str(page.malformed))
+            rows.reject(
+                page.shown, None, _redacted(page.response.body, redactor), str(page.malformed)
+            )
             rows.bad_pages += 1
             return
         for line, record in enumerate(page.records, start=1):
             if not isinstance(record, dict):
-                raw = json.dumps(record, ensure_ascii=False).encode()
+                raw = _redacted(json.dumps(record, ensure_ascii=False).encode(), redactor)
                 rows.reject(
                     page.shown,
                     line,
@@ -400,6 +436,21 @@ class ApiSource:
         return values
 
 
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _redacted(raw: bytes, redactor: Redactor) -> bytes:
+    """`raw` without the source's secrets (kept byte for byte when none is in it)."""
+    text = raw.decode("utf-8", "replace")
+    shown = redactor.text(text)
+    return raw if shown == text else shown.encode()
+
+
 def as_text(value: Any) -> str | None:
     """A JSON value as column text: strings as they are, others as JSON; missing/null → None."""
     if value is None or value is MISSING:
@@ -411,9 +462,25 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+class ExactFloat(float):
+    """A JSON number with a fraction or an exponent: a float that keeps the digits the
+    server wrote, so that a decimal column gets them exactly (a float rounds them past ~17
+    significant digits: 99999999999999999999.99 would land as 1e+20). Used as a float
+    elsewhere (cursor comparisons, nested values written back as JSON)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> ExactFloat:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 _SCALAR_TEXT: dict[type, Callable[[Any], str]] = {
     str: str,
     int: str,
+    ExactFloat: lambda v: v.text,  # the server's digits
     float: repr,  # as JSON writes it (1.5, 1e+100), without the encoder's overhead
     bool: lambda v: "true" if v else "false",
 }

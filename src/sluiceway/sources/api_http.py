@@ -173,6 +173,9 @@ class HttpClient:
     bucket: TokenBucket | None = None
     sleep: Callable[[float], None] = time.sleep
     secret_headers: frozenset[str] = frozenset()
+    home: str = ""
+    """The configured URL: a request to another host (a next-page link, a redirect) goes
+    without the secret headers."""
     on_retry: Callable[[int, float, str], object] | None = None
     """Told (next attempt, seconds to wait, why) before each wait between attempts."""
     requests: int = field(default=0, init=False)
@@ -209,13 +212,16 @@ class HttpClient:
         if self.bucket is not None:
             self.bucket.acquire()
         self.requests += 1
-        request = urllib.request.Request(url, headers=dict(self.headers), method="GET")
+        headers = dict(self.headers)
+        if self.home and _host(url) != _host(self.home):
+            headers = {k: v for k, v in headers.items() if k.lower() not in self.secret_headers}
+        request = urllib.request.Request(url, headers=headers, method="GET")
         try:
             with self.opener.open(request, timeout=self.timeout_s) as reply:
                 body = reply.read()
                 return Response(reply.geturl(), reply.status, dict(reply.headers), body), ""
         except urllib.error.HTTPError as exc:
-            return self._http_error(exc, shown)
+            return self._http_error(exc, shown, url)
         except TimeoutError:
             return None, f"timed out after {self.timeout_s:g}s"
         except (urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as exc:
@@ -224,7 +230,9 @@ class HttpClient:
                 return None, f"timed out after {self.timeout_s:g}s"
             return None, self.redactor.text(f"connection failed: {type(reason).__name__}: {reason}")
 
-    def _http_error(self, exc: urllib.error.HTTPError, shown: str) -> tuple[float | None, str]:
+    def _http_error(
+        self, exc: urllib.error.HTTPError, shown: str, url: str
+    ) -> tuple[float | None, str]:
         try:
             body = exc.read()
         except (OSError, http.client.HTTPException):
@@ -233,7 +241,8 @@ class HttpClient:
         if exc.code not in RETRYABLE_STATUS:
             raise SourceError(
                 f"{self.label}: GET {shown} answered HTTP {exc.code} {exc.reason}; body starts "
-                f"with: {quoted!r}. {_advice(exc.code)}",
+                f"with: {quoted!r}. {self._withheld(url, exc.geturl(), exc.code)}"
+                f"{_advice(exc.code)}",
                 context={"url": shown, "status": exc.code},
             )
         why = f"HTTP {exc.code}: {quoted!r}"
@@ -248,6 +257,21 @@ class HttpClient:
                 context={"url": shown, "status": exc.code},
             )
         return wait, why
+
+    def _withheld(self, url: str, answered: str, status: int) -> str:
+        """Why a 401/403 may not be the credentials' fault: the answer came from another
+        host (a redirect or a next-page link), which the credentials are never sent to."""
+        if status not in (401, 403) or not self.secret_headers:
+            return ""
+        home = _host(self.home or url)
+        other = next((_host(u) for u in (answered, url) if u and _host(u) != home), None)
+        if other is None:
+            return ""
+        return (
+            f"The request went to another host ({other}) than the configured url's ({home}), "
+            "and credentials are never sent to another host: point url (or the server's "
+            "next links / redirects) at the host that holds the data. "
+        )
 
 
 class _OffHostRedirect(urllib.request.HTTPRedirectHandler):
