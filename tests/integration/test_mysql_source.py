@@ -389,6 +389,20 @@ def test_an_incomplete_config_is_refused_with_the_reason(fields, problem) -> Non
         MySQLSourceConfig.model_validate({**base, **fields})
 
 
+def test_a_dsn_with_an_unencoded_password_is_a_config_error_quoting_none_of_it() -> None:
+    from sluiceway.connectors.mysql import connection_of
+
+    config = MySQLSourceConfig(type="mysql", dsn_env="SW_TEST_MY_DSN", table="orders")
+    dsn = "mysql://trapi_u:p@ss:W/rd#1%@127.0.0.1:3306/trapi_my"
+
+    with pytest.raises(ConfigError, match="must be URL-encoded") as raised:
+        connection_of(config, {"SW_TEST_MY_DSN": dsn})
+
+    message = str(raised.value)
+    assert "SW_TEST_MY_DSN" in message
+    assert not any(piece in message for piece in ("ss:W", "'W'", "rd#1"))
+
+
 # --- whole pipelines --------------------------------------------------------------------------
 
 

@@ -333,6 +333,28 @@ def test_a_refused_login_never_shows_the_password_of_the_dsn(ctx, monkeypatch) -
     assert "SW_TEST_PG_DSN" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgres://postgres:pg@Secret:Pw@127.0.0.1:5432/postgres",  # '@' unencoded
+        "postgresql://postgres:pg/Se:cret@127.0.0.1/postgres",  # '/' cuts the authority
+    ],
+)
+def test_a_url_dsn_with_an_unencoded_password_is_refused_without_quoting_it(
+    ctx, monkeypatch, dsn: str
+) -> None:
+    monkeypatch.setenv("SW_TEST_PG_DSN", dsn)
+
+    with pytest.raises(ConfigError, match="URL-encode") as raised:
+        PostgresSource(
+            PostgresSourceConfig(type="postgres", dsn_env="SW_TEST_PG_DSN", table="t")
+        ).read(ctx, "t", position=None)
+
+    message = str(raised.value)
+    assert "SW_TEST_PG_DSN" in message
+    assert not any(piece in message for piece in ("Secret", "Pw", "Se:", "cret"))
+
+
 def test_a_missing_table_is_a_source_error_naming_it(schema, ctx) -> None:
     with pytest.raises(SourceError, match=rf"{schema}\.absent.*does not exist"):
         source(table=f"{schema}.absent").read(ctx, "absent", position=None)
@@ -500,3 +522,33 @@ def test_an_incremental_read_keeps_its_own_types_and_leaves_the_contract_to_the_
     assert not incremental.is_shaped and full.is_shaped
     assert len(shape_calls) == 1
     assert incremental.position["last_value"].startswith("2024-01-01 00:00:00")
+
+
+def test_a_numeric_cursor_without_precision_marks_the_greatest_number_not_text(
+    pg, schema, ctx
+) -> None:
+    pg.execute(f"CREATE TABLE {schema}.ledger (id int PRIMARY KEY, version numeric)")
+    pg.execute(f"INSERT INTO {schema}.ledger SELECT g, g FROM generate_series(1, 12) g")
+    config = {"mode": "incremental", "cursor": "version", "primary_key": ["id"]}
+
+    first = source(table=f"{schema}.ledger", **config).read(ctx, "l1", position=None)
+    again = source(table=f"{schema}.ledger", **config).read(ctx, "l2", position=first.position)
+
+    assert first.position["last_value"] == "12"
+    assert again.rows_in == 1  # the tie at 12 only
+
+
+def test_money_arrives_as_a_decimal_amount_not_cents(pg, schema, ctx) -> None:
+    pg.execute(f"CREATE TABLE {schema}.till (id int, m money)")
+    pg.execute(
+        f"INSERT INTO {schema}.till VALUES (1, 12.34), (2, NULL), (3, '-92233720368547758.08')"
+    )
+
+    read = source(table=f"{schema}.till").read(ctx, "till", position=None)
+
+    assert dict(ctx.engine.columns(read.table))["m"] == "DECIMAL(19,2)"
+    assert [r["m"] for r in rows_of(ctx, read.table)] == [
+        Decimal("12.34"),
+        None,
+        Decimal("-92233720368547758.08"),
+    ]

@@ -81,16 +81,24 @@ def _variable(environ: Mapping[str, str], name: str, setting: str) -> str:
 
 
 def _from_dsn(variable: str, dsn: str) -> Connection:
+    form = (
+        f"environment variable {variable} does not hold a DSN of the form "
+        "mysql://user:password@host:port/database"
+    )
     parts = urlsplit(dsn)
     database = unquote(parts.path.lstrip("/"))
     if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not database:
+        raise ConfigError(f"{form} (scheme, host and database are required)")
+    try:
+        port = parts.port
+    except ValueError:  # its message would quote a piece of the password
         raise ConfigError(
-            f"environment variable {variable} does not hold a DSN of the form "
-            "mysql://user:password@host:port/database (scheme, host and database are required)"
-        )
+            f"{form}: the part after the host is not a port number. A password holding '@', "
+            "':', '/', '#' or '%' must be URL-encoded (%40, %3A, %2F, %23, %25)"
+        ) from None
     return Connection(
         parts.hostname,
-        parts.port or 3306,
+        port or 3306,
         unquote(parts.username or ""),
         unquote(parts.password or ""),
         database,

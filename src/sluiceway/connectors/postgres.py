@@ -77,6 +77,7 @@ def resolve_dsn(config: PostgresConnection) -> tuple[str, list[str]]:
     """
     if config.dsn_env:
         dsn = _env(config.dsn_env, "dsn_env", "a libpq DSN such as postgresql://user@host/db")
+        _check_url(config.dsn_env, dsn)
         return dsn, [dsn, *_passwords_in(dsn)]
     settings = {
         "host": config.host or "127.0.0.1",
@@ -108,9 +109,31 @@ def _dsn_value(value: str) -> str:
     return f"'{escaped}'"
 
 
+def _check_url(variable: str, dsn: str) -> None:
+    """A URL DSN whose password holds an unencoded '@', ':' or '/' would be cut in the
+    wrong place: the driver then quotes a piece of the password as the host or the port.
+
+    Raises:
+        ConfigError: the URL's authority does not end in host[:port] (the message quotes
+            nothing of the DSN).
+    """
+    if not re.match(r"^postgres(?:ql)?://", dsn):
+        return
+    authority = re.split(r"[/?#]", dsn.split("://", 1)[1], maxsplit=1)[0]
+    userinfo, _, hostport = authority.rpartition("@")
+    port = hostport.rsplit("]", 1)[-1].partition(":")[2]
+    if "@" in userinfo or not re.fullmatch(r"\d*(,[^,]*)*", port):
+        raise ConfigError(
+            f"${variable} is not a valid postgresql:// URL: what follows the host is not a port "
+            "number, or the password holds an unencoded '@'. URL-encode the password's special "
+            "characters ('@' %40, ':' %3A, '/' %2F, '#' %23, '%' %25), or use the key=value "
+            "form (host=... password='...')"
+        )
+
+
 def _passwords_in(dsn: str) -> list[str]:
     found = re.findall(r"password\s*=\s*'((?:[^'\\]|\\.)*)'|password\s*=\s*(\S+)", dsn)
-    url = re.match(r"^\w+://[^:/@]*:([^@]*)@", dsn)
+    url = re.match(r"^\w+://[^:/@]*:(.*)@[^@/?#]*(?:[/?#]|$)", dsn)
     values = [a or b for a, b in found]
     return values + ([url.group(1)] if url and url.group(1) else [])
 

@@ -273,8 +273,14 @@ class PostgresSource:
             if since
             else ""
         )
+        # A numeric without precision arrives as exact text: ordered as text, 9 > 12.
+        greatest = (
+            "arg_max(c, TRY_CAST(c AS DOUBLE))"
+            if pg_type == "numeric" and duck_type == "VARCHAR"
+            else "max(c)"
+        )
         (mark,) = ctx.engine.fetch_one(
-            f"SELECT max(c)::VARCHAR FROM (SELECT {quote_ident(cursor)} AS c "
+            f"SELECT {greatest}::VARCHAR FROM (SELECT {quote_ident(cursor)} AS c "
             f"FROM {quote_ident(table)}{previous})",
             purpose="high-water mark",
         )
@@ -329,8 +335,11 @@ class _NumberedStream:
 
 def _duck_select(field: pa.Field) -> str:
     """The DuckDB expression loading one column: NUMERIC(p,s) arrives as exact text and
-    becomes DECIMAL(p,s); everything else keeps the driver's Arrow type."""
+    becomes DECIMAL(p,s), money arrives as whole cents and becomes DECIMAL(19,2); everything
+    else keeps the driver's Arrow type."""
     column = quote_ident(field.name)
+    if _pg_type(field) == "money":  # the driver hands over whole cents
+        return f"CAST(CAST({column} AS DECIMAL(19, 0)) * 0.01 AS DECIMAL(19, 2)) AS {column}"
     if _pg_type(field) != "numeric":
         return column
     precision, scale = _numeric_typmod(field)
