@@ -48,6 +48,7 @@ _SECRET_KEYS = frozenset(_CREDENTIALS)
 _SHORTEST_REDACTED = 4
 _ERROR_CUT_MARKERS = ("Preview of invalid data",)
 _QUOTED_VALUE = re.compile(r"'[^']*'")
+_BACKTRACE = re.compile(r"\s+0: (?:<unknown>|\S+::)")
 _ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 _LONGEST_SUMMARY = 800
 
@@ -298,6 +299,7 @@ def error_summary(exc: BaseException, options: Mapping[str, str]) -> str:
     text = str(exc) or type(exc).__name__
     for marker in _ERROR_CUT_MARKERS:
         text = text.split(marker, 1)[0]
+    text = _BACKTRACE.split(text, 1)[0]  # a Rust backtrace: frames, no meaning for a user
     text = _QUOTED_VALUE.sub("'…'", " ".join(_ANSI_CODE.sub("", text).split()))
     text = redact(text, options).rstrip(". ")
     return text if len(text) <= _LONGEST_SUMMARY else text[:_LONGEST_SUMMARY] + " …"

@@ -263,6 +263,7 @@ class DeltaSink:
                 "when a rerun finds nothing, name it: replace_where: "
                 "\"<date column> = '{logical_date}'\"",
             )
+        _check_storable(request.data, uri)
         with self._errors("write to", uri):
             if request.truncate:
                 return _truncate(job)
@@ -670,6 +671,34 @@ _HINTS: tuple[tuple[type[BaseException], str], ...] = (
     ),
 )
 _DEFAULT_HINT = "Check the path, partition_by and storage_options (endpoint, region, credentials)."
+
+
+def _check_storable(data: pa.Table, uri: str) -> None:
+    """Refuse columns of a type Delta Lake has no place for (intervals, durations, times of
+    day), naming them, before delta-rs fails on the first with a backtrace."""
+    unstorable = [
+        f"{field.name} ({field.type})" for field in data.schema if not _storable(field.type)
+    ]
+    if unstorable:
+        raise SinkError(
+            f"Delta sink {uri}: column(s) {', '.join(unstorable)} have a type Delta Lake cannot "
+            "store (it has no interval, duration or time-of-day type). Cast them in the query "
+            "or a step: an interval to text (CAST(x AS VARCHAR)) or seconds (epoch(x)), a time "
+            "to text.",
+            context={"sink": "delta", "uri": uri},
+        )
+
+
+def _storable(kind: pa.DataType) -> bool:
+    if pa.types.is_interval(kind) or pa.types.is_duration(kind) or pa.types.is_time(kind):
+        return False
+    if isinstance(kind, pa.ListType | pa.LargeListType | pa.FixedSizeListType):
+        return _storable(kind.value_type)
+    if isinstance(kind, pa.MapType):
+        return _storable(kind.key_type) and _storable(kind.item_type)
+    if isinstance(kind, pa.StructType):
+        return all(_storable(kind.field(i).type) for i in range(kind.num_fields))
+    return True
 
 
 def _check_fits(table: DeltaTable | None, data: pa.Table, uri: str) -> None:

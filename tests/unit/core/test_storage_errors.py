@@ -44,3 +44,16 @@ def test_a_server_that_refuses_is_a_sink_error_with_the_advice(message: str) -> 
         raise_in_block(message)
 
     assert caught.value.message.endswith("check it")
+
+
+def test_a_rust_backtrace_is_left_out_of_the_message() -> None:
+    with pytest.raises(SinkError) as raised:
+        raise_in_block(
+            "External error: Schema error: Invalid data type for Delta Lake: Interval(MonthDayNano)"
+            "\n   0: <unknown>\n   1: <unknown>\n  10: cfunction_vectorcall_FASTCALL_KEYWORDS\n"
+            "             at /tmp/python-build/Objects/methodobject.c:443:24"
+        )
+
+    message = str(raised.value)
+    assert "Invalid data type for Delta Lake: Interval(MonthDayNano)" in message
+    assert "<unknown>" not in message and "methodobject" not in message

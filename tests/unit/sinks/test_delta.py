@@ -559,3 +559,25 @@ def test_merge_positions_unions_files_and_prefers_newer_values() -> None:
         "b": 6,
         "c": {"offset": 3},
     }
+
+
+def test_a_column_delta_cannot_store_is_named_with_the_cast_to_make(
+    ctx: RunContext, tmp_path: Path
+) -> None:
+    data = pa.table(
+        {
+            "id": [1],
+            "waited": pa.array([pa.scalar((0, 1, 0), pa.month_day_nano_interval())]),
+            "opens": pa.array([36_000_000_000], pa.time64("us")),
+            "spans": pa.array([[5]], pa.list_(pa.duration("s"))),
+        }
+    )
+
+    with pytest.raises(SinkError) as raised:
+        sink().write(ctx, request(data))
+
+    message = str(raised.value)
+    assert "waited (month_day_nano_interval)" in message and "opens (time64[us])" in message
+    assert "spans" in message and "id (" not in message
+    assert "CAST(x AS VARCHAR)" in message and "<unknown>" not in message
+    assert not (tmp_path / "lake" / "orders").exists()
