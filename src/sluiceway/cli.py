@@ -135,10 +135,41 @@ def validate(specs: tuple[str, ...]) -> None:
             f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
             f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)"
         )
-    for spec, problems in _dependency_problems(loaded).items():
+    judged = _dependency_problems(loaded)
+    for spec, problems in _shared_table_problems(loaded).items():
+        judged.setdefault(spec, []).extend(problems)
+    for spec, problems in judged.items():
         failed += 1
         _print_problems(spec, SpecError(problems))
     sys.exit(1 if failed else 0)
+
+
+def _shared_table_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:
+    """Specs given that write a table another pipeline (given, or of their project) writes
+    with other masking (spec → problems), as `sluice run` in the project would refuse."""
+    from sluiceway.core.loader import load_project
+    from sluiceway.core.project import find_project_file
+    from sluiceway.orchestration.graph import ProjectSpec, shared_table_problems
+
+    specs: dict[str, ProjectSpec] = {}
+    for path in loaded:
+        project_file = find_project_file(Path(path).resolve().parent)
+        if project_file is None:
+            continue
+        with contextlib.suppress(SpecError):
+            project = load_project(project_file)
+            for other in project.spec_paths(project_file.parent):
+                with contextlib.suppress(SluicewayError):
+                    model = load_spec(other)
+                    specs.setdefault(model.pipeline, ProjectSpec(model, Path(other).resolve()))
+    for path, pipeline in loaded.items():  # the specs validated together know each other
+        specs[pipeline.pipeline] = ProjectSpec(pipeline, Path(path).resolve())
+    given = {str(Path(path).resolve()): path for path in loaded}
+    found: dict[str, list[Any]] = {}
+    for problem in shared_table_problems(specs):
+        if problem.file in given:
+            found.setdefault(given[problem.file], []).append(problem)
+    return found
 
 
 def _dependency_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:

@@ -168,6 +168,30 @@ def test_sigterm_lets_the_running_pipelines_finish_and_starts_no_other(shop) -> 
     assert sorted(statuses) == ["succeeded"] * 3
 
 
+def test_a_table_two_pipelines_write_with_other_masking_is_refused_before_any_run(shop) -> None:
+    """a writes lake/a with `amount` in clear; a fix-up pipeline writes the same table and
+    masks it: the table would hold both, so the project is refused, naming both."""
+    fixes = spec(
+        "a_fixes",
+        {"orders": {"type": "files", "path": "../data/orders.csv", "format": "csv"}},
+        depends_on=[],
+        sql="SELECT * FROM input",
+    )
+    fixes["sinks"] = [{"type": "delta", "path": "../lake/a", "mode": "append"}]
+    fixes["pii"] = {"amount": "redact"}
+    write(shop / "pipelines" / "a_fixes.yaml", fixes)
+
+    done = sluice("run", "--all", cwd=shop)
+    checked = sluice("validate", "pipelines/a.yaml", cwd=shop)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    for output in (done.stderr, checked.stdout + checked.stderr):
+        assert "pipeline 'a' writes" in output and "'a_fixes' masks column 'amount'" in output
+        assert "pii: {amount: redact}" in output
+    assert checked.returncode == 1
+    assert not (shop / "lake" / "a").exists()
+
+
 def test_run_downstream_runs_the_pipeline_and_its_dependents_only(shop) -> None:
     assert sluice("run", "--all", cwd=shop).returncode == 0
 

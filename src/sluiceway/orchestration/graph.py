@@ -109,6 +109,9 @@ def build_graph(specs: Mapping[str, ProjectSpec]) -> PipelineGraph:
                 problems.append(_at(spec, f"depends_on[{index}]", message))
     if problems:
         raise SpecError(problems, source="the project's depends_on")
+    problems = shared_table_problems(specs)
+    if problems:
+        raise SpecError(problems, source="the project's sinks")
     graph = PipelineGraph(
         specs=dict(specs),
         depends_on={n: tuple(dict.fromkeys(s.pipeline.depends_on)) for n, s in specs.items()},
@@ -119,6 +122,50 @@ def build_graph(specs: Mapping[str, ProjectSpec]) -> PipelineGraph:
         message = f"dependency cycle: {' → '.join(cycle)}; remove one of these depends_on entries"
         raise SpecError([_at(spec, "depends_on", message)], source="the project's depends_on")
     return graph
+
+
+def shared_table_problems(specs: Mapping[str, ProjectSpec]) -> list[SpecProblem]:
+    """Pipelines that write one table (a sink `path`) but do not mask it alike: a column
+    one writer masks and another leaves in clear, or masks another way, would hold clear
+    PII (or two kinds of token) in the one table. Each such writer is a problem, naming the
+    other writer and the `pii` entry to declare."""
+    writers: dict[str, list[tuple[ProjectSpec, int]]] = {}
+    for spec in specs.values():
+        for index, sink in enumerate(spec.pipeline.sinks):
+            path = getattr(sink, "path", None)
+            if isinstance(path, str):
+                where = path if "://" in path else str((spec.path.parent / path).resolve())
+                writers.setdefault(where, []).append((spec, index))
+    problems: list[SpecProblem] = []
+    for where, sharing in sorted(writers.items()):
+        if len({spec.name for spec, _ in sharing}) < 2:
+            continue
+        for spec, index in sharing:
+            for other, _ in sharing:
+                problems.extend(_unmatched_masking(spec, index, other, where))
+    return problems
+
+
+def _unmatched_masking(
+    spec: ProjectSpec, index: int, other: ProjectSpec, where: str
+) -> list[SpecProblem]:
+    if other.name == spec.name:
+        return []
+    mine = spec.pipeline.pii
+    found: list[SpecProblem] = []
+    for column, method in sorted(other.pipeline.pii.items()):
+        if mine.get(column) == method:
+            continue
+        done = f"masks it as {mine[column]}" if column in mine else "leaves it in clear"
+        message = (
+            f"pipeline '{spec.name}' writes {where}, where pipeline '{other.name}' masks "
+            f"column '{column}' ({method}); '{spec.name}' {done}, so the table would hold "
+            f"both. Declare `pii: {{{column}: {method}}}` in {spec.path.name} too, or write "
+            "another table."
+        )
+        line = _line_of(spec.path, "sinks")
+        found.append(SpecProblem(f"sinks[{index}]", message, line, file=str(spec.path)))
+    return found
 
 
 def find_cycle(depends_on: Mapping[str, Iterable[str]]) -> list[str] | None:
