@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,31 @@ def test_the_stream_runner_applies_the_snapshot_and_the_changes_to_delta(
     run()
     assert delta_rows(tmp_path) == source_rows(table)
     assert [r[0] for r in delta_rows(tmp_path)] == [1, 3]
+
+
+def test_the_position_file_lives_in_the_state_folder_and_its_loss_is_not_a_silent_snapshot(
+    table: str, tmp_path: Path
+) -> None:
+    """Run from another state folder (another working folder, say), the pipeline must not
+    take a new snapshot over the table: rows deleted meanwhile would stay in it."""
+    sql(f"INSERT INTO {table} (id, name, amount) VALUES (1, 'a', 1.5), (2, 'b', 2)")
+    spec = cdc_spec(table, tmp_path / "unused.json")
+    del spec["sources"]["items"]["state_path"]
+    first = RunOptions(base_dir=tmp_path, state_dir=tmp_path / "state_a")
+    result = run_stream(pipeline_from_dict(spec), first, StreamOptions(idle_exit_s=1.5))
+    assert result.ok, result.error
+    assert (tmp_path / "state_a" / "mysql_cdc" / f"{table}.json").is_file()
+    sql(f"DELETE FROM {table} WHERE id = 2")
+
+    elsewhere = RunOptions(base_dir=tmp_path, state_dir=tmp_path / "state_b")
+    refused = run_stream(pipeline_from_dict(spec), elsewhere, StreamOptions(idle_exit_s=1.5))
+    again = run_stream(pipeline_from_dict(spec), first, StreamOptions(idle_exit_s=1.5))
+
+    assert not refused.ok
+    assert "position file" in str(refused.error) and "state_b" in str(refused.error)
+    assert "empty the sink's table first" in str(refused.error)
+    assert again.ok, again.error
+    assert delta_rows(tmp_path) == source_rows(table) == [(1, "a", Decimal("1.5"))]
 
 
 def test_columns_beyond_the_contract_and_columns_added_at_the_source_land_too(

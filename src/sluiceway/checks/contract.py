@@ -262,6 +262,8 @@ def _rule_struct(rule: Rule) -> str:
     )
 
 
+CHANGE_OP = "__sw_op"
+"""The operation column of change-capture rows (r, i, u, d: see `sinks.delta.CHANGE_OP`)."""
 FLAG_COLUMNS = ("__sw_bad", "__sw_warn", "__sw_errors", "__sw_payload", "__sw_raw")
 
 
@@ -386,6 +388,11 @@ def _flag_sql(
     raw_cols = [quote_ident(c) for c in present]
     rules, output = _plan(contract, present, pii, typed=True)
     hard, soft = _conditions(rules, contract)
+    if CHANGE_OP in present:
+        # A change-capture delete carries the key, and at most the old row: its values are
+        # not the row's to check, and rejecting it would leave the deleted row in the table.
+        hard = f"({hard}) AND {CHANGE_OP} IS DISTINCT FROM 'd'"
+        soft = f"({soft}) AND {CHANGE_OP} IS DISTINCT FROM 'd'"
     errors = (
         "list_filter([" + ", ".join(_rule_struct(r) for r in rules) + "], lambda e: e IS NOT NULL)"
         if rules

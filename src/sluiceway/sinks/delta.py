@@ -21,7 +21,7 @@ How each mode stays idempotent:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -548,13 +548,14 @@ def _apply_changes(job: _Job) -> WriteResult:
     """Apply change rows: the last change of each key wins; `d` deletes, others upsert; a
     column listed in `__sw_unchanged` keeps the table's value."""
     keys = job.config.merge_keys
-    last = _last_change_per_key(_with_old_key_deletes(job.data, keys), keys)
-    columns = [c for c in last.column_names if c not in CHANGE_COLUMNS]
-    if CHANGE_UNCHANGED not in last.column_names:
-        last = last.append_column(CHANGE_UNCHANGED, pa.repeat(pa.scalar(","), last.num_rows))
     table = job.open()
     if table is not None and job.transactions and job.is_committed(table):
         return job.result(table.version(), skipped=True)
+    carried = _carry_unchanged(job.data, keys, table)
+    last = _last_change_per_key(_with_old_key_deletes(carried, keys), keys)
+    columns = [c for c in last.column_names if c not in CHANGE_COLUMNS]
+    if CHANGE_UNCHANGED not in last.column_names:
+        last = last.append_column(CHANGE_UNCHANGED, pa.repeat(pa.scalar(","), last.num_rows))
     if table is None:
         rows = last.filter(pc.not_equal(last[CHANGE_OP], "d")).select(columns)
         result = job.result(replace(job, data=rows).write(None))
@@ -593,6 +594,85 @@ def _apply_changes(job: _Job) -> WriteResult:
     version = table.version()
     _clear_colder(job, _delete_keys(keys, last))
     return job.result(version)
+
+
+def _carry_unchanged(data: pa.Table, keys: list[str], table: DeltaTable | None) -> pa.Table:
+    """Fill the columns a change left unchanged (unchanged TOAST values) from where they
+    are known, when the table cannot give them at the merge: from the key's earlier change
+    in this batch (its insert, or the snapshot row, holds the value; the merge only sees
+    the last change, and a key new to the table has no row to keep a value from), and,
+    for an update that moved the row to a new key, from the old key's row (in this batch,
+    else in the table). What is filled is no longer listed as unchanged. Only the changes
+    of the keys concerned are touched."""
+    if CHANGE_UNCHANGED not in data.column_names:
+        return data
+    listed = pc.fill_null(pc.not_equal(data[CHANGE_UNCHANGED], ","), False)
+    if not pc.any(listed).as_py():
+        return data
+    key_rows = data.select(keys).to_pylist()
+    moved = (
+        data[CHANGE_OLD_KEY].to_pylist()
+        if CHANGE_OLD_KEY in data.column_names
+        else [None] * data.num_rows
+    )
+    concerned: set[tuple[str, ...]] = set()
+    for i, flag in enumerate(listed.to_pylist()):
+        if flag:
+            concerned.add(_key_of(key_rows[i], keys))
+            if moved[i]:
+                concerned.add(_key_of(json.loads(str(moved[i])), keys))
+    picked = [i for i in range(data.num_rows) if _key_of(key_rows[i], keys) in concerned]
+    rows = data.take(pa.array(picked, pa.int64())).to_pylist()
+    columns = [c for c in data.column_names if c not in CHANGE_COLUMNS]
+    images: dict[tuple[str, ...], dict[str, Any]] = {}
+    pending: list[tuple[dict[str, Any], dict[str, Any]]] = []  # moved rows missing values
+    for row in sorted(rows, key=lambda r: r.get(CHANGE_ORDER) or 0):
+        key = _key_of(row, keys)
+        if row[CHANGE_OP] == "d":
+            images.pop(key, None)
+            continue
+        unchanged = [c for c in (row.get(CHANGE_UNCHANGED) or ",").split(",") if c]
+        old = json.loads(row[CHANGE_OLD_KEY]) if row.get(CHANGE_OLD_KEY) else None
+        known = images.pop(_key_of(old, keys), None) if old is not None else images.get(key)
+        known = known or {}
+        still = [c for c in unchanged if c not in known]
+        row.update({c: known[c] for c in unchanged if c in known})
+        row[CHANGE_UNCHANGED] = "," + "".join(f"{c}," for c in still)
+        if still and old is not None:
+            pending.append((row, old))
+        images[key] = {c: row[c] for c in columns if c not in still}
+    if pending and table is not None:
+        _fill_from_table(pending, keys, table)
+    rest = data.filter(pc.invert(pc.is_in(pa.array(range(data.num_rows)), pa.array(picked))))
+    filled = pa.Table.from_pylist(rows, schema=data.schema)
+    return pa.concat_tables([rest, filled])
+
+
+def _key_of(values: Mapping[str, Any], keys: list[str]) -> tuple[str, ...]:
+    return tuple(str(values.get(k)) for k in keys)
+
+
+def _fill_from_table(
+    pending: list[tuple[dict[str, Any], dict[str, Any]]], keys: list[str], table: DeltaTable
+) -> None:
+    """Rows moved to a new key with unchanged columns: their values from the old key's row."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("t", table.to_pyarrow_dataset())
+        where = " AND ".join(f"CAST({quote_ident(k)} AS VARCHAR) = ?" for k in keys)
+        for row, old in pending:
+            missing = [c for c in (row[CHANGE_UNCHANGED] or ",").split(",") if c]
+            found = con.execute(
+                f"SELECT {', '.join(quote_ident(c) for c in missing)} FROM t WHERE {where} LIMIT 1",
+                [str(old.get(k)) for k in keys],
+            ).fetchone()
+            if found is not None:
+                row.update(dict(zip(missing, found, strict=True)))
+                row[CHANGE_UNCHANGED] = ","
+    finally:
+        con.close()
 
 
 def _with_old_key_deletes(data: pa.Table, keys: list[str]) -> pa.Table:

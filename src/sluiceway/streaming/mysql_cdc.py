@@ -21,7 +21,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -83,8 +83,8 @@ class MySqlCdcSourceConfig(StreamSourceConfig):
     state_path: str | None = Field(
         None,
         description="File keeping the acknowledged binlog position (default "
-        "$SLUICE_HOME/mysql_cdc/<database.table>.json, else .sluice/mysql_cdc/... in the "
-        "working directory).",
+        "<state folder>/mysql_cdc/<database.table>.json: the project's state_dir, --state-dir, "
+        "$SLUICE_HOME, else .sluice in the working directory).",
     )
     snapshot: Literal["initial", "never"] = Field(
         "initial",
@@ -122,11 +122,12 @@ class MySqlCdcSourceConfig(StreamSourceConfig):
     def replica_id(self) -> int:
         return self.server_id or 1_000_000 + zlib.crc32(self.table.encode()) % 1_000_000_000
 
-    def state_file(self) -> Path:
+    def state_file(self, state_dir: Path | None = None) -> Path:
+        """`state_path`, else the file in the run's state folder (`state_dir`)."""
         if self.state_path is not None:
             return Path(self.state_path)
         home = os.environ.get("SLUICE_HOME")
-        base = Path(home) if home else Path(".sluice")
+        base = state_dir or (Path(home) if home else Path(".sluice"))
         return base / "mysql_cdc" / f"{self.table}.json"
 
     def connection(self) -> Connection:
@@ -225,6 +226,15 @@ class MySqlCdcSource:
         self._outstanding = 0
         self._saved: _Binlog | None = None
         self._key_columns: list[str] = []
+        self.state_dir: Path | None = None
+        """The run's state folder (set by the stream runner): where the position file goes."""
+        self._committed_id: str | None = None
+
+    def resuming(self, committed: Mapping[str, str]) -> None:
+        """Told by the runner before `open`: the positions the table holds for this source.
+        With some, a missing position file is not a first run: it is elsewhere (another
+        state folder) or lost, and a new snapshot would merge over rows deleted meanwhile."""
+        self._committed_id = committed.get(self.config.table)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -585,8 +595,24 @@ class MySqlCdcSource:
 
     def _load_state(self) -> tuple[_Binlog | None, _Binlog | None]:
         """The saved position, and the same position again if it is that of a snapshot that
-        was never wholly acknowledged."""
-        path = self.config.state_file()
+        was never wholly acknowledged.
+
+        Raises:
+            SourceError: there is no position file, but the table holds commits of this
+                pipeline (a snapshot now would keep the rows deleted since then).
+        """
+        path = self.config.state_file(self.state_dir)
+        if not path.exists() and self._committed_id is not None:
+            raise SourceError(
+                f"mysql_cdc {self.config.table}: the position file {path} is missing, but the "
+                f"sink's table holds this pipeline's changes up to {self._committed_id} "
+                "(binlog file number:position:row). Run it with the state folder of its "
+                "earlier runs (the project's state_dir, --state-dir, $SLUICE_HOME or the "
+                "folder it ran in), or set state_path to that file. To load the table anew "
+                "instead, empty the sink's table first: a new snapshot merged over it would "
+                "keep the rows deleted since.",
+                context=self._context(),
+            )
         if not path.exists():
             return None, None
         try:
@@ -603,7 +629,7 @@ class MySqlCdcSource:
     def _save_state(
         self, at: _Binlog, last_id: str | None, *, snapshot_pending: bool = False
     ) -> None:
-        path = self.config.state_file()
+        path = self.config.state_file(self.state_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         body: dict[str, Any] = {"table": self.config.table, "log_file": at.file, "log_pos": at.pos}
         if last_id is not None:
@@ -666,7 +692,7 @@ class MySqlCdcSource:
             return SourceError(
                 f"mysql_cdc {table}: the server cannot stream from the saved position "
                 f"{self._saved} ({message}); the binlog was purged. Delete "
-                f"{self.config.state_file()} to read the table again from a new snapshot.",
+                f"{self.config.state_file(self.state_dir)} to read the table again from a new snapshot.",
                 context=self._context(),
             )
         return SourceError(

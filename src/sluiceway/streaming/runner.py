@@ -193,6 +193,8 @@ class _StreamRunner:
         plugin = registry.lookup("source", self.config.type)
         assert plugin is not None, "the loader validated the source type"
         self.source: StreamSource = plugin.impl(self.config)
+        if hasattr(self.source, "state_dir"):  # a source that keeps a file of its own
+            self.source.state_dir = self.state_dir
         sink_plugin = registry.lookup("sink", pipeline.sinks[0].type)
         assert sink_plugin is not None, "the loader validated the sink type"
         self.sink = sink_plugin.impl(pipeline.sinks[0])

@@ -713,3 +713,24 @@ def test_case_renames_map_a_column_spelled_in_another_case_and_leave_ambiguity_a
     assert case_renames(contract, ["Email", "ID", "x"]) == {"Email": "email", "ID": "id"}
     assert case_renames(contract, ["email", "Email"]) == {}  # exact name wins
     assert case_renames(contract, ["Id", "ID"]) == {}  # two candidates: which one is unclear
+
+
+def test_a_change_capture_delete_is_not_held_to_the_value_rules(engine):
+    """A delete carries the key only (or the old row): rejecting it for its NULL values would
+    leave the deleted row in the table for good. Other changes are checked as rows are."""
+    contract = Contract(
+        columns={
+            "id": ColumnContract(type="bigint", nullable=False),
+            "n": ColumnContract(type="integer", nullable=False, min=0),
+            "__sw_op": ColumnContract(type="string"),
+        }
+    )
+
+    outcome = run(
+        engine,
+        {"id": ["1", "2", "3", "4"], "n": [None, "-5", None, "7"], "__sw_op": ["d", "d", "u", "i"]},
+        contract,
+    )
+
+    assert outcome.kept("id") == [1, 2, 4]
+    assert sorted(outcome.rejected) == [3]

@@ -84,3 +84,62 @@ def test_a_batch_already_committed_under_its_transaction_is_skipped(ctx) -> None
 
     assert again.skipped
     assert rows(ctx) == [{"id": 1, "v": "a", "big": "x"}]
+
+
+def moved(rows: pa.Table, old_keys: list[str | None]) -> pa.Table:
+    return rows.append_column("__sw_old_key", pa.array(old_keys, pa.string()))
+
+
+def test_an_unchanged_value_comes_from_the_keys_earlier_change_in_the_same_batch(ctx) -> None:
+    """A key inserted (or snapshot-read) and updated in one batch: the update lists the big
+    value as unchanged, and the table has no row yet to keep it from."""
+    write(ctx, changes([(1, "a", "x1", "r", 1, ",")]), "b1")
+
+    write(
+        ctx,
+        changes(
+            [
+                (2, "b", "BIG2", "i", 1, ","),
+                (2, "b2", None, "u", 2, ",big,"),
+                (3, "c", "BIG3", "r", 3, ","),
+                (3, "c2", None, "u", 4, ",big,"),
+                (3, "c3", None, "u", 5, ",big,"),
+                (1, "a2", None, "u", 6, ",big,"),  # in the table: keeps x1 at the merge
+                (4, "d", "BIG4", "i", 7, ","),
+                (4, None, None, "d", 8, ","),
+                (4, "d2", None, "u", 9, ",big,"),  # after a delete nothing is carried
+            ]
+        ),
+        "b2",
+    )
+
+    assert rows(ctx) == [
+        {"id": 1, "v": "a2", "big": "x1"},
+        {"id": 2, "v": "b2", "big": "BIG2"},
+        {"id": 3, "v": "c3", "big": "BIG3"},
+        {"id": 4, "v": "d2", "big": None},
+    ]
+
+
+def test_a_row_moved_to_a_new_key_keeps_its_unchanged_value(ctx) -> None:
+    write(ctx, moved(changes([(1, "a", "BIG1", "r", 1, ",")]), [None]), "b1")
+
+    write(
+        ctx,
+        moved(
+            changes(
+                [
+                    (10, "a2", None, "u", 1, ",big,"),  # key 1 → 10, value from the table
+                    (5, "e", "BIG5", "i", 2, ","),
+                    (50, "e2", None, "u", 3, ",big,"),  # key 5 → 50 in this batch
+                ]
+            ),
+            ['{"id": 1}', None, '{"id": 5}'],
+        ),
+        "b2",
+    )
+
+    assert rows(ctx) == [
+        {"id": 10, "v": "a2", "big": "BIG1"},
+        {"id": 50, "v": "e2", "big": "BIG5"},
+    ]
