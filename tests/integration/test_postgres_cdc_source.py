@@ -25,7 +25,7 @@ from deltalake import DeltaTable
 from sluiceway.core import registry
 from sluiceway.core.loader import pipeline_from_dict
 from sluiceway.core.runner import RunOptions
-from sluiceway.errors import SourceError, TransientError
+from sluiceway.errors import ConfigError, SourceError, TransientError
 from sluiceway.streaming.base import MESSAGE_SCHEMA, Fetched
 from sluiceway.streaming.postgres_cdc import PostgresCdcSource, PostgresCdcSourceConfig
 from sluiceway.streaming.runner import StreamOptions, run_stream
@@ -333,6 +333,23 @@ def test_unreachable_server_is_a_transient_error_naming_the_start_script(table: 
     with pytest.raises(TransientError, match=re.escape(START_SCRIPT)):
         source.open()
     source.close()
+
+
+def test_a_user_without_replication_is_told_to_grant_it_not_to_start_the_server(
+    table: str,
+) -> None:
+    """The server's words when a user without REPLICATION opens the replication
+    connection (PostgreSQL 15): a permission to grant, not a server to start or retry."""
+    source = PostgresCdcSource(PostgresCdcSourceConfig(table=table))
+    said = (
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL:  must be superuser or '
+        "replication role to start walsender"
+    )
+
+    error = source._connect_error(said)
+
+    assert isinstance(error, ConfigError) and "WITH REPLICATION" in str(error)
+    assert START_SCRIPT not in str(error)
 
 
 def test_the_source_type_is_registered() -> None:

@@ -26,8 +26,9 @@ import yaml
 from deltalake import DeltaTable
 
 from sluiceway import plugins  # noqa: F401  (registers the plug-ins)
-from sluiceway.core.loader import pipeline_from_dict
+from sluiceway.core.loader import load_spec, pipeline_from_dict
 from sluiceway.core.runner import RunOptions
+from sluiceway.errors import SpecError
 from sluiceway.streaming.redis_streams import RedisStreamsSource, RedisStreamsSourceConfig
 from sluiceway.streaming.runner import StreamOptions, run_stream
 
@@ -404,6 +405,20 @@ def test_a_stream_with_a_second_sink_is_refused_before_it_reads(
     assert done.returncode != 0
     assert "mode: stream writes one Delta sink (found 2)" in err.decode()
     assert landed(tmp_path) == []
+
+
+def test_a_second_streaming_source_is_a_spec_error_that_validate_reports(tmp_path: Path) -> None:
+    """No batch reads a second streaming source: it would crash at the run, after a CDC
+    source had made its slot and publication."""
+    spec = stream_spec("events-a")
+    spec["sources"]["more"] = {**spec["sources"]["events"], "stream": "events-b"}
+    path = write_spec(tmp_path, spec)
+
+    with pytest.raises(SpecError) as raised:
+        load_spec(path)
+
+    assert "sources.more.type" in str(raised.value)
+    assert "reads one streaming source (events)" in str(raised.value)
 
 
 @pytest.mark.integration

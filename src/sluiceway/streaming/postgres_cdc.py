@@ -47,6 +47,11 @@ _END_MARKS = frozenset({SNAPSHOT_END, 99_999_999})
 """The end marks a committed snapshot may carry (the second, of an earlier version)."""
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MSG_ID = re.compile(r"^([0-9A-F]{16}):(\d+)$")
+_NO_REPLICATION = re.compile(
+    r"must be superuser or replication role|permission denied to start WAL sender|"
+    r"must be superuser or have the REPLICATION",
+    re.IGNORECASE,
+)
 _AUTH_FAILED = re.compile(
     r"password authentication failed|no pg_hba.conf entry|"
     r"role .* does not exist|database .* does not exist",
@@ -668,6 +673,13 @@ class PostgresCdcSource:
 
     def _connect_error(self, message: str) -> SluicewayError:
         where = self.config.where()
+        if _NO_REPLICATION.search(message):
+            return ConfigError(
+                f"postgres_cdc {self.config.partition}: the user may not stream changes from "
+                f"{where}: {message}. Grant it the REPLICATION attribute (ALTER ROLE <user> "
+                "WITH REPLICATION) and SELECT on the table, or connect as a user who has them.",
+                context=self._context(),
+            )
         if _AUTH_FAILED.search(message):
             return ConfigError(
                 f"postgres_cdc {self.config.partition}: {where} refused the connection: "

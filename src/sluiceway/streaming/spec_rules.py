@@ -27,6 +27,17 @@ def stream_problems(pipeline: Pipeline) -> list[SpecProblem]:
                 "a streaming source needs a contract: its columns name the JSON fields to read",
             )
         )
+    for other, other_config in pipeline.sources.items():
+        if other != name and getattr(other_config, "streaming", False):
+            problems.append(
+                SpecProblem(
+                    f"sources.{other}.type",
+                    f"a stream pipeline reads one streaming source ({name}); '{other}' is "
+                    f"another ({other_config.type}), which no batch reads: run it as a "
+                    "pipeline of its own (the sources after the first are lookups, read whole: "
+                    "files, delta, postgres, ...)",
+                )
+            )
     if len(pipeline.sinks) != 1:
         problems.append(
             SpecProblem(
