@@ -18,6 +18,7 @@ from rich.table import Table
 
 from sluiceway.checks.base import CheckResult
 from sluiceway.core.loader import load_spec
+from sluiceway.core.results import was_published
 from sluiceway.core.runner import RunResult
 from sluiceway.core.runstore import RunStore
 from sluiceway.core.spec import Pipeline
@@ -722,12 +723,7 @@ def runs(pipeline: str | None, limit: int, state_dir: str | None, project_file: 
         table.add_column(column, justify="right")
     for r in store.list(pipeline=pipeline, limit=limit):
         details = r.details or {}
-        # A stream commits batch by batch: what it wrote stays whatever its end.
-        published = (
-            r.status == "succeeded"
-            or bool(details.get("sinks"))
-            or (details.get("mode") == "stream")
-        )
+        published = was_published(r.status, details)
         written = r.rows_written if published or r.status == "running" else "–"
         counts = (r.rows_in, written, r.rows_rejected, r.rows_deduplicated)
         table.add_row(

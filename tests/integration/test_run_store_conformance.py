@@ -279,14 +279,17 @@ def test_the_report_and_the_ui_reader_see_the_stored_runs(
     store = RunStore(location)
     checks = [{"check_id": "c1", "name": "nn", "status": "passed", "observed_value": 0}]
     store.save(run("r1", "20250115T020000", details={"checks": checks}, rows_written=3))
-    store.save(run("r2", "20250115T020000", status="failed"))
+    store.save(run("r2", "20250115T020000", status="failed", rows_written=4))
+    sinks = {"sinks": [{"uri": "lake/a", "rows_written": 5}]}  # failed after one sink
+    store.save(run("r3", "20250115T020000", status="failed", rows_written=5, details=sinks))
 
     index = RunIndex(tmp_path, location=location)
 
     summaries = list(index.summaries())
-    assert [(s.run_id, s.checks_passed, s.checks_total) for s in summaries] == [
-        ("r2", 0, 0),
-        ("r1", 1, 1),
+    assert [(s.run_id, s.checks_passed, s.checks_total, s.rows_written) for s in summaries] == [
+        ("r3", 0, 0, 5),
+        ("r2", 0, 0, None),  # staged, not published
+        ("r1", 1, 1, 3),
     ]
     assert [(p.check_id, p.observed_value) for p in index.check_points("orders", 10)] == [("c1", 0)]
     record = index.record("r1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -407,3 +408,54 @@ def test_every_page_renders_in_under_a_second_with_10000_runs(site: Site) -> Non
     _, first_page, _ = fetch(site.url + "/pipelines/orders")
     assert "page 1 of 201" in first_page
     assert "10,001" in first_page
+
+
+def test_check_verdicts_and_the_rows_of_an_unpublished_run_show_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An aggregate check that failed shows failed (it has no unexpected rows, which the
+    strip used to go by); a failed run wrote nothing and its page says how to rerun it."""
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    write_project(tmp_path)
+    spec = orders_spec()
+    spec["checks"] = [
+        {"row_count_between": {"min_value": 1, "max_value": 2}},
+        {
+            "in_set": {
+                "column": "event_type",
+                "value_set": ["view", "buy"],
+                "on_fail": "dead_letter",
+            }
+        },
+    ]
+    (tmp_path / "pipelines" / "orders.yaml").write_text(yaml.safe_dump(spec))
+    first = run_spec(tmp_path, "orders")  # 2 valid rows pass; 3 fail the count below
+    assert first.ok, first.error
+    (tmp_path / "data" / "more.csv").write_text(
+        "event_id,event_type,email,amount\ne9,buy,x@y.z,1\n"
+    )
+    options = RunOptions(
+        logical_date=date(2025, 1, 16),
+        base_dir=tmp_path / "pipelines",
+        state_dir=tmp_path / ".sluice",
+        environ=dict(KEYS),
+    )
+    second = run_pipeline(load_spec(tmp_path / "pipelines" / "orders.yaml"), options)
+    assert not second.ok
+    server = serve(tmp_path)
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        _, pipeline, _ = fetch(f"{base}/pipelines/orders")
+        _, run, _ = fetch(f"{base}/runs/{quote(second.run_id)}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    strips = re.findall(r"<title>(2025-01-1[56]): (\w+)</title>", pipeline)
+    assert ("2025-01-16", "failed") in strips and ("2025-01-15", "passed") in strips
+    assert strips.count(("2025-01-16", "failed")) == 1  # the count check only, not in_set
+    second_row = pipeline.split(second.run_id, 2)[2].split("</tr>", 1)[0]
+    assert "–" in second_row
+    assert "staged, not published" in run and "Nothing was published" in run
+    assert "sluice run orders --date 2025-01-16" in run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TypeGuard
@@ -188,6 +189,13 @@ class RunResult:
             for check_id, metric, value, flagged in series
             if _is_number(value)
         ]
+
+
+def was_published(status: str, details: Mapping[str, Any]) -> bool:
+    """Whether a run's rows reached its sinks: it succeeded, or a sink committed before it
+    failed (between two sinks), or it is a stream (each batch commits on its own). The rows
+    of any other failed run were staged, not written."""
+    return status == "succeeded" or bool(details.get("sinks")) or details.get("mode") == "stream"
 
 
 def _is_number(value: Any) -> TypeGuard[float]:

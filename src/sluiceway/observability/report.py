@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sluiceway.core.results import was_published
 from sluiceway.core.runstore import RunRecord
 from sluiceway.core.store_db import (
     NOT_A_REPLAY,
@@ -474,13 +475,16 @@ def _accounting(record: RunRecord) -> str:
         if balanced
         else f'<span class="failed">not balanced: {accounted:,} accounted for</span>'
     )
+    kept = "written"
+    if record.status != "running" and not was_published(record.status, record.details or {}):
+        kept = "staged, not published"  # a failed run: its rows never reached the table
     table = _table(
-        ["in", "written", "rejected", "deduplicated", "filtered", "warned"],
+        ["in", kept, "rejected", "deduplicated", "filtered", "warned"],
         [values],
         numeric=range(6),
     )
     return (
-        f"<h2>Rows</h2>{table}<p>in = written + rejected + deduplicated + filtered → {verdict}</p>"
+        f"<h2>Rows</h2>{table}<p>in = {kept} + rejected + deduplicated + filtered → {verdict}</p>"
     )
 
 

@@ -9,19 +9,33 @@ from __future__ import annotations
 
 from sluiceway.core.store_db import NOT_A_REPLAY, Dialect
 
-_COUNTS = """run_id, pipeline, logical_date, status, duration_s, rows_in, rows_written,
+_PUBLISHED: dict[Dialect, str] = {
+    "sqlite": "status IN ('succeeded', 'running') OR coalesce(json_array_length(details, "
+    "'$.sinks'), 0) > 0 OR json_extract(details, '$.mode') = 'stream'",
+    "postgresql": "status IN ('succeeded', 'running') OR (details::jsonb -> 'sinks') <> "
+    "'[]'::jsonb OR details::jsonb ->> 'mode' = 'stream'",
+}
+"""A run whose rows reached a sink (see `core.results.was_published`): the rows a failed
+run staged are not written."""
+
+
+def _counts(dialect: Dialect) -> str:
+    return f"""run_id, pipeline, logical_date, status, duration_s, rows_in,
+    CASE WHEN {_PUBLISHED[dialect]} THEN rows_written END AS rows_written,
     rows_rejected, rows_deduplicated,"""
+
+
 _PG_CHECKS = "(details::jsonb -> 'checks')"
 _PG_CHECK_ARRAY = (
     f"CASE WHEN jsonb_typeof({_PG_CHECKS}) = 'array' THEN {_PG_CHECKS} ELSE '[]'::jsonb END"
 )
 
 SUMMARY_COLUMNS: dict[Dialect, str] = {
-    "sqlite": f"""{_COUNTS}
+    "sqlite": f"""{_counts("sqlite")}
     (SELECT count(*) FROM json_each(details, '$.checks')
       WHERE json_extract(value, '$.status') = 'passed') AS checks_passed,
     coalesce(json_array_length(details, '$.checks'), 0) AS checks_total""",
-    "postgresql": f"""{_COUNTS}
+    "postgresql": f"""{_counts("postgresql")}
     (SELECT count(*) FROM jsonb_array_elements({_PG_CHECK_ARRAY}) AS c(value)
       WHERE c.value ->> 'status' = 'passed') AS checks_passed,
     jsonb_array_length({_PG_CHECK_ARRAY}) AS checks_total""",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway.core.durations import parse_instant
+from sluiceway.core.results import was_published
 from sluiceway.core.runstore import RUN_METRICS
 from sluiceway.core.store_db import (
     NOT_A_REPLAY,
@@ -60,6 +61,18 @@ class RunRow:
     rows_filtered: int | None
     error: str | None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def written(self) -> int | None:
+        """The rows published: None for a run that staged rows but wrote none (it failed
+        before its commit); a run listed without its details counts as published."""
+        if self.status == "running" or not self.details:
+            return self.rows_written
+        return self.rows_written if was_published(self.status, self.details) else None
+
+    @property
+    def shown_status(self) -> str:
+        return f"{self.status} (replay)" if self.details.get("replay") else self.status
 
     @property
     def started(self) -> datetime | None:
@@ -131,13 +144,13 @@ class StoreReader:
     def runs(self, pipeline: str, *, offset: int, limit: int) -> tuple[list[RunRow], int]:
         """One page of a pipeline's runs, newest first, and the pipeline's run count."""
         rows = self._rows(
-            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE pipeline = ? "
+            f"SELECT {_SUMMARY_COLUMNS}, details FROM runs WHERE pipeline = ? "
             f"ORDER BY {_STARTED} DESC, {_SAVED_ORDER[self.location.dialect]} DESC "
             "LIMIT ? OFFSET ?",
             (pipeline, limit, offset),
         )
         total = self._rows("SELECT COUNT(*) AS n FROM runs WHERE pipeline = ?", (pipeline,))
-        return [_run(r) for r in rows], int(total[0]["n"]) if total else 0
+        return [_run(r, details=_details(r)) for r in rows], int(total[0]["n"]) if total else 0
 
     def run(self, run_id: str) -> RunRow | None:
         """A run by its exact id, with its details."""
@@ -146,8 +159,7 @@ class StoreReader:
         )
         if not rows:
             return None
-        details = json.loads(rows[0]["details"] or "{}")
-        return _run(rows[0], details=details if isinstance(details, dict) else {})
+        return _run(rows[0], details=_details(rows[0]))
 
     def check_names(self, pipeline: str) -> dict[str, str]:
         """check_id → name, from the pipeline's latest run that recorded checks."""
@@ -175,6 +187,22 @@ class StoreReader:
             points.setdefault(row["logical_date"], float(row["value"]))
         return series
 
+    def check_verdicts(self, pipeline: str, *, limit: int = 5000) -> dict[str, dict[str, bool]]:
+        """check_id → logical_date → whether the check failed that date (its latest run's
+        verdict: a failed check's metric points are flagged), from the same points as
+        `metric_series`."""
+        rows = self._rows(
+            "SELECT check_id, logical_date, flagged FROM metrics WHERE pipeline = ? AND "
+            "metric = 'observed_value' ORDER BY logical_date DESC, recorded_at DESC LIMIT ?",
+            (pipeline, limit),
+        )
+        verdicts: dict[str, dict[str, bool]] = {}
+        for row in rows:
+            verdicts.setdefault(row["check_id"], {}).setdefault(
+                row["logical_date"], bool(row["flagged"])
+            )
+        return verdicts
+
 
 RUN_SERIES = RUN_METRICS
 _COUNTS = "SELECT pipeline, COUNT(*) AS n FROM runs GROUP BY pipeline"
@@ -183,6 +211,11 @@ _LATEST = (
     f"(PARTITION BY pipeline ORDER BY {_STARTED} DESC, {{saved}} DESC) AS n FROM runs {{where}}) "
     "AS latest WHERE n = 1"
 )
+
+
+def _details(row: Any) -> dict[str, Any]:
+    details = json.loads(row["details"] or "{}")
+    return details if isinstance(details, dict) else {}
 
 
 def _run(row: Any, *, details: dict[str, Any] | None = None) -> RunRow:

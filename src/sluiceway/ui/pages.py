@@ -147,13 +147,20 @@ def _run_row(run: RunRow) -> list[Any]:
     return [
         link(f"/runs/{segment(run.run_id)}", run.run_id),
         run.logical_date,
-        _status(run.status),
+        _run_status(run),
         when(run.started),
         f"{run.duration_s:.2f} s" if run.duration_s is not None else "",
         run.rows_in,
-        run.rows_written,
+        "–" if run.written is None else run.written,
         run.rows_rejected,
     ]
+
+
+def _run_status(run: RunRow) -> Html:
+    """The run's status; a replay of dead letters says so (its counts are the replayed
+    rows, not a run of the date)."""
+    replay = ' <span class="note">(replay)</span>' if run.details.get("replay") else ""
+    return Html(f"{_status(run.status)}{replay}")
 
 
 def trends(reader: StoreReader, pipeline: str) -> str:
@@ -168,22 +175,25 @@ def trends(reader: StoreReader, pipeline: str) -> str:
     }
     parts = ["<h3>Rows per logical date</h3>", line_chart(dates, rows)]
     names = reader.check_names(pipeline)
+    verdicts = reader.check_verdicts(pipeline)
     checks = sorted({c for c, m in series if c != RUN_SERIES and m == "observed_value"})
     for check_id in checks[:MAX_CHECK_CHARTS]:
         observed = series[(check_id, "observed_value")]
-        unexpected = series.get((check_id, "unexpected_count"), {})
+        failed = verdicts.get(check_id, {})
         parts += [
             f"<h3>{_esc(names.get(check_id, check_id))} <code>{_esc(check_id)}</code></h3>",
             line_chart(dates, {"observed value": [observed.get(d) for d in dates]}),
-            status_strip(dates, [_point_status(d, observed, unexpected) for d in dates]),
+            status_strip(dates, [_point_status(d, observed, failed) for d in dates]),
         ]
     return "".join(parts)
 
 
-def _point_status(day: str, observed: dict[str, float], unexpected: dict[str, float]) -> str:
+def _point_status(day: str, observed: dict[str, float], failed: dict[str, bool]) -> str:
+    """The check's verdict that date: not its unexpected count (an aggregate check fails
+    with none; a routing check, or one with `mostly`, passes with some)."""
     if day not in observed:
         return ""
-    return "failed" if unexpected.get(day, 0) > 0 else "passed"
+    return "failed" if failed.get(day) else "passed"
 
 
 def _letters_link(app: Dashboard, run: RunRow) -> str:
@@ -207,7 +217,7 @@ def run_page(app: Dashboard, run_id: str) -> str:
         ("rejected", run.rows_rejected or 0),
         ("deduplicated", run.rows_deduplicated or 0),
         ("filtered", run.rows_filtered or 0),
-        ("written", run.rows_written or 0),
+        ("written" if run.written is not None else "staged, not published", run.rows_written or 0),
     ]
     steps = [
         (f"{s.get('index', i)}. {s.get('step', '?')}", float(s.get("duration_s") or 0))
@@ -227,22 +237,30 @@ def run_page(app: Dashboard, run_id: str) -> str:
         "<h2>Checks</h2>",
         _checks(details.get("checks") or []),
         "<h2>Outputs</h2>",
-        _table(
-            ["sink", "rows written", "version"],
-            [
-                [redact(str(s.get("uri", ""))), s.get("rows_written"), s.get("version")]
-                for s in details.get("sinks") or []
-            ],
-            numeric={1, 2},
-        ),
+        _outputs(run),
     ]
     return page(f"Run {run.run_id}", "".join(body))
+
+
+def _outputs(run: RunRow) -> str:
+    sinks = run.details.get("sinks") or []
+    if not sinks and run.status == "failed":
+        return (
+            '<p class="note">Nothing was published: the run failed before its commit, so its '
+            "tables are as they were. Fix what the error says, then run the date again: "
+            f"<code>sluice run {_esc(run.pipeline)} --date {_esc(run.logical_date)}</code>.</p>"
+        )
+    return _table(
+        ["sink", "rows written", "version"],
+        [[redact(str(s.get("uri", ""))), s.get("rows_written"), s.get("version")] for s in sinks],
+        numeric={1, 2},
+    )
 
 
 def _run_facts(run: RunRow) -> list[tuple[str, Any]]:
     return [
         ("pipeline", link(f"/pipelines/{segment(run.pipeline)}", run.pipeline)),
-        ("status", _status(run.status)),
+        ("status", _run_status(run)),
         ("logical date", run.logical_date),
         ("started", when(run.started)),
         ("finished", when(run.finished)),
