@@ -12,7 +12,10 @@ from sluiceway.core.loader import load_spec
 from sluiceway.errors import SluicewayError, SpecError
 from sluiceway.observability.report import PAGE_SIZE, RUNS_LIMIT, build_report, render_run
 
-STATE_DIR_HELP = "Where runs are recorded (default: $SLUICE_HOME or ./.sluice)."
+STATE_DIR_HELP = (
+    "Where runs are recorded (default: the state_dir of the spec's project, found from the "
+    "spec's folder or this one, else $SLUICE_HOME or ./.sluice)."
+)
 
 
 def _cli() -> Any:
@@ -62,14 +65,21 @@ def report(
 ) -> None:
     """Render an HTML quality report from stored run results: the runs (paginated), one page
     per run with its checks, and trends per pipeline. Opens offline: no script, no network."""
+    from sluiceway import cli_orchestrate as orchestrate
+
     cli = _cli()
-    state = cli._state_dir(state_dir)
+    # The runs of the spec's project (found from its folder, else from here), as `sluice
+    # run` recorded them: its state_dir and run_store, unless --state-dir says otherwise.
+    near = Path(spec).resolve().parent if spec is not None else None
+    context = orchestrate.find_project(None, near=near)
+    state = Path(cli._state_dir(orchestrate.state_dir_of(context, state_dir)))
     out = Path(out_dir).resolve() if out_dir else state / "report"
     try:
+        location = orchestrate.store_location_of(context, state)
         if spec is not None:
             pipeline = _spec_pipeline(spec, pipeline)
         if run_id is not None:
-            page = render_run(state, out, run_id)
+            page = render_run(state, out, run_id, location=location)
             click.echo(str(page))
         else:
             summary = build_report(
@@ -79,6 +89,7 @@ def report(
                 page_size=page_size,
                 runs_limit=runs_limit,
                 rewrite=rewrite,
+                location=location,
             )
             page = summary.index
             click.echo(

@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -79,3 +80,36 @@ def test_report_of_two_real_runs_shows_their_accounting_checks_and_trends(tmp_pa
     assert "<title>2025-01-15: failed</title>" in trends
     assert "<title>2025-01-16: passed</title>" in trends
     assert "<title>2025-01-16: written 5</title>" in trends
+
+
+def test_report_of_a_spec_reads_the_run_store_of_its_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The project keeps its runs in its state_dir: `sluice report SPEC` from the spec's
+    folder (or anywhere) reads them there, not in ./.sluice."""
+    project = tmp_path / "shop"
+    (project / "pipelines").mkdir(parents=True)
+    (project / "sluice.yaml").write_text(
+        "version: 1\nproject: shop\npipelines: [pipelines/]\nstate_dir: var/state\n"
+    )
+    spec = project / "pipelines" / "orders.yaml"
+    spec.write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    lines = "order_id,amount,email\no1,10,a@example.com\n"
+    (project / "pipelines" / "in").mkdir()
+    (project / "pipelines" / "in" / "orders.csv").write_text(lines)
+    options = RunOptions(
+        logical_date=date(2025, 1, 15),
+        base_dir=spec.parent,
+        state_dir=project / "var" / "state",
+        environ=KEYS,
+    )
+    assert run_pipeline(load_spec(spec), options).ok
+    monkeypatch.chdir(spec.parent)
+    monkeypatch.delenv("SLUICE_HOME", raising=False)
+
+    done = CliRunner().invoke(report, [str(spec)])
+
+    assert done.exit_code == 0, done.output
+    assert str(project / "var" / "state" / "report" / "index.html") in done.output
+    assert "1 run(s)" in done.output
+    assert not (spec.parent / ".sluice").exists()

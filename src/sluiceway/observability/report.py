@@ -232,6 +232,7 @@ def build_report(
     page_size: int = PAGE_SIZE,
     runs_limit: int = RUNS_LIMIT,
     rewrite: bool = False,
+    location: StoreLocation | None = None,
 ) -> ReportSummary:
     """Write the whole report: the paginated runs list, run pages and trend pages.
 
@@ -242,6 +243,7 @@ def build_report(
         page_size: runs per index page.
         runs_limit: run pages and trend points for at most this many of the newest runs.
         rewrite: rewrite run pages even when they are up to date.
+        location: the run store (default: $SLUICE_RUN_STORE, else `<state_dir>/runs.db`).
 
     Returns:
         What was written.
@@ -249,7 +251,7 @@ def build_report(
     Raises:
         ConfigError: no run store, or no runs (of `pipeline`) in it.
     """
-    index = RunIndex(state_dir)
+    index = RunIndex(state_dir, location=location)
     total = index.count(pipeline)
     if total == 0:
         scope = f" of pipeline '{pipeline}'" if pipeline else ""
@@ -273,13 +275,15 @@ def build_report(
     return ReportSummary(out_dir / "index.html", pages, total, written, kept, trends)
 
 
-def render_run(state_dir: Path, out_dir: Path, run_id: str) -> Path:
+def render_run(
+    state_dir: Path, out_dir: Path, run_id: str, *, location: StoreLocation | None = None
+) -> Path:
     """Write one run's page (always) and return its path.
 
     Raises:
         ConfigError: no run store, or no run with that id (or unique prefix).
     """
-    index = RunIndex(state_dir)
+    index = RunIndex(state_dir, location=location)
     record = index.record(run_id)
     if record is None:
         raise ConfigError(
