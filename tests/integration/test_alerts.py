@@ -153,13 +153,14 @@ def test_an_error_check_failure_names_the_check_and_its_observed_value(
     assert result.status == "failed"
     [slack] = [b for b in receiver.bodies("/slack") if "check_failed" in b["text"]]
     assert "`row_count_between`" in slack["text"]
-    assert "observed: 2" in slack["text"]
+    assert "observed: 2 (threshold min_value 1000)" in slack["text"]
     [piped] = (tmp_path / "command-stdin.json").read_text().splitlines()
     alert = json.loads(piped)
-    assert (alert["kind"], alert["check"], alert["observed"]) == (
+    assert (alert["kind"], alert["check"], alert["observed"], alert["threshold"]) == (
         "check_failed",
         "row_count_between",
         2,
+        {"min_value": 1000},
     )
     assert alert["run_id"] == result.run_id
 

@@ -31,6 +31,9 @@ SAMPLE_VALUE_CHARS = 200
 ROW_POSITION = "__sw_position"
 
 
+_NOT_A_THRESHOLD = {"column", "severity", "name", "on_fail", "description"}
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """The outcome of one table check on one table.
@@ -52,6 +55,9 @@ class CheckResult:
     rows_checked: int
     message: str
     error: str | None = None
+    threshold: dict[str, Any] | None = None
+    """The numeric settings the check holds the table to (`min_value`, `max_value`,
+    `mostly`, ...), for alerts and reports."""
 
     @property
     def status(self) -> Status:
@@ -249,8 +255,17 @@ class TableCheck:
             check=self.config.key,
             column=self.column,
             severity=self.config.severity,
+            threshold=self.threshold(),
             **fields,
         )
+
+    def threshold(self) -> dict[str, Any] | None:
+        """The config's numeric settings that bound the check (`min_value`, `mostly`, ...;
+        None when it has none). Texts and lists (value sets, patterns) are left out: they
+        may spell the very values a result must never carry."""
+        said = self.config.model_dump(exclude=_NOT_A_THRESHOLD, exclude_none=True, mode="json")
+        bounds = {k: v for k, v in said.items() if isinstance(v, int | float)}
+        return bounds or None
 
 
 class ColumnValuesCheck(TableCheck):

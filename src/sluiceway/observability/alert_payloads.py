@@ -77,11 +77,19 @@ class Alert:
             where.append(f"check `{self.check}`")
         lines.append(", ".join(where))
         if self.observed is not None:
-            limit = f" (threshold {self.threshold})" if self.threshold is not None else ""
-            lines.append(f"observed: {self.observed}{limit}")
+            lines.append(f"observed: {self.observed}{_limit(self.threshold)}")
         if self.inspect:
             lines.append(f"inspect: `{self.inspect}`")
         return "\n".join(lines)
+
+
+def _limit(threshold: Any) -> str:
+    """' (threshold …)': a check's settings as `min_value 1000, mostly 0.95`."""
+    if threshold is None:
+        return ""
+    if isinstance(threshold, dict):
+        threshold = ", ".join(f"{k} {v}" for k, v in threshold.items())
+    return f" (threshold {threshold})"
 
 
 def slack_payload(route: AlertRoute, alert: Alert) -> dict[str, Any]:
@@ -93,8 +101,9 @@ def slack_payload(route: AlertRoute, alert: Alert) -> dict[str, Any]:
     if alert.check:
         fields.append({"type": "mrkdwn", "text": f"*Check*\n`{alert.check}`"})
     if alert.observed is not None:
-        limit = f" (threshold {alert.threshold})" if alert.threshold is not None else ""
-        fields.append({"type": "mrkdwn", "text": f"*Observed*\n{alert.observed}{limit}"})
+        fields.append(
+            {"type": "mrkdwn", "text": f"*Observed*\n{alert.observed}{_limit(alert.threshold)}"}
+        )
     blocks: list[dict[str, Any]] = [
         {
             "type": "section",
