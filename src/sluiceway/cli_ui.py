@@ -104,7 +104,8 @@ def ui(
     shown = f"[{host}]" if ":" in host else host
     cli.console.print(
         f"sluice ui: http://{shown}:{server.server_port}/ "
-        f"({len(app.catalog.paths)} spec(s), runs in {app.state_dir}); Ctrl-C stops it",
+        f"({len(app.catalog.specs())} spec(s), runs in {app.reader.location.label}); "
+        "Ctrl-C stops it",
         soft_wrap=True,
     )
     try:

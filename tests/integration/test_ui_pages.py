@@ -348,6 +348,53 @@ def test_sluice_ui_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: P
     assert "Traceback" not in done.stderr
 
 
+def test_sluice_ui_says_how_many_specs_the_project_has_and_where_its_runs_are(
+    tmp_path: Path,
+) -> None:
+    write_project(tmp_path)
+    sluice = Path(sys.executable).parent / "sluice"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    process = subprocess.Popen(
+        [str(sluice), "ui", "--port", "0"],
+        cwd=tmp_path,
+        env={**environ, "COLUMNS": "300"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+    assert "(3 spec(s), runs in " in line, line
+    assert str(tmp_path / ".sluice" / "runs.db") in line
+
+
+def test_an_internal_error_is_logged_with_where_it_happened(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sluiceway.ui import pages
+
+    def broken(*_: object) -> str:
+        raise ImportError("cannot import name 'gone' from 'sluiceway.ui.nowhere'")
+
+    monkeypatch.setattr(pages, "overview", broken)
+    server = serve(site.root)
+    try:
+        status, body, _ = fetch(f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    logged = capsys.readouterr().err
+    assert status == 500 and "Internal error (ImportError)" in body
+    assert "cannot import name 'gone'" in logged and "test_ui_pages.py" in logged
+    assert "cannot import" not in body
+
+
 def fill_store(state: Path, runs: int) -> None:
     """`runs` batch and stream runs of 'orders' with checks, steps and metrics."""
     RunStore(state / "runs.db")

@@ -15,6 +15,7 @@ import ipaddress
 import re
 import secrets
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -222,10 +223,22 @@ class Dispatcher:
                 500, page("Error", f'<pre class="error">{_esc(redact(str(exc)))}</pre>')
             )
         except Exception as exc:  # the page reports the failure; the server keeps serving
-            print(f"sluice ui: {req.path}: {type(exc).__name__}", file=sys.stderr)
+            print(f"sluice ui: {req.path}: {_diagnosis(exc)}", file=sys.stderr)
             return Response(
                 500, page("Error", f"<p>Internal error ({_esc(type(exc).__name__)}).</p>")
             )
+
+
+_CODE_ERRORS = (ImportError, AttributeError, NameError, TypeError, KeyError, IndexError)
+
+
+def _diagnosis(exc: Exception) -> str:
+    """What the operator needs to act on an internal error: where it happened (the
+    traceback's frames) and, for an error of the code itself, its message. Other messages
+    may quote stored values, so only their type is shown."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    said = f"{type(exc).__name__}: {exc}" if isinstance(exc, _CODE_ERRORS) else type(exc).__name__
+    return f"{said} (please report it)\n{frames}".rstrip()
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
