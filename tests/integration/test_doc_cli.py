@@ -123,3 +123,21 @@ def test_an_unwritable_output_exits_2_with_a_clear_message(tmp_path: Path) -> No
     assert "Could not write" in result.stderr
     assert "writable --output" in result.stderr
     assert not out.exists()
+
+
+def test_the_document_names_the_schedule_and_the_dependencies(tmp_path: Path) -> None:
+    spec = _priced_spec(tmp_path)
+    data = yaml.safe_load(spec.read_text())
+    data["depends_on"] = ["orders", "refunds"]
+    data["schedule"] = {"cron": "0 2 * * *", "timezone": "Europe/Paris"}
+    spec.write_text(yaml.safe_dump(data), encoding="utf-8")
+    (tmp_path / "plain").mkdir()
+    plain = _priced_spec(tmp_path / "plain")
+
+    done = CliRunner().invoke(main, ["doc", str(spec)])
+    bare = CliRunner().invoke(main, ["doc", str(plain)])
+
+    assert done.exit_code == 0, done.output
+    assert "| Schedule | cron `0 2 * * *` Europe/Paris, catchup latest |" in done.output
+    assert "| Depends on | orders, refunds |" in done.output
+    assert "| Schedule | not scheduled" in bare.output and "| Depends on | nothing |" in bare.output

@@ -56,6 +56,14 @@ def _or_missing(value: object) -> str:
     return str(value)
 
 
+def _schedule(pipeline: Pipeline) -> str:
+    schedule = pipeline.schedule
+    if schedule is None:
+        return "not scheduled (run by hand, `sluice run --all` or another orchestrator)"
+    zone = f" {schedule.timezone}" if schedule.timezone else " (the project's time zone)"
+    return f"cron `{schedule.cron}`{zone}, catchup {schedule.catchup}"
+
+
 def overview(pipeline: Pipeline) -> Table:
     mode: str = pipeline.mode
     if mode == "stream":
@@ -68,6 +76,8 @@ def overview(pipeline: Pipeline) -> Table:
         ("Owner", _or_missing(pipeline.owner)),
         ("Layer", _or_missing(pipeline.layer)),
         ("Mode", mode),
+        ("Schedule", _schedule(pipeline)),
+        ("Depends on", ", ".join(pipeline.depends_on) or "nothing"),
         ("Timeout", _or_missing(pipeline.timeout)),
         (
             "Retries",
