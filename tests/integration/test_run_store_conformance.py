@@ -24,6 +24,7 @@ from sluiceway.errors import ConfigError
 from sluiceway.observability.metrics import render_metrics
 from sluiceway.observability.report import RunIndex
 from sluiceway.orchestration.schedule_state import ScheduleState
+from sluiceway.ui.data import StoreReader
 from sluiceway.ui.pages import overview, run_page
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -372,3 +373,25 @@ def test_a_project_run_store_setting_is_where_runs_are_recorded_and_read(
     assert stored.status == "succeeded" and stored.rows_written == 2
     assert not (tmp_path / ".sluice" / "runs.db").exists()
     assert listed.exit_code == 0 and stored.run_id[:15] in listed.output
+
+
+def test_ui_freshness_goes_by_the_newest_date_published_not_by_a_backfill(
+    location: StoreLocation,
+) -> None:
+    """A backfill of an old date today does not make the data fresh, as the freshness
+    monitor (newest partition) would not either."""
+    store = RunStore(location)
+    today = datetime.now(UTC).date()
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).strftime(COMPACT)
+    store.save(run("new", two_hours_ago, logical_date=str(today), finished_at=two_hours_ago))
+    store.save(
+        run("backfill", ago(minutes=1), logical_date="2020-01-01", finished_at=ago(minutes=1))
+    )
+    store.save(run("only-old", ago(minutes=1), pipeline="old", logical_date="2020-01-01"))
+
+    states = StoreReader(location).pipeline_states()
+
+    assert states["orders"].newest_data.run_id == "new"  # type: ignore[union-attr]
+    fresh = states["orders"].data_time
+    assert fresh is not None and abs((datetime.now(UTC) - fresh).total_seconds() - 7200) < 120
+    assert states["old"].data_time == datetime(2020, 1, 2, tzinfo=UTC)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,25 @@ class PipelineState:
     runs: int
     last: RunRow | None
     last_success: RunRow | None
+    newest_data: RunRow | None = None
+    """The successful run of the newest logical date (a backfill of an old date is not)."""
+
+    @property
+    def data_time(self) -> datetime | None:
+        """How recent the published data is, as the freshness monitor judges a table by
+        its newest date partition: the end of the newest logical date that succeeded, or
+        when that run finished, whichever is earlier."""
+        run = self.newest_data
+        if run is None:
+            return None
+        finished = run.finished or run.started
+        try:
+            day_end = datetime.combine(
+                date.fromisoformat(run.logical_date), time(), tzinfo=UTC
+            ) + timedelta(days=1)
+        except ValueError:
+            return finished
+        return min(t for t in (finished, day_end) if t is not None)
 
 
 class StoreReader:
@@ -137,8 +156,17 @@ class StoreReader:
                 _LATEST.format(where=f"WHERE status = 'succeeded' AND {NOT_A_REPLAY}", saved=saved)
             )
         }
+        newest = {
+            r["pipeline"]: _run(r)
+            for r in self._rows(
+                _NEWEST_DATE.format(
+                    where=f"WHERE status = 'succeeded' AND {NOT_A_REPLAY}", saved=saved
+                )
+            )
+        }
         return {
-            name: PipelineState(name, counts[name], last.get(name), ok.get(name)) for name in counts
+            name: PipelineState(name, counts[name], last.get(name), ok.get(name), newest.get(name))
+            for name in counts
         }
 
     def runs(self, pipeline: str, *, offset: int, limit: int) -> tuple[list[RunRow], int]:
@@ -206,6 +234,11 @@ class StoreReader:
 
 RUN_SERIES = RUN_METRICS
 _COUNTS = "SELECT pipeline, COUNT(*) AS n FROM runs GROUP BY pipeline"
+_NEWEST_DATE = (
+    f"SELECT {_SUMMARY_COLUMNS} FROM (SELECT {_SUMMARY_COLUMNS}, ROW_NUMBER() OVER "
+    f"(PARTITION BY pipeline ORDER BY logical_date DESC, {_STARTED} DESC, {{saved}} DESC) AS n "
+    "FROM runs {where}) AS newest WHERE n = 1"
+)
 _LATEST = (
     f"SELECT {_SUMMARY_COLUMNS} FROM (SELECT {_SUMMARY_COLUMNS}, ROW_NUMBER() OVER "
     f"(PARTITION BY pipeline ORDER BY {_STARTED} DESC, {{saved}} DESC) AS n FROM runs {{where}}) "

@@ -65,16 +65,17 @@ def _overview_row(name: str, state: PipelineState | None, spec: Any) -> list[Any
         link(f"/runs/{segment(last.run_id)}", when(last.started)) if last else "never run",
         _status(last.status) if last else "",
         when((success.finished or success.started) if success else None),
-        freshness(pipeline, success),
+        freshness(pipeline, state),
         latency(pipeline, last),
         state.runs if state else 0,
     ]
 
 
-def freshness(pipeline: Pipeline | None, success: RunRow | None) -> Html:
-    """Age of the last successful run against `sla.freshness` (late / ok / no target)."""
+def freshness(pipeline: Pipeline | None, state: PipelineState | None) -> Html:
+    """Age of the newest data published (`PipelineState.data_time`: the newest logical date
+    that succeeded, as the freshness monitor judges tables) against `sla.freshness`."""
     target = pipeline.sla.freshness if pipeline and pipeline.sla else None
-    instant = (success.finished or success.started) if success else None
+    instant = state.data_time if state else None
     if instant is None:
         return Html(f'<span class="late">no success</span>{_target(target)}')
     seconds = (datetime.now(UTC) - instant).total_seconds()

@@ -201,7 +201,7 @@ def _dataset_section(
         producer = data.producers[0]
         state = states.get(producer)
         spec = specs.get(producer)
-        fresh = freshness(spec.pipeline if spec else None, state.last_success if state else None)
+        fresh = freshness(spec.pipeline if spec else None, state)
     facts = [
         ("kind", data.kind),
         ("owner", ", ".join(data.owners)),
