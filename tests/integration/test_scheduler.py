@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from deltalake import DeltaTable
 
-from sluiceway.core.runstore import RunStore
+from sluiceway.core.runstore import RunRecord, RunStore
 from sluiceway.orchestration.schedule_state import ScheduleState
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
@@ -113,6 +113,32 @@ def test_a_failed_scheduled_run_is_reported_with_its_error(tmp_path: Path) -> No
     assert done.returncode == 1
     line = next(x for x in done.stdout.splitlines() if "daily 2025-01-18: failed" in x)
     assert "1 error check(s) failed" in line and "row_count_between" in line
+
+
+def test_a_run_whose_process_died_is_marked_crashed_and_alerted_not_taken_for_a_slow_one(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path, catchup="none", sla={"latency": "1m"})
+    store = RunStore(tmp_path / ".sluice" / "runs.db")
+    store.save(
+        RunRecord(
+            run_id="20250115T020000-dead0001",
+            pipeline="daily",
+            logical_date="2025-01-14",
+            status="running",
+            started_at="20250115T020000",
+        )
+    )
+    (tmp_path / "sluice.yaml").write_text(
+        (tmp_path / "sluice.yaml").read_text()
+        + "alerts:\n  - {name: log, type: command, command: [tee, -a, alerts.jsonl]}\n"
+    )
+
+    done = run_once(project, FIRST_SEEN)
+
+    [record] = store.list(pipeline="daily")
+    assert record.status == "crashed" and "sluice run --resume" in (record.error or "")
+    assert "run crashed" in done.stdout and "running for" not in done.stdout
 
 
 def test_a_pipeline_whose_upstream_failed_for_a_date_is_not_run_for_it(tmp_path: Path) -> None:

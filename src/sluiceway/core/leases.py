@@ -236,13 +236,13 @@ def mark_crashed(db: Store, pipeline: str, *, ttl_s: float) -> list[CrashedRun]:
         for run in crashed:
             con.execute(
                 "UPDATE runs SET status = 'crashed', error = ? WHERE run_id = ?",
-                (_crash_message(run), run.run_id),
+                (crash_message(run), run.run_id),
             )
             con.execute("DELETE FROM leases WHERE run_id = ?", (run.run_id,))
     return crashed
 
 
-def _crash_message(run: CrashedRun) -> str:
+def crash_message(run: CrashedRun) -> str:
     return (
         f"the process running it ({run.holder}) stopped renewing its lease (killed or "
         "crashed); nothing it had not committed is visible. Resume with "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from sluiceway.core import leases
 from sluiceway.core.durations import parse_instant
 from sluiceway.core.events import Event
 from sluiceway.core.runstore import RunStore
@@ -264,13 +265,34 @@ class Scheduler:
             one line per alert: its key, what it observed and what each route did with it.
         """
         specs = [(s.pipeline, s.path) for _, s in sorted(self.specs.items())]
-        found = freshness_alerts(specs, now=now) + latency_alerts(specs, self.store, now=now)
+        found = self._crashed_runs()  # first: a dead run is not a slow one
+        found += freshness_alerts(specs, now=now) + latency_alerts(specs, self.store, now=now)
         lines = []
         for alert in found:
             outcomes = dispatch(self.context.project, alert, state_dir=self.state_dir)
             routes = ", ".join(f"{route}: {what}" for route, what in outcomes.items())
             lines.append(f"{alert.key}: {alert.summary} ({routes or 'no route'})")
         return lines
+
+    def _crashed_runs(self) -> list[Alert]:
+        """Runs of the project's pipelines left `running` by a process that died (their
+        lease expired), marked crashed, one `run_failed` alert each: until then they showed
+        as running everywhere (UI, metrics) and a latency SLA took them for slow runs."""
+        alerts = []
+        for name in sorted(self.specs):
+            for run in leases.mark_crashed(self.store.location, name, ttl_s=leases.lease_ttl()):
+                alerts.append(
+                    Alert(
+                        kind="run_failed",
+                        pipeline=name,
+                        summary=f"run crashed: {leases.crash_message(run)}",
+                        severity="critical",
+                        run_id=run.run_id,
+                        logical_date=run.logical_date,
+                        inspect=f"sluice run --resume {run.run_id}",
+                    )
+                )
+        return alerts
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
