@@ -241,6 +241,9 @@ def _mysql_error(conn: Connection, exc: Exception) -> Exception:
     )
 
 
+_UNFIT_VALUE = re.compile(r"Invalid Input Error: (column \S+ is .*? lands as .*)$", re.DOTALL)
+
+
 class _Loader:
     """Streams one query's result into DuckDB table `table`.
 
@@ -279,9 +282,14 @@ class _Loader:
                 f"SELECT {self.select} FROM {quote_ident(view)}",
                 purpose=f"load source {self.name}",
             )
-        except StepError:
+        except StepError as exc:
             if self.failure is not None:
                 raise self.failure from None
+            refused = _UNFIT_VALUE.search(exc.message)
+            if refused:  # a value the column's type cannot hold (see mysql_columns)
+                raise SourceError(
+                    f"mysql source {self.name}: {refused[1]}", context={"source": self.name}
+                ) from None
             raise
         finally:
             engine.con.unregister(view)

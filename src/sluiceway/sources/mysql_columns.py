@@ -6,7 +6,8 @@ the column is fetched differently and cast back in DuckDB, on the chunk as it is
 
 - DECIMAL(p,s): connectorx forces decimal128(38,10) and fails on a scale above 10, so the
   value is fetched as text and cast to DECIMAL(p,s) (p > 38 stays text: DuckDB stops at 38);
-- TINYINT(1) is the way MySQL declares a boolean: it lands as BOOLEAN;
+- TINYINT(1) is the way MySQL declares a boolean: it lands as BOOLEAN, and a value other
+  than 0 and 1 stops the read (it is a number: select it as one in a query);
 - TIMESTAMP is an instant: the session runs in UTC, so it lands as TIMESTAMPTZ; DATETIME is
   a wall-clock time without a zone and lands as TIMESTAMP;
 - unsigned integers widen to the next signed type (BIGINT UNSIGNED to DECIMAL(20,0)): every
@@ -24,7 +25,7 @@ from typing import Any
 
 from pymysql.constants import FIELD_TYPE, FLAG
 
-from sluiceway.engines.duckdb import quote_ident
+from sluiceway.engines.duckdb import quote_ident, quote_literal
 
 _DUCKDB_MAX_DECIMAL = 38
 _WIDER_SIGNED = {
@@ -87,7 +88,21 @@ def _integer(field: Any) -> Column:
 
 
 def _tiny(field: Any) -> Column:
-    return _cast(field, "BOOLEAN") if int(field.length) == 1 else _integer(field)
+    if int(field.length) != 1:
+        return _integer(field)
+    # MySQL stores any -128..127 in a TINYINT(1): a value other than 0 and 1 is not a
+    # boolean, and casting would turn a status code 2 into true for good.
+    name = quote_ident(field.name)
+    refusal = quote_literal(
+        f"column {field.name} is TINYINT(1), which lands as BOOLEAN, but holds a value other "
+        f"than 0 and 1; select it as a number in a query (CAST({field.name} AS SIGNED) AS "
+        f"{field.name})"
+    )
+    load = (
+        f"CASE WHEN {name} IS NULL OR {name} IN (0, 1) THEN CAST({name} AS BOOLEAN) "
+        f"ELSE error({refusal}) END"
+    )
+    return Column(field.name, _fetched(field), load)
 
 
 def _timestamp(field: Any) -> Column:
