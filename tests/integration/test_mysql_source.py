@@ -526,9 +526,7 @@ def test_arrow_types_are_what_delta_can_store(ctx, db) -> None:
     assert not any(pa.types.is_time(f.type) for f in data.schema)
 
 
-def test_a_tinyint_1_holding_another_value_than_0_or_1_stops_the_read_naming_it(
-    ctx, db
-) -> None:
+def test_a_tinyint_1_holding_another_value_than_0_or_1_stops_the_read_naming_it(ctx, db) -> None:
     sql(
         "CREATE TABLE flags (id INT PRIMARY KEY, ok TINYINT(1), level TINYINT)",
         "INSERT INTO flags VALUES (1, 0, 5), (2, 1, -3), (3, NULL, NULL)",
@@ -540,5 +538,7 @@ def test_a_tinyint_1_holding_another_value_than_0_or_1_stops_the_read_naming_it(
     sql("INSERT INTO flags VALUES (4, 2, 0)", database=db)
     with pytest.raises(SourceError, match=r"column ok is TINYINT\(1\).*CAST\(ok AS SIGNED\)"):
         read(ctx, config(db, table="flags"))
-    _, rows = read(ctx, config(db, query="SELECT id, CAST(ok AS SIGNED) AS ok FROM flags ORDER BY id"))
+    _, rows = read(
+        ctx, config(db, query="SELECT id, CAST(ok AS SIGNED) AS ok FROM flags ORDER BY id")
+    )
     assert [r["ok"] for r in rows] == [0, 1, None, 2]

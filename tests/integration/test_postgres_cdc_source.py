@@ -754,3 +754,15 @@ def test_a_stream_run_that_cannot_reach_the_database_says_database_not_broker(
     assert not result.ok
     assert "could not connect to the database after 2 attempts" in (result.error or "")
     assert START_SCRIPT in (result.error or "")
+
+
+def test_replaying_a_dead_lettered_change_is_refused_saying_what_to_do(
+    table: str, tmp_path: Path
+) -> None:
+    from sluiceway.core.replay import replay
+
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+    with pytest.raises(ConfigError, match="cannot be replayed") as raised:
+        replay(pipeline_from_dict(cdc_spec(table)), "20250101T000000-0000aaaa-stream", options)
+
+    assert "new snapshot" in str(raised.value)

@@ -59,7 +59,20 @@ def dead_letter_table(pipeline: Pipeline, options: RunOptions) -> DeadLetterTabl
 
 
 def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult:
-    """Replay the contract dead letters of `run_id` (primary source) through `pipeline`."""
+    """Replay the contract dead letters of `run_id` (primary source) through `pipeline`.
+
+    Raises:
+        ConfigError: the pipeline captures changes: a dead-lettered change is older than the
+            changes applied since, so applying it now could undo them.
+    """
+    if getattr(pipeline.sources[pipeline.primary_source], "change_capture", False):
+        raise ConfigError(
+            f"pipeline {pipeline.pipeline} captures row changes: a dead-lettered change cannot "
+            "be replayed, since changes applied after it would be undone. Fix the contract, "
+            "then let the next change of each row bring it, or read the table anew (empty the "
+            "sink's table and take a new snapshot: docs/streaming/postgres_cdc.md, "
+            "mysql_cdc.md). `sluice dlq SPEC` lists the changes."
+        )
     table = dead_letter_table(pipeline, options)
     everything = table.read(pipeline=pipeline.pipeline, run_id=run_id)
     letters = everything.filter(

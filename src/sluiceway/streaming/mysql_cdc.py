@@ -689,10 +689,14 @@ class MySqlCdcSource:
                 context=self._context(),
             )
         if code == _BINLOG_GONE:
+            saved = f"{self._saved.file}:{self._saved.pos}" if self._saved else "unknown"
             return SourceError(
-                f"mysql_cdc {table}: the server cannot stream from the saved position "
-                f"{self._saved} ({message}); the binlog was purged. Delete "
-                f"{self.config.state_file(self.state_dir)} to read the table again from a new snapshot.",
+                f"mysql_cdc {table}: the server cannot stream from the saved binlog position "
+                f"{saved} ({message}): that binlog is gone (purged), or the position file "
+                "names a place the server never had. Changes since then cannot be read: read "
+                "the table anew — stop the pipeline, empty the sink's table (a snapshot merged "
+                "over it would keep rows deleted meanwhile), delete "
+                f"{self.config.state_file(self.state_dir)}, run again.",
                 context=self._context(),
             )
         return SourceError(
