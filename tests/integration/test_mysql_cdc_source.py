@@ -361,6 +361,19 @@ def test_the_position_file_lives_in_the_state_folder_and_its_loss_is_not_a_silen
     assert delta_rows(tmp_path) == source_rows(table) == [(1, "a", Decimal("1.5"))]
 
 
+def test_merge_keys_other_than_the_primary_key_are_refused(table: str, tmp_path: Path) -> None:
+    sql(f"INSERT INTO {table} (id, name, amount) VALUES (1, 'a', 1.5), (2, 'a', 2)")
+    spec = cdc_spec(table, tmp_path / "pos.json")
+    spec["sinks"][0]["merge_keys"] = ["name"]
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+
+    assert not result.ok
+    assert "merge_keys ['name'] are not the table's primary key ['id']" in str(result.error)
+    assert not (tmp_path / "lake" / "items").exists()
+
+
 def test_columns_beyond_the_contract_and_columns_added_at_the_source_land_too(
     table: str, tmp_path: Path
 ) -> None:

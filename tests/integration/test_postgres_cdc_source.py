@@ -766,3 +766,23 @@ def test_replaying_a_dead_lettered_change_is_refused_saying_what_to_do(
         replay(pipeline_from_dict(cdc_spec(table)), "20250101T000000-0000aaaa-stream", options)
 
     assert "new snapshot" in str(raised.value)
+
+
+def test_merge_keys_other_than_the_primary_key_are_refused_before_the_slot_is_made(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)  # its teardown drops the slot and the publication
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x'), (2, 'a', 2, 'y')")
+    spec = cdc_spec(table)
+    spec["sinks"][0]["merge_keys"] = ["name"]
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    result = run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+
+    assert not result.ok
+    assert "merge_keys ['name'] are not the primary key" in str(result.error)
+    assert "Set merge_keys: ['id']" in str(result.error)
+    slot = PostgresCdcSourceConfig(table=table).slot_name
+    assert not pg.execute(
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    ).fetchall()

@@ -226,6 +226,8 @@ class MySqlCdcSource:
         self._outstanding = 0
         self._saved: _Binlog | None = None
         self._key_columns: list[str] = []
+        self.merge_keys: list[str] = []
+        """The sink's merge keys (set by the stream runner): they must be the primary key."""
         self.state_dir: Path | None = None
         """The run's state folder (set by the stream runner): where the position file goes."""
         self._committed_id: str | None = None
@@ -256,6 +258,7 @@ class MySqlCdcSource:
         with self._db_errors("opening"):
             self._check_server_and_table()
             self._key_columns = self._primary_key()
+            self._check_merge_keys()
             self._saved, interrupted = self._load_state()
             if self._saved is not None and not interrupted:
                 self._start = self._saved
@@ -367,6 +370,17 @@ class MySqlCdcSource:
         except BaseException:
             connection.close()
             raise
+
+    def _check_merge_keys(self) -> None:
+        """Merge keys other than the primary key would fold distinct rows into one."""
+        keys = self._key_columns
+        if keys and self.merge_keys and set(keys) != set(self.merge_keys):
+            raise ConfigError(
+                f"mysql_cdc {self.config.table}: the sink's merge_keys {self.merge_keys} are "
+                f"not the table's primary key {keys}: changes are applied by key, so other "
+                f"keys would fold distinct rows into one. Set merge_keys: {keys}.",
+                context=self._context(),
+            )
 
     def _primary_key(self) -> list[str]:
         database, table = self.config.database_and_table

@@ -166,6 +166,8 @@ class PostgresCdcSource:
 
     def __init__(self, config: PostgresCdcSourceConfig) -> None:
         self.config = config
+        self.merge_keys: list[str] = []
+        """The sink's merge keys (set by the stream runner): they must be the primary key."""
         self._sql: Any = None
         self._replication: Any = None
         self._stream: Any = None
@@ -312,12 +314,34 @@ class PostgresCdcSource:
                 context=self._context(),
             )
         identity, has_primary_key = found[0]
+        if has_primary_key and self.merge_keys:
+            self._check_merge_keys()
         if identity == "n" or (identity == "d" and not has_primary_key):
             raise SourceError(
                 f"postgres_cdc: table {self.config.partition} has no replica identity (no "
                 "primary key), so once published the server would refuse its UPDATEs and "
                 "DELETEs; add a primary key or run ALTER TABLE "
                 f"{pgc.qualified(self.config.partition)} REPLICA IDENTITY FULL.",
+                context=self._context(),
+            )
+
+    def _check_merge_keys(self) -> None:
+        """Merge keys other than the primary key would fold distinct rows into one (or
+        leave a row behind when its key changes): refused before anything is created."""
+        keys = [
+            str(name)
+            for (name,) in self._query(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
+                "i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
+                "AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                (pgc.qualified(self.config.partition),),
+            )
+        ]
+        if set(keys) != set(self.merge_keys):
+            raise ConfigError(
+                f"postgres_cdc: the sink's merge_keys {self.merge_keys} are not the primary key "
+                f"of {self.config.partition} {keys}: changes are applied by key, so other keys "
+                f"would fold distinct rows into one. Set merge_keys: {keys}.",
                 context=self._context(),
             )
 

@@ -195,6 +195,8 @@ class _StreamRunner:
         self.source: StreamSource = plugin.impl(self.config)
         if hasattr(self.source, "state_dir"):  # a source that keeps a file of its own
             self.source.state_dir = self.state_dir
+        if hasattr(self.source, "merge_keys"):  # a change source checks them against its key
+            self.source.merge_keys = list(getattr(pipeline.sinks[0], "merge_keys", None) or [])
         sink_plugin = registry.lookup("sink", pipeline.sinks[0].type)
         assert sink_plugin is not None, "the loader validated the sink type"
         self.sink = sink_plugin.impl(pipeline.sinks[0])
