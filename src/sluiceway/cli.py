@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -259,6 +259,8 @@ def _run_spec(
     from sluiceway.orchestration import ProjectSpec, run_project_pipeline
 
     subscribers = [json_logger()] if log_format == "json" else [ConsoleProgress(err_console)]
+    if project is not None and pipeline.depends_on:
+        _warn_failed_upstream(pipeline, run_date or datetime.now(UTC).date(), project, state_dir)
     try:
         return run_project_pipeline(
             ProjectSpec(pipeline, Path(spec).resolve()),
@@ -272,6 +274,35 @@ def _run_spec(
     except ConfigError as exc:
         _fail(str(exc))
     raise AssertionError("unreachable")
+
+
+def _warn_failed_upstream(
+    pipeline: Pipeline, day: date, project: Any, state_dir: str | None
+) -> None:
+    """Say so when a pipeline this one depends on failed for the date (its latest run of
+    that date): the run goes ahead, on what the upstream published before. The scheduler
+    and `run --all` would hold it back."""
+    from sluiceway import cli_orchestrate as orchestrate
+
+    state = _state_dir(orchestrate.state_dir_of(project, state_dir))
+    try:
+        store = RunStore(orchestrate.store_location_of(project, state))
+    except ConfigError:
+        return
+    for upstream in pipeline.depends_on:
+        runs = [
+            r
+            for r in store.list(pipeline=upstream, limit=200)
+            if r.logical_date == str(day) and not (r.details or {}).get("replay")
+        ]
+        if runs and runs[0].status in ("failed", "crashed"):
+            err_console.print(
+                f"[yellow]upstream {escape(upstream)} {runs[0].status} for {day} (run "
+                f"{escape(runs[0].run_id)}): this run reads what {escape(upstream)} published "
+                f"before. Rerun it first (`sluice run {escape(upstream)} --date {day}`), or "
+                f"both: `sluice run {escape(upstream)} --downstream --date {day}`[/]",
+                soft_wrap=True,
+            )
 
 
 @main.command()

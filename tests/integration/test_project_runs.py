@@ -129,6 +129,13 @@ def test_a_failed_pipeline_skips_its_downstream_while_the_other_branch_completes
     assert runs_of(shop, "d") == 0
     assert "Traceback" not in done.stderr
 
+    by_hand = sluice("run", "d", "--date", "2025-01-15", cwd=shop)  # b has no run that date
+    today = sluice("run", "d", cwd=shop)  # b failed today
+
+    assert "upstream" not in by_hand.stderr
+    assert "upstream b failed for" in today.stderr and "sluice run b --downstream" in today.stderr
+    assert "upstream c" not in today.stderr
+
 
 def test_sigterm_lets_the_running_pipelines_finish_and_starts_no_other(shop) -> None:
     """What a service manager sends to stop `sluice run --all`: b and c (running) publish
