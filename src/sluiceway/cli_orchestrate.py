@@ -39,11 +39,9 @@ from sluiceway.orchestration.backfill import (
     run_range,
 )
 from sluiceway.orchestration.graph import (
-    PipelineGraph,
     ProjectSpec,
-    build_graph,
     downstream,
-    load_project_specs,
+    usable_graph,
     waves,
 )
 from sluiceway.orchestration.parallel import Outcome, run_graph
@@ -124,25 +122,17 @@ def resolve_spec(target: str, context: ProjectContext | None) -> ProjectSpec:
             f"'{target}' is neither a spec file nor a pipeline of a project: no sluice.yaml "
             "was found here or above; give a spec path, or --project FILE"
         )
-    specs = _project_specs(context)
+    # Another team's broken spec does not keep this pipeline from running, nor does a
+    # broken dependency (run alone, it reads what the dependency published).
     try:
-        return PipelineGraph(specs, {}).resolve(target)
-    except SpecError as exc:
-        _spec_error(exc)
-
-
-def _project_specs(context: ProjectContext) -> dict[str, ProjectSpec]:
-    try:
-        return load_project_specs(context.project, context.root)
-    except SpecError as exc:
-        _spec_error(exc)
-
-
-def project_graph(context: ProjectContext) -> PipelineGraph:
-    """The project's dependency graph; exits 2 on an invalid spec, an unknown dependency
-    or a cycle."""
-    try:
-        return build_graph(_project_specs(context))
+        usable = usable_graph(context.project, context.root)
+        if target in usable.waits_on:
+            path = next(Path(f) for f, name in usable.left_out.items() if name == target)
+            return ProjectSpec(load_spec(path), path)
+        if target in set(usable.left_out.values()):
+            mine = [p for p in usable.problems if usable.left_out.get(p.file or "") == target]
+            raise SpecError(mine or usable.problems, source="the project's specs")
+        return usable.graph.resolve(target)
     except SpecError as exc:
         _spec_error(exc)
 
@@ -192,13 +182,24 @@ def run_many(
             "--all and --downstream need a project: no sluice.yaml here or above "
             "(or give --project FILE)"
         )
-    graph = project_graph(context)
+    try:
+        usable = usable_graph(context.project, context.root)
+    except SpecError as exc:
+        _spec_error(exc)
+    graph = usable.graph
+    broken = sorted(set(usable.left_out.values()))
+    if not graph.specs or (start is not None and start in broken):
+        _spec_error(SpecError(usable.problems, source="the project's specs"))
     try:
         names = (
             set(graph.specs) if start is None else downstream(graph, [graph.resolve(start).name])
         )
     except SpecError as exc:
         _spec_error(exc)
+    if start is not None:  # only the pipelines left out below `start` would have run
+        broken = usable.left_out_below(start)
+    if broken:
+        _print_problems(usable.problems, f"left out of this run: {', '.join(broken)}")
     streams = sorted(n for n in names if graph.specs[n].pipeline.mode == "stream")
     names -= set(streams)
     for name in sorted(names):
@@ -229,11 +230,27 @@ def run_many(
     reason = "stream pipeline: it runs continuously; start it with `sluice run NAME`"
     ordered = [outcomes[n] for wave in waves(graph.depends_on, names) for n in wave]
     ordered += [Outcome(n, "skipped", reason=reason) for n in streams]
+    ordered += [
+        Outcome(n, "failed", reason="not run: its spec, or a dependency's, has problems (above)")
+        for n in broken
+    ]
     if log_format == "json":
         print(json.dumps([_outcome_data(o) for o in ordered], default=str))
     else:
         _cli().console.print(summary_table(ordered))
     sys.exit(143 if stop.is_set() else 1 if any(o.status == "failed" for o in ordered) else 0)
+
+
+def _print_problems(problems: list[Any], headline: str) -> None:
+    err = _cli().err_console
+    err.print(f"[bold red]✗ {escape(headline)}[/]: {len(problems)} problem(s)", soft_wrap=True)
+    for problem in problems:
+        where = f"{problem.file or ''}:{problem.line or '?'}"
+        err.print(
+            f"  {escape(where)}  [cyan]{escape(problem.path or '<root>')}[/]  "
+            f"{escape(problem.message)}",
+            soft_wrap=True,
+        )
 
 
 def _stop_on_sigterm() -> threading.Event:

@@ -18,7 +18,7 @@ from rich.markup import escape
 from sluiceway.cli import _fail
 from sluiceway.errors import SpecError
 from sluiceway.orchestration import ProjectContext
-from sluiceway.orchestration.graph import build_graph, load_project_specs
+from sluiceway.orchestration.graph import build_graph, load_project_specs, usable_graph
 from sluiceway.orchestration.scheduler import Scheduler, TickReport
 
 
@@ -63,17 +63,30 @@ def _project(project_file: str | None) -> ProjectContext:
 
 
 def _load_specs(context: ProjectContext) -> dict[str, Any]:
+    """The project's usable specs; those with problems (and what depends on them) are left
+    out and said, and the scheduler starts with the others. None usable: it stops."""
     try:
-        return dict(build_graph(load_project_specs(context.project, context.root)).specs)
+        usable = usable_graph(context.project, context.root)
     except SpecError as exc:
-        err = _cli().err_console
-        for problem in exc.problems:
-            where = f"{problem.file or exc.source or ''}:{problem.line or '?'}"
-            err.print(
-                f"  {escape(where)}  {escape(problem.path or '<root>')}  {escape(problem.message)}",
-                soft_wrap=True,
-            )
+        _print_problems(exc.problems, exc.source)
         _fail(f"{len(exc.problems)} problem(s) in {exc.source}; fix them and start again")
+    if usable.problems:
+        _print_problems(usable.problems, "the project's specs")
+        left = ", ".join(sorted(set(usable.left_out.values())))
+        if not usable.graph.specs:
+            _fail(f"no spec of the project can run ({left}); fix them and start again")
+        _say(f"left out until fixed: {left}; scheduling the others")
+    return dict(usable.graph.specs)
+
+
+def _print_problems(problems: list[Any], source: str | None) -> None:
+    err = _cli().err_console
+    for problem in problems:
+        where = f"{problem.file or source or ''}:{problem.line or '?'}"
+        err.print(
+            f"  {escape(where)}  {escape(problem.path or '<root>')}  {escape(problem.message)}",
+            soft_wrap=True,
+        )
 
 
 def _print_report(report: TickReport, *, is_quiet: bool = False) -> None:

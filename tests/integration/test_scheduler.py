@@ -141,6 +141,20 @@ def test_a_run_whose_process_died_is_marked_crashed_and_alerted_not_taken_for_a_
     assert "run crashed" in done.stdout and "running for" not in done.stdout
 
 
+def test_a_broken_spec_is_left_out_and_the_others_are_scheduled(tmp_path: Path) -> None:
+    project = make_project(tmp_path, catchup="latest")
+    (tmp_path / "pipelines" / "refunds.yaml").write_text(
+        "version: 1\npipeline: refunds\nsources: {r: {type: file, path: x}}\n"
+        "sinks: [{type: delta, path: ../lake/r}]\n"
+    )
+    run_once(project, FIRST_SEEN)
+
+    done = run_once(project, THREE_DAYS_LATER)
+
+    assert "refunds.yaml" in done.stderr and "left out until fixed: refunds" in done.stdout
+    assert runs_per_date(project) == Counter({"2025-01-18": 1})
+
+
 def test_a_pipeline_whose_upstream_failed_for_a_date_is_not_run_for_it(tmp_path: Path) -> None:
     """As `sluice run --all`: the downstream date is skipped, said and recorded, not built
     from stale data."""

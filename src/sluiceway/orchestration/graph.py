@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from sluiceway.core.loader import load_spec
 from sluiceway.core.project import Project
 from sluiceway.core.registry import did_you_mean
@@ -88,6 +90,111 @@ def load_project_specs(project: Project, root: Path) -> dict[str, ProjectSpec]:
     if problems:
         raise SpecError(problems, source="the project's specs")
     return specs
+
+
+@dataclass(frozen=True)
+class UsableGraph:
+    """The part of a project that can run, and what was left out: one team's broken spec
+    does not stop the other pipelines (`sluice run --all`, the scheduler)."""
+
+    graph: PipelineGraph
+    problems: list[SpecProblem]
+    """Every problem of the specs left out: a spec that does not load, a duplicate name,
+    a dependency on a pipeline left out or unknown, a cycle, a table masked otherwise."""
+    left_out: dict[str, str]
+    """Spec file → the pipeline it would run, or its file name when it does not load."""
+    waits_on: dict[str, str]
+    """A pipeline left out for a dependency → that dependency (left out or unknown)."""
+
+    def left_out_below(self, name: str) -> list[str]:
+        """The pipelines left out because they depend on `name`, directly or not."""
+        found: set[str] = set()
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            for waiting, dependency in self.waits_on.items():
+                if dependency == current and waiting not in found:
+                    found.add(waiting)
+                    todo.append(waiting)
+        return sorted(found)
+
+
+def usable_graph(project: Project, root: Path) -> UsableGraph:
+    """The graph of the specs that load and whose dependencies are usable; the others are
+    left out with their problems (what `load_project_specs` and `build_graph` would raise).
+
+    Raises:
+        SpecError: the project lists no spec file.
+    """
+    paths = project.spec_paths(root)
+    if not paths:
+        load_project_specs(project, root)  # raises, naming where it looked
+    specs: dict[str, ProjectSpec] = {}
+    problems: list[SpecProblem] = []
+    left_out: dict[str, str] = {}
+    waits_on: dict[str, str] = {}
+    for path in paths:
+        try:
+            pipeline = load_spec(path)
+        except SpecError as exc:
+            problems.extend(_in_file(p, path) for p in exc.problems)
+            left_out[str(path)] = _name_in(path) or path.name
+            continue
+        if pipeline.pipeline in specs:
+            first = specs[pipeline.pipeline].path
+            message = f"pipeline name '{pipeline.pipeline}' is also used by {first}; rename one"
+            problems.append(SpecProblem("pipeline", message, file=str(path)))
+            left_out[str(path)] = pipeline.pipeline
+            continue
+        specs[pipeline.pipeline] = ProjectSpec(pipeline, path)
+    known = sorted({*specs, *left_out.values()})
+
+    def leave_out(name: str, problem: SpecProblem | None) -> None:
+        if problem is not None:
+            problems.append(problem)
+        left_out[str(specs.pop(name).path)] = name
+
+    for problem in shared_table_problems(specs):
+        writer = next((n for n, sp in specs.items() if str(sp.path) == problem.file), None)
+        if writer is not None and writer in specs:
+            leave_out(writer, problem)
+        else:
+            problems.append(problem)
+    while True:  # a pipeline whose dependency is left out cannot run either
+        missing = {
+            name: [d for d in spec.pipeline.depends_on if d not in specs]
+            for name, spec in specs.items()
+        }
+        for name, deps in sorted(missing.items()):
+            if deps:
+                message = (
+                    f"pipeline '{name}' depends on '{deps[0]}', which is left out (its spec "
+                    f"has problems) or unknown (pipelines in the project: {', '.join(known)})."
+                    f"{did_you_mean(deps[0], known)}"
+                )
+                waits_on[name] = deps[0]
+                leave_out(name, _at(specs[name], "depends_on", message))
+        if any(missing.values()):
+            continue
+        depends_on = {n: tuple(dict.fromkeys(sp.pipeline.depends_on)) for n, sp in specs.items()}
+        cycle = find_cycle(depends_on)
+        if cycle is None:
+            graph = PipelineGraph(dict(specs), depends_on)
+            return UsableGraph(graph, problems, left_out, waits_on)
+        message = f"dependency cycle: {' → '.join(cycle)}; remove one of these depends_on entries"
+        starts = specs[cycle[0]]
+        for name in set(cycle):
+            leave_out(name, _at(starts, "depends_on", message) if name == cycle[0] else None)
+
+
+def _name_in(path: Path) -> str | None:
+    """The `pipeline:` name a spec that does not validate still gives, if it reads as YAML."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = data.get("pipeline") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def build_graph(specs: Mapping[str, ProjectSpec]) -> PipelineGraph:
