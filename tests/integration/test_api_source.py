@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable
 
 import sluiceway
@@ -992,3 +993,32 @@ def test_a_record_with_a_lone_surrogate_is_a_dead_letter_not_a_failed_read(
     )
     assert b"\\ud83d" in reject["raw"]
     assert result.rows_in == 3
+
+
+def test_an_empty_answer_without_columns_succeeds_when_incremental_and_fails_when_full(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    api.routes["/things"] = lambda _, __: ok({"items": []})
+    base = {
+        "version": 1,
+        "pipeline": "things",
+        "sources": {"things": {"type": "api", "url": api.url("/things"), "records_path": "items"}},
+        "checks": [{"row_count_between": {"min_value": 1}}],
+        "sinks": [{"type": "delta", "path": "lake/things", "mode": "append"}],
+    }
+    full = tmp_path / "full.yaml"
+    full.write_text(yaml.safe_dump(base))
+    incremental = tmp_path / "incremental.yaml"
+    base["sources"]["things"]["incremental"] = {"param": "since", "cursor_field": "at"}
+    base["sources"]["things"]["incremental"]["initial_value"] = "2024-01-01"
+    incremental.write_text(yaml.safe_dump(base))
+
+    empty_full = sluiceway.run(full, logical_date=date(2024, 1, 5), state_dir=tmp_path / "s1")
+    nothing_new = sluiceway.run(
+        incremental, logical_date=date(2024, 1, 5), state_dir=tmp_path / "s2"
+    )
+
+    assert empty_full.status == "failed"
+    assert "returned no row, and no column is known" in (empty_full.error or "")
+    assert nothing_new.status == "succeeded", nothing_new.error
+    assert "read nothing new" in (nothing_new.note or "")

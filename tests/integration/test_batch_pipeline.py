@@ -883,3 +883,24 @@ def test_results_are_recorded_in_the_run_store(tmp_path) -> None:
         record.rows_deduplicated,
     ) == ("succeeded", 7, 2, 4, 1)
     assert record.details["dead_letter_rows"] == 4
+
+
+def test_a_step_failing_when_its_rows_are_computed_is_named_without_the_staging_sql(
+    tmp_path,
+) -> None:
+    """A row-preserving step is a view until the staging query reads it: its error must
+    name the step, not quote the masking SQL that happened to compute it."""
+    spec = base_spec()
+    spec["steps"] = [
+        {"sql": "SELECT *, 1 AS one FROM input"},
+        {"sql": "SELECT * REPLACE (CAST(user_id AS INTEGER) AS user_id) FROM input"},
+    ]
+    write_events(tmp_path)
+
+    result = run(tmp_path, spec)
+
+    assert not result.ok
+    assert "steps[1].sql failed when its rows were computed" in (result.error or "")
+    assert "Conversion Error" in (result.error or "")
+    assert "sha256" not in (result.error or "") and "from_hex" not in (result.error or "")
+    assert not (tmp_path / "lake" / "orders").exists()

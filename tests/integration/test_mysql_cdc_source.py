@@ -356,7 +356,7 @@ def test_the_position_file_lives_in_the_state_folder_and_its_loss_is_not_a_silen
 
     assert not refused.ok
     assert "position file" in str(refused.error) and "state_b" in str(refused.error)
-    assert "empty the sink's table first" in str(refused.error)
+    assert "delete the sink's table" in str(refused.error)
     assert again.ok, again.error
     assert delta_rows(tmp_path) == source_rows(table) == [(1, "a", Decimal("1.5"))]
 

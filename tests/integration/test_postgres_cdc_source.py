@@ -786,3 +786,33 @@ def test_merge_keys_other_than_the_primary_key_are_refused_before_the_slot_is_ma
     assert not pg.execute(
         "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
     ).fetchall()
+
+
+def test_deletes_are_not_judged_by_table_checks(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    """A delete carries only the key (default replica identity): a not_null check on another
+    column must neither route it to the dead letters nor fail its batch."""
+    make_source(open_it=False)  # its teardown drops the slot and the publication
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x'), (2, 'b', 2, 'y')")
+    spec = cdc_spec(table)
+    spec["checks"] = [
+        {"not_null": {"column": "name", "on_fail": "dead_letter"}},
+        {"not_null": {"column": "qty"}},
+    ]
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    def run() -> Any:
+        return run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+
+    first = run()
+    assert first.ok, first.error
+    pg.execute(f"DELETE FROM {table} WHERE id = 2")
+    second = run()
+
+    assert second.ok, second.error
+    assert delta_rows(tmp_path) == source_rows(pg, table) == [(1, "a", 1, "x")]
+    letters = tmp_path / "lake" / "dead_letter"
+    assert not DeltaTable.is_deltatable(str(letters)) or not DeltaTable(
+        str(letters)
+    ).to_pyarrow_table().num_rows

@@ -529,13 +529,20 @@ def test_a_numeric_cursor_without_precision_marks_the_greatest_number_not_text(
 ) -> None:
     pg.execute(f"CREATE TABLE {schema}.ledger (id int PRIMARY KEY, version numeric)")
     pg.execute(f"INSERT INTO {schema}.ledger SELECT g, g FROM generate_series(1, 12) g")
+    pg.execute(f"INSERT INTO {schema}.ledger VALUES (13, 'NaN')")  # never a mark
     config = {"mode": "incremental", "cursor": "version", "primary_key": ["id"]}
 
     first = source(table=f"{schema}.ledger", **config).read(ctx, "l1", position=None)
     again = source(table=f"{schema}.ledger", **config).read(ctx, "l2", position=first.position)
 
     assert first.position["last_value"] == "12"
-    assert again.rows_in == 1  # the tie at 12 only
+    assert again.rows_in == 2  # the tie at 12, and NaN (>= any number in PostgreSQL)
+    pg.execute(
+        f"INSERT INTO {schema}.ledger VALUES (14, 10000000000000000000), "
+        "(15, 10000000000000000001)"
+    )
+    big = source(table=f"{schema}.ledger", **config).read(ctx, "l3", position=again.position)
+    assert big.position["last_value"] == "10000000000000000001"
 
 
 def test_money_arrives_as_a_decimal_amount_not_cents(pg, schema, ctx) -> None:

@@ -264,7 +264,9 @@ class TableCheck:
         None when it has none). Texts and lists (value sets, patterns) are left out: they
         may spell the very values a result must never carry."""
         said = self.config.model_dump(exclude=_NOT_A_THRESHOLD, exclude_none=True, mode="json")
-        bounds = {k: v for k, v in said.items() if isinstance(v, int | float)}
+        bounds = {
+            k: v for k, v in said.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
         return bounds or None
 
 

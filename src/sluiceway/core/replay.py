@@ -69,7 +69,7 @@ def replay(pipeline: Pipeline, run_id: str, options: RunOptions) -> ReplayResult
         raise ConfigError(
             f"pipeline {pipeline.pipeline} captures row changes: a dead-lettered change cannot "
             "be replayed, since changes applied after it would be undone. Fix the contract, "
-            "then let the next change of each row bring it, or read the table anew (empty the "
+            "then let the next change of each row bring it, or read the table anew (delete the "
             "sink's table and take a new snapshot: docs/streaming/postgres_cdc.md, "
             "mysql_cdc.md). `sluice dlq SPEC` lists the changes."
         )

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from sluiceway import masking
 from sluiceway.checks import contract as contract_mod
+from sluiceway.checks.contract import CHANGE_OP
 from sluiceway.checks.base import logical_time_of
 from sluiceway.checks.profile import store_run_profile
 from sluiceway.checks.table import (
@@ -66,6 +67,8 @@ from sluiceway.errors import (
     ConfigError,
     GateFailed,
     SluicewayError,
+    SourceError,
+    StepError,
     StepTimeout,
     TerminalError,
     TransientError,
@@ -258,6 +261,7 @@ class _Runner:
         self.has_published = False
         self.publish_turn: leases.Lease | None = None
         self.watchdog = Watchdog(options.deadline, self.ctx.engine.con.interrupt)
+        self.step_outputs: list[tuple[str, str]] = []  # (steps[i].key, its result)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -560,6 +564,14 @@ class _Runner:
         if any(not c.startswith("__sw_") for c in columns):
             return False
         name = self.pipeline.primary_source
+        if not primary.position:  # a full read that found nothing: no incremental "nothing new"
+            raise SourceError(
+                f"source {name} returned no row, and no column is known (neither a contract "
+                "nor declared fields name them): there is nothing to check or write. If an "
+                "empty answer is normal, declare the source's columns (a contract, or `fields` "
+                "for an api source) so the run can check and write an empty result.",
+                context={"source": name},
+            )
         self.result.primary_source = name
         self.result.sources[name] = {"rows_in": 0, "rows_rejected": 0}
         self.result.note = (
@@ -747,6 +759,7 @@ class _Runner:
             self.result.steps.append(timing)
             self.ctx.events.emit("step_done", **timing)
             self.intermediates.append(table)
+            self.step_outputs.append((label, out.table))
             table = out.table
         return table
 
@@ -758,10 +771,11 @@ class _Runner:
         self.ctx.events.emit("progress", stage="routing rows that fail dead_letter checks")
         engine = self.ctx.engine
         kept_bookkeeping = set(META_COLUMNS) <= {c for c, _ in engine.columns(table)}
-        routed = route_rows(engine, table, checks, self._check_env())
+        judged, deletes = self._without_deletes(table)
+        routed = route_rows(engine, judged, checks, self._check_env())
         self.intermediates += [routed.failed, routed.kept]
-        self._verify_deferred(routed.rows_before)
-        self.expected_rows = routed.rows_before - routed.rows_routed
+        self._verify_deferred(routed.rows_before + deletes)
+        self.expected_rows = routed.rows_before + deletes - routed.rows_routed
         self.routed_results = routed.results
         columns = [c for c, _ in engine.columns(routed.failed)]
         data = data_columns(columns)
@@ -793,7 +807,32 @@ class _Runner:
             self.ctx.events.emit(
                 "rows_rejected", source="checks", rows=routed.rows_routed, stage="check"
             )
-        return routed.kept
+        if not deletes:
+            return routed.kept
+        return engine.create_view(
+            engine.new_name("kept"),
+            f"SELECT * FROM {quote_ident(routed.kept)} UNION ALL BY NAME "
+            f"SELECT * FROM {quote_ident(table)} WHERE {CHANGE_OP} = 'd'",
+        )
+
+    def _without_deletes(self, table: str) -> tuple[str, int]:
+        """`table` without its change-capture deletes, which checks do not judge (a delete
+        carries the key, not a row: routed or failed for its NULLs, it would leave the
+        deleted row in the table), and how many there were."""
+        engine = self.ctx.engine
+        if CHANGE_OP not in {c for c, _ in engine.columns(table)}:
+            return table, 0
+        (deletes,) = engine.fetch_one(
+            f"SELECT count(*) FROM {quote_ident(table)} WHERE {CHANGE_OP} = 'd'",
+            purpose="count change-capture deletes",
+        )
+        if not deletes:
+            return table, 0
+        rows = engine.create_view(
+            engine.new_name("judged"),
+            f"SELECT * FROM {quote_ident(table)} WHERE {CHANGE_OP} IS DISTINCT FROM 'd'",
+        )
+        return rows, int(deletes)
 
     def _verify_deferred(self, actual: int) -> None:
         """Check the row-count promises of the steps not counted yet against `actual`."""
@@ -820,9 +859,32 @@ class _Runner:
         self.ctx.events.emit("progress", stage="masking and staging")
         source = self.valid_tables.get(self.pipeline.primary_source)
         select, maps = self.pii.staging_select(table, columns, source)
-        self.staged = self.ctx.engine.fetch_arrow(select, purpose="stage the result")
+        try:
+            self.staged = self.ctx.engine.fetch_arrow(select, purpose="stage the result")
+        except StepError as exc:
+            if _is_interrupt(exc):
+                raise
+            raise self._failing_step(exc) from exc.__cause__
         self._drop(*maps)
         return self.ctx.engine.register_view(self.ctx.engine.new_name("staged"), self.staged)
+
+    def _failing_step(self, exc: StepError) -> StepError:
+        """The step whose SQL fails when the result is computed. A row-preserving step is a
+        view until the staging query (with the masking) reads it, so its error would else
+        quote that query and name no step: each step's result is read in order until one
+        fails (on this failure path only)."""
+        for label, output in self.step_outputs:
+            try:
+                self.ctx.engine.fetch_one(
+                    f"SELECT count(hash(v)) FROM {quote_ident(output)} AS v",
+                    purpose=f"{label} (computed at staging)",
+                )
+            except StepError as failed:
+                return StepError(
+                    f"{label} failed when its rows were computed: {failed.message}",
+                    context={"step": label},
+                )
+        return exc
 
     def _drop(self, *tables: str) -> None:
         """Free intermediate tables; a source's valid rows stay (steps join them by name)."""
@@ -870,6 +932,7 @@ class _Runner:
         env = self._check_env()
         routed = self.routed_results
         audited = [c for i, c in enumerate(checks) if i not in routed]
+        staged, _ = self._without_deletes(staged)
         found = evaluate_checks(engine, staged, audited, env) if audited else []
         sampled = iter(sample_unexpected(engine, staged, audited, found, env))
         found_iter = iter(found)

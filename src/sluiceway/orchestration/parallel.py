@@ -89,7 +89,10 @@ def run_graph(
                 upstream = next(d for d in sorted(pending[name]) if d in outcomes)
                 del pending[name]
                 settle(Outcome(name, "skipped", reason=_skip_reason(upstream, outcomes)))
-            for name in sorted(n for n, deps in pending.items() if not deps):
+            # At most `workers` submitted: one queued in the pool would still start after a
+            # stop request.
+            ready = sorted(n for n, deps in pending.items() if not deps)
+            for name in ready[: max(0, max(1, workers) - len(running))]:
                 del pending[name]
                 running[pool.submit(_attempt, name, run_one)] = name
             if not running:

@@ -21,7 +21,8 @@ How each mode stays idempotent:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -602,77 +603,94 @@ def _carry_unchanged(data: pa.Table, keys: list[str], table: DeltaTable | None) 
     in this batch (its insert, or the snapshot row, holds the value; the merge only sees
     the last change, and a key new to the table has no row to keep a value from), and,
     for an update that moved the row to a new key, from the old key's row (in this batch,
-    else in the table). What is filled is no longer listed as unchanged. Only the changes
-    of the keys concerned are touched."""
+    else in the table, read once for every moved key). What is filled is no longer listed
+    as unchanged. Only keys that change twice in the batch, or move, are looked at: for a
+    key changed once, the merge keeps the table's value."""
     if CHANGE_UNCHANGED not in data.column_names:
         return data
     listed = pc.fill_null(pc.not_equal(data[CHANGE_UNCHANGED], ","), False)
     if not pc.any(listed).as_py():
         return data
-    key_rows = data.select(keys).to_pylist()
-    moved = (
-        data[CHANGE_OLD_KEY].to_pylist()
-        if CHANGE_OLD_KEY in data.column_names
-        else [None] * data.num_rows
-    )
-    concerned: set[tuple[str, ...]] = set()
-    for i, flag in enumerate(listed.to_pylist()):
-        if flag:
-            concerned.add(_key_of(key_rows[i], keys))
-            if moved[i]:
-                concerned.add(_key_of(json.loads(str(moved[i])), keys))
-    picked = [i for i in range(data.num_rows) if _key_of(key_rows[i], keys) in concerned]
+    key_values = [tuple(r[k] for k in keys) for r in data.select(keys).to_pylist()]
+    old_keys = _typed_old_keys(data, keys)
+    seen = Counter(key_values)
+    concerned: set[tuple[Any, ...]] = set()
+    for index, flag in enumerate(listed.to_pylist()):
+        old = old_keys[index]
+        if flag and (seen[key_values[index]] > 1 or old is not None):
+            concerned.update(k for k in (key_values[index], old) if k is not None)
+    if not concerned:
+        return data
+    picked = [i for i, key in enumerate(key_values) if key in concerned]
     rows = data.take(pa.array(picked, pa.int64())).to_pylist()
+    olds = [old_keys[i] for i in picked]
     columns = [c for c in data.column_names if c not in CHANGE_COLUMNS]
-    images: dict[tuple[str, ...], dict[str, Any]] = {}
-    pending: list[tuple[dict[str, Any], dict[str, Any]]] = []  # moved rows missing values
-    for row in sorted(rows, key=lambda r: r.get(CHANGE_ORDER) or 0):
-        key = _key_of(row, keys)
+    moved_from = {o for o in olds if o is not None}
+    stored = _stored_rows(table, keys, moved_from, columns) if table and moved_from else {}
+    images: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for j in sorted(range(len(rows)), key=lambda j: (rows[j].get(CHANGE_ORDER) or 0, j)):
+        row, old = rows[j], olds[j]
+        key = tuple(row[k] for k in keys)
         if row[CHANGE_OP] == "d":
             images.pop(key, None)
             continue
+        if old is not None:
+            known = images.pop(old, None)
+            known = stored.get(old, {}) if known is None else known
+        else:
+            known = images.get(key, {})
         unchanged = [c for c in (row.get(CHANGE_UNCHANGED) or ",").split(",") if c]
-        old = json.loads(row[CHANGE_OLD_KEY]) if row.get(CHANGE_OLD_KEY) else None
-        known = images.pop(_key_of(old, keys), None) if old is not None else images.get(key)
-        known = known or {}
         still = [c for c in unchanged if c not in known]
         row.update({c: known[c] for c in unchanged if c in known})
         row[CHANGE_UNCHANGED] = "," + "".join(f"{c}," for c in still)
-        if still and old is not None:
-            pending.append((row, old))
         images[key] = {c: row[c] for c in columns if c not in still}
-    if pending and table is not None:
-        _fill_from_table(pending, keys, table)
     rest = data.filter(pc.invert(pc.is_in(pa.array(range(data.num_rows)), pa.array(picked))))
-    filled = pa.Table.from_pylist(rows, schema=data.schema)
-    return pa.concat_tables([rest, filled])
+    return pa.concat_tables([rest, pa.Table.from_pylist(rows, schema=data.schema)])
 
 
-def _key_of(values: Mapping[str, Any], keys: list[str]) -> tuple[str, ...]:
-    return tuple(str(values.get(k)) for k in keys)
+def _typed_old_keys(data: pa.Table, keys: list[str]) -> list[tuple[Any, ...] | None]:
+    """Each row's old key (`__sw_old_key`, JSON text), in the key columns' own types, so it
+    compares with the keys of the rows (a timestamptz spelled `+00` and `+00:00` is one)."""
+    if CHANGE_OLD_KEY not in data.column_names:
+        return [None] * data.num_rows
+    texts = data[CHANGE_OLD_KEY].to_pylist()
+    moved = [i for i, text in enumerate(texts) if text]
+    if not moved:
+        return [None] * data.num_rows
+    parsed = [json.loads(str(texts[i])) for i in moved]
+    typed = [
+        pa.array([None if k.get(name) is None else str(k.get(name)) for k in parsed], pa.string())
+        .cast(data.schema.field(name).type)
+        .to_pylist()
+        for name in keys
+    ]
+    found: list[tuple[Any, ...] | None] = [None] * data.num_rows
+    for position, index in enumerate(moved):
+        found[index] = tuple(column[position] for column in typed)
+    return found
 
 
-def _fill_from_table(
-    pending: list[tuple[dict[str, Any], dict[str, Any]]], keys: list[str], table: DeltaTable
-) -> None:
-    """Rows moved to a new key with unchanged columns: their values from the old key's row."""
+def _stored_rows(
+    table: DeltaTable, keys: list[str], wanted: set[tuple[Any, ...]], columns: list[str]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The table's rows of the `wanted` keys (one read of the table), by key."""
     import duckdb
 
+    present = set(table.schema().to_arrow().names)
+    fields = [c for c in columns if c in present]
+    probe = pa.table({k: [w[i] for w in wanted] for i, k in enumerate(keys)})
     con = duckdb.connect()
     try:
         con.register("t", table.to_pyarrow_dataset())
-        where = " AND ".join(f"CAST({quote_ident(k)} AS VARCHAR) = ?" for k in keys)
-        for row, old in pending:
-            missing = [c for c in (row[CHANGE_UNCHANGED] or ",").split(",") if c]
-            found = con.execute(
-                f"SELECT {', '.join(quote_ident(c) for c in missing)} FROM t WHERE {where} LIMIT 1",
-                [str(old.get(k)) for k in keys],
-            ).fetchone()
-            if found is not None:
-                row.update(dict(zip(missing, found, strict=True)))
-                row[CHANGE_UNCHANGED] = ","
+        con.register("wanted", probe)
+        joined = " AND ".join(f"t.{quote_ident(k)} = wanted.{quote_ident(k)}" for k in keys)
+        found: pa.Table = con.sql(
+            f"SELECT {', '.join(f't.{quote_ident(c)}' for c in fields)} FROM t "
+            f"JOIN wanted ON {joined}"
+        ).to_arrow_table()
     finally:
         con.close()
+    return {tuple(r[k] for k in keys): r for r in found.to_pylist()}
 
 
 def _with_old_key_deletes(data: pa.Table, keys: list[str]) -> pa.Table:

@@ -182,8 +182,12 @@ class _Rows:
         bad: dict[int, list[str]] = {}
         for name, values in self.columns.items():
             for index, value in enumerate(values):
-                if value is not None and not _is_encodable(value):
-                    bad.setdefault(index, []).append(name)
+                if value is not None and not (_is_encodable(value) and _is_encodable(name)):
+                    bad.setdefault(index, []).append(
+                        name.encode("utf-8", "backslashreplace").decode()
+                    )
+        for name in [n for n in self.columns if not _is_encodable(n)]:
+            del self.columns[name]  # only the rejected records had a value there
         for index, names in sorted(bad.items()):
             record = {n: v[index] for n, v in self.columns.items() if v[index] is not None}
             self.reject(

@@ -273,9 +273,11 @@ class PostgresSource:
             if since
             else ""
         )
-        # A numeric without precision arrives as exact text: ordered as text, 9 > 12.
+        # A numeric without precision arrives as exact text: ordered as text, 9 > 12; as a
+        # double, 2^53 + 1 = 2^53. DECIMAL(38,10) orders 28 integer digits exactly, and leaves
+        # out what it cannot hold (NaN, which would else mark past every number).
         greatest = (
-            "arg_max(c, TRY_CAST(c AS DOUBLE))"
+            "arg_max(c, TRY_CAST(c AS DECIMAL(38, 10)))"
             if pg_type == "numeric" and duck_type == "VARCHAR"
             else "max(c)"
         )

@@ -623,8 +623,9 @@ class MySqlCdcSource:
                 "(binlog file number:position:row). Run it with the state folder of its "
                 "earlier runs (the project's state_dir, --state-dir, $SLUICE_HOME or the "
                 "folder it ran in), or set state_path to that file. To load the table anew "
-                "instead, empty the sink's table first: a new snapshot merged over it would "
-                "keep the rows deleted since.",
+                "instead, delete the sink's table (its folder: its history holds these "
+                "positions) and run again: a new snapshot merged over the table would keep "
+                "the rows deleted since.",
                 context=self._context(),
             )
         if not path.exists():
@@ -708,7 +709,7 @@ class MySqlCdcSource:
                 f"mysql_cdc {table}: the server cannot stream from the saved binlog position "
                 f"{saved} ({message}): that binlog is gone (purged), or the position file "
                 "names a place the server never had. Changes since then cannot be read: read "
-                "the table anew — stop the pipeline, empty the sink's table (a snapshot merged "
+                "the table anew — stop the pipeline, delete the sink's table (a snapshot merged "
                 "over it would keep rows deleted meanwhile), delete "
                 f"{self.config.state_file(self.state_dir)}, run again.",
                 context=self._context(),

@@ -245,7 +245,7 @@ def run_page(app: Dashboard, run_id: str) -> str:
 
 def _outputs(run: RunRow) -> str:
     sinks = run.details.get("sinks") or []
-    if not sinks and run.status == "failed":
+    if run.status == "failed" and run.written is None:
         return (
             '<p class="note">Nothing was published: the run failed before its commit, so its '
             "tables are as they were. Fix what the error says, then run the date again: "

@@ -143,6 +143,29 @@ def test_no_more_than_the_worker_count_run_at_once_and_dependents_wait() -> None
     assert all("root" in seen_when_started[f"p{i}"] for i in range(6))
 
 
+def test_a_stop_request_starts_none_of_the_ready_pipelines_left() -> None:
+    """More pipelines are ready than workers: those not started when the stop comes never
+    start (none waits queued in the pool)."""
+    stop = threading.Event()
+    started: list[str] = []
+
+    def run_one(name: str) -> RunResult:
+        started.append(name)
+        stop.set()  # the stop request comes while the first pipeline runs
+        time.sleep(0.1)
+        return result(name, "succeeded")
+
+    outcomes = run_graph({n: [] for n in "abcd"}, "abcd", run_one, workers=1, stop=stop)
+
+    assert started == ["a"]
+    assert {n: o.status for n, o in outcomes.items()} == {
+        "a": "succeeded",
+        "b": "skipped",
+        "c": "skipped",
+        "d": "skipped",
+    }
+
+
 def test_an_error_raised_by_one_run_fails_only_that_pipeline() -> None:
     def run_one(name: str) -> RunResult:
         if name == "c":

@@ -3,6 +3,8 @@ change left unchanged keep the table's value."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pyarrow as pa
 from deltalake import DeltaTable
 
@@ -143,3 +145,48 @@ def test_a_row_moved_to_a_new_key_keeps_its_unchanged_value(ctx) -> None:
         {"id": 10, "v": "a2", "big": "BIG1"},
         {"id": 50, "v": "e2", "big": "BIG5"},
     ]
+
+
+def test_a_moved_row_updated_again_in_the_batch_keeps_its_unchanged_value(ctx) -> None:
+    write(ctx, moved(changes([(1, "a", "BIG1", "r", 1, ",")]), [None]), "b1")
+
+    write(
+        ctx,
+        moved(
+            changes([(10, "a2", None, "u", 1, ",big,"), (10, "a3", None, "u", 2, ",big,")]),
+            ['{"id": 1}', None],
+        ),
+        "b2",
+    )
+
+    assert rows(ctx) == [{"id": 10, "v": "a3", "big": "BIG1"}]
+
+
+def test_old_keys_compare_by_value_not_by_spelling(ctx) -> None:
+    """pgoutput writes a timestamptz key as `2024-01-01 10:00:00+00`; the row holds it as
+    an instant: the moved row still finds its earlier change in the batch."""
+    at = pa.array([datetime(2024, 1, 1, 10, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)])
+    data = pa.table(
+        {
+            "id": at.cast(pa.timestamp("us", tz="UTC")),
+            "v": ["x", "y"],
+            "big": ["BIG", None],
+            "__sw_op": ["i", "u"],
+            "__sw_order": pa.array([1, 2], pa.int64()),
+            "__sw_unchanged": [",", ",big,"],
+            "__sw_old_key": [None, '{"id": "2024-01-01 10:00:00+00"}'],
+        }
+    )
+
+    write(ctx, data, "b1")
+
+    assert [(r["v"], r["big"]) for r in rows(ctx)] == [("y", "BIG")]
+
+
+def test_a_batch_whose_keys_change_once_is_left_to_the_merge(ctx) -> None:
+    """Keys changed once keep the table's value at the merge: the carry takes none of them
+    into Python."""
+    from sluiceway.sinks import delta
+
+    data = changes([(i, f"v{i}", None, "u", i, ",big,") for i in range(1, 50)])
+    assert delta._carry_unchanged(data, ["id"], None) is data
