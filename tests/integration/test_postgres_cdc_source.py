@@ -813,6 +813,7 @@ def test_deletes_are_not_judged_by_table_checks(
     assert second.ok, second.error
     assert delta_rows(tmp_path) == source_rows(pg, table) == [(1, "a", 1, "x")]
     letters = tmp_path / "lake" / "dead_letter"
-    assert not DeltaTable.is_deltatable(str(letters)) or not DeltaTable(
-        str(letters)
-    ).to_pyarrow_table().num_rows
+    assert (
+        not DeltaTable.is_deltatable(str(letters))
+        or not DeltaTable(str(letters)).to_pyarrow_table().num_rows
+    )

@@ -538,8 +538,7 @@ def test_a_numeric_cursor_without_precision_marks_the_greatest_number_not_text(
     assert first.position["last_value"] == "12"
     assert again.rows_in == 2  # the tie at 12, and NaN (>= any number in PostgreSQL)
     pg.execute(
-        f"INSERT INTO {schema}.ledger VALUES (14, 10000000000000000000), "
-        "(15, 10000000000000000001)"
+        f"INSERT INTO {schema}.ledger VALUES (14, 10000000000000000000), (15, 10000000000000000001)"
     )
     big = source(table=f"{schema}.ledger", **config).read(ctx, "l3", position=again.position)
     assert big.position["last_value"] == "10000000000000000001"

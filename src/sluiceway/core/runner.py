@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 
 from sluiceway import masking
 from sluiceway.checks import contract as contract_mod
-from sluiceway.checks.contract import CHANGE_OP
 from sluiceway.checks.base import logical_time_of
+from sluiceway.checks.contract import CHANGE_OP
 from sluiceway.checks.profile import store_run_profile
 from sluiceway.checks.table import (
     CheckEnv,
