@@ -153,8 +153,7 @@ def _shared_table_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:
     from sluiceway.orchestration.graph import ProjectSpec, shared_table_problems
 
     specs: dict[str, ProjectSpec] = {}
-    for path in loaded:
-        project_file = find_project_file(Path(path).resolve().parent)
+    for project_file in {find_project_file(Path(path).resolve().parent) for path in loaded}:
         if project_file is None:
             continue
         with contextlib.suppress(SpecError):
@@ -185,18 +184,22 @@ def _dependency_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:
     from sluiceway.orchestration.graph import find_cycle
 
     found: dict[str, list[Any]] = {}
+    projects: dict[Path, dict[str, tuple[str, ...]]] = {}  # each project's specs loaded once
     for path, pipeline in loaded.items():
         if not pipeline.depends_on:
             continue
         graph: dict[str, tuple[str, ...]] = {}
         project_file = find_project_file(Path(path).resolve().parent)
-        if project_file is not None:
+        if project_file is not None and project_file not in projects:
+            projects[project_file] = {}
             with contextlib.suppress(SpecError):
                 project = load_project(project_file)
                 for other in project.spec_paths(project_file.parent):
                     with contextlib.suppress(SluicewayError):
                         model = load_spec(other)
-                        graph.setdefault(model.pipeline, tuple(model.depends_on))
+                        projects[project_file].setdefault(model.pipeline, tuple(model.depends_on))
+        if project_file is not None:
+            graph.update(projects[project_file])
         for other_model in loaded.values():  # the specs validated together know each other
             graph.setdefault(other_model.pipeline, tuple(other_model.depends_on))
         graph[pipeline.pipeline] = tuple(pipeline.depends_on)

@@ -41,6 +41,7 @@ from sluiceway.orchestration.backfill import (
 from sluiceway.orchestration.graph import (
     ProjectSpec,
     downstream,
+    shared_table_problems,
     usable_graph,
     waves,
 )
@@ -114,9 +115,12 @@ def resolve_spec(target: str, context: ProjectContext | None) -> ProjectSpec:
     path = Path(target)
     if path.is_file():
         try:
-            return ProjectSpec(load_spec(path), path.resolve())
+            spec = ProjectSpec(load_spec(path), path.resolve())
         except SpecError as exc:
             _spec_error(exc)
+        if context is not None:
+            _refuse_unlike_masking(spec, context)
+        return spec
     if context is None:
         _fail(
             f"'{target}' is neither a spec file nor a pipeline of a project: no sluice.yaml "
@@ -251,6 +255,20 @@ def _print_problems(problems: list[Any], headline: str) -> None:
             f"{escape(problem.message)}",
             soft_wrap=True,
         )
+
+
+def _refuse_unlike_masking(spec: ProjectSpec, context: ProjectContext) -> None:
+    """A spec run by its path writes a table another pipeline of the project masks
+    otherwise: refused as `run --all` would leave it out (its rows would hold clear PII
+    beside masked ones)."""
+    try:
+        usable = usable_graph(context.project, context.root)
+    except SpecError:
+        return
+    specs = {**usable.graph.specs, spec.name: spec}
+    mine = [p for p in shared_table_problems(specs) if p.file == str(spec.path)]
+    if mine:
+        _spec_error(SpecError(mine, source="the project's sinks"))
 
 
 def _stop_on_sigterm() -> threading.Event:

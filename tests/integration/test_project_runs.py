@@ -201,6 +201,10 @@ def test_a_pipeline_writing_a_table_another_one_masks_otherwise_is_never_run(sho
     for left_out in "abcd":
         assert "failed" in lines[left_out] and "not run" in lines[left_out]
     assert "left out of this run: a, b, c, d" in done.stderr
+    by_path = sluice("run", "pipelines/a.yaml", cwd=shop)
+    by_name = sluice("run", "a", cwd=shop)
+    for single in (by_path, by_name):
+        assert single.returncode == 2 and "'a_fixes' masks column 'amount'" in single.stderr
     assert runs_of(shop, "a") == 0 and runs_of(shop, "a_fixes") == 1
 
 
