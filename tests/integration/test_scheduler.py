@@ -4,6 +4,7 @@ Delta table on local disk."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def test_a_run_whose_process_died_is_marked_crashed_and_alerted_not_taken_for_a_
     )
     (tmp_path / "sluice.yaml").write_text(
         (tmp_path / "sluice.yaml").read_text()
-        + "alerts:\n  - {name: log, type: command, command: [tee, -a, alerts.jsonl]}\n"
+        + f"alerts:\n  - {{name: log, type: command, command: [tee, -a, {tmp_path}/alerts.jsonl]}}\n"
     )
 
     done = run_once(project, FIRST_SEEN)
@@ -139,6 +140,9 @@ def test_a_run_whose_process_died_is_marked_crashed_and_alerted_not_taken_for_a_
     [record] = store.list(pipeline="daily")
     assert record.status == "crashed" and "sluice run --resume" in (record.error or "")
     assert "run crashed" in done.stdout and "running for" not in done.stdout
+    [sent] = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert (sent["kind"], sent["run_id"]) == ("run_failed", "20250115T020000-dead0001")
+    assert sent["inspect"] == "sluice run --resume 20250115T020000-dead0001"
 
 
 def test_a_broken_spec_is_left_out_and_the_others_are_scheduled(tmp_path: Path) -> None:
