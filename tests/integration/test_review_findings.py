@@ -162,7 +162,9 @@ def test_a_failed_run_keeps_mask_secrets_and_pii_values_out_of_its_error(tmp_pat
     }.items():
         assert inner_pad.hex() not in text, f"the HMAC key is in the {where}"
         assert "alice@example.com" not in text, f"a PII value is in the {where}"
-    assert "stage the result failed" in (result.error or "")
+    assert "steps[0].sql failed when its rows were computed: Conversion Error" in (
+        result.error or ""
+    )
 
 
 # --- replay -----------------------------------------------------------------------------------

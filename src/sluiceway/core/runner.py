@@ -770,8 +770,9 @@ class _Runner:
             return table
         self.ctx.events.emit("progress", stage="routing rows that fail dead_letter checks")
         engine = self.ctx.engine
-        kept_bookkeeping = set(META_COLUMNS) <= {c for c, _ in engine.columns(table)}
-        judged, deletes = self._without_deletes(table)
+        names = {c for c, _ in engine.columns(table)}
+        kept_bookkeeping = set(META_COLUMNS) <= names
+        judged, deletes = self._without_deletes(table, names)
         routed = route_rows(engine, judged, checks, self._check_env())
         self.intermediates += [routed.failed, routed.kept]
         self._verify_deferred(routed.rows_before + deletes)
@@ -815,12 +816,12 @@ class _Runner:
             f"SELECT * FROM {quote_ident(table)} WHERE {CHANGE_OP} = 'd'",
         )
 
-    def _without_deletes(self, table: str) -> tuple[str, int]:
-        """`table` without its change-capture deletes, which checks do not judge (a delete
-        carries the key, not a row: routed or failed for its NULLs, it would leave the
-        deleted row in the table), and how many there were."""
+    def _without_deletes(self, table: str, columns: set[str]) -> tuple[str, int]:
+        """`table` (whose columns are `columns`) without its change-capture deletes, which
+        checks do not judge (a delete carries the key, not a row: routed or failed for its
+        NULLs, it would leave the deleted row in the table), and how many there were."""
         engine = self.ctx.engine
-        if CHANGE_OP not in {c for c, _ in engine.columns(table)}:
+        if CHANGE_OP not in columns:
             return table, 0
         (deletes,) = engine.fetch_one(
             f"SELECT count(*) FROM {quote_ident(table)} WHERE {CHANGE_OP} = 'd'",
@@ -880,8 +881,9 @@ class _Runner:
                     purpose=f"{label} (computed at staging)",
                 )
             except StepError as failed:
+                cause = failed.message.split(" failed: ", 1)[-1]
                 return StepError(
-                    f"{label} failed when its rows were computed: {failed.message}",
+                    f"{label} failed when its rows were computed: {cause}",
                     context={"step": label},
                 )
         return exc
@@ -932,7 +934,7 @@ class _Runner:
         env = self._check_env()
         routed = self.routed_results
         audited = [c for i, c in enumerate(checks) if i not in routed]
-        staged, _ = self._without_deletes(staged)
+        staged, _ = self._without_deletes(staged, set(self.staged.column_names))
         found = evaluate_checks(engine, staged, audited, env) if audited else []
         sampled = iter(sample_unexpected(engine, staged, audited, found, env))
         found_iter = iter(found)
