@@ -203,6 +203,27 @@ def test_an_update_of_the_key_carries_the_old_key(
     }  # fmt: skip
 
 
+def test_under_replica_identity_full_a_key_change_carries_the_old_key_of_the_merge_keys(
+    pg: psycopg.Connection[Any], table: str, make_source: MakeSource, tmp_path: Path
+) -> None:
+    make_source(open_it=False)  # its teardown drops the slot and the publication
+    pg.execute(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
+    pg.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, 'x'), (2, 'b', 2, 'y')")
+    options = RunOptions(base_dir=tmp_path, state_dir=tmp_path / ".sluice")
+
+    def run() -> Any:
+        spec = cdc_spec(table)
+        return run_stream(pipeline_from_dict(spec), options, StreamOptions(idle_exit_s=1.5))
+
+    assert run().ok
+    pg.execute(f"UPDATE {table} SET id = 7 WHERE id = 1")
+    pg.execute(f"UPDATE {table} SET qty = 20 WHERE id = 2")  # the key kept: no old key
+    result = run()
+
+    assert result.ok, result.error
+    assert delta_rows(tmp_path) == source_rows(pg, table) == [(2, "b", 20, "y"), (7, "a", 1, "x")]
+
+
 def test_ack_advances_the_slot_to_the_end_of_the_last_whole_transaction(
     pg: psycopg.Connection[Any], table: str, make_source: MakeSource
 ) -> None:

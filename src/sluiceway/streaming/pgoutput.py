@@ -12,7 +12,7 @@ Format: https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.h
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -215,13 +215,18 @@ def _timestamp(micros: int) -> datetime:
     return PG_EPOCH + timedelta(microseconds=micros)
 
 
-def change_payload(change: Change, relation: Relation) -> dict[str, Any]:
+def change_payload(
+    change: Change, relation: Relation, key_columns: Sequence[str] = ()
+) -> dict[str, Any]:
     """The JSON object of one change: the row's columns as text, `__op`, and `__unchanged`
     (unchanged TOASTed columns no old row holds; left out of the object).
 
     Inserts and updates carry the new row, unchanged TOASTed values taken from the old row
     when the server sent it whole (REPLICA IDENTITY FULL). Deletes carry what the replica
-    identity gives: the key columns, or the whole old row.
+    identity gives: the key columns, or the whole old row. An update that moved the row to
+    another key carries the old key as `__old_key`: from the key the server sent (default
+    identity), or, under REPLICA IDENTITY FULL, from the old row's `key_columns` (the merge
+    keys) when they differ from the new row's.
     """
     columns = relation.columns
     if change.op == "d":
@@ -239,6 +244,10 @@ def change_payload(change: Change, relation: Relation) -> dict[str, Any]:
     if change.op == "u" and change.old_kind == "key":
         key = zip(columns, change.old or [], strict=True)
         payload["__old_key"] = {c: v for c, v in key if c in relation.identity_columns}
+    elif change.op == "u" and change.old_kind == "old" and key_columns:
+        was = dict(zip(columns, change.old or [], strict=True))
+        if any(was.get(k) != payload.get(k) for k in key_columns):
+            payload["__old_key"] = {k: was.get(k) for k in key_columns}
     unchanged = [c for c, v in row if v is UNCHANGED]
     if unchanged:
         payload["__unchanged"] = unchanged

@@ -601,7 +601,7 @@ class PostgresCdcSource:
             relation = self._decoder.relations[message.relation_oid]
             if relation.qualified != self.config.partition:
                 return None
-            payload = pgoutput.change_payload(message, relation)
+            payload = pgoutput.change_payload(message, relation, self.merge_keys)
         msg_id = f"{transaction.commit_lsn:016X}:{transaction.seq:08d}"
         transaction.seq += 1
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
