@@ -18,7 +18,7 @@ from rich.markup import escape
 from sluiceway.cli import _fail
 from sluiceway.errors import SpecError
 from sluiceway.orchestration import ProjectContext
-from sluiceway.orchestration.graph import build_graph, load_project_specs, usable_graph
+from sluiceway.orchestration.graph import usable_graph
 from sluiceway.orchestration.scheduler import Scheduler, TickReport
 
 
@@ -160,8 +160,20 @@ def _loop(runner: Scheduler, context: ProjectContext) -> None:
 
 
 def _load_specs_quietly(context: ProjectContext, previous: dict[str, Any]) -> dict[str, Any]:
+    """The reloaded specs; a pipeline whose spec now has problems keeps its previous spec
+    (an edit in progress does not stop its schedule), and one seen for the first time with
+    problems waits until it is fixed."""
     try:
-        return dict(build_graph(load_project_specs(context.project, context.root)).specs)
+        usable = usable_graph(context.project, context.root)
     except SpecError as exc:
         _say(f"specs not reloaded ({len(exc.problems)} problem(s)); keeping the previous ones")
         return previous
+    specs = dict(usable.graph.specs)
+    kept = sorted(n for n in set(usable.left_out.values()) if n in previous and n not in specs)
+    specs.update({n: previous[n] for n in kept})
+    if usable.problems:
+        _say(
+            f"{len(usable.problems)} problem(s) in the specs"
+            + (f"; keeping the previous spec of {', '.join(kept)}" if kept else "")
+        )
+    return specs

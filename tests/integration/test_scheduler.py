@@ -298,3 +298,26 @@ def test_sigterm_stops_the_scheduler_with_exit_code_zero(tmp_path: Path) -> None
 
     assert process.returncode == 0, rest
     assert "scheduler stopped" in rest
+
+
+def test_a_reload_keeps_the_previous_spec_of_a_pipeline_whose_edit_broke_it(
+    tmp_path: Path,
+) -> None:
+    from sluiceway.cli_orchestrate import find_project
+    from sluiceway.cli_scheduler import _load_specs_quietly
+
+    project = make_project(tmp_path)
+    daily = tmp_path / "pipelines" / "daily.yaml"
+    other = yaml.safe_load(daily.read_text()) | {"pipeline": "other"}
+    (tmp_path / "pipelines" / "other.yaml").write_text(yaml.safe_dump(other))
+    context = find_project(str(project))
+    assert context is not None
+    first = _load_specs_quietly(context, {})
+    daily.write_text(daily.read_text().replace("mode: overwrite_partition", "mode: overwrite"))
+    (tmp_path / "pipelines" / "new.yaml").write_text("version: 1\npipeline: new\nsources: {}\n")
+
+    again = _load_specs_quietly(context, first)
+
+    assert sorted(first) == ["daily", "other"]
+    assert sorted(again) == ["daily", "other"]
+    assert again["daily"] is first["daily"]  # the broken edit is not taken
