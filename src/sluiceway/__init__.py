@@ -62,7 +62,8 @@ def run(
     `result.accounting`.
 
     Raises:
-        SpecError: the spec is invalid (a model built in Python is checked as a YAML spec is).
+        SpecError: the spec is invalid (a model built in Python is checked as a YAML spec is),
+            or it writes a table another pipeline of its project masks otherwise.
         ConfigError: a key the pipeline needs is missing.
     """
     from sluiceway.core.loader import load_project
@@ -91,8 +92,15 @@ def run(
         if context is not None
         else Path(os.environ.get("SLUICE_HOME") or Path.cwd() / ".sluice")
     )
+    spec = ProjectSpec(pipeline, spec_path)
+    if context is not None:
+        from sluiceway.orchestration.graph import unlike_masking_problems
+
+        problems = unlike_masking_problems(spec, context.project, context.root)
+        if problems:
+            raise SpecError(problems, source="the project's sinks")
     return run_project_pipeline(
-        ProjectSpec(pipeline, spec_path),
+        spec,
         context,
         state_dir=state,
         logical_date=logical_date,

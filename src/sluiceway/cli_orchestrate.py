@@ -41,7 +41,7 @@ from sluiceway.orchestration.backfill import (
 from sluiceway.orchestration.graph import (
     ProjectSpec,
     downstream,
-    shared_table_problems,
+    unlike_masking_problems,
     usable_graph,
     waves,
 )
@@ -261,12 +261,7 @@ def _refuse_unlike_masking(spec: ProjectSpec, context: ProjectContext) -> None:
     """A spec run by its path writes a table another pipeline of the project masks
     otherwise: refused as `run --all` would leave it out (its rows would hold clear PII
     beside masked ones)."""
-    try:
-        usable = usable_graph(context.project, context.root)
-    except SpecError:
-        return
-    specs = {**usable.graph.specs, spec.name: spec}
-    mine = [p for p in shared_table_problems(specs) if p.file == str(spec.path)]
+    mine = unlike_masking_problems(spec, context.project, context.root)
     if mine:
         _spec_error(SpecError(mine, source="the project's sinks"))
 

@@ -16,7 +16,9 @@ import pytest
 import yaml
 from deltalake import DeltaTable
 
+import sluiceway
 from sluiceway.core.runstore import RunStore
+from sluiceway.errors import SpecError
 
 SLUICE = [sys.executable, "-c", "from sluiceway.cli import entry; entry()"]
 SLOW = "SELECT * FROM input WHERE (SELECT count(*) FROM range(60000000) t(x) WHERE x % 7 = 3) > 0"
@@ -205,6 +207,8 @@ def test_a_pipeline_writing_a_table_another_one_masks_otherwise_is_never_run(sho
     by_name = sluice("run", "a", cwd=shop)
     for single in (by_path, by_name):
         assert single.returncode == 2 and "'a_fixes' masks column 'amount'" in single.stderr
+    with pytest.raises(SpecError, match="'a_fixes' masks column 'amount'"):
+        sluiceway.run(shop / "pipelines" / "a.yaml")
     assert runs_of(shop, "a") == 0 and runs_of(shop, "a_fixes") == 1
 
 

@@ -253,6 +253,17 @@ def shared_table_problems(specs: Mapping[str, ProjectSpec]) -> list[SpecProblem]
     return problems
 
 
+def unlike_masking_problems(spec: ProjectSpec, project: Project, root: Path) -> list[SpecProblem]:
+    """The problems of `spec` (run alone, by path or from Python) writing a table another
+    pipeline of the project masks otherwise; the project's broken specs are passed over."""
+    try:
+        usable = usable_graph(project, root)
+    except SpecError:
+        return []
+    specs = {**usable.graph.specs, spec.name: spec}
+    return [p for p in shared_table_problems(specs) if p.file == str(spec.path)]
+
+
 def _unmatched_masking(
     spec: ProjectSpec, index: int, other: ProjectSpec, where: str
 ) -> list[SpecProblem]:
