@@ -130,9 +130,10 @@ def resolve_spec(target: str, context: ProjectContext | None) -> ProjectSpec:
     # broken dependency (run alone, it reads what the dependency published).
     try:
         usable = usable_graph(context.project, context.root)
-        if target in usable.waits_on:
-            path = next(Path(f) for f, name in usable.left_out.items() if name == target)
-            return ProjectSpec(load_spec(path), path)
+        found = usable.graph.specs.get(target) or usable.blocked.get(target)
+        if found is not None:
+            _refuse_unlike_masking(found, context)
+            return found
         if target in set(usable.left_out.values()):
             mine = [p for p in usable.problems if usable.left_out.get(p.file or "") == target]
             raise SpecError(mine or usable.problems, source="the project's specs")
@@ -191,8 +192,8 @@ def run_many(
     except SpecError as exc:
         _spec_error(exc)
     graph = usable.graph
-    broken = sorted(set(usable.left_out.values()))
-    if not graph.specs or (start is not None and start in broken):
+    broken = sorted(set(usable.left_out.values()) - set(graph.specs))
+    if not graph.specs or (start is not None and start not in graph.specs and start in broken):
         _spec_error(SpecError(usable.problems, source="the project's specs"))
     try:
         names = (
@@ -201,9 +202,11 @@ def run_many(
     except SpecError as exc:
         _spec_error(exc)
     if start is not None:  # only the pipelines left out below `start` would have run
-        broken = usable.left_out_below(start)
-    if broken:
-        _print_problems(usable.problems, f"left out of this run: {', '.join(broken)}")
+        broken = [n for n in usable.left_out_below(start) if n not in graph.specs]
+    problems = usable.problems if start is None or broken else []
+    if problems:  # a broken spec naming a pipeline that runs is said too
+        shown = ", ".join(broken) or "none (a spec with problems, beside a sound one)"
+        _print_problems(problems, f"left out of this run: {shown}")
     streams = sorted(n for n in names if graph.specs[n].pipeline.mode == "stream")
     names -= set(streams)
     for name in sorted(names):
@@ -242,7 +245,8 @@ def run_many(
         print(json.dumps([_outcome_data(o) for o in ordered], default=str))
     else:
         _cli().console.print(summary_table(ordered))
-    sys.exit(143 if stop.is_set() else 1 if any(o.status == "failed" for o in ordered) else 0)
+    failed = problems or any(o.status == "failed" for o in ordered)
+    sys.exit(143 if stop.is_set() else 1 if failed else 0)
 
 
 def _print_problems(problems: list[Any], headline: str) -> None:

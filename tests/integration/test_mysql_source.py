@@ -536,8 +536,13 @@ def test_a_tinyint_1_holding_another_value_than_0_or_1_stops_the_read_naming_it(
     assert [(r["ok"], r["level"]) for r in rows] == [(False, 5), (True, -3), (None, None)]
 
     sql("INSERT INTO flags VALUES (4, 2, 0)", database=db)
-    with pytest.raises(SourceError, match=r"column ok is TINYINT\(1\).*CAST\(ok AS SIGNED\)"):
+    with pytest.raises(SourceError, match=r"column ok is TINYINT\(1\).*CAST\(`ok` AS SIGNED\)"):
         read(ctx, config(db, table="flags"))
+    sql("CREATE TABLE odd (`is ok` TINYINT(1))", "INSERT INTO odd VALUES (7)", database=db)
+    with pytest.raises(SourceError) as raised:
+        read(ctx, config(db, table="odd"))
+    assert "CAST(`is ok` AS SIGNED) AS `is ok`" in str(raised.value)
+    assert "sluice-unfit" not in str(raised.value) and "CREATE" not in str(raised.value)
     _, rows = read(
         ctx, config(db, query="SELECT id, CAST(ok AS SIGNED) AS ok FROM flags ORDER BY id")
     )

@@ -212,6 +212,47 @@ def test_a_pipeline_writing_a_table_another_one_masks_otherwise_is_never_run(sho
     assert runs_of(shop, "a") == 0 and runs_of(shop, "a_fixes") == 1
 
 
+def test_a_broken_masking_spec_still_holds_its_table_and_downstream_lists_what_it_leaves_out(
+    shop,
+) -> None:
+    """b masks `amount` in lake/b but its spec is broken; a fix-up pipeline writing lake/b in
+    clear is left out all the same. `a --downstream` lists b and d (b broken, d below it)."""
+    masked = yaml.safe_load((shop / "pipelines" / "b.yaml").read_text())
+    masked["pii"] = {"amount": "redact"}
+    masked["sinks"][0]["mode"] = "apend"
+    write(shop / "pipelines" / "b.yaml", masked)
+    fixes = spec(
+        "b_fix",
+        {"orders": {"type": "files", "path": "../data/orders.csv", "format": "csv"}},
+        depends_on=[],
+        sql="SELECT * FROM input",
+    )
+    fixes["sinks"] = [{"type": "delta", "path": "../lake/b", "mode": "append"}]
+    write(shop / "pipelines" / "b_fix.yaml", fixes)
+
+    all_runs = sluice("run", "--all", "--log-format", "json", cwd=shop)
+    alone = sluice("run", "pipelines/b_fix.yaml", cwd=shop)
+    below = sluice("run", "a", "--downstream", "--log-format", "json", cwd=shop)
+
+    summary = {p["pipeline"]: p["status"] for p in json.loads(all_runs.stdout)}
+    assert summary == {
+        "a": "succeeded",
+        "c": "succeeded",
+        "b": "failed",
+        "b_fix": "failed",
+        "d": "failed",
+    }
+    assert alone.returncode == 2 and "'b' masks column 'amount'" in alone.stderr
+    assert not (shop / "lake" / "b").exists()
+    assert below.returncode == 1
+    assert {p["pipeline"]: p["status"] for p in json.loads(below.stdout)} == {
+        "a": "succeeded",
+        "c": "succeeded",
+        "b": "failed",
+        "d": "failed",
+    }
+
+
 def test_run_downstream_runs_the_pipeline_and_its_dependents_only(shop) -> None:
     assert sluice("run", "--all", cwd=shop).returncode == 0
 
@@ -266,7 +307,7 @@ def test_an_unknown_depends_on_name_leaves_that_pipeline_out_with_file_and_sugge
     checked = sluice("validate", "pipelines/d.yaml", cwd=shop)
 
     assert done.returncode == 1
-    assert "pipeline 'd' depends on 'cc', which is left out" in done.stderr
+    assert "pipeline 'd' depends on unknown pipeline 'cc'" in done.stderr
     assert "Did you mean 'c'?" in done.stderr and "d.yaml:3" in done.stderr
     assert "pipeline 'd' depends on unknown pipeline 'cc'" in checked.stdout + checked.stderr
     assert (rows(shop / "lake" / "b"), rows(shop / "lake" / "c")) == (3, 3)

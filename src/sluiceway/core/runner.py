@@ -881,6 +881,8 @@ class _Runner:
                     purpose=f"{label} (computed at staging)",
                 )
             except StepError as failed:
+                if _is_interrupt(failed):
+                    raise
                 cause = failed.message.split(" failed: ", 1)[-1]
                 return StepError(
                     f"{label} failed when its rows were computed: {cause}",

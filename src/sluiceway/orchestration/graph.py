@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -93,6 +94,17 @@ def load_project_specs(project: Project, root: Path) -> dict[str, ProjectSpec]:
 
 
 @dataclass(frozen=True)
+class Writer:
+    """What a spec writes and masks, read from its model or, for a spec that does not
+    load, from its YAML as far as it goes: enough to compare masking."""
+
+    name: str
+    file: Path
+    tables: tuple[str, ...]
+    pii: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class UsableGraph:
     """The part of a project that can run, and what was left out: one team's broken spec
     does not stop the other pipelines (`sluice run --all`, the scheduler)."""
@@ -102,18 +114,22 @@ class UsableGraph:
     """Every problem of the specs left out: a spec that does not load, a duplicate name,
     a dependency on a pipeline left out or unknown, a cycle, a table masked otherwise."""
     left_out: dict[str, str]
-    """Spec file → the pipeline it would run, or its file name when it does not load."""
-    waits_on: dict[str, str]
-    """A pipeline left out for a dependency → that dependency (left out or unknown)."""
+    """Spec file → the pipeline it would run (its file name when even that is unknown)."""
+    waits_on: dict[str, list[str]]
+    """A pipeline left out → its dependencies (as far as its spec says)."""
+    blocked: dict[str, ProjectSpec]
+    """Pipelines whose own spec is sound, left out for a dependency only (unique names)."""
+    writers_left_out: tuple[Writer, ...] = ()
+    """What the specs left out write and mask (a broken spec still masks its tables)."""
 
     def left_out_below(self, name: str) -> list[str]:
-        """The pipelines left out because they depend on `name`, directly or not."""
+        """The pipelines left out that depend on `name`, directly or not."""
         found: set[str] = set()
         todo = [name]
         while todo:
             current = todo.pop()
-            for waiting, dependency in self.waits_on.items():
-                if dependency == current and waiting not in found:
+            for waiting, dependencies in self.waits_on.items():
+                if current in dependencies and waiting not in found and waiting != name:
                     found.add(waiting)
                     todo.append(waiting)
         return sorted(found)
@@ -122,6 +138,8 @@ class UsableGraph:
 def usable_graph(project: Project, root: Path) -> UsableGraph:
     """The graph of the specs that load and whose dependencies are usable; the others are
     left out with their problems (what `load_project_specs` and `build_graph` would raise).
+    A spec that writes a table a spec left out masks otherwise is left out too: the broken
+    spec's masking still holds for the table.
 
     Raises:
         SpecError: the project lists no spec file.
@@ -132,32 +150,46 @@ def usable_graph(project: Project, root: Path) -> UsableGraph:
     specs: dict[str, ProjectSpec] = {}
     problems: list[SpecProblem] = []
     left_out: dict[str, str] = {}
-    waits_on: dict[str, str] = {}
+    waits_on: dict[str, list[str]] = {}
+    left_writers: list[Writer] = []
     for path in paths:
         try:
             pipeline = load_spec(path)
         except SpecError as exc:
             problems.extend(_in_file(p, path) for p in exc.problems)
-            left_out[str(path)] = _name_in(path) or path.name
+            raw = _raw_writer(path)
+            left_out[str(path)] = raw.name if raw else path.name
+            if raw is not None:
+                left_writers.append(raw)
+                waits_on[raw.name] = _raw_depends_on(path)
             continue
         if pipeline.pipeline in specs:
             first = specs[pipeline.pipeline].path
             message = f"pipeline name '{pipeline.pipeline}' is also used by {first}; rename one"
             problems.append(SpecProblem("pipeline", message, file=str(path)))
             left_out[str(path)] = pipeline.pipeline
+            left_writers.append(writer_of(ProjectSpec(pipeline, path)))
             continue
         specs[pipeline.pipeline] = ProjectSpec(pipeline, path)
-    known = sorted({*specs, *left_out.values()})
+    named_left = {n for n in left_out.values() if n not in specs}
+    blocked: dict[str, ProjectSpec] = {}
 
-    def leave_out(name: str, problem: SpecProblem | None) -> None:
+    def leave_out(name: str, problem: SpecProblem | None, *, for_dependency: bool) -> None:
         if problem is not None:
             problems.append(problem)
-        left_out[str(specs.pop(name).path)] = name
+        spec = specs.pop(name)
+        left_out[str(spec.path)] = name
+        named_left.add(name)
+        waits_on[name] = list(spec.pipeline.depends_on)
+        if for_dependency:
+            blocked[name] = spec
+        left_writers.append(writer_of(spec))
 
-    for problem in shared_table_problems(specs):
+    writers = [*map(writer_of, specs.values()), *left_writers]
+    for problem in masking_conflicts(list(specs.values()), writers):
         writer = next((n for n, sp in specs.items() if str(sp.path) == problem.file), None)
-        if writer is not None and writer in specs:
-            leave_out(writer, problem)
+        if writer is not None:
+            leave_out(writer, problem, for_dependency=False)
         else:
             problems.append(problem)
     while True:  # a pipeline whose dependency is left out cannot run either
@@ -167,34 +199,82 @@ def usable_graph(project: Project, root: Path) -> UsableGraph:
         }
         for name, deps in sorted(missing.items()):
             if deps:
-                message = (
-                    f"pipeline '{name}' depends on '{deps[0]}', which is left out (its spec "
-                    f"has problems) or unknown (pipelines in the project: {', '.join(known)})."
-                    f"{did_you_mean(deps[0], known)}"
+                leave_out(
+                    name,
+                    _missing_dependency(specs[name], deps, named_left, specs),
+                    for_dependency=True,
                 )
-                waits_on[name] = deps[0]
-                leave_out(name, _at(specs[name], "depends_on", message))
         if any(missing.values()):
             continue
         depends_on = {n: tuple(dict.fromkeys(sp.pipeline.depends_on)) for n, sp in specs.items()}
         cycle = find_cycle(depends_on)
         if cycle is None:
             graph = PipelineGraph(dict(specs), depends_on)
-            return UsableGraph(graph, problems, left_out, waits_on)
+            ambiguous = {n for n in blocked if list(left_out.values()).count(n) > 1}
+            sound = {n: sp for n, sp in blocked.items() if n not in ambiguous}
+            return UsableGraph(graph, problems, left_out, waits_on, sound, tuple(left_writers))
         message = f"dependency cycle: {' → '.join(cycle)}; remove one of these depends_on entries"
-        starts = specs[cycle[0]]
-        for name in set(cycle):
-            leave_out(name, _at(starts, "depends_on", message) if name == cycle[0] else None)
+        for name in dict.fromkeys(cycle):
+            leave_out(name, _at(specs[name], "depends_on", message), for_dependency=False)
 
 
-def _name_in(path: Path) -> str | None:
-    """The `pipeline:` name a spec that does not validate still gives, if it reads as YAML."""
+def _missing_dependency(
+    spec: ProjectSpec, deps: list[str], left: set[str], specs: Mapping[str, ProjectSpec]
+) -> SpecProblem:
+    dep = deps[0]
+    if dep in left:
+        message = (
+            f"pipeline '{spec.name}' depends on '{dep}', which is left out (its spec has "
+            "problems): it runs once that one does"
+        )
+    else:
+        known = sorted({*specs, *left})
+        message = (
+            f"pipeline '{spec.name}' depends on unknown pipeline '{dep}' (pipelines in the "
+            f"project: {', '.join(known)}).{did_you_mean(dep, known)}"
+        )
+    return _at(spec, "depends_on", message)
+
+
+def writer_of(spec: ProjectSpec) -> Writer:
+    paths = [getattr(sink, "path", None) for sink in spec.pipeline.sinks]
+    tables = tuple(_table_at(spec.path, p) for p in paths if isinstance(p, str))
+    return Writer(spec.name, spec.path, tables, dict(spec.pipeline.pii))
+
+
+def _raw_writer(path: Path) -> Writer | None:
+    """The name, sink paths and `pii` a spec that does not validate still gives."""
+    data = _raw(path)
+    name = data.get("pipeline")
+    if not isinstance(name, str) or not name:
+        return None
+    sinks = data.get("sinks")
+    paths = [s.get("path") for s in sinks if isinstance(s, dict)] if isinstance(sinks, list) else []
+    tables = tuple(_table_at(path, p) for p in paths if isinstance(p, str))
+    pii = data.get("pii")
+    masks = (
+        {str(k): str(v) for k, v in pii.items() if isinstance(v, str)}
+        if isinstance(pii, dict)
+        else {}
+    )
+    return Writer(name, path, tables, masks)
+
+
+def _raw_depends_on(path: Path) -> list[str]:
+    found = _raw(path).get("depends_on")
+    return [d for d in found if isinstance(d, str)] if isinstance(found, list) else []
+
+
+def _raw(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    name = data.get("pipeline") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and name else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _table_at(spec_path: Path, path: str) -> str:
+    return path if "://" in path else str((spec_path.parent / path).resolve())
 
 
 def build_graph(specs: Mapping[str, ProjectSpec]) -> PipelineGraph:
@@ -236,42 +316,46 @@ def shared_table_problems(specs: Mapping[str, ProjectSpec]) -> list[SpecProblem]
     one writer masks and another leaves in clear, or masks another way, would hold clear
     PII (or two kinds of token) in the one table. Each such writer is a problem, naming the
     other writer and the `pii` entry to declare."""
-    writers: dict[str, list[tuple[ProjectSpec, int]]] = {}
-    for spec in specs.values():
+    return masking_conflicts(list(specs.values()), [writer_of(s) for s in specs.values()])
+
+
+def masking_conflicts(targets: list[ProjectSpec], writers: list[Writer]) -> list[SpecProblem]:
+    """The problems of each of `targets` that writes a table one of `writers` masks
+    otherwise."""
+    by_table: dict[str, list[Writer]] = {}
+    for writer in writers:
+        for table in dict.fromkeys(writer.tables):
+            by_table.setdefault(table, []).append(writer)
+    problems: list[SpecProblem] = []
+    for spec in targets:
         for index, sink in enumerate(spec.pipeline.sinks):
             path = getattr(sink, "path", None)
-            if isinstance(path, str):
-                where = path if "://" in path else str((spec.path.parent / path).resolve())
-                writers.setdefault(where, []).append((spec, index))
-    problems: list[SpecProblem] = []
-    for where, sharing in sorted(writers.items()):
-        if len({spec.name for spec, _ in sharing}) < 2:
-            continue
-        for spec, index in sharing:
-            for other, _ in sharing:
-                problems.extend(_unmatched_masking(spec, index, other, where))
+            if not isinstance(path, str):
+                continue
+            where = _table_at(spec.path, path)
+            for other in by_table.get(where, []):
+                if other.file != spec.path:
+                    problems.extend(_unmatched_masking(spec, index, other, where))
     return problems
 
 
 def unlike_masking_problems(spec: ProjectSpec, project: Project, root: Path) -> list[SpecProblem]:
     """The problems of `spec` (run alone, by path or from Python) writing a table another
-    pipeline of the project masks otherwise; the project's broken specs are passed over."""
+    pipeline of the project masks otherwise, broken specs included (their masking holds)."""
     try:
         usable = usable_graph(project, root)
     except SpecError:
         return []
-    specs = {**usable.graph.specs, spec.name: spec}
-    return [p for p in shared_table_problems(specs) if p.file == str(spec.path)]
+    writers = [*map(writer_of, usable.graph.specs.values()), *usable.writers_left_out]
+    return masking_conflicts([spec], [w for w in writers if w.file != spec.path])
 
 
 def _unmatched_masking(
-    spec: ProjectSpec, index: int, other: ProjectSpec, where: str
+    spec: ProjectSpec, index: int, other: Writer, where: str
 ) -> list[SpecProblem]:
-    if other.name == spec.name:
-        return []
     mine = spec.pipeline.pii
     found: list[SpecProblem] = []
-    for column, method in sorted(other.pipeline.pii.items()):
+    for column, method in sorted(other.pii.items()):
         if mine.get(column) == method:
             continue
         done = f"masks it as {mine[column]}" if column in mine else "leaves it in clear"

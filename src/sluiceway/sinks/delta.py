@@ -634,11 +634,12 @@ def _carry_unchanged(data: pa.Table, keys: list[str], table: DeltaTable | None) 
         if row[CHANGE_OP] == "d":
             images.pop(key, None)
             continue
-        if old is not None:
-            known = images.pop(old, None)
-            known = stored.get(old, {}) if known is None else known
-        else:
-            known = images.get(key, {})
+        # A moved row: what the batch knows of the old key, over the table's row.
+        known = (
+            {**stored.get(old, {}), **images.pop(old, {})}
+            if old is not None
+            else images.get(key, {})
+        )
         unchanged = [c for c in (row.get(CHANGE_UNCHANGED) or ",").split(",") if c]
         still = [c for c in unchanged if c not in known]
         row.update({c: known[c] for c in unchanged if c in known})

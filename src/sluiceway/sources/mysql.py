@@ -32,7 +32,7 @@ from sluiceway.core.spec import SourceConfig
 from sluiceway.engines.duckdb import quote_ident, quote_literal
 from sluiceway.errors import ConfigError, SourceError, StepError, TransientError
 from sluiceway.sources import mysql_cursor as mc
-from sluiceway.sources.mysql_columns import Column, plan_columns, quote_mysql
+from sluiceway.sources.mysql_columns import UNFIT_VALUE, Column, plan_columns, quote_mysql
 
 START_SCRIPT = "bash scripts/services/mariadb.sh"
 # Client errors: cannot connect (2003), unknown host (2005), lost connection (2013).
@@ -241,7 +241,7 @@ def _mysql_error(conn: Connection, exc: Exception) -> Exception:
     )
 
 
-_UNFIT_VALUE = re.compile(r"Invalid Input Error: (column \S+ is .*? lands as .*)$", re.DOTALL)
+_UNFIT_VALUE = re.compile(re.escape(UNFIT_VALUE) + r"(.*)$", re.DOTALL)
 
 
 class _Loader:

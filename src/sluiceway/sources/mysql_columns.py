@@ -28,6 +28,9 @@ from pymysql.constants import FIELD_TYPE, FLAG
 from sluiceway.engines.duckdb import quote_ident, quote_literal
 
 _DUCKDB_MAX_DECIMAL = 38
+UNFIT_VALUE = "sluice-unfit-value: "
+"""Marks the message of a value a column's type cannot hold (raised in DuckDB while the
+rows load), so the source can tell it from other load errors."""
 _WIDER_SIGNED = {
     FIELD_TYPE.TINY: "SMALLINT",
     FIELD_TYPE.SHORT: "INTEGER",
@@ -93,10 +96,11 @@ def _tiny(field: Any) -> Column:
     # MySQL stores any -128..127 in a TINYINT(1): a value other than 0 and 1 is not a
     # boolean, and casting would turn a status code 2 into true for good.
     name = quote_ident(field.name)
+    column = quote_mysql(field.name)
     refusal = quote_literal(
-        f"column {field.name} is TINYINT(1), which lands as BOOLEAN, but holds a value other "
-        f"than 0 and 1; select it as a number in a query (CAST({field.name} AS SIGNED) AS "
-        f"{field.name})"
+        f"{UNFIT_VALUE}column {field.name} is TINYINT(1), which lands as BOOLEAN, but holds a "
+        f"value other than 0 and 1; select it as a number in a query (CAST({column} AS "
+        f"SIGNED) AS {column})"
     )
     load = (
         f"CASE WHEN {name} IS NULL OR {name} IN (0, 1) THEN CAST({name} AS BOOLEAN) "

@@ -190,3 +190,19 @@ def test_a_batch_whose_keys_change_once_is_left_to_the_merge(ctx) -> None:
 
     data = changes([(i, f"v{i}", None, "u", i, ",big,") for i in range(1, 50)])
     assert delta._carry_unchanged(data, ["id"], None) is data
+
+
+def test_a_key_updated_then_moved_in_the_batch_keeps_the_tables_unchanged_value(ctx) -> None:
+    """UPDATE t SET v = ... WHERE id = 1; UPDATE t SET id = 10 WHERE id = 1; in one batch."""
+    write(ctx, moved(changes([(1, "a", "BIG1", "r", 1, ",")]), [None]), "b1")
+
+    write(
+        ctx,
+        moved(
+            changes([(1, "a2", None, "u", 1, ",big,"), (10, "a3", None, "u", 2, ",big,")]),
+            [None, '{"id": 1}'],
+        ),
+        "b2",
+    )
+
+    assert rows(ctx) == [{"id": 10, "v": "a3", "big": "BIG1"}]
