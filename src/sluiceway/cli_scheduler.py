@@ -70,6 +70,7 @@ def _load_specs(context: ProjectContext) -> dict[str, Any]:
     except SpecError as exc:
         _print_problems(exc.problems, exc.source)
         _fail(f"{len(exc.problems)} problem(s) in {exc.source}; fix them and start again")
+    _SAID[context.path] = frozenset(f"{p.file}:{p.path}: {p.message}" for p in usable.problems)
     if usable.problems:
         _print_problems(usable.problems, "the project's specs")
         left = ", ".join(sorted(set(usable.left_out.values())))
@@ -171,9 +172,19 @@ def _load_specs_quietly(context: ProjectContext, previous: dict[str, Any]) -> di
     specs = dict(usable.graph.specs)
     kept = sorted(n for n in set(usable.left_out.values()) if n in previous and n not in specs)
     specs.update({n: previous[n] for n in kept})
-    if usable.problems:
-        _say(
-            f"{len(usable.problems)} problem(s) in the specs"
-            + (f"; keeping the previous spec of {', '.join(kept)}" if kept else "")
-        )
+    problems = frozenset(f"{p.file}:{p.path}: {p.message}" for p in usable.problems)
+    if problems != _SAID.get(context.path, frozenset()):  # said once, not at every pass
+        _SAID[context.path] = problems
+        if problems:
+            _print_problems(usable.problems, None)
+            _say(
+                f"{len(problems)} problem(s) in the specs"
+                + (f"; keeping the previous spec of {', '.join(kept)}" if kept else "")
+            )
+        else:
+            _say("the specs' problems are fixed")
     return specs
+
+
+_SAID: dict[Path, frozenset[str]] = {}
+"""The spec problems last said per project: a reload says them when they change."""

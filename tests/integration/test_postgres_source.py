@@ -558,3 +558,21 @@ def test_money_arrives_as_a_decimal_amount_not_cents(pg, schema, ctx) -> None:
         None,
         Decimal("-92233720368547758.08"),
     ]
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(0, Decimal("1234")), (3, Decimal("1.234"))])
+def test_money_follows_the_servers_fractional_digits(scale: int, expected: Decimal) -> None:
+    """lc_monetary decides money's fractional digits (0 for yen, 3 for dinar); this server
+    has 2 only, so the expression is checked on its own over what the driver hands over."""
+    import duckdb
+    import pyarrow as pa
+
+    from sluiceway.sources.postgres import _duck_select
+
+    field = pa.field("m", pa.int64(), metadata={"POSTGRESQL:type": "money"})
+    con = duckdb.connect()
+    con.register("t", pa.table({"m": pa.array([1234, None], pa.int64())}))
+
+    got = con.sql(f"SELECT {_duck_select(field, scale)} FROM t").fetchall()
+
+    assert got == [(expected,), (None,)]

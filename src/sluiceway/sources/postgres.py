@@ -182,6 +182,7 @@ class PostgresSource:
     ) -> pa.Schema:
         """Stream the query's rows into DuckDB table `table`, through `shape` when given;
         returns the Arrow schema."""
+        money_scale = _money_scale(conn)
         cursor = conn.cursor()
         cursor.adbc_statement.set_options(
             **{"adbc.postgresql.batch_size_hint_bytes": str(self.config.chunk_bytes)}
@@ -192,7 +193,7 @@ class PostgresSource:
         except adbc_driver_manager.Error as exc:
             raise self._error(name, exc, "run the query") from None
         stream = _NumberedStream(reader, ctx, name)
-        columns = [_duck_select(field) for field in reader.schema]
+        columns = [_duck_select(field, money_scale) for field in reader.schema]
         self._check_named_columns(name, reader.schema.names)
         view = f"__pg_{table}"
         ctx.engine.con.register(view, stream.reader())
@@ -335,13 +336,29 @@ class _NumberedStream:
             raise
 
 
-def _duck_select(field: pa.Field) -> str:
+def _money_scale(conn: Any) -> int:
+    """The fractional digits of `money` on this server (its lc_monetary: 2 mostly, 0 for
+    yen): the driver hands money over as whole units of the smallest fraction."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute("SELECT scale(1::money::numeric)")
+        row = cursor.fetchone()
+    except adbc_driver_manager.Error:
+        return 2
+    finally:
+        cursor.close()
+    return int(row[0]) if row and row[0] is not None else 2
+
+
+def _duck_select(field: pa.Field, money_scale: int = 2) -> str:
     """The DuckDB expression loading one column: NUMERIC(p,s) arrives as exact text and
-    becomes DECIMAL(p,s), money arrives as whole cents and becomes DECIMAL(19,2); everything
-    else keeps the driver's Arrow type."""
+    becomes DECIMAL(p,s), money arrives as whole units of its smallest fraction and becomes
+    DECIMAL(19, scale); everything else keeps the driver's Arrow type."""
     column = quote_ident(field.name)
-    if _pg_type(field) == "money":  # the driver hands over whole cents
-        return f"CAST(CAST({column} AS DECIMAL(19, 0)) * 0.01 AS DECIMAL(19, 2)) AS {column}"
+    if _pg_type(field) == "money":
+        exact = f"CAST({column} AS DECIMAL(19, 0))"
+        shifted = f"{exact} * {10**-money_scale:.{money_scale}f}" if money_scale else exact
+        return f"CAST({shifted} AS DECIMAL(19, {money_scale})) AS {column}"
     if _pg_type(field) != "numeric":
         return column
     precision, scale = _numeric_typmod(field)
