@@ -576,3 +576,18 @@ def test_money_follows_the_servers_fractional_digits(scale: int, expected: Decim
     got = con.sql(f"SELECT {_duck_select(field, scale)} FROM t").fetchall()
 
     assert got == [(expected,), (None,)]
+
+
+def test_a_cursor_changed_after_a_commit_is_refused_not_read_again_from_the_start(
+    pg, schema, ctx
+) -> None:
+    pg.execute(f"CREATE TABLE {schema}.ev2 (id int PRIMARY KEY, at timestamptz, n int)")
+    pg.execute(f"INSERT INTO {schema}.ev2 VALUES (1, '2024-01-01 00:00+00', 1)")
+    first = source(table=f"{schema}.ev2", mode="incremental", cursor="at", primary_key=["id"]).read(
+        ctx, "e1", position=None
+    )
+
+    with pytest.raises(ConfigError, match="tracks cursor 'at', the spec says 'n'"):
+        source(table=f"{schema}.ev2", mode="incremental", cursor="n", primary_key=["id"]).read(
+            ctx, "e2", position=first.position
+        )

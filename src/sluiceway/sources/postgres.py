@@ -157,11 +157,20 @@ class PostgresSource:
         )
 
     def _since(self, position: dict[str, Any] | None) -> dict[str, str] | None:
-        """The committed high-water mark to read from, or None (read everything)."""
-        if self.config.mode != "incremental" or not position:
+        """The committed high-water mark to read from, or None (read everything).
+
+        Raises:
+            ConfigError: the committed mark belongs to another cursor column.
+        """
+        if self.config.mode != "incremental" or not position or "last_value" not in position:
             return None
-        if position.get("cursor") != self.config.cursor or "last_value" not in position:
-            return None
+        if position.get("cursor") != self.config.cursor:
+            raise ConfigError(
+                f"the committed position of this source tracks cursor '{position.get('cursor')}', "
+                f"the spec says '{self.config.cursor}': reading from the start by the new "
+                "cursor would load every row again. Restore the cursor, or write to a new "
+                "table to start over"
+            )
         return {"last_value": str(position["last_value"]), "type": str(position["type"])}
 
     def _select(self, since: dict[str, str] | None) -> str:
