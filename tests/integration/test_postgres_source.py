@@ -338,6 +338,7 @@ def test_a_refused_login_never_shows_the_password_of_the_dsn(ctx, monkeypatch) -
     [
         "postgres://postgres:pg@Secret:Pw@127.0.0.1:5432/postgres",  # '@' unencoded
         "postgresql://postgres:pg/Se:cret@127.0.0.1/postgres",  # '/' cuts the authority
+        "postgresql://postgres:123/Secret@127.0.0.1/postgres",  # and '123' reads as a port
     ],
 )
 def test_a_url_dsn_with_an_unencoded_password_is_refused_without_quoting_it(

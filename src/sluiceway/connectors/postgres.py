@@ -119,10 +119,13 @@ def _check_url(variable: str, dsn: str) -> None:
     """
     if not re.match(r"^postgres(?:ql)?://", dsn):
         return
-    authority = re.split(r"[/?#]", dsn.split("://", 1)[1], maxsplit=1)[0]
+    after = dsn.split("://", 1)[1]
+    cut = re.search(r"[/?#]", after)
+    authority = after[: cut.start()] if cut else after
+    path = re.split(r"[?#]", after[cut.start() :], maxsplit=1)[0] if cut else ""
     userinfo, _, hostport = authority.rpartition("@")
     port = hostport.rsplit("]", 1)[-1].partition(":")[2]
-    if "@" in userinfo or not re.fullmatch(r"\d*(,[^,]*)*", port):
+    if "@" in userinfo or "@" in path or not re.fullmatch(r"\d*(,[^,]*)*", port):
         raise ConfigError(
             f"${variable} is not a valid postgresql:// URL: what follows the host is not a port "
             "number, or the password holds an unencoded '@'. URL-encode the password's special "
