@@ -347,6 +347,12 @@ def _outcome_data(outcome: Outcome) -> dict[str, Any]:
     help="missing: dates with no succeeded run; failed: dates whose latest run failed; all.",
 )
 @click.option("--dry-run", is_flag=True, help="List the dates that would run, run nothing.")
+@click.option(
+    "--downstream",
+    is_flag=True,
+    help="Then rerun every pipeline that depends on it, in dependency order, for the dates "
+    "that succeeded upstream.",
+)
 @click.option("--project", "project_file", help="The sluice.yaml (default: the nearest one).")
 @click.option("--state-dir", help="Where runs are recorded (default: the project's state_dir).")
 def backfill(
@@ -356,6 +362,7 @@ def backfill(
     parallel: int | None,
     reprocess: Any,
     dry_run: bool,
+    downstream: bool,
     project_file: str | None,
     state_dir: str | None,
 ) -> None:
@@ -387,9 +394,65 @@ def backfill(
         )
         sys.exit(0)
     workers = parallel or (context.project.max_workers if context else 1)
+    span = f"--from {first:%Y-%m-%d} --to {last:%Y-%m-%d}"
     outcomes = _run_backfill(spec, context, state, plan, workers)
-    _print_backfill_end(spec, outcomes, f"--from {first:%Y-%m-%d} --to {last:%Y-%m-%d}")
-    sys.exit(1 if any(not o.ok for o in outcomes) else 0)
+    _print_backfill_end(spec, outcomes, span)
+    failed = any(not o.ok for o in outcomes)
+    if downstream:
+        days = [planned.logical_date for planned in plan]
+        failed = _backfill_downstream(spec, context, state, outcomes, days, workers, span) or failed
+    sys.exit(1 if failed else 0)
+
+
+def _backfill_downstream(
+    spec: ProjectSpec,
+    context: ProjectContext | None,
+    state: Path,
+    upstream: list[DateOutcome],
+    planned: list[date],
+    workers: int,
+    span: str,
+) -> bool:
+    """Rerun the pipelines below `spec`, wave by wave, each for the dates every one of its
+    dependencies in the backfill succeeded (a date that failed upstream is held back, as
+    `run --all` holds it). Returns whether anything failed or was held back."""
+    if context is None:
+        _fail("--downstream needs a project: no sluice.yaml here or above (or --project FILE)")
+    usable = usable_graph(context.project, context.root)
+    graph = usable.graph
+    if spec.name not in graph.specs:
+        _spec_error(SpecError(usable.problems, source="the project's specs"))
+    below = downstream(graph, [spec.name]) - {spec.name}
+    broken = [n for n in usable.left_out_below(spec.name) if n not in graph.specs]
+    if broken:
+        _print_problems(usable.problems, f"left out of this backfill: {', '.join(broken)}")
+    days = {spec.name: {o.logical_date for o in upstream if o.ok}}
+    if spec.pipeline.range_capable and upstream and upstream[0].ok:
+        days[spec.name] = set(planned)  # one run over the range
+    failed = bool(broken)
+    for wave in waves(graph.depends_on, below | {spec.name}):
+        for name in (n for n in wave if n != spec.name):
+            child = graph.specs[name]
+            if child.pipeline.mode == "stream":  # it runs on its own; counts as met
+                days[name] = set(planned)
+                continue
+            ready = set.intersection(
+                *(days.get(d, set()) for d in graph.depends_on[name] if d in days)
+            )
+            held = [d for d in sorted(planned) if d not in ready]
+            plan = [PlannedDate(d, "upstream backfilled") for d in sorted(ready)]
+            outcomes = _run_backfill(child, context, state, plan, workers) if plan else []
+            _print_backfill_end(child, outcomes, span)
+            if held:
+                _cli().console.print(
+                    f"{escape(name)}: held back for {', '.join(d.isoformat() for d in held)} "
+                    "(a dependency failed for those dates)"
+                )
+            days[name] = {o.logical_date for o in outcomes if o.ok}
+            if child.pipeline.range_capable and outcomes and outcomes[0].ok:
+                days[name] = set(ready)
+            failed = failed or bool(held) or any(not o.ok for o in outcomes)
+    return failed
 
 
 def _print_plan(spec: ProjectSpec, plan: list[PlannedDate], candidates: int) -> None:

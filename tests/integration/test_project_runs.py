@@ -253,6 +253,39 @@ def test_a_broken_masking_spec_still_holds_its_table_and_downstream_lists_what_i
     }
 
 
+def test_backfill_downstream_reruns_the_dependents_for_the_dates_that_succeeded(shop) -> None:
+    broken = yaml.safe_load((shop / "pipelines" / "c.yaml").read_text())
+    # c fails on 2025-01-02 only: no row that day, and a check wants one
+    broken["steps"] = [
+        {
+            "sql": {
+                "query": "SELECT * FROM input WHERE logical_date() <> DATE '2025-01-02'",
+                "rows": "filter",
+            }
+        }
+    ]
+    broken["checks"] = [{"row_count_between": {"min_value": 1}}]
+    write(shop / "pipelines" / "c.yaml", broken)
+
+    done = sluice(
+        "backfill", "a", "--from", "2025-01-01", "--to", "2025-01-03", "--downstream", cwd=shop
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    store = RunStore(shop / "state" / "runs.db")
+    ran = {
+        name: sorted(
+            r.logical_date for r in store.list(pipeline=name, limit=50) if r.status == "succeeded"
+        )
+        for name in "abcd"
+    }
+    assert ran["a"] == ran["b"] == ["2025-01-01", "2025-01-02", "2025-01-03"]
+    assert ran["c"] == ["2025-01-01", "2025-01-03"]
+    assert ran["d"] == ["2025-01-01", "2025-01-03"]  # held back where c failed
+    assert "d: held back for 2025-01-02" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
 def test_run_downstream_runs_the_pipeline_and_its_dependents_only(shop) -> None:
     assert sluice("run", "--all", cwd=shop).returncode == 0
 
