@@ -136,8 +136,9 @@ def validate(specs: tuple[str, ...]) -> None:
             f"[green]✓ {spec}[/]: pipeline '{pipeline.pipeline}', {len(pipeline.sources)} source(s), "
             f"{len(pipeline.steps)} step(s), {len(pipeline.checks)} check(s), {len(pipeline.sinks)} sink(s)"
         )
-    judged = _dependency_problems(loaded)
-    for spec, problems in _shared_table_problems(loaded).items():
+    projects = _project_models(loaded)
+    judged = _dependency_problems(loaded, projects)
+    for spec, problems in _shared_table_problems(loaded, projects).items():
         judged.setdefault(spec, []).extend(problems)
     for spec, problems in judged.items():
         failed += 1
@@ -145,23 +146,36 @@ def validate(specs: tuple[str, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
-def _shared_table_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:
-    """Specs given that write a table another pipeline (given, or of their project) writes
-    with other masking (spec → problems), as `sluice run` in the project would refuse."""
+def _project_models(loaded: dict[str, Any]) -> dict[Path | None, list[tuple[Pipeline, Path]]]:
+    """The specs that load of each project the given specs belong to, each project read
+    once (the specs of one project are validated against each other)."""
     from sluiceway.core.loader import load_project
     from sluiceway.core.project import find_project_file
-    from sluiceway.orchestration.graph import ProjectSpec, shared_table_problems
 
-    specs: dict[str, ProjectSpec] = {}
+    found: dict[Path | None, list[tuple[Pipeline, Path]]] = {}
     for project_file in {find_project_file(Path(path).resolve().parent) for path in loaded}:
         if project_file is None:
             continue
+        found[project_file] = []
         with contextlib.suppress(SpecError):
             project = load_project(project_file)
             for other in project.spec_paths(project_file.parent):
                 with contextlib.suppress(SluicewayError):
-                    model = load_spec(other)
-                    specs.setdefault(model.pipeline, ProjectSpec(model, Path(other).resolve()))
+                    found[project_file].append((load_spec(other), Path(other).resolve()))
+    return found
+
+
+def _shared_table_problems(
+    loaded: dict[str, Any], projects: dict[Path | None, list[tuple[Pipeline, Path]]]
+) -> dict[str, list[Any]]:
+    """Specs given that write a table another pipeline (given, or of their project) writes
+    with other masking (spec → problems), as `sluice run` in the project would refuse."""
+    from sluiceway.orchestration.graph import ProjectSpec, shared_table_problems
+
+    specs: dict[str, ProjectSpec] = {}
+    for models in projects.values():
+        for model, other in models:
+            specs.setdefault(model.pipeline, ProjectSpec(model, other))
     for path, pipeline in loaded.items():  # the specs validated together know each other
         specs[pipeline.pipeline] = ProjectSpec(pipeline, Path(path).resolve())
     given = {str(Path(path).resolve()): path for path in loaded}
@@ -172,34 +186,25 @@ def _shared_table_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:
     return found
 
 
-def _dependency_problems(loaded: dict[str, Any]) -> dict[str, list[Any]]:
+def _dependency_problems(
+    loaded: dict[str, Any], projects: dict[Path | None, list[tuple[Pipeline, Path]]]
+) -> dict[str, list[Any]]:
     """Unknown names and cycles in the `depends_on` of the specs given (spec → problems),
     against the other pipelines of each one's project, as `sluice run --all` would find
     them. Specs of the project that do not load are left out, and only the specs given are
     judged (another spec's own unknown names are its problems)."""
-    from sluiceway.core.loader import load_project
     from sluiceway.core.project import find_project_file
     from sluiceway.core.registry import did_you_mean
     from sluiceway.errors import SpecProblem
     from sluiceway.orchestration.graph import find_cycle
 
     found: dict[str, list[Any]] = {}
-    projects: dict[Path, dict[str, tuple[str, ...]]] = {}  # each project's specs loaded once
     for path, pipeline in loaded.items():
         if not pipeline.depends_on:
             continue
         graph: dict[str, tuple[str, ...]] = {}
-        project_file = find_project_file(Path(path).resolve().parent)
-        if project_file is not None and project_file not in projects:
-            projects[project_file] = {}
-            with contextlib.suppress(SpecError):
-                project = load_project(project_file)
-                for other in project.spec_paths(project_file.parent):
-                    with contextlib.suppress(SluicewayError):
-                        model = load_spec(other)
-                        projects[project_file].setdefault(model.pipeline, tuple(model.depends_on))
-        if project_file is not None:
-            graph.update(projects[project_file])
+        for model, _ in projects.get(find_project_file(Path(path).resolve().parent), []):
+            graph.setdefault(model.pipeline, tuple(model.depends_on))
         for other_model in loaded.values():  # the specs validated together know each other
             graph.setdefault(other_model.pipeline, tuple(other_model.depends_on))
         graph[pipeline.pipeline] = tuple(pipeline.depends_on)
