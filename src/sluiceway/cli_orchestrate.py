@@ -57,15 +57,7 @@ def _cli() -> Any:
 
 
 def _spec_error(exc: SpecError) -> NoReturn:
-    err = _cli().err_console
-    err.print(f"[bold red]✗ {escape(exc.source or 'spec')}[/]: {len(exc.problems)} problem(s)")
-    for problem in exc.problems:
-        where = f"{problem.file or exc.source or ''}:{problem.line or '?'}"
-        err.print(
-            f"  {escape(where)}  [cyan]{escape(problem.path or '<root>')}[/]  "
-            f"{escape(problem.message)}",
-            soft_wrap=True,
-        )
+    _print_problems(exc.problems, exc.source or "spec", source=exc.source)
     sys.exit(2)
 
 
@@ -249,11 +241,13 @@ def run_many(
     sys.exit(143 if stop.is_set() else 1 if failed else 0)
 
 
-def _print_problems(problems: list[Any], headline: str) -> None:
+def _print_problems(problems: list[Any], headline: str, *, source: str | None = None) -> None:
+    """A headline, then each problem as `file:line  path  message` (`source` stands for a
+    problem's file when it has none)."""
     err = _cli().err_console
     err.print(f"[bold red]✗ {escape(headline)}[/]: {len(problems)} problem(s)", soft_wrap=True)
     for problem in problems:
-        where = f"{problem.file or ''}:{problem.line or '?'}"
+        where = f"{problem.file or source or ''}:{problem.line or '?'}"
         err.print(
             f"  {escape(where)}  [cyan]{escape(problem.path or '<root>')}[/]  "
             f"{escape(problem.message)}",
